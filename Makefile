@@ -1,0 +1,65 @@
+# Tollgate: `make run` serves the console on the embedded default; `make test`
+# runs the whole suite on PostgreSQL. Both set up .venv first.
+
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+HOST ?= 127.0.0.1
+PORT ?= 8000
+TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/tollgate
+PYTEST_ARGS ?=
+
+# Python 3.12: from PATH (pyenv's shim honours .python-version), or pyenv's install dir.
+PYTHON312 := $(shell command -v python3.12 2>/dev/null || ls -d $$HOME/.pyenv/versions/3.12*/bin/python3.12 2>/dev/null | tail -1)
+
+.PHONY: run test venv deps dev-deps migrate seed lint check-services bench clean
+
+$(VENV)/.created:
+	@if [ -z "$(PYTHON312)" ]; then echo "Python 3.12 is required (pyenv install 3.12, or put python3.12 on PATH)."; exit 1; fi
+	$(PYTHON312) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	@touch $@
+
+$(VENV)/.deps: requirements.txt $(VENV)/.created
+	$(PIP) install --quiet -r requirements.txt
+	@touch $@
+
+$(VENV)/.dev-deps: requirements.txt requirements-dev.txt $(VENV)/.deps
+	$(PIP) install --quiet -r requirements-dev.txt
+	@touch $@
+
+venv: $(VENV)/.deps
+deps: $(VENV)/.deps
+dev-deps: $(VENV)/.dev-deps
+
+migrate: deps
+	$(PY) manage.py migrate --noinput
+
+seed: migrate
+	$(PY) manage.py seed_demo
+
+run: seed
+	@echo ""
+	@echo "  Tollgate console: http://$(HOST):$(PORT)/   (Ctrl-C to stop)"
+	@echo "  Embedded default: SQLite in var/, in-process tasks. See README for production."
+	@echo ""
+	$(PY) manage.py runserver $(HOST):$(PORT)
+
+check-services: dev-deps
+	@$(PY) -c "import psycopg,sys; \
+	  url='$(TEST_DATABASE_URL)'; \
+	  psycopg.connect(url.rsplit('/',1)[0] + '/postgres', connect_timeout=5).close()" 2>/dev/null \
+	  || { echo "PostgreSQL is not reachable at $(TEST_DATABASE_URL) (the suite needs it; set TEST_DATABASE_URL)."; exit 1; }
+	@command -v chromium >/dev/null || [ -n "$$CHROMIUM_PATH" ] \
+	  || { echo "Chromium is missing: apt-get install chromium (browser tests drive Debian's Chromium)."; exit 1; }
+
+test: check-services
+	DATABASE_URL=$(TEST_DATABASE_URL) $(PY) -m pytest $(PYTEST_ARGS)
+
+lint: dev-deps
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+clean:
+	rm -rf $(VENV) staticfiles .pytest_cache test-artifacts

@@ -1,0 +1,63 @@
+"""Form plumbing shared by every console form: Bootstrap classes and error states."""
+
+from __future__ import annotations
+
+from django import forms
+
+
+class ConsoleFormMixin:
+    """Give widgets Bootstrap classes, and mark invalid ones for screen readers too."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        for field in self.fields.values():
+            widget = field.widget
+            if isinstance(widget, forms.CheckboxInput):
+                css = "form-check-input"
+            elif isinstance(widget, forms.Select | forms.SelectMultiple):
+                css = "form-select"
+            elif isinstance(widget, forms.RadioSelect | forms.CheckboxSelectMultiple):
+                continue
+            else:
+                css = "form-control"
+            widget.attrs["class"] = f"{widget.attrs.get('class', '')} {css}".strip()
+
+    def full_clean(self) -> None:
+        super().full_clean()
+        for name in self.errors:
+            if name in self.fields:
+                widget = self.fields[name].widget
+                widget.attrs["class"] = f"{widget.attrs.get('class', '')} is-invalid".strip()
+                widget.attrs["aria-invalid"] = "true"
+
+
+class ConsoleForm(ConsoleFormMixin, forms.Form):
+    pass
+
+
+class ConsoleModelForm(ConsoleFormMixin, forms.ModelForm):
+    pass
+
+
+class MoneyField(forms.DecimalField):
+    """A USD amount with 8 decimal places (SPEC §1)."""
+
+    def __init__(self, **kwargs) -> None:
+        kwargs.setdefault("max_digits", 20)
+        kwargs.setdefault("decimal_places", 8)
+        super().__init__(**kwargs)
+        self.widget.attrs.setdefault("step", "any")
+        self.widget.attrs.setdefault("inputmode", "decimal")
+
+
+class SearchInput(forms.TextInput):
+    input_type = "search"
+
+
+def add_service_error(form: forms.BaseForm, error) -> None:
+    """Put a service's ValidationError on the form, field by field where it names fields."""
+    if hasattr(error, "error_dict"):
+        for field, errors in error.error_dict.items():
+            form.add_error(field if field in form.fields else None, errors)
+    else:
+        form.add_error(None, error)

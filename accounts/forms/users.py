@@ -1,0 +1,102 @@
+from __future__ import annotations
+
+from django import forms
+from django.contrib.auth import password_validation
+
+from accounts.forms.base import ConsoleForm, ConsoleModelForm, MoneyField, SearchInput
+from accounts.models import BalanceHistory, Group, User
+
+USER_FIELDS = [
+    "email",
+    "username",
+    "role",
+    "status",
+    "is_staff",
+    "concurrency",
+    "rpm_limit",
+    "allowed_groups",
+    "notes",
+]
+
+
+class UserForm(ConsoleModelForm):
+    class Meta:
+        model = User
+        fields = USER_FIELDS
+        labels = {"is_staff": "Staff (may sign in to this console)", "rpm_limit": "Requests per minute"}
+        help_texts = {
+            "email": "Used to sign in.",
+            "rpm_limit": "0 = no limit.",
+            "concurrency": "Requests this user may have in flight at once.",
+            "allowed_groups": "Exclusive groups this user may bind keys to.",
+            "is_staff": "Staff sign in to this console with their email and password.",
+        }
+        widgets = {
+            "notes": forms.Textarea(attrs={"rows": 3}),
+            "allowed_groups": forms.SelectMultiple(attrs={"size": 6}),
+        }
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["allowed_groups"].queryset = Group.objects.filter(is_exclusive=True).order_by(
+            "sort_order"
+        )
+        self.fields["username"].required = False
+
+    def clean_email(self) -> str:
+        email = self.cleaned_data["email"].strip().lower()
+        clash = User.objects.filter(email__iexact=email).exclude(pk=self.instance.pk)
+        if clash.exists():
+            raise forms.ValidationError("Another user already has this email address.")
+        return email
+
+
+class UserCreateForm(UserForm):
+    password = forms.CharField(
+        label="Password",
+        required=False,
+        strip=False,
+        widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}),
+        help_text="Leave empty for a user who only uses API keys and never signs in.",
+    )
+    initial_balance = MoneyField(label="Initial balance (USD)", required=False, min_value=0)
+
+    class Meta(UserForm.Meta):
+        fields = [*USER_FIELDS[:5], "password", "initial_balance", *USER_FIELDS[5:]]
+
+    def clean_password(self) -> str:
+        password = self.cleaned_data.get("password") or ""
+        if password:
+            password_validation.validate_password(password)
+        return password
+
+    def clean(self) -> dict:
+        cleaned = super().clean()
+        if cleaned.get("is_staff") and not cleaned.get("password"):
+            self.add_error("password", "Staff need a password to sign in to the console.")
+        return cleaned
+
+
+class BalanceAdjustForm(ConsoleForm):
+    operation = forms.ChoiceField(
+        choices=BalanceHistory.Operation.choices,
+        widget=forms.RadioSelect(attrs={"class": "form-check-input"}),
+        initial="add",
+    )
+    amount = MoneyField(label="Amount (USD)", min_value=0)
+    note = forms.CharField(
+        max_length=500, help_text="Why: shown in the user's balance history.", widget=forms.TextInput()
+    )
+
+
+class UserFilterForm(ConsoleForm):
+    q = forms.CharField(
+        label="Search", required=False, widget=SearchInput(attrs={"placeholder": "Email, name or notes"})
+    )
+    role = forms.ChoiceField(label="Role", required=False, choices=[("", "Any role"), *User.Role.choices])
+    status = forms.ChoiceField(
+        label="Status", required=False, choices=[("", "Any status"), *User.Status.choices]
+    )
+    staff = forms.ChoiceField(
+        label="Staff", required=False, choices=[("", "Staff or not"), ("yes", "Staff"), ("no", "Not staff")]
+    )

@@ -1,0 +1,23 @@
+"""Idempotent demo data for every model, and a staff login printed at the end."""
+
+from __future__ import annotations
+
+from django.core.management.base import BaseCommand
+from django.db import transaction
+
+from accounts import demo
+
+
+class Command(BaseCommand):
+    help = "Create (or top up) demo data and print the staff login."
+
+    def add_arguments(self, parser) -> None:
+        parser.add_argument("--password", help="Staff password to set (default: one generated into var/).")
+
+    def handle(self, *args, password: str | None = None, **options) -> None:
+        password = password or demo.demo_admin_password()
+        with transaction.atomic():
+            admin = demo.seed_admin(password)
+            demo.seed_customers(admin)
+        self.stdout.write(self.style.SUCCESS("Demo data is in place."))
+        self.stdout.write(f"Sign in at http://127.0.0.1:8000/ as {demo.DEMO_ADMIN_EMAIL} / {password}")

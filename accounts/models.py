@@ -1,0 +1,414 @@
+"""Users, groups, upstream accounts, API keys and subscriptions (SPEC §2.1, §2.3).
+
+Money is Decimal: balances, quotas and costs carry 8 decimal places.
+Counters on these models are only ever changed by the atomic services in
+accounts/services, never by read-modify-write on an instance.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from django.contrib.auth.models import AbstractUser, UserManager
+from django.core.validators import MinValueValidator
+from django.db import models
+from django.db.models.functions import Lower
+
+MONEY = {"max_digits": 20, "decimal_places": 8}
+ZERO = Decimal("0")
+
+
+def money_field(default: Decimal | None = ZERO, **kwargs) -> models.DecimalField:
+    return models.DecimalField(**MONEY, default=default, **kwargs)
+
+
+class Platform(models.TextChoices):
+    ANTHROPIC = "anthropic", "Anthropic"
+    OPENAI = "openai", "OpenAI"
+    GEMINI = "gemini", "Gemini"
+    ANTIGRAVITY = "antigravity", "Antigravity"
+
+
+class TollgateUserManager(UserManager):
+    """Users sign in with their email; the username is a display handle."""
+
+    use_in_migrations = True
+
+    def _create_user_object(self, username, email, password, **extra_fields):
+        email = self.normalize_email(email).lower()
+        username = username or email
+        return super()._create_user_object(username, email, password, **extra_fields)
+
+    def get_by_natural_key(self, username):
+        # Sign-in is by email, whatever case the person types it in.
+        return self.get(email__iexact=username.strip())
+
+    def create_user(self, email=None, password=None, username=None, **extra_fields):
+        extra_fields.setdefault("is_staff", False)
+        extra_fields.setdefault("is_superuser", False)
+        return self._create_user(username, email, password, **extra_fields)
+
+    def create_superuser(self, email=None, password=None, username=None, **extra_fields):
+        extra_fields.setdefault("is_staff", True)
+        extra_fields.setdefault("is_superuser", True)
+        extra_fields.setdefault("role", User.Role.ADMIN)
+        return self._create_user(username, email, password, **extra_fields)
+
+
+class User(AbstractUser):
+    """A customer of the relay or a staff member (staff have is_staff)."""
+
+    class Role(models.TextChoices):
+        ADMIN = "admin", "Admin"
+        USER = "user", "User"
+
+    class Status(models.TextChoices):
+        ACTIVE = "active", "Active"
+        DISABLED = "disabled", "Disabled"
+
+    # The username is a free-form handle; email is the login.
+    username = models.CharField(max_length=150, blank=True)
+    email = models.EmailField("email address", unique=True)
+    role = models.CharField(max_length=16, choices=Role, default=Role.USER, db_index=True)
+    status = models.CharField(max_length=16, choices=Status, default=Status.ACTIVE, db_index=True)
+    balance = money_field(help_text="USD. Goes negative only through billing overdraft.")
+    total_recharged = money_field(help_text="USD added to the balance over the user's lifetime.")
+    concurrency = models.PositiveIntegerField(default=5, help_text="Requests in flight at once.")
+    rpm_limit = models.PositiveIntegerField(default=0, help_text="Requests per minute; 0 = no limit.")
+    allowed_groups = models.ManyToManyField(
+        "accounts.Group",
+        blank=True,
+        related_name="allowed_users",
+        help_text="Exclusive groups this user may bind keys to.",
+    )
+    notes = models.TextField(blank=True)
+    last_active_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    USERNAME_FIELD = "email"
+    EMAIL_FIELD = "email"
+    REQUIRED_FIELDS: list[str] = []
+
+    objects = TollgateUserManager()
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [
+            models.Index(Lower("username"), name="user_username_lower_idx"),
+            models.Index(fields=["balance"], name="user_balance_idx"),
+            models.Index(fields=["last_active_at"], name="user_last_active_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return self.email
+
+    def clean(self) -> None:
+        super().clean()
+        self.email = (self.email or "").strip().lower()
+        if not self.username:
+            self.username = self.email.split("@")[0]
+
+    @property
+    def is_disabled(self) -> bool:
+        return self.status == self.Status.DISABLED
+
+
+class BalanceHistory(models.Model):
+    """One row per balance change: who changed it, how, and the result."""
+
+    class Operation(models.TextChoices):
+        SET = "set", "Set"
+        ADD = "add", "Add"
+        SUBTRACT = "subtract", "Subtract"
+
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="balance_history")
+    operation = models.CharField(max_length=16, choices=Operation)
+    amount = money_field(default=None, help_text="USD given by the operator.")
+    balance_before = money_field(default=None)
+    balance_after = money_field(default=None)
+    note = models.CharField(max_length=500, blank=True)
+    changed_by = models.ForeignKey(User, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        verbose_name_plural = "balance history"
+        indexes = [models.Index(fields=["user", "-created_at"], name="balance_hist_user_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.user_id} {self.operation} {self.amount}"
+
+    @property
+    def delta(self) -> Decimal:
+        return self.balance_after - self.balance_before
+
+
+class Group(models.Model):
+    """A pool of upstream accounts that keys are bound to, carrying the price multiplier."""
+
+    class Status(models.TextChoices):
+        ACTIVE = "active", "Active"
+        INACTIVE = "inactive", "Inactive"
+
+    class SubscriptionType(models.TextChoices):
+        STANDARD = "standard", "Standard (pay from balance)"
+        SUBSCRIPTION = "subscription", "Subscription"
+
+    name = models.CharField(max_length=100, unique=True)
+    description = models.TextField(blank=True)
+    platform = models.CharField(max_length=32, choices=Platform, db_index=True)
+    rate_multiplier = models.DecimalField(
+        max_digits=12,
+        decimal_places=6,
+        default=Decimal("1"),
+        validators=[MinValueValidator(Decimal("0.000001"))],
+    )
+    is_exclusive = models.BooleanField(default=False)
+    status = models.CharField(max_length=16, choices=Status, default=Status.ACTIVE, db_index=True)
+    subscription_type = models.CharField(
+        max_length=16, choices=SubscriptionType, default=SubscriptionType.STANDARD, db_index=True
+    )
+    # Empty or negative = unlimited; 0 = no usage allowed (sub2api's rule).
+    daily_limit_usd = money_field(default=None, null=True, blank=True)
+    weekly_limit_usd = money_field(default=None, null=True, blank=True)
+    monthly_limit_usd = money_field(default=None, null=True, blank=True)
+    default_validity_days = models.PositiveIntegerField(default=30)
+    image_price_1k = money_field(default=None, null=True, blank=True)
+    image_price_2k = money_field(default=None, null=True, blank=True)
+    image_price_4k = money_field(default=None, null=True, blank=True)
+    allow_image_generation = models.BooleanField(default=True)
+    claude_code_only = models.BooleanField(default=False)
+    fallback_group = models.ForeignKey(
+        "self", on_delete=models.SET_NULL, null=True, blank=True, related_name="fallback_for"
+    )
+    fallback_group_on_invalid_request = models.ForeignKey(
+        "self", on_delete=models.SET_NULL, null=True, blank=True, related_name="invalid_fallback_for"
+    )
+    model_routing = models.JSONField(default=dict, blank=True)
+    model_routing_enabled = models.BooleanField(default=False)
+    rpm_limit = models.PositiveIntegerField(default=0)
+    timezone = models.CharField(
+        max_length=64, default="", blank=True, help_text="Empty = settings.TIME_ZONE."
+    )
+    sort_order = models.IntegerField(default=0, db_index=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["sort_order", "id"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def is_subscription(self) -> bool:
+        return self.subscription_type == self.SubscriptionType.SUBSCRIPTION
+
+
+class UserGroupRate(models.Model):
+    """A per-user override of a group's rate multiplier."""
+
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="group_rates")
+    group = models.ForeignKey(Group, on_delete=models.CASCADE, related_name="user_rates")
+    rate_multiplier = models.DecimalField(
+        max_digits=12, decimal_places=6, validators=[MinValueValidator(Decimal("0.000001"))]
+    )
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["user", "group"], name="user_group_rate_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.user_id}@{self.group_id}×{self.rate_multiplier}"
+
+
+class UpstreamAccount(models.Model):
+    """One credential at a provider (shown as "Account")."""
+
+    class Type(models.TextChoices):
+        OAUTH = "oauth", "OAuth"
+        SETUP_TOKEN = "setup-token", "Setup token"
+        APIKEY = "apikey", "API key"
+        UPSTREAM = "upstream", "Upstream relay"
+        BEDROCK = "bedrock", "AWS Bedrock"
+
+    class Status(models.TextChoices):
+        ACTIVE = "active", "Active"
+        INACTIVE = "inactive", "Inactive"
+        ERROR = "error", "Error"
+
+    class ResetMode(models.TextChoices):
+        ROLLING = "rolling", "Rolling"
+        FIXED = "fixed", "Fixed"
+
+    class CacheTTL(models.TextChoices):
+        OFF = "", "Off"
+        FIVE_MINUTES = "5m", "5 minutes"
+        ONE_HOUR = "1h", "1 hour"
+
+    name = models.CharField(max_length=100)
+    notes = models.TextField(blank=True)
+    platform = models.CharField(max_length=32, choices=Platform, db_index=True)
+    type = models.CharField(max_length=16, choices=Type, db_index=True)
+    # Fernet ciphertext of a JSON object; see accounts/crypto.py. Never rendered.
+    credentials_encrypted = models.TextField(blank=True, editable=False)
+    groups = models.ManyToManyField(Group, through="GroupAccount", related_name="accounts", blank=True)
+
+    priority = models.IntegerField(default=50, db_index=True, help_text="Lower is preferred.")
+    concurrency = models.PositiveIntegerField(default=3)
+    rate_multiplier = models.DecimalField(
+        max_digits=12,
+        decimal_places=6,
+        default=Decimal("1"),
+        validators=[MinValueValidator(Decimal("0"))],
+    )
+    status = models.CharField(max_length=16, choices=Status, default=Status.ACTIVE, db_index=True)
+    error_message = models.TextField(blank=True)
+    schedulable = models.BooleanField(default=True, db_index=True)
+    rate_limited_until = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    auto_pause_on_expired = models.BooleanField(default=True)
+    last_used_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    cache_ttl_override = models.CharField(max_length=4, choices=CacheTTL, default=CacheTTL.OFF, blank=True)
+
+    # Quotas (apikey, bedrock, upstream types). 0 = no limit.
+    quota_limit_usd = money_field()
+    quota_used_usd = money_field()
+    quota_daily_limit_usd = money_field()
+    quota_daily_used_usd = money_field()
+    quota_daily_start = models.DateTimeField(null=True, blank=True)
+    quota_daily_reset_mode = models.CharField(max_length=8, choices=ResetMode, default=ResetMode.ROLLING)
+    quota_daily_reset_hour = models.PositiveSmallIntegerField(default=0)
+    quota_weekly_limit_usd = money_field()
+    quota_weekly_used_usd = money_field()
+    quota_weekly_start = models.DateTimeField(null=True, blank=True)
+    quota_weekly_reset_mode = models.CharField(max_length=8, choices=ResetMode, default=ResetMode.ROLLING)
+    quota_weekly_reset_hour = models.PositiveSmallIntegerField(default=0)
+    quota_weekly_reset_weekday = models.PositiveSmallIntegerField(default=0, help_text="0 = Monday.")
+    quota_timezone = models.CharField(max_length=64, default="UTC")
+
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["priority", "id"]
+        indexes = [models.Index(Lower("name"), name="upstream_name_lower_idx")]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def is_bedrock(self) -> bool:
+        return self.type == self.Type.BEDROCK
+
+    @property
+    def platform_badge(self) -> str:
+        if self.is_bedrock:
+            return "Anthropic | AWS"
+        return self.get_platform_display()
+
+
+class GroupAccount(models.Model):
+    """Membership of an upstream account in a group, with a per-group priority."""
+
+    group = models.ForeignKey(Group, on_delete=models.CASCADE, related_name="memberships")
+    account = models.ForeignKey(UpstreamAccount, on_delete=models.CASCADE, related_name="memberships")
+    priority = models.IntegerField(default=50)
+
+    class Meta:
+        ordering = ["priority", "id"]
+        constraints = [models.UniqueConstraint(fields=["group", "account"], name="group_account_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.account_id} in {self.group_id} (priority {self.priority})"
+
+
+class APIKey(models.Model):
+    """A user's credential for the gateway. Only the SHA-256 of the secret is stored."""
+
+    class Status(models.TextChoices):
+        ACTIVE = "active", "Active"
+        DISABLED = "disabled", "Disabled"
+        QUOTA_EXHAUSTED = "quota_exhausted", "Quota exhausted"
+        EXPIRED = "expired", "Expired"
+
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="api_keys")
+    group = models.ForeignKey(Group, on_delete=models.PROTECT, null=True, blank=True, related_name="api_keys")
+    name = models.CharField(max_length=100)
+    key_hash = models.CharField(max_length=64, unique=True, editable=False)
+    key_prefix = models.CharField(max_length=16, editable=False, db_index=True)
+    key_last4 = models.CharField(max_length=4, editable=False)
+    status = models.CharField(max_length=20, choices=Status, default=Status.ACTIVE, db_index=True)
+    ip_allowlist = models.JSONField(default=list, blank=True)
+    ip_denylist = models.JSONField(default=list, blank=True)
+    quota_usd = money_field(help_text="0 = unlimited.")
+    quota_used_usd = money_field()
+    expires_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    rate_limit_5h_usd = money_field()
+    rate_limit_1d_usd = money_field()
+    rate_limit_7d_usd = money_field()
+    usage_5h_usd = money_field()
+    usage_1d_usd = money_field()
+    usage_7d_usd = money_field()
+    window_5h_start = models.DateTimeField(null=True, blank=True)
+    window_1d_start = models.DateTimeField(null=True, blank=True)
+    window_7d_start = models.DateTimeField(null=True, blank=True)
+    timezone = models.CharField(
+        max_length=64, default="", blank=True, help_text="Empty = settings.TIME_ZONE."
+    )
+    last_used_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-id"]
+        verbose_name = "API key"
+        indexes = [models.Index(Lower("name"), name="apikey_name_lower_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.masked})"
+
+    @property
+    def masked(self) -> str:
+        return f"{self.key_prefix}…{self.key_last4}"
+
+
+class Subscription(models.Model):
+    """Gives a user a subscription group for a term, with daily/weekly/monthly windows."""
+
+    class Status(models.TextChoices):
+        ACTIVE = "active", "Active"
+        EXPIRED = "expired", "Expired"
+        SUSPENDED = "suspended", "Suspended"
+        REVOKED = "revoked", "Revoked"
+
+    LIVE_STATUSES = (Status.ACTIVE, Status.SUSPENDED)
+
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="subscriptions")
+    group = models.ForeignKey(Group, on_delete=models.PROTECT, related_name="subscriptions")
+    starts_at = models.DateTimeField()
+    expires_at = models.DateTimeField(db_index=True)
+    status = models.CharField(max_length=16, choices=Status, default=Status.ACTIVE, db_index=True)
+    daily_usage_usd = money_field()
+    weekly_usage_usd = money_field()
+    monthly_usage_usd = money_field()
+    daily_window_start = models.DateTimeField(null=True, blank=True)
+    weekly_window_start = models.DateTimeField(null=True, blank=True)
+    monthly_window_start = models.DateTimeField(null=True, blank=True)
+    assigned_by = models.ForeignKey(User, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    notes = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["user", "group"],
+                condition=models.Q(status__in=["active", "suspended"]),
+                name="subscription_one_live_per_user_group",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user_id} → {self.group_id} until {self.expires_at:%Y-%m-%d}"

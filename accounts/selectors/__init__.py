@@ -1,0 +1,1 @@
+"""Reads for the accounts app, one module per entity."""

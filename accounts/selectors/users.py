@@ -1,0 +1,24 @@
+from __future__ import annotations
+
+from django.db.models import Count, Q, QuerySet
+
+from accounts.models import BalanceHistory, User
+
+
+def user_list(*, search: str = "", role: str = "", status: str = "", staff: str = "") -> QuerySet[User]:
+    users = User.objects.annotate(api_key_count=Count("api_keys", distinct=True))
+    if search:
+        users = users.filter(
+            Q(email__icontains=search) | Q(username__icontains=search) | Q(notes__icontains=search)
+        )
+    if role:
+        users = users.filter(role=role)
+    if status:
+        users = users.filter(status=status)
+    if staff in ("yes", "no"):
+        users = users.filter(is_staff=staff == "yes")
+    return users
+
+
+def user_balance_history(*, user: User, limit: int = 50) -> QuerySet[BalanceHistory]:
+    return user.balance_history.select_related("changed_by")[:limit]

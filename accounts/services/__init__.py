@@ -1,0 +1,1 @@
+"""Writes for the accounts app, one module per entity (HackSoft style: <entity>_<action>)."""

@@ -1,0 +1,97 @@
+"""Users: create, edit, enable/disable, balance adjustments."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.db.models import F
+
+from accounts.models import BalanceHistory, User
+from accounts.money import quantize_usd
+
+
+@transaction.atomic
+def user_create(*, email: str, password: str | None, fields: dict, created_by: User | None = None) -> User:
+    groups = fields.pop("allowed_groups", None)
+    user = User(email=email.strip().lower(), **fields)
+    if password:
+        user.set_password(password)
+    else:
+        user.set_unusable_password()
+    user.full_clean(exclude=["password"])
+    user.save()
+    if groups is not None:
+        user.allowed_groups.set(groups)
+    return user
+
+
+@transaction.atomic
+def user_update(*, user: User, fields: dict) -> User:
+    groups = fields.pop("allowed_groups", None)
+    # Balance and usage counters are never written through the edit form.
+    for protected in ("balance", "total_recharged", "last_active_at"):
+        fields.pop(protected, None)
+    for name, value in fields.items():
+        setattr(user, name, value)
+    user.full_clean(exclude=["password"])
+    user.save(update_fields=[*fields.keys(), "updated_at"])
+    if groups is not None:
+        user.allowed_groups.set(groups)
+    return user
+
+
+def user_set_status(*, user: User, status: str) -> User:
+    if status not in User.Status.values:
+        raise ValidationError({"status": f"Unknown status {status!r}."})
+    User.objects.filter(pk=user.pk).update(status=status, is_active=status == User.Status.ACTIVE)
+    user.refresh_from_db(fields=["status", "is_active"])
+    return user
+
+
+@transaction.atomic
+def user_balance_adjust(
+    *, user_id: int, operation: str, amount: Decimal, note: str, changed_by: User | None
+) -> BalanceHistory:
+    """Set, add or subtract an amount, atomically, leaving a history row.
+
+    The row is locked for the transaction, so the before/after recorded in
+    history are exactly what concurrent adjustments saw, and the new balance
+    is written by the database (F()), not computed from a stale read.
+    """
+    amount = quantize_usd(amount)
+    if amount < 0:
+        raise ValidationError({"amount": "Enter a positive amount; choose Subtract to take money away."})
+    if operation in (BalanceHistory.Operation.ADD, BalanceHistory.Operation.SUBTRACT) and amount == 0:
+        raise ValidationError({"amount": "The amount must be greater than zero."})
+
+    before = User.objects.select_for_update().values_list("balance", flat=True).get(pk=user_id)
+    users = User.objects.filter(pk=user_id)
+    if operation == BalanceHistory.Operation.SET:
+        users.update(balance=amount)
+        after = amount
+    elif operation == BalanceHistory.Operation.ADD:
+        users.update(balance=F("balance") + amount, total_recharged=F("total_recharged") + amount)
+        after = before + amount
+    elif operation == BalanceHistory.Operation.SUBTRACT:
+        # Only billing may overdraw; an operator cannot push a balance below zero.
+        if not users.filter(balance__gte=amount).update(balance=F("balance") - amount):
+            raise ValidationError(
+                {
+                    "amount": f"The balance is ${before:,.2f}; subtracting ${amount:,.2f} would make it negative."
+                }
+            )
+        after = before - amount
+    else:
+        raise ValidationError({"operation": f"Unknown operation {operation!r}."})
+
+    return BalanceHistory.objects.create(
+        user_id=user_id,
+        operation=operation,
+        amount=amount,
+        balance_before=before,
+        balance_after=after,
+        note=note.strip(),
+        changed_by=changed_by,
+    )

@@ -1,0 +1,24 @@
+"""Columns shared by console tables."""
+
+from __future__ import annotations
+
+import django_tables2 as tables
+from django.utils.html import format_html
+
+from accounts.money import format_usd
+
+
+class MoneyColumn(tables.Column):
+    def __init__(self, *args, places: int = 2, **kwargs) -> None:
+        self.places = places
+        kwargs.setdefault("attrs", {"td": {"class": "money num"}, "th": {"class": "num"}})
+        super().__init__(*args, **kwargs)
+
+    def render(self, value):
+        return format_usd(value, self.places)
+
+
+class StatusColumn(tables.Column):
+    def render(self, value, record, bound_column):
+        label = getattr(record, f"get_{bound_column.name}_display", lambda: value)()
+        return format_html('<span class="badge badge-status-{}">{}</span>', value, label)

@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+import django_tables2 as tables
+from django.urls import reverse
+from django.utils.html import format_html
+from django.utils.safestring import mark_safe
+
+from accounts.models import User
+from accounts.tables.columns import MoneyColumn, StatusColumn
+
+
+class UserTable(tables.Table):
+    email = tables.Column(
+        verbose_name="Email", linkify=lambda record: reverse("accounts:user-detail", args=[record.pk])
+    )
+    username = tables.Column(verbose_name="Name")
+    role = tables.Column()
+    status = StatusColumn()
+    balance = MoneyColumn(verbose_name="Balance")
+    concurrency = tables.Column(
+        verbose_name="Concurrency", attrs={"td": {"class": "num"}, "th": {"class": "num"}}
+    )
+    api_key_count = tables.Column(verbose_name="Keys", attrs={"td": {"class": "num"}, "th": {"class": "num"}})
+    last_active_at = tables.DateTimeColumn(verbose_name="Last active", format="Y-m-d H:i", default="never")
+    created_at = tables.DateTimeColumn(verbose_name="Created", format="Y-m-d")
+
+    class Meta:
+        model = User
+        fields = (
+            "email",
+            "username",
+            "role",
+            "status",
+            "balance",
+            "concurrency",
+            "api_key_count",
+            "last_active_at",
+            "created_at",
+        )
+        order_by = ("-created_at",)
+        empty_text = "No users match these filters"
+        attrs = {"class": "table table-hover align-middle mb-0", "id": "user-table"}
+
+    def render_role(self, value, record):
+        staff = mark_safe(' <span class="badge text-bg-dark">staff</span>') if record.is_staff else ""  # noqa: S308
+        return format_html("{}{}", record.get_role_display(), staff)

@@ -1,0 +1,31 @@
+"""Template filters for money and status, shared by every console page."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from django import template
+from django.utils.html import format_html
+
+from accounts.money import format_usd, per_token_to_per_mtok
+
+register = template.Library()
+
+
+@register.filter
+def usd(value: Decimal | None, places: int = 2) -> str:
+    return format_usd(value, int(places))
+
+
+@register.filter
+def per_mtok(price_per_token: Decimal | None) -> str:
+    """A per-token price shown as $/MTok."""
+    price = per_token_to_per_mtok(price_per_token)
+    return "—" if price is None else f"${price:,.4f}".rstrip("0").rstrip(".") + "/MTok"
+
+
+@register.simple_tag
+def status_badge(value: str, label: str | None = None) -> str:
+    return format_html(
+        '<span class="badge badge-status-{}">{}</span>', value, label or value.replace("_", " ")
+    )

@@ -1,0 +1,132 @@
+"""Users: list, create, edit, enable/disable, balance adjustments."""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.core.exceptions import ValidationError
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_http_methods
+from django_tables2 import RequestConfig
+
+from accounts.forms.base import add_service_error
+from accounts.forms.users import BalanceAdjustForm, UserCreateForm, UserFilterForm, UserForm
+from accounts.htmx import dialog_done, render_page
+from accounts.models import BalanceHistory, User
+from accounts.money import format_usd
+from accounts.selectors.users import user_balance_history
+from accounts.selectors.users import user_list as select_users
+from accounts.services.users import user_balance_adjust, user_create, user_set_status, user_update
+from accounts.tables.users import UserTable
+
+
+def user_list(request: HttpRequest) -> HttpResponse:
+    filters = UserFilterForm(request.GET or None)
+    criteria = filters.cleaned_data if filters.is_valid() else {}
+    users = select_users(
+        search=criteria.get("q", ""),
+        role=criteria.get("role", ""),
+        status=criteria.get("status", ""),
+        staff=criteria.get("staff", ""),
+    )
+    table = UserTable(users)
+    RequestConfig(request, paginate={"per_page": 50}).configure(table)
+    return render_page(request, "accounts/user_list.html", {"table": table, "filter_form": filters})
+
+
+@require_http_methods(["GET", "POST"])
+def user_create_view(request: HttpRequest) -> HttpResponse:
+    form = UserCreateForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        fields = {
+            k: v for k, v in form.cleaned_data.items() if k not in ("email", "password", "initial_balance")
+        }
+        try:
+            user = user_create(
+                email=form.cleaned_data["email"], password=form.cleaned_data["password"], fields=fields
+            )
+        except ValidationError as error:
+            add_service_error(form, error)
+        else:
+            if form.cleaned_data.get("initial_balance"):
+                user_balance_adjust(
+                    user_id=user.pk,
+                    operation=BalanceHistory.Operation.ADD,
+                    amount=form.cleaned_data["initial_balance"],
+                    note="Initial balance",
+                    changed_by=request.user,
+                )
+            messages.success(request, f"User {user.email} created.")
+            return redirect("accounts:user-detail", user.pk)
+    return render(request, "accounts/user_form.html", {"form": form, "creating": True})
+
+
+@require_http_methods(["GET", "POST"])
+def user_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    user = get_object_or_404(User, pk=pk)
+    form = UserForm(request.POST or None, instance=user)
+    if request.method == "POST" and form.is_valid():
+        try:
+            user_update(user=user, fields=dict(form.cleaned_data))
+        except ValidationError as error:
+            add_service_error(form, error)
+        else:
+            messages.success(request, f"Saved {user.email}.")
+            return redirect("accounts:user-detail", user.pk)
+    context = {"form": form, "subject": user, "history": user_balance_history(user=user)}
+    return render(request, "accounts/user_form.html", context)
+
+
+def user_summary(request: HttpRequest, pk: int) -> HttpResponse:
+    """The balance card and history alone, re-rendered after a dialog changes them."""
+    user = get_object_or_404(User, pk=pk)
+    return render(
+        request,
+        "accounts/user_form.html#balance",
+        {"subject": user, "history": user_balance_history(user=user)},
+    )
+
+
+@require_http_methods(["GET", "POST"])
+def user_balance_dialog(request: HttpRequest, pk: int) -> HttpResponse:
+    user = get_object_or_404(User, pk=pk)
+    form = BalanceAdjustForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            entry = user_balance_adjust(user_id=user.pk, changed_by=request.user, **form.cleaned_data)
+        except ValidationError as error:
+            add_service_error(form, error)
+        else:
+            return dialog_done(
+                changed="balance:changed",
+                message=f"Balance of {user.email} is now {format_usd(entry.balance_after)}.",
+            )
+    action = reverse("accounts:user-balance", args=[user.pk])
+    return render(
+        request, "accounts/user_balance_dialog.html", {"form": form, "subject": user, "dialog_action": action}
+    )
+
+
+@require_http_methods(["GET", "POST"])
+def user_status_dialog(request: HttpRequest, pk: int) -> HttpResponse:
+    user = get_object_or_404(User, pk=pk)
+    target = User.Status.ACTIVE if user.is_disabled else User.Status.DISABLED
+    if request.method == "POST":
+        if user.pk == request.user.pk and target == User.Status.DISABLED:
+            messages.error(request, "You cannot disable your own account.")
+            return dialog_done(
+                changed="user:changed", message="You cannot disable your own account.", level="danger"
+            )
+        user_set_status(user=user, status=target)
+        verb = "enabled" if target == User.Status.ACTIVE else "disabled"
+        messages.success(request, f"{user.email} {verb}.")
+        response = dialog_done(changed="user:changed")
+        response["HX-Refresh"] = "true"
+        return response
+    action = reverse("accounts:user-status", args=[user.pk])
+    return render(
+        request,
+        "accounts/user_status_dialog.html",
+        {"subject": user, "target": target, "dialog_action": action},
+    )

@@ -1,0 +1,602 @@
+"""The cost of one request (SPEC §3), as a pure function.
+
+No database and no Django: billing builds a `Price` from a channel pricing card or the catalog,
+a `Usage` from the upstream response, and stores the returned `CostBreakdown` (via `as_dict()`)
+on the usage row so the usage page can re-render the sentence later without re-pricing.
+
+Quantisation (SPEC §1: 8 decimals, round half away from zero):
+- every component is quantised on its own (so each stored component is exact);
+- `total_cost` is the plain sum of those quantised components, so a row's components always add
+  up to its total to the last digit. It may differ from quantising the raw sum by at most half a
+  unit in the 8th place per component; the ledger's own consistency matters more than that.
+- `actual_cost` and `account_cost` are quantised from the (already quantised) `total_cost`.
+Per-token prices are never rounded: they carry 12+ decimals and only the products are quantised.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Decimal, localcontext
+from typing import Any, Literal
+
+BillingMode = Literal["token", "per_request", "image"]
+PricingSource = Literal["channel", "catalog", "missing"]
+CacheTTL = Literal["5m", "1h"]
+RateSource = Literal["group", "user", "default"]
+UnitPriceSource = Literal["", "interval", "per_request_price", "none"]
+
+BILLING_MODES: frozenset[str] = frozenset({"token", "per_request", "image"})
+PRICING_SOURCES: frozenset[str] = frozenset({"channel", "catalog", "missing"})
+CACHE_TTLS: frozenset[str] = frozenset({"5m", "1h"})
+RATE_SOURCE_LABELS: dict[str, str] = {
+    "group": "group rate",
+    "user": "user override",
+    "default": "default rate",
+}
+
+USD_QUANTUM = Decimal("0.00000001")
+ZERO = Decimal(0)
+ONE = Decimal(1)
+TOKENS_PER_MTOK = Decimal(1_000_000)
+# Wide enough that tokens × a 12+-decimal price × a multiplier is exact before quantising;
+# the default context (28 digits) could silently round a large request.
+_PRECISION = 60
+
+
+def quantize_usd(amount: Decimal) -> Decimal:
+    """Round a money amount to 8 decimals, half away from zero (SPEC §1)."""
+    with localcontext() as ctx:
+        ctx.prec = _PRECISION
+        return amount.quantize(USD_QUANTUM, rounding=ROUND_HALF_UP)
+
+
+def _money_in(name: str, value: object, *, optional: bool = False) -> Decimal | None:
+    # Floats are refused rather than converted: Decimal(0.1) is not 0.1, and a price that is
+    # silently off in the 17th digit would be multiplied by millions of tokens.
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, Decimal | int):
+        raise TypeError(f"{name} must be a Decimal, got {type(value).__name__}")
+    amount = Decimal(value)
+    if not amount.is_finite():
+        raise ValueError(f"{name} must be a finite number, got {amount}")
+    if amount < 0:
+        raise ValueError(f"{name} must not be negative, got {amount}")
+    return amount
+
+
+def _count_in(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < 0:
+        raise ValueError(f"{name} must not be negative, got {value}")
+    return value
+
+
+def _coerce_money(obj: object, names: tuple[str, ...], *, optional: bool) -> None:
+    for name in names:
+        # Frozen dataclasses: __post_init__ is the one place allowed to normalise fields.
+        object.__setattr__(obj, name, _money_in(name, getattr(obj, name), optional=optional))
+
+
+@dataclass(frozen=True)
+class PriceInterval:
+    """One row of a card's interval table (SPEC §2.2 PricingInterval). Prices are USD per token.
+
+    Token mode matches by context size (`min_tokens < context <= max_tokens`); per-request and
+    image modes match by `tier_label`. A multiplier scales the card's base price and is used only
+    when the explicit price next to it is empty.
+    """
+
+    min_tokens: int = 0
+    max_tokens: int | None = None
+    tier_label: str = ""
+    input_price: Decimal | None = None
+    output_price: Decimal | None = None
+    cache_write_price: Decimal | None = None
+    cache_read_price: Decimal | None = None
+    input_multiplier: Decimal | None = None
+    output_multiplier: Decimal | None = None
+    cache_write_multiplier: Decimal | None = None
+    cache_read_multiplier: Decimal | None = None
+    per_request_price: Decimal | None = None
+    sort_order: int = 0
+
+    def __post_init__(self) -> None:
+        _count_in("min_tokens", self.min_tokens)
+        if self.max_tokens is not None:
+            _count_in("max_tokens", self.max_tokens)
+        _coerce_money(
+            self,
+            (
+                "input_price",
+                "output_price",
+                "cache_write_price",
+                "cache_read_price",
+                "input_multiplier",
+                "output_multiplier",
+                "cache_write_multiplier",
+                "cache_read_multiplier",
+                "per_request_price",
+            ),
+            optional=True,
+        )
+
+
+@dataclass(frozen=True)
+class Price:
+    """A pricing card (channel ModelPricing or catalog default). Prices are USD per token."""
+
+    input_price: Decimal = ZERO
+    output_price: Decimal = ZERO
+    cache_write_price: Decimal = ZERO  # 5-minute cache writes
+    cache_write_1h_price: Decimal | None = None  # None = same as cache_write_price
+    cache_read_price: Decimal = ZERO
+    image_output_price: Decimal = ZERO
+    per_request_price: Decimal | None = None
+    billing_mode: BillingMode = "token"
+    intervals: tuple[PriceInterval, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.billing_mode not in BILLING_MODES:
+            raise ValueError(
+                f"billing_mode must be one of {sorted(BILLING_MODES)}, got {self.billing_mode!r}"
+            )
+        _coerce_money(
+            self,
+            ("input_price", "output_price", "cache_write_price", "cache_read_price", "image_output_price"),
+            optional=False,
+        )
+        _coerce_money(self, ("cache_write_1h_price", "per_request_price"), optional=True)
+        # Accept a list from callers but keep the card hashable and immutable.
+        object.__setattr__(self, "intervals", tuple(self.intervals))
+        for interval in self.intervals:
+            if not isinstance(interval, PriceInterval):
+                raise TypeError(f"intervals must hold PriceInterval, got {type(interval).__name__}")
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Token and unit counts of one request, as reported by the upstream."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0  # includes image_output_tokens, as upstreams report it
+    cache_creation_5m_tokens: int = 0
+    cache_creation_1h_tokens: int = 0
+    cache_read_tokens: int = 0
+    image_output_tokens: int = 0
+    request_count: int = 1  # units in per_request mode
+    image_count: int = 0  # units in image mode
+    image_size_tier: str | None = None  # '1K', '2K', '4K', 'HD'…: picks the interval by tier_label
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            if f.name != "image_size_tier":
+                _count_in(f.name, getattr(self, f.name))
+
+    @property
+    def context_tokens(self) -> int:
+        """SPEC §3.3: what the interval is chosen by."""
+        return (
+            self.input_tokens
+            + self.cache_creation_5m_tokens
+            + self.cache_creation_1h_tokens
+            + self.cache_read_tokens
+        )
+
+
+@dataclass(frozen=True)
+class AppliedInterval:
+    """The interval a request was priced in, kept on the breakdown for the explanation."""
+
+    tier_label: str
+    min_tokens: int
+    max_tokens: int | None
+
+
+def select_interval(intervals: tuple[PriceInterval, ...], context_tokens: int) -> PriceInterval | None:
+    """First interval in sort_order with min < context <= max (None max = unbounded), else None."""
+    # sorted() is stable, so equal sort_orders keep the card's order.
+    for interval in sorted(intervals, key=lambda i: i.sort_order):
+        if interval.min_tokens < context_tokens and (
+            interval.max_tokens is None or context_tokens <= interval.max_tokens
+        ):
+            return interval
+    return None
+
+
+def select_tier_interval(intervals: tuple[PriceInterval, ...], tier: str | None) -> PriceInterval | None:
+    """First interval in sort_order whose tier_label matches (case- and space-insensitive)."""
+    if not tier or not tier.strip():
+        return None
+    wanted = tier.strip().casefold()
+    for interval in sorted(intervals, key=lambda i: i.sort_order):
+        if interval.tier_label.strip().casefold() == wanted:
+            return interval
+    return None
+
+
+def _interval_price(explicit: Decimal | None, multiplier: Decimal | None, base: Decimal) -> Decimal:
+    if explicit is not None:
+        return explicit
+    if multiplier is not None:
+        return multiplier * base
+    return base
+
+
+def _cache_write_1h_price(price: Price, interval: PriceInterval | None) -> Decimal:
+    base_1h = (
+        price.cache_write_1h_price if price.cache_write_1h_price is not None else price.cache_write_price
+    )
+    if interval is None:
+        return base_1h
+    # An interval has one cache-write price but writes come in two buckets. Scaling only the 5m
+    # price would bill long-context 1h writes at the short-context rate, the under-billing
+    # SPEC §2.2 warns about. So the interval moves both buckets by the same factor.
+    if interval.cache_write_price is not None:
+        if price.cache_write_1h_price is None or price.cache_write_price == 0:
+            # No 1h:5m ratio to keep, so the 1h bucket falls back to the 5m price (SPEC §3.4).
+            return interval.cache_write_price
+        return interval.cache_write_price * price.cache_write_1h_price / price.cache_write_price
+    if interval.cache_write_multiplier is not None:
+        return interval.cache_write_multiplier * base_1h
+    return base_1h
+
+
+@dataclass(frozen=True)
+class CostBreakdown:
+    """Everything needed to store a usage row's costs and to explain them by hand.
+
+    Token counts are as billed (after any cache TTL override); prices are the effective per-token
+    prices after interval selection; money fields are quantised to 8 decimals.
+    """
+
+    billing_mode: BillingMode
+    pricing_source: PricingSource
+    billing_model: str
+    # Counts as billed.
+    input_tokens: int
+    output_tokens: int
+    image_output_tokens: int
+    cache_creation_5m_tokens: int
+    cache_creation_1h_tokens: int
+    cache_read_tokens: int
+    context_tokens: int
+    unit_count: int
+    size_tier: str | None
+    # Effective prices (USD per token; per unit for unit_price).
+    input_price: Decimal
+    output_price: Decimal
+    image_output_price: Decimal
+    cache_write_price: Decimal
+    cache_write_1h_price: Decimal
+    cache_read_price: Decimal
+    unit_price: Decimal
+    unit_price_source: UnitPriceSource
+    interval: AppliedInterval | None
+    # Components (each quantised).
+    input_cost: Decimal
+    output_cost: Decimal
+    image_output_cost: Decimal
+    cache_creation_5m_cost: Decimal
+    cache_creation_1h_cost: Decimal
+    cache_creation_cost: Decimal  # = 5m + 1h, both already quantised
+    cache_read_cost: Decimal
+    unit_cost: Decimal
+    # Totals.
+    total_cost: Decimal
+    actual_cost: Decimal
+    account_cost: Decimal
+    rate_multiplier: Decimal
+    rate_multiplier_source: RateSource
+    account_rate_multiplier: Decimal
+    cache_ttl_override: CacheTTL | None  # the bucket every cache write was moved to, if any
+
+    @property
+    def cache_ttl_overridden(self) -> bool:
+        """What the usage row stores (SPEC §2.1)."""
+        return self.cache_ttl_override is not None
+
+    def components(self) -> dict[str, Decimal]:
+        """The components that add up to total_cost exactly (5m/1h are inside cache_creation)."""
+        return {
+            "input_cost": self.input_cost,
+            "output_cost": self.output_cost,
+            "image_output_cost": self.image_output_cost,
+            "cache_creation_cost": self.cache_creation_cost,
+            "cache_read_cost": self.cache_read_cost,
+            "unit_cost": self.unit_cost,
+        }
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-safe: Decimals as strings, so nothing passes through a float on the way to storage."""
+        data: dict[str, Any] = {"version": _DICT_VERSION}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, Decimal):
+                value = str(value)
+            elif isinstance(value, AppliedInterval):
+                value = dataclasses.asdict(value)
+            data[f.name] = value
+        # Readable in the stored JSON; derived, so from_dict ignores it.
+        data["cache_ttl_overridden"] = self.cache_ttl_overridden
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CostBreakdown:
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            value = data[f.name]
+            if f.name in _DECIMAL_FIELDS:
+                value = Decimal(value)
+            elif f.name == "interval" and value is not None:
+                value = AppliedInterval(**value)
+            values[f.name] = value
+        return cls(**values)
+
+    def explain(self) -> str:
+        """One sentence an operator can check with a calculator; prices in $/MTok (SPEC §1)."""
+        head = f"{self.billing_model or 'Request'}"
+        if self.pricing_source == "missing":
+            head += ": no price found (pricing_source=missing), billed $0"
+            counts = self._token_terms(priced=False)
+            if counts:
+                head += f" for {', '.join(counts)}"
+        else:
+            head += f", {self.pricing_source} price, {self.billing_mode.replace('_', '-')} mode"
+        if self.interval is not None and self.billing_mode == "token":
+            # Unit modes name their interval in the unit term instead.
+            head += f", {self._interval_text()}"
+        if self.cache_ttl_override is not None:
+            head += f", all cache writes billed as {self.cache_ttl_override} (TTL override)"
+
+        terms: list[str] = []
+        if self.pricing_source != "missing":
+            if self.billing_mode == "token":
+                terms = self._token_terms(priced=True) or ["no billable tokens"]
+            else:
+                terms = [self._unit_term()]
+        rate_label = RATE_SOURCE_LABELS.get(self.rate_multiplier_source, self.rate_multiplier_source)
+        terms += [
+            f"total {format_usd(self.total_cost)}",
+            f"× {format_multiplier(self.rate_multiplier)} ({rate_label}) = "
+            f"{format_usd(self.actual_cost)} charged",
+            f"account cost {format_usd(self.total_cost)} × "
+            f"{format_multiplier(self.account_rate_multiplier)} = {format_usd(self.account_cost)}",
+        ]
+        return f"{head}: {'; '.join(terms)}."
+
+    def _token_terms(self, *, priced: bool) -> list[str]:
+        text_output = max(self.output_tokens - self.image_output_tokens, 0)  # as billed
+        rows = [
+            (self.input_tokens, "input", self.input_price, self.input_cost),
+            (text_output, "output", self.output_price, self.output_cost),
+            (self.image_output_tokens, "image output", self.image_output_price, self.image_output_cost),
+            (
+                self.cache_creation_5m_tokens,
+                "cache write 5m",
+                self.cache_write_price,
+                self.cache_creation_5m_cost,
+            ),
+            (
+                self.cache_creation_1h_tokens,
+                "cache write 1h",
+                self.cache_write_1h_price,
+                self.cache_creation_1h_cost,
+            ),
+            (self.cache_read_tokens, "cache read", self.cache_read_price, self.cache_read_cost),
+        ]
+        if not priced:
+            return [f"{count:,} {label}" for count, label, _, _ in rows if count > 0]
+        return [
+            f"{count:,} {label} × {format_per_mtok(price)} = {format_usd(cost)}"
+            for count, label, price, cost in rows
+            if count > 0
+        ]
+
+    def _unit_term(self) -> str:
+        noun = "image" if self.billing_mode == "image" else "request"
+        noun += "" if self.unit_count == 1 else "s"
+        tier = f" ({self.size_tier})" if self.size_tier else ""
+        if self.unit_price_source == "interval":
+            why = f"interval '{self.interval.tier_label}'" if self.interval else "interval"
+        elif self.unit_price_source == "per_request_price":
+            why = "per-request price" + (f"; no interval for '{self.size_tier}'" if self.size_tier else "")
+        else:
+            why = "no unit price on the card"
+        return (
+            f"{self.unit_count:,} {noun}{tier} × {format_usd(self.unit_price)} ({why}) = "
+            f"{format_usd(self.unit_cost)}"
+        )
+
+    def _interval_text(self) -> str:
+        assert self.interval is not None  # callers check; narrows the type
+        label = f"'{self.interval.tier_label}'" if self.interval.tier_label else "(unlabelled)"
+        upper = "∞" if self.interval.max_tokens is None else f"{self.interval.max_tokens:,}"
+        return (
+            f"interval {label} ({self.interval.min_tokens:,} < {self.context_tokens:,} context tokens "
+            f"≤ {upper})"
+        )
+
+
+_DICT_VERSION = 1
+_DECIMAL_FIELDS: frozenset[str] = frozenset(
+    f.name for f in dataclasses.fields(CostBreakdown) if f.type in ("Decimal", Decimal)
+)
+
+
+def compute_cost(
+    *,
+    price: Price | None,
+    usage: Usage,
+    pricing_source: PricingSource,
+    rate_multiplier: Decimal = ONE,
+    rate_multiplier_source: RateSource = "group",
+    account_rate_multiplier: Decimal = ONE,
+    cache_ttl_override: CacheTTL | None = None,
+    billing_model: str = "",
+) -> CostBreakdown:
+    """Price one request (SPEC §3.3–§3.6).
+
+    `rate_multiplier` is already resolved by the caller (the user's override for the group if
+    set, else the group's); `rate_multiplier_source` says which, for the explanation.
+    `price=None` with `pricing_source='missing'` yields a zero-cost breakdown that still carries
+    every token count, so the row is recorded and the dashboard can flag the model.
+    """
+    if pricing_source not in PRICING_SOURCES:
+        raise ValueError(f"pricing_source must be one of {sorted(PRICING_SOURCES)}, got {pricing_source!r}")
+    if (price is None) != (pricing_source == "missing"):
+        raise ValueError("price must be None exactly when pricing_source is 'missing'")
+    if cache_ttl_override is not None and cache_ttl_override not in CACHE_TTLS:
+        raise ValueError(f"cache_ttl_override must be '5m', '1h' or None, got {cache_ttl_override!r}")
+    if rate_multiplier_source not in RATE_SOURCE_LABELS:
+        raise ValueError(f"rate_multiplier_source must be one of {sorted(RATE_SOURCE_LABELS)}")
+    rate = _money_in("rate_multiplier", rate_multiplier)
+    account_rate = _money_in("account_rate_multiplier", account_rate_multiplier)
+    assert rate is not None and account_rate is not None  # not optional; narrows the type
+
+    cache_5m, cache_1h = usage.cache_creation_5m_tokens, usage.cache_creation_1h_tokens
+    if cache_ttl_override == "5m":
+        cache_5m, cache_1h = cache_5m + cache_1h, 0
+    elif cache_ttl_override == "1h":
+        cache_5m, cache_1h = 0, cache_5m + cache_1h
+    # Upstreams count image tokens inside output; if one reports more image than output tokens,
+    # bill zero text output rather than a negative amount.
+    image_output = usage.image_output_tokens
+    text_output = max(usage.output_tokens - image_output, 0)
+    mode: BillingMode = price.billing_mode if price is not None else "token"
+
+    prices = dict.fromkeys(
+        (
+            "input_price",
+            "output_price",
+            "image_output_price",
+            "cache_write_price",
+            "cache_write_1h_price",
+            "cache_read_price",
+            "unit_price",
+        ),
+        ZERO,
+    )
+    costs = dict.fromkeys(
+        (
+            "input_cost",
+            "output_cost",
+            "image_output_cost",
+            "cache_creation_5m_cost",
+            "cache_creation_1h_cost",
+            "cache_read_cost",
+            "unit_cost",
+        ),
+        # Quantised zero, so every money field of a breakdown has exactly 8 places.
+        quantize_usd(ZERO),
+    )
+    chosen: PriceInterval | None = None
+    unit_count = 0
+    unit_price_source: UnitPriceSource = ""
+
+    with localcontext() as ctx:
+        ctx.prec = _PRECISION
+        if price is not None and mode == "token":
+            chosen = select_interval(price.intervals, usage.context_tokens)
+            iv = chosen or PriceInterval()  # an empty interval leaves every flat price as is
+            prices["input_price"] = _interval_price(iv.input_price, iv.input_multiplier, price.input_price)
+            prices["output_price"] = _interval_price(
+                iv.output_price, iv.output_multiplier, price.output_price
+            )
+            prices["cache_write_price"] = _interval_price(
+                iv.cache_write_price, iv.cache_write_multiplier, price.cache_write_price
+            )
+            prices["cache_read_price"] = _interval_price(
+                iv.cache_read_price, iv.cache_read_multiplier, price.cache_read_price
+            )
+            prices["cache_write_1h_price"] = _cache_write_1h_price(price, chosen)
+            # Intervals carry no image price (SPEC §2.2), so image output is always flat.
+            prices["image_output_price"] = price.image_output_price
+
+            costs["input_cost"] = quantize_usd(usage.input_tokens * prices["input_price"])
+            costs["output_cost"] = quantize_usd(text_output * prices["output_price"])
+            costs["image_output_cost"] = quantize_usd(image_output * prices["image_output_price"])
+            costs["cache_creation_5m_cost"] = quantize_usd(cache_5m * prices["cache_write_price"])
+            costs["cache_creation_1h_cost"] = quantize_usd(cache_1h * prices["cache_write_1h_price"])
+            costs["cache_read_cost"] = quantize_usd(usage.cache_read_tokens * prices["cache_read_price"])
+        elif price is not None:
+            unit_count = usage.image_count if mode == "image" else usage.request_count
+            chosen = select_tier_interval(price.intervals, usage.image_size_tier)
+            if chosen is not None and chosen.per_request_price is not None:
+                prices["unit_price"], unit_price_source = chosen.per_request_price, "interval"
+            elif price.per_request_price is not None:
+                chosen = None  # the label matched but had no price: the card's price is what applied
+                prices["unit_price"], unit_price_source = price.per_request_price, "per_request_price"
+            else:
+                # Channel validation should prevent this; keep the row and say why it is $0.
+                chosen, unit_price_source = None, "none"
+            costs["unit_cost"] = quantize_usd(unit_count * prices["unit_price"])
+
+        cache_creation_cost = costs["cache_creation_5m_cost"] + costs["cache_creation_1h_cost"]
+        # Sum of quantised components: exact, so the stored row adds up to the last digit.
+        total = (
+            costs["input_cost"]
+            + costs["output_cost"]
+            + costs["image_output_cost"]
+            + cache_creation_cost
+            + costs["cache_read_cost"]
+            + costs["unit_cost"]
+        )
+        actual = quantize_usd(total * rate)
+        account = quantize_usd(total * account_rate)
+
+    return CostBreakdown(
+        billing_mode=mode,
+        pricing_source=pricing_source,
+        billing_model=billing_model,
+        input_tokens=usage.input_tokens,
+        output_tokens=usage.output_tokens,  # as reported, so the row matches the upstream
+        image_output_tokens=image_output,
+        cache_creation_5m_tokens=cache_5m,
+        cache_creation_1h_tokens=cache_1h,
+        cache_read_tokens=usage.cache_read_tokens,
+        context_tokens=usage.context_tokens,
+        unit_count=unit_count,
+        size_tier=usage.image_size_tier if mode != "token" else None,
+        **prices,
+        unit_price_source=unit_price_source,
+        interval=(
+            AppliedInterval(chosen.tier_label, chosen.min_tokens, chosen.max_tokens) if chosen else None
+        ),
+        **costs,
+        cache_creation_cost=cache_creation_cost,
+        total_cost=total,
+        actual_cost=actual,
+        account_cost=account,
+        rate_multiplier=rate,
+        rate_multiplier_source=rate_multiplier_source,
+        account_rate_multiplier=account_rate,
+        cache_ttl_override=cache_ttl_override,
+    )
+
+
+def _plain(amount: Decimal, min_places: int) -> str:
+    # normalize() drops trailing zeros; format "f" keeps 1E+1 from leaking into the page.
+    text = format(amount.normalize(), "f")
+    whole, _, frac = text.partition(".")
+    frac = frac.ljust(min_places, "0")
+    whole = f"{int(whole):,}"
+    return f"{whole}.{frac}" if frac else whole
+
+
+def format_usd(amount: Decimal) -> str:
+    """$0.036, $1,234.50: every significant digit kept, so the sentence adds up by hand."""
+    return f"${_plain(amount, 2)}"
+
+
+def format_per_mtok(price_per_token: Decimal) -> str:
+    """A per-token price shown as operators read it: $3.00/MTok."""
+    with localcontext() as ctx:
+        ctx.prec = _PRECISION
+        return f"${_plain(price_per_token * TOKENS_PER_MTOK, 2)}/MTok"
+
+
+def format_multiplier(multiplier: Decimal) -> str:
+    return _plain(multiplier, 1)

@@ -1,0 +1,21 @@
+from django.contrib import admin
+from django.urls import include, path
+
+from accounts.views import auth, dashboard
+from config import health
+
+urlpatterns = [
+    path("", dashboard.dashboard, name="dashboard"),
+    path("login/", auth.login, name="login"),
+    path("logout/", auth.logout, name="logout"),
+    path("password/", auth.password_change, name="password_change"),
+    path("password/done/", auth.password_change_done, name="password_change_done"),
+    path("healthz", health.healthz, name="healthz"),
+    path("django-admin/", admin.site.urls),
+    path("", include("accounts.urls")),
+]
+
+handler400 = "accounts.views.errors.bad_request"
+handler403 = "accounts.views.errors.permission_denied"
+handler404 = "accounts.views.errors.page_not_found"
+handler500 = "accounts.views.errors.server_error"

@@ -1,0 +1,57 @@
+"""Balance adjustments from many threads at once lose nothing (real PostgreSQL)."""
+
+from __future__ import annotations
+
+import threading
+from decimal import Decimal
+
+import pytest
+from django.db import connection
+
+from accounts.models import BalanceHistory
+from accounts.services.users import user_balance_adjust
+from tests.factories import UserFactory
+
+THREADS = 20
+
+
+@pytest.mark.django_db(transaction=True)
+def test_twenty_threads_adding_and_subtracting_lose_nothing():
+    user = UserFactory(balance=Decimal("100"))
+    barrier = threading.Barrier(THREADS)
+    failures: list[BaseException] = []
+
+    def work(index: int) -> None:
+        try:
+            barrier.wait()
+            operation = "add" if index % 2 == 0 else "subtract"
+            user_balance_adjust(
+                user_id=user.pk,
+                operation=operation,
+                amount=Decimal("0.12345678") * (index + 1),
+                note=f"thread {index}",
+                changed_by=None,
+            )
+        except BaseException as error:  # noqa: BLE001 - reported below
+            failures.append(error)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(THREADS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert failures == []
+    expected = Decimal("100") + sum(
+        (Decimal("0.12345678") * (i + 1) * (1 if i % 2 == 0 else -1) for i in range(THREADS)), Decimal("0")
+    )
+    user.refresh_from_db()
+    assert user.balance == expected
+    history = list(BalanceHistory.objects.filter(user=user).order_by("id"))
+    assert len(history) == THREADS
+    # Each row's before is the previous row's after: the history is a consistent chain.
+    for earlier, later in zip(history, history[1:], strict=False):
+        assert later.balance_before == earlier.balance_after
+    assert history[-1].balance_after == expected
