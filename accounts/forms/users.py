@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from decimal import Decimal
+
 from django import forms
 from django.contrib.auth import password_validation
 
@@ -11,9 +13,9 @@ USER_FIELDS = [
     "username",
     "role",
     "status",
-    "is_staff",
     "concurrency",
     "rpm_limit",
+    "is_staff",
     "allowed_groups",
     "notes",
 ]
@@ -62,7 +64,7 @@ class UserCreateForm(UserForm):
     initial_balance = MoneyField(label="Initial balance (USD)", required=False, min_value=0)
 
     class Meta(UserForm.Meta):
-        fields = [*USER_FIELDS[:5], "password", "initial_balance", *USER_FIELDS[5:]]
+        fields = [*USER_FIELDS[:2], "password", "initial_balance", *USER_FIELDS[2:]]
 
     def clean_password(self) -> str:
         password = self.cleaned_data.get("password") or ""
@@ -100,3 +102,15 @@ class UserFilterForm(ConsoleForm):
     staff = forms.ChoiceField(
         label="Staff", required=False, choices=[("", "Staff or not"), ("yes", "Staff"), ("no", "Not staff")]
     )
+
+
+class UserGroupRateForm(ConsoleForm):
+    group = forms.ModelChoiceField(queryset=Group.objects.none(), label="Group")
+    rate_multiplier = forms.DecimalField(
+        label="Multiplier", max_digits=12, decimal_places=6, min_value=Decimal("0.000001"),
+        help_text="Replaces the group's own rate multiplier for this user only.",
+    )
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["group"].queryset = Group.objects.order_by("sort_order", "id")

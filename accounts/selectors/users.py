@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.db.models import Count, Q, QuerySet
 
-from accounts.models import BalanceHistory, User
+from accounts.models import BalanceHistory, User, UserGroupRate
 
 
 def user_list(*, search: str = "", role: str = "", status: str = "", staff: str = "") -> QuerySet[User]:
@@ -22,3 +22,7 @@ def user_list(*, search: str = "", role: str = "", status: str = "", staff: str 
 
 def user_balance_history(*, user: User, limit: int = 50) -> QuerySet[BalanceHistory]:
     return user.balance_history.select_related("changed_by")[:limit]
+
+
+def user_group_rates(*, user: User) -> QuerySet[UserGroupRate]:
+    return user.group_rates.select_related("group").order_by("group__sort_order", "group__name")

@@ -8,7 +8,7 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import F
 
-from accounts.models import BalanceHistory, User
+from accounts.models import BalanceHistory, User, UserGroupRate
 from accounts.money import quantize_usd
 
 
@@ -95,3 +95,17 @@ def user_balance_adjust(
         note=note.strip(),
         changed_by=changed_by,
     )
+
+
+def user_group_rate_set(*, user: User, group_id: int, rate_multiplier: Decimal) -> UserGroupRate:
+    """Give a user their own multiplier for a group (replacing any earlier one)."""
+    if rate_multiplier <= 0:
+        raise ValidationError({"rate_multiplier": "The multiplier must be greater than zero."})
+    rate, _ = UserGroupRate.objects.update_or_create(
+        user=user, group_id=group_id, defaults={"rate_multiplier": rate_multiplier}
+    )
+    return rate
+
+
+def user_group_rate_remove(*, user: User, rate_id: int) -> None:
+    UserGroupRate.objects.filter(user=user, pk=rate_id).delete()

@@ -11,13 +11,20 @@ from django.views.decorators.http import require_http_methods
 from django_tables2 import RequestConfig
 
 from accounts.forms.base import add_service_error
-from accounts.forms.users import BalanceAdjustForm, UserCreateForm, UserFilterForm, UserForm
+from accounts.forms.users import BalanceAdjustForm, UserCreateForm, UserFilterForm, UserForm, UserGroupRateForm
 from accounts.htmx import dialog_done, render_page
 from accounts.models import BalanceHistory, User
 from accounts.money import format_usd
-from accounts.selectors.users import user_balance_history
+from accounts.selectors.users import user_balance_history, user_group_rates
 from accounts.selectors.users import user_list as select_users
-from accounts.services.users import user_balance_adjust, user_create, user_set_status, user_update
+from accounts.services.users import (
+    user_balance_adjust,
+    user_create,
+    user_group_rate_remove,
+    user_group_rate_set,
+    user_set_status,
+    user_update,
+)
 from accounts.tables.users import UserTable
 
 
@@ -74,7 +81,11 @@ def user_detail(request: HttpRequest, pk: int) -> HttpResponse:
         else:
             messages.success(request, f"Saved {user.email}.")
             return redirect("accounts:user-detail", user.pk)
-    context = {"form": form, "subject": user, "history": user_balance_history(user=user)}
+    context = {
+        "form": form,
+        "history": user_balance_history(user=user),
+        **_rates_context(user, UserGroupRateForm()),
+    }
     return render(request, "accounts/user_form.html", context)
 
 
@@ -130,3 +141,32 @@ def user_status_dialog(request: HttpRequest, pk: int) -> HttpResponse:
         "accounts/user_status_dialog.html",
         {"subject": user, "target": target, "dialog_action": action},
     )
+
+
+@require_http_methods(["GET", "POST"])
+def user_rates(request: HttpRequest, pk: int) -> HttpResponse:
+    """The per-group multiplier overrides card: list, add or replace one."""
+    user = get_object_or_404(User, pk=pk)
+    form = UserGroupRateForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            user_group_rate_set(
+                user=user, group_id=form.cleaned_data["group"].pk,
+                rate_multiplier=form.cleaned_data["rate_multiplier"],
+            )
+        except ValidationError as error:
+            add_service_error(form, error)
+        else:
+            form = UserGroupRateForm()
+    return render(request, "accounts/user_form.html#rates", _rates_context(user, form))
+
+
+@require_http_methods(["POST"])
+def user_rate_remove(request: HttpRequest, pk: int, rate_id: int) -> HttpResponse:
+    user = get_object_or_404(User, pk=pk)
+    user_group_rate_remove(user=user, rate_id=rate_id)
+    return render(request, "accounts/user_form.html#rates", _rates_context(user, UserGroupRateForm()))
+
+
+def _rates_context(user: User, form: UserGroupRateForm) -> dict:
+    return {"subject": user, "rate_form": form, "rates": user_group_rates(user=user)}
