@@ -1,9 +1,6 @@
 from django.contrib import admin
-from django.templatetags.static import static
 from django.urls import include, path
-from django.views.generic import RedirectView
 
-from accounts.access import public
 from accounts.views import auth, dashboard
 from config import health
 
@@ -14,7 +11,7 @@ urlpatterns = [
     path("password/", auth.password_change, name="password_change"),
     path("password/done/", auth.password_change_done, name="password_change_done"),
     path("healthz", health.healthz, name="healthz"),
-    path("favicon.ico", public(RedirectView.as_view(url=static("img/favicon.svg"))), name="favicon"),
+    path("favicon.ico", health.favicon, name="favicon"),
     path("django-admin/", admin.site.urls),
     path("", include("accounts.urls")),
 ]
