@@ -108,3 +108,31 @@ def test_every_response_carries_csp_and_security_headers(client):
 def test_htmx_requests_carry_the_csrf_token_in_body_headers(staff_client):
     page = staff_client.get("/users/").content.decode()
     assert '<body hx-headers=\'{"X-CSRFToken": "' in page
+
+
+def test_redis_url_makes_redis_the_cache_and_the_celery_broker(tmp_path):
+    script = (
+        "from django.conf import settings; from django.core.cache import cache;"
+        "cache.set('tollgate-settings-test', 'round-trip', 30);"
+        "print(cache.get('tollgate-settings-test'), settings.CACHES['default']['BACKEND'],"
+        " settings.CELERY_BROKER_URL, settings.CELERY_TASK_ALWAYS_EAGER, settings.SCHEDULED_JOBS_ENABLED)"
+    )
+    result = manage("shell", "--no-imports", "-c", script, env={"REDIS_URL": "redis://127.0.0.1:6379/3", "TOLLGATE_VAR_DIR": str(tmp_path)})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [
+        "round-trip", "django.core.cache.backends.redis.RedisCache", "redis://127.0.0.1:6379/3", "False", "True"
+    ]
+
+
+def test_without_redis_tasks_run_in_process(tmp_path):
+    script = "from django.conf import settings; print(settings.CELERY_TASK_ALWAYS_EAGER, settings.SCHEDULED_JOBS_ENABLED)"
+    result = manage("shell", "--no-imports", "-c", script, env={"TOLLGATE_VAR_DIR": str(tmp_path)})
+    assert result.stdout.split() == ["True", "False"]
+
+
+def test_the_server_error_page_renders_without_a_database(rf):
+    from accounts.views.errors import server_error
+
+    response = server_error(rf.get("/"))
+    assert response.status_code == 500
+    assert b"Tollgate hit an error handling this request." in response.content
