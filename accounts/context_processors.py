@@ -7,7 +7,13 @@ from django.http import HttpRequest
 # built yet are left out rather than linking to a 404.
 CONSOLE_SECTIONS: list[tuple[str, str, str]] = [
     ("dashboard", "Dashboard", "speedometer2"),
+    ("accounts:account-list", "Accounts", "hdd-network"),
+    ("accounts:group-list", "Groups", "collection"),
     ("accounts:user-list", "Users", "people"),
+    ("accounts:key-list", "API keys", "key"),
+    ("channels:channel-list", "Channels", "diagram-3"),
+    ("accounts:subscription-list", "Subscriptions", "calendar-check"),
+    ("billing:usage-list", "Usage", "receipt"),
 ]
 
 

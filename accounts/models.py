@@ -7,12 +7,19 @@ accounts/services, never by read-modify-write on an instance.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 
+from django.conf import settings
 from django.contrib.auth.models import AbstractUser, UserManager
 from django.core.validators import MinValueValidator
 from django.db import models
 from django.db.models.functions import Lower
+from django.utils import timezone
+from django.utils.functional import cached_property
+
+from accounts import windows
 
 MONEY = {"max_digits": 20, "decimal_places": 8}
 ZERO = Decimal("0")
@@ -185,6 +192,8 @@ class Group(models.Model):
     fallback_group_on_invalid_request = models.ForeignKey(
         "self", on_delete=models.SET_NULL, null=True, blank=True, related_name="invalid_fallback_for"
     )
+    # {"model pattern": [account id, …]}: an exact pattern beats a trailing-"*" prefix;
+    # ids are tried in list order. See accounts.services.groups.group_routed_account_ids.
     model_routing = models.JSONField(default=dict, blank=True)
     model_routing_enabled = models.BooleanField(default=False)
     rpm_limit = models.PositiveIntegerField(default=0)
@@ -290,9 +299,16 @@ class UpstreamAccount(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
+    QUOTA_TYPES = (Type.APIKEY, Type.BEDROCK, Type.UPSTREAM)
+    CACHE_TTL_TYPES = (Type.OAUTH, Type.SETUP_TOKEN)
+
     class Meta:
         ordering = ["priority", "id"]
-        indexes = [models.Index(Lower("name"), name="upstream_name_lower_idx")]
+        indexes = [
+            models.Index(Lower("name"), name="upstream_name_lower_idx"),
+            models.Index(fields=["name"], name="upstream_name_idx"),
+            models.Index(fields=["concurrency"], name="upstream_concurrency_idx"),
+        ]
 
     def __str__(self) -> str:
         return self.name
@@ -307,6 +323,15 @@ class UpstreamAccount(models.Model):
             return "Anthropic | AWS"
         return self.get_platform_display()
 
+    @property
+    def has_quota(self) -> bool:
+        """Quotas apply to the types that bill per token at the provider (SPEC §2.1)."""
+        return self.type in self.QUOTA_TYPES
+
+    @property
+    def supports_cache_ttl_override(self) -> bool:
+        return self.platform == Platform.ANTHROPIC and self.type in self.CACHE_TTL_TYPES
+
 
 class GroupAccount(models.Model):
     """Membership of an upstream account in a group, with a per-group priority."""
@@ -318,9 +343,60 @@ class GroupAccount(models.Model):
     class Meta:
         ordering = ["priority", "id"]
         constraints = [models.UniqueConstraint(fields=["group", "account"], name="group_account_unique")]
+        indexes = [models.Index(fields=["group", "priority"], name="group_account_priority_idx")]
 
     def __str__(self) -> str:
         return f"{self.account_id} in {self.group_id} (priority {self.priority})"
+
+
+def timezone_name(name: str) -> str:
+    """A configured IANA zone, with empty meaning settings.TIME_ZONE (SPEC §1)."""
+    return name or settings.TIME_ZONE
+
+
+@dataclass(frozen=True, slots=True)
+class UsageWindow:
+    """One usage window as a page shows it, with the display rule applied: expired reads 0."""
+
+    kind: str
+    label: str
+    used_usd: Decimal
+    limit_usd: Decimal | None  # None = no limit
+    started: bool  # the window has a start (it was used at least once since the last reset)
+    expired: bool
+    resets_at: datetime | None  # when the live window ends, or the next calendar reset
+    ended_at: datetime | None = None  # when an expired window ran out
+    start: datetime | None = None  # the live window's start
+
+    @property
+    def percent(self) -> int | None:
+        if not self.limit_usd or self.limit_usd <= 0:
+            return None
+        return int(self.used_usd * 100 / self.limit_usd)
+
+    @property
+    def meter_low(self) -> Decimal | None:
+        """<meter> thresholds: green below 80% of the limit, amber up to it, red at it (optimum is 0)."""
+        return None if not self.limit_usd or self.limit_usd <= 0 else self.limit_usd * Decimal("0.8")
+
+    @property
+    def meter_high(self) -> Decimal | None:
+        return None if not self.limit_usd or self.limit_usd <= 0 else self.limit_usd - Decimal("0.00000001")
+
+    @property
+    def level(self) -> str:
+        """ok / warn / danger for colouring; "none" when there is no limit."""
+        if self.limit_usd is None:
+            return "none"
+        if self.limit_usd <= 0:
+            return "danger" if self.limit_usd == 0 else "none"
+        return usage_level(self.used_usd, self.limit_usd)
+
+
+def usage_level(used: Decimal, limit: Decimal) -> str:
+    if used >= limit:
+        return "danger"
+    return "warn" if used * 100 >= limit * 80 else "ok"
 
 
 class APIKey(models.Model):
@@ -360,10 +436,21 @@ class APIKey(models.Model):
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     updated_at = models.DateTimeField(auto_now=True)
 
+    WINDOWS = (
+        ("5h", "5 hours", "rate_limit_5h_usd", "usage_5h_usd", "window_5h_start"),
+        ("1d", "1 day", "rate_limit_1d_usd", "usage_1d_usd", "window_1d_start"),
+        ("7d", "7 days", "rate_limit_7d_usd", "usage_7d_usd", "window_7d_start"),
+    )
+
     class Meta:
         ordering = ["-id"]
         verbose_name = "API key"
-        indexes = [models.Index(Lower("name"), name="apikey_name_lower_idx")]
+        indexes = [
+            models.Index(Lower("name"), name="apikey_name_lower_idx"),
+            models.Index(fields=["name"], name="apikey_name_idx"),
+            models.Index(fields=["quota_used_usd"], name="apikey_quota_used_idx"),
+            models.Index(fields=["user", "-created_at"], name="apikey_user_created_idx"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.name} ({self.masked})"
@@ -371,6 +458,62 @@ class APIKey(models.Model):
     @property
     def masked(self) -> str:
         return f"{self.key_prefix}…{self.key_last4}"
+
+    @property
+    def current_status(self) -> str:
+        """The stored status, except that an active key past its expiry reads as expired."""
+        if self.status == self.Status.ACTIVE and self.expires_at and self.expires_at <= timezone.now():
+            return self.Status.EXPIRED
+        return self.status
+
+    @property
+    def current_status_label(self) -> str:
+        return self.Status(self.current_status).label
+
+    @property
+    def is_unlimited(self) -> bool:
+        return self.quota_usd <= 0
+
+    @property
+    def quota_percent(self) -> int | None:
+        return None if self.is_unlimited else int(self.quota_used_usd * 100 / self.quota_usd)
+
+    @property
+    def quota_level(self) -> str:
+        return "none" if self.is_unlimited else usage_level(self.quota_used_usd, self.quota_usd)
+
+    @property
+    def is_ip_restricted(self) -> bool:
+        return bool(self.ip_allowlist or self.ip_denylist)
+
+    @property
+    def timezone_name(self) -> str:
+        return timezone_name(self.timezone)
+
+    @property
+    def usage_windows(self) -> list[UsageWindow]:
+        """The 5h / 1d / 7d windows now. They restart on the next use, so an expired one has no reset time."""
+        now = timezone.now()
+        result = []
+        for kind, label, limit_field, used_field, start_field in self.WINDOWS:
+            start = getattr(self, start_field)
+            expired = windows.key_window_expired(kind, start, now)
+            end = windows.key_window_end(kind, start) if start else None
+            limit = getattr(self, limit_field)
+            result.append(
+                UsageWindow(
+                    kind=kind,
+                    label=label,
+                    used_usd=windows.key_window_effective_usage(kind, getattr(self, used_field), start, now),
+                    limit_usd=limit if limit > 0 else None,
+                    started=start is not None,
+                    expired=expired,
+                    resets_at=None if expired else end,
+                    ended_at=end if expired else None,
+                    start=None if expired else start,
+                )
+            )
+        return result
 
 
 class Subscription(models.Model):
@@ -400,6 +543,12 @@ class Subscription(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
+    WINDOWS = (
+        ("daily", "Daily", "daily_limit_usd", "daily_usage_usd", "daily_window_start"),
+        ("weekly", "Weekly", "weekly_limit_usd", "weekly_usage_usd", "weekly_window_start"),
+        ("monthly", "Monthly", "monthly_limit_usd", "monthly_usage_usd", "monthly_window_start"),
+    )
+
     class Meta:
         ordering = ["-id"]
         constraints = [
@@ -409,6 +558,67 @@ class Subscription(models.Model):
                 name="subscription_one_live_per_user_group",
             )
         ]
+        indexes = [
+            models.Index(fields=["starts_at"], name="subscription_starts_idx"),
+            models.Index(fields=["created_at"], name="subscription_created_idx"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.user_id} → {self.group_id} until {self.expires_at:%Y-%m-%d}"
+
+    @property
+    def current_status(self) -> str:
+        """The stored status, except that a live subscription past its term reads as expired."""
+        if self.status in self.LIVE_STATUSES and self.expires_at <= timezone.now():
+            return self.Status.EXPIRED
+        return self.status
+
+    @property
+    def current_status_label(self) -> str:
+        return self.Status(self.current_status).label
+
+    @property
+    def is_live(self) -> bool:
+        return self.status in self.LIVE_STATUSES and self.expires_at > timezone.now()
+
+    @property
+    def timezone_name(self) -> str:
+        return timezone_name(self.group.timezone)
+
+    @property
+    def term_days(self) -> int:
+        return round((self.expires_at - self.starts_at).total_seconds() / 86400)
+
+    @cached_property
+    def usage_windows(self) -> list[UsageWindow]:
+        """Daily / weekly / monthly now, against the group's limits (empty or negative = none).
+
+        These windows are calendar- or term-aligned, so the next reset is known even for a window
+        that expired or never started; none is shown once the term has ended.
+        """
+        now = timezone.now()
+        tz = self.timezone_name
+        result = []
+        for kind, label, limit_field, used_field, start_field in self.WINDOWS:
+            start = getattr(self, start_field)
+            rule = {"expires_at": self.expires_at, "tz": tz}
+            expired = windows.subscription_window_expired(kind, start, now, **rule)
+            current = windows.subscription_window_start(kind, now, starts_at=self.starts_at, tz=tz)
+            limit = getattr(self.group, limit_field)
+            result.append(
+                UsageWindow(
+                    kind=kind,
+                    label=label,
+                    used_usd=windows.subscription_effective_usage(
+                        kind, getattr(self, used_field), start, now, **rule
+                    ),
+                    limit_usd=None if limit is None or limit < 0 else limit,
+                    started=start is not None,
+                    expired=expired,
+                    resets_at=None
+                    if now >= self.expires_at
+                    else windows.subscription_window_end(kind, current, **rule),
+                    start=None if expired else start,
+                )
+            )
+        return result

@@ -1,1 +1,284 @@
-"""Models land with their issue."""
+"""The usage ledger and its hourly rollups (SPEC §2.3).
+
+A UsageLog row is written once by billing.services.usage_record and never updated. Its cost
+columns are the CostBreakdown of billing/cost.py; the rest of the breakdown (effective prices,
+interval, sources) is kept compactly in `breakdown`, so the explanation sentence re-renders
+exactly as it was billed, whatever happens to the channel's prices later.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+from accounts.models import MONEY, APIKey, Group, Subscription, UpstreamAccount, User
+from billing.cost import CostBreakdown
+
+ZERO = Decimal("0")
+MULTIPLIER = {"max_digits": 12, "decimal_places": 6}
+
+
+def money_field(**kwargs) -> models.DecimalField:
+    return models.DecimalField(**MONEY, default=ZERO, **kwargs)
+
+
+class PricingSource(models.TextChoices):
+    CHANNEL = "channel", "Channel"
+    CATALOG = "catalog", "Catalog"
+    MISSING = "missing", "Missing"
+
+
+class BillingMode(models.TextChoices):
+    TOKEN = "token", "Per token"
+    PER_REQUEST = "per_request", "Per request"
+    IMAGE = "image", "Per image"
+
+
+class BillingModelSource(models.TextChoices):
+    REQUESTED = "requested", "Requested model"
+    CHANNEL_MAPPED = "channel_mapped", "Channel-mapped model"
+    UPSTREAM = "upstream", "Upstream model"
+
+
+# CostBreakdown fields that are stored as columns of the same name; the breakdown JSON keeps
+# only the others, which keeps a million-row ledger narrow enough to total in under a second.
+BREAKDOWN_COLUMNS = (
+    "billing_mode",
+    "pricing_source",
+    "billing_model",
+    "input_tokens",
+    "output_tokens",
+    "image_output_tokens",
+    "cache_creation_5m_tokens",
+    "cache_creation_1h_tokens",
+    "cache_read_tokens",
+    "unit_count",
+    "input_cost",
+    "output_cost",
+    "image_output_cost",
+    "cache_creation_cost",
+    "cache_read_cost",
+    "unit_cost",
+    "total_cost",
+    "actual_cost",
+    "account_cost",
+    "rate_multiplier",
+    "account_rate_multiplier",
+)
+
+
+class UsageLog(models.Model):
+    """One billed request. Never updated after insert (reconcile corrections are separate rows)."""
+
+    request_id = models.CharField(max_length=128)
+    # A ledger keeps who paid: users with usage are disabled, not deleted. A deleted key leaves
+    # its rows (and the user's) in place; it can never send the same request id again.
+    # No single-column indexes on these four: the (column, -created_at) indexes below lead with
+    # them, and every index costs each insert.
+    user = models.ForeignKey(User, on_delete=models.PROTECT, related_name="usage_logs", db_index=False)
+    api_key = models.ForeignKey(
+        APIKey, on_delete=models.SET_NULL, null=True, blank=True, related_name="usage_logs", db_index=False
+    )
+    account = models.ForeignKey(
+        UpstreamAccount,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="usage_logs",
+        db_index=False,
+    )
+    group = models.ForeignKey(
+        Group, on_delete=models.SET_NULL, null=True, blank=True, related_name="usage_logs", db_index=False
+    )
+    channel = models.ForeignKey(
+        "channels.Channel", on_delete=models.SET_NULL, null=True, blank=True, related_name="usage_logs"
+    )
+    subscription = models.ForeignKey(
+        Subscription, on_delete=models.SET_NULL, null=True, blank=True, related_name="usage_logs"
+    )
+
+    requested_model = models.CharField(max_length=200)
+    upstream_model = models.CharField(max_length=200, blank=True)
+    billing_model = models.CharField(max_length=200, blank=True)
+    billing_model_source = models.CharField(
+        max_length=16, choices=BillingModelSource, default=BillingModelSource.CHANNEL_MAPPED
+    )
+    billing_mode = models.CharField(max_length=16, choices=BillingMode, default=BillingMode.TOKEN)
+
+    input_tokens = models.PositiveIntegerField(default=0)
+    output_tokens = models.PositiveIntegerField(default=0)
+    cache_creation_5m_tokens = models.PositiveIntegerField(default=0)
+    cache_creation_1h_tokens = models.PositiveIntegerField(default=0)
+    cache_read_tokens = models.PositiveIntegerField(default=0)
+    image_output_tokens = models.PositiveIntegerField(default=0)
+    unit_count = models.PositiveIntegerField(default=0, help_text="Requests or images billed per unit.")
+
+    input_cost = money_field()
+    output_cost = money_field()
+    image_output_cost = money_field()
+    cache_creation_cost = money_field()
+    cache_read_cost = money_field()
+    unit_cost = money_field()
+    total_cost = money_field()
+    rate_multiplier = models.DecimalField(**MULTIPLIER, default=Decimal("1"))
+    actual_cost = money_field(help_text="What the user pays: total_cost × rate_multiplier.")
+    account_rate_multiplier = models.DecimalField(**MULTIPLIER, default=Decimal("1"))
+    account_cost = money_field(help_text="What the account's quota counts: total_cost × its multiplier.")
+    pricing_source = models.CharField(max_length=16, choices=PricingSource)
+    breakdown = models.JSONField(default=dict, help_text="CostBreakdown fields not stored as columns.")
+
+    stream = models.BooleanField(default=False)
+    duration_ms = models.PositiveIntegerField(default=0)
+    first_token_ms = models.PositiveIntegerField(null=True, blank=True)
+    status_code = models.PositiveSmallIntegerField(default=200)
+    client_ip = models.GenericIPAddressField(null=True, blank=True)
+    user_agent = models.CharField(max_length=512, blank=True)
+    cache_ttl_overridden = models.BooleanField(default=False)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["request_id", "api_key"], name="usage_request_key_unique"),
+        ]
+        # Every filter is an equality on a leading column followed by the sort, so each filter
+        # walks its own index newest-first and stops after one page (bench/usage_page measures it).
+        indexes = [
+            models.Index(fields=["-created_at", "-id"], name="usage_created_idx"),
+            models.Index(fields=["user", "-created_at"], name="usage_user_created_idx"),
+            models.Index(fields=["api_key", "-created_at"], name="usage_key_created_idx"),
+            models.Index(fields=["account", "-created_at"], name="usage_account_created_idx"),
+            models.Index(fields=["group", "-created_at"], name="usage_group_created_idx"),
+            models.Index(fields=["requested_model", "-created_at"], name="usage_requested_created_idx"),
+            models.Index(fields=["upstream_model", "-created_at"], name="usage_upstream_created_idx"),
+            models.Index(fields=["billing_model", "-created_at"], name="usage_billing_created_idx"),
+            models.Index(fields=["pricing_source", "-created_at"], name="usage_source_created_idx"),
+            # The status filter is "succeeded" or "failed": a partial index for each keeps the
+            # newest-first walk an index scan.
+            models.Index(
+                fields=["-created_at"], condition=Q(status_code__lt=400), name="usage_ok_created_idx"
+            ),
+            models.Index(
+                fields=["-created_at"], condition=Q(status_code__gte=400), name="usage_error_created_idx"
+            ),
+            models.Index(fields=["-actual_cost"], name="usage_actual_cost_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.request_id} ({self.requested_model})"
+
+    @property
+    def total_tokens(self) -> int:
+        return (
+            self.input_tokens
+            + self.output_tokens
+            + self.cache_creation_5m_tokens
+            + self.cache_creation_1h_tokens
+            + self.cache_read_tokens
+        )
+
+    @property
+    def cache_creation_tokens(self) -> int:
+        return self.cache_creation_5m_tokens + self.cache_creation_1h_tokens
+
+    @property
+    def is_error(self) -> bool:
+        return self.status_code >= 400
+
+    def cost_breakdown(self) -> CostBreakdown:
+        """The breakdown this row was billed with, rebuilt from its columns and `breakdown`."""
+        data: dict[str, Any] = dict(self.breakdown)
+        for name in BREAKDOWN_COLUMNS:
+            value = getattr(self, name)
+            data[name] = str(value) if isinstance(value, Decimal) else value
+        return CostBreakdown.from_dict(data)
+
+    def explain(self) -> str:
+        return self.cost_breakdown().explain()
+
+
+class UsageRollup(models.Model):
+    """Hourly totals of the ledger by every dimension the usage page filters on.
+
+    usage_record keeps them current in the same transaction as the ledger row, so a sum over
+    rollups equals the sum over the rows they cover, exactly. Dashboards and the usage page's
+    totals read these instead of the ledger. The dimensions are plain ids, not foreign keys:
+    the upsert that maintains the rows needs a conflict target without NULLs (NULLs never
+    conflict), so a missing account or group is 0, and a history outlives a deleted key,
+    account or group. Status codes and pricing sources barely add rows: a key's requests for
+    a model mostly share both.
+    """
+
+    hour = models.DateTimeField(help_text="Start of the UTC hour.")
+    user_id = models.BigIntegerField()
+    api_key_id = models.BigIntegerField()
+    account_id = models.BigIntegerField(default=0, help_text="0 = none.")
+    group_id = models.BigIntegerField(default=0, help_text="0 = none.")
+    requested_model = models.CharField(max_length=200)
+    upstream_model = models.CharField(max_length=200, blank=True)
+    billing_model = models.CharField(max_length=200, blank=True)
+    pricing_source = models.CharField(max_length=16, choices=PricingSource)
+    status_code = models.PositiveSmallIntegerField()
+
+    requests = models.BigIntegerField(default=0)
+    input_tokens = models.BigIntegerField(default=0)
+    output_tokens = models.BigIntegerField(default=0)
+    cache_creation_5m_tokens = models.BigIntegerField(default=0)
+    cache_creation_1h_tokens = models.BigIntegerField(default=0)
+    cache_read_tokens = models.BigIntegerField(default=0)
+    image_output_tokens = models.BigIntegerField(default=0)
+    total_cost = money_field()
+    actual_cost = money_field()
+    account_cost = money_field()
+
+    DIMENSIONS = (
+        "hour",
+        "user_id",
+        "api_key_id",
+        "account_id",
+        "group_id",
+        "requested_model",
+        "upstream_model",
+        "billing_model",
+        "pricing_source",
+        "status_code",
+    )
+
+    class Meta:
+        ordering = ["-hour"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=[
+                    "hour",
+                    "user_id",
+                    "api_key_id",
+                    "account_id",
+                    "group_id",
+                    "requested_model",
+                    "upstream_model",
+                    "billing_model",
+                    "pricing_source",
+                    "status_code",
+                ],
+                name="usage_rollup_dimensions_unique",
+            )
+        ]
+        # The unique index leads with the hour; these serve the filters. Upserts into an existing
+        # row change no indexed column, so they stay heap-only updates whatever the index count.
+        indexes = [
+            models.Index(fields=["user_id", "hour"], name="rollup_user_hour_idx"),
+            models.Index(fields=["api_key_id", "hour"], name="rollup_key_hour_idx"),
+            models.Index(fields=["account_id", "hour"], name="rollup_account_hour_idx"),
+            models.Index(fields=["group_id", "hour"], name="rollup_group_hour_idx"),
+            models.Index(fields=["requested_model", "hour"], name="rollup_requested_hour_idx"),
+            models.Index(fields=["upstream_model", "hour"], name="rollup_upstream_hour_idx"),
+            models.Index(fields=["billing_model", "hour"], name="rollup_billing_hour_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.hour:%Y-%m-%d %H}:00 key {self.api_key_id} {self.requested_model}"
+

@@ -1,1 +1,254 @@
-"""Models land with their issue."""
+"""Channels: pricing and model mapping shared by a set of groups (SPEC §2.2).
+
+Prices are stored in USD **per token** with 14 decimal places and shown in $ per million
+tokens; forms convert at their boundary (accounts.money). `per_request_price` is USD per
+request (or per image). The price attributes of `ModelPricing` and `PricingInterval` carry
+the same names as billing.cost.Price / PriceInterval, so billing builds its pure card from
+them field by field.
+"""
+
+from __future__ import annotations
+
+import json
+
+from django.conf import settings
+from django.db import models
+
+from accounts.models import Group, Platform
+from channels.patterns import select_interval
+
+PRICE = {"max_digits": 24, "decimal_places": 14}
+MULTIPLIER = {"max_digits": 12, "decimal_places": 6}
+
+
+def price_field(help_text: str = "", **kwargs) -> models.DecimalField:
+    return models.DecimalField(**PRICE, null=True, blank=True, help_text=help_text, **kwargs)
+
+
+def multiplier_field() -> models.DecimalField:
+    return models.DecimalField(
+        **MULTIPLIER, null=True, blank=True, help_text="Scales the card's base price when the price is empty."
+    )
+
+
+class BillingMode(models.TextChoices):
+    TOKEN = "token", "Per token"
+    PER_REQUEST = "per_request", "Per request"
+    IMAGE = "image", "Per image"
+
+
+class BillingModelSource(models.TextChoices):
+    CHANNEL_MAPPED = "channel_mapped", "Channel-mapped model"
+    REQUESTED = "requested", "Requested model"
+    UPSTREAM = "upstream", "Upstream model"
+
+
+class Channel(models.Model):
+    """Pricing cards and a model mapping, applied to the groups assigned to the channel."""
+
+    class Status(models.TextChoices):
+        ACTIVE = "active", "Active"
+        DISABLED = "disabled", "Disabled"
+
+    name = models.CharField(max_length=100, unique=True)
+    description = models.TextField(blank=True)
+    status = models.CharField(max_length=16, choices=Status, default=Status.ACTIVE, db_index=True)
+    billing_model_source = models.CharField(
+        max_length=16,
+        choices=BillingModelSource,
+        default=BillingModelSource.CHANNEL_MAPPED,
+        db_index=True,
+        help_text="Which model name is priced: as requested, after this channel's mapping, or as sent upstream.",
+    )
+    restrict_models = models.BooleanField(
+        default=False, help_text="Refuse requests for models that have no price in this channel."
+    )
+    # {platform: {source pattern: target model}}; a source may end in "*". An exact source
+    # beats a prefix (see channels.selectors.map_model).
+    model_mapping = models.JSONField(default=dict, blank=True)
+    groups = models.ManyToManyField(Group, through="ChannelGroup", related_name="channels", blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True, db_index=True)
+
+    class Meta:
+        ordering = ["name", "id"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def is_active(self) -> bool:
+        return self.status == self.Status.ACTIVE
+
+
+class ChannelGroup(models.Model):
+    """A group assigned to a channel. The unique constraint keeps a group in one channel at most."""
+
+    channel = models.ForeignKey(Channel, on_delete=models.CASCADE, related_name="group_links")
+    group = models.ForeignKey(Group, on_delete=models.CASCADE, related_name="channel_links")
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["group"], name="channel_group_one_channel")]
+        indexes = [models.Index(fields=["channel"], name="channel_group_channel_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.group_id} in channel {self.channel_id}"
+
+
+class ModelPricing(models.Model):
+    """A pricing card: prices for a list of model patterns on one platform.
+
+    Prices are USD per token (per request for `per_request_price`); None means "not set on
+    this card": an empty `cache_write_1h_price` bills 1-hour writes at `cache_write_price`
+    (SPEC §3.4).
+    """
+
+    channel = models.ForeignKey(Channel, on_delete=models.CASCADE, related_name="pricing_cards")
+    platform = models.CharField(max_length=32, choices=Platform, default=Platform.ANTHROPIC)
+    billing_mode = models.CharField(max_length=16, choices=BillingMode, default=BillingMode.TOKEN)
+    sort_order = models.PositiveIntegerField(default=0)
+    # Model names or trailing-"*" prefixes, 1-100 of them, in the order the operator typed.
+    # (From here on the class body's `models` is this field, so the fields below use helpers.)
+    models = models.JSONField(default=list)
+    input_price = price_field()
+    output_price = price_field()
+    cache_write_price = price_field("5-minute cache writes.")
+    cache_write_1h_price = price_field("1-hour cache writes; empty = the 5-minute price.")
+    cache_read_price = price_field()
+    image_output_price = price_field()
+    per_request_price = price_field("USD per request (or per image).")
+
+    class Meta:
+        ordering = ["sort_order", "id"]
+        verbose_name = "model pricing card"
+        indexes = [models.Index(fields=["channel", "platform", "sort_order"], name="pricing_card_lookup_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.platform}: {', '.join(self.models[:3])}{'…' if len(self.models) > 3 else ''}"
+
+    def interval_for(self, context_tokens: int) -> PricingInterval | None:
+        """The first interval, in order, with ``min_tokens < context <= max_tokens`` (None: flat prices)."""
+        return select_interval(self.intervals.all(), context_tokens)
+
+    def interval_for_tier(self, tier_label: str | None) -> PricingInterval | None:
+        """The first interval whose tier label matches (case- and space-insensitive), for image sizes."""
+        if not tier_label or not tier_label.strip():
+            return None
+        wanted = tier_label.strip().casefold()
+        return next((i for i in self.intervals.all() if i.tier_label.strip().casefold() == wanted), None)
+
+
+class PricingInterval(models.Model):
+    """One row of a card's interval table: a context-size band (token mode) or a size tier.
+
+    Holds context sizes with ``min_tokens < context <= max_tokens``; max None = unbounded.
+    An explicit price wins; otherwise its multiplier scales the card's base price.
+    """
+
+    card = models.ForeignKey(ModelPricing, on_delete=models.CASCADE, related_name="intervals")
+    min_tokens = models.PositiveBigIntegerField(default=0)
+    max_tokens = models.PositiveBigIntegerField(null=True, blank=True, help_text="Empty = unbounded.")
+    tier_label = models.CharField(max_length=32, blank=True, help_text="e.g. 1K, 2K, 4K, HD, >200K.")
+    input_price = price_field()
+    output_price = price_field()
+    cache_write_price = price_field()
+    cache_read_price = price_field()
+    input_multiplier = multiplier_field()
+    output_multiplier = multiplier_field()
+    cache_write_multiplier = multiplier_field()
+    cache_read_multiplier = multiplier_field()
+    per_request_price = price_field("USD per request (or per image) in this tier.")
+    sort_order = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["sort_order", "id"]
+
+    def __str__(self) -> str:
+        upper = "∞" if self.max_tokens is None else self.max_tokens
+        return f"({self.min_tokens}, {upper}] {self.tier_label}".strip()
+
+
+class ChannelAuditLog(models.Model):
+    """Who changed a channel, when, and what: `changes` is a JSON diff of the channel's snapshot."""
+
+    class Action(models.TextChoices):
+        CREATE = "create", "Created"
+        UPDATE = "update", "Updated"
+        DELETE = "delete", "Deleted"
+
+    channel = models.ForeignKey(
+        Channel, on_delete=models.SET_NULL, null=True, blank=True, related_name="audit_log"
+    )
+    channel_name = models.CharField(max_length=100)
+    action = models.CharField(max_length=16, choices=Action)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    changes = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["channel", "-created_at"], name="channel_audit_channel_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.channel_name} {self.action} at {self.created_at:%Y-%m-%d %H:%M}"
+
+    @property
+    def changes_json(self) -> str:
+        return json.dumps(self.changes, indent=2, ensure_ascii=False, sort_keys=True)
+
+    def summary_lines(self) -> list[str]:
+        """One readable line per change, for the channel page."""
+        lines = []
+        for name, change in self.changes.items():
+            label = _LABELS.get(name, name.replace("_", " ").capitalize())
+            if name == "pricing":
+                lines += [f"Pricing card {verb}: {key}" for verb, key in _keys(change)]
+                lines += [
+                    f"Pricing card changed: {key}: " + "; ".join(_field_changes(fields))
+                    for key, fields in change.get("changed", {}).items()
+                ]
+            elif name == "model_mapping":
+                lines += [f"Mapping {verb}: {key} → {change[verb][key]}" for verb, key in _keys(change)]
+                lines += [
+                    f"Mapping changed: {key} → {value['to']} (was {value['from']})"
+                    for key, value in change.get("changed", {}).items()
+                ]
+            elif name == "groups":
+                parts = [f"added {', '.join(change['added'])}"] if change["added"] else []
+                parts += [f"removed {', '.join(change['removed'])}"] if change["removed"] else []
+                lines.append(f"Groups: {'; '.join(parts)}")
+            elif change["from"] is None:  # a new channel: say what it started with
+                if change["to"] not in ("", None):
+                    lines.append(f"{label}: {_shown(change['to'])}")
+            else:
+                lines.append(f"{label}: {_shown(change['from'])} → {_shown(change['to'])}")
+        return lines
+
+
+_LABELS = {"billing_model_source": "Bill by", "restrict_models": "Only models priced here"}
+
+
+def _keys(change: dict) -> list[tuple[str, str]]:
+    return [(verb, key) for verb in ("added", "removed") for key in change.get(verb, {})]
+
+
+def _field_changes(fields: dict) -> list[str]:
+    parts = [
+        f"{name} {_shown(value['from'])} → {_shown(value['to'])}"
+        for name, value in fields.get("changed", {}).items()
+    ]
+    parts += [f"{name} set to {_shown(value)}" for name, value in fields.get("added", {}).items()]
+    parts += [f"{name} cleared (was {_shown(value)})" for name, value in fields.get("removed", {}).items()]
+    return parts
+
+
+def _shown(value) -> str:
+    if value is None or value == "":
+        return "(empty)"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list):
+        return "[" + ", ".join(str(v) for v in value) + "]" if value else "(none)"
+    return str(value)

@@ -53,6 +53,7 @@ __all__ = [
     "Interval",
     "Overlap",
     "find_overlaps",
+    "interval_errors",
     "is_wildcard",
     "match_card",
     "match_pattern",
@@ -278,28 +279,44 @@ def validate_intervals(intervals: Iterable[Interval]) -> list[str]:
     when c < b; only the last interval may be unbounded. Gaps are allowed: a context
     size in a gap is billed at the card's flat prices.
     """
+    return [message for _, message in interval_errors(intervals)]
+
+
+def interval_errors(intervals: Iterable[Interval]) -> list[tuple[int, str]]:
+    """`validate_intervals` with the 0-based position of the row each error belongs to."""
     rows = list(intervals)
     errors = []
     for position, interval in enumerate(rows, start=1):
         label = _describe(position, interval)
         if interval.min_tokens < 0:
-            errors.append(f"{label.capitalize()}: min tokens must be 0 or more.")
+            errors.append((position - 1, f"{label.capitalize()}: min tokens must be 0 or more."))
         if interval.max_tokens is not None and interval.max_tokens <= interval.min_tokens:
             errors.append(
-                f"{label.capitalize()}: max tokens ({interval.max_tokens:,}) must be greater "
-                f"than min tokens ({interval.min_tokens:,})."
+                (
+                    position - 1,
+                    f"{label.capitalize()}: max tokens ({interval.max_tokens:,}) must be greater "
+                    f"than min tokens ({interval.min_tokens:,}).",
+                )
             )
         if interval.max_tokens is None and position < len(rows):
-            errors.append(f"{label.capitalize()} has no max: only the last interval may be unbounded.")
+            errors.append(
+                (position - 1, f"{label.capitalize()} has no max: only the last interval may be unbounded.")
+            )
     for position, (previous, current) in enumerate(zip(rows, rows[1:], strict=False), start=2):
         if current.min_tokens < previous.min_tokens:
             errors.append(
-                f"{_describe(position, current).capitalize()} starts below "
-                f"{_describe(position - 1, previous)}: sort intervals by min tokens."
+                (
+                    position - 1,
+                    f"{_describe(position, current).capitalize()} starts below "
+                    f"{_describe(position - 1, previous)}: sort intervals by min tokens.",
+                )
             )
         elif previous.max_tokens is not None and current.min_tokens < previous.max_tokens:
             errors.append(
-                f"{_describe(position, current).capitalize()} overlaps "
-                f"{_describe(position - 1, previous)}: it must start at {previous.max_tokens:,} or above."
+                (
+                    position - 1,
+                    f"{_describe(position, current).capitalize()} overlaps "
+                    f"{_describe(position - 1, previous)}: it must start at {previous.max_tokens:,} or above.",
+                )
             )
     return errors

@@ -14,6 +14,8 @@ urlpatterns = [
     path("favicon.ico", health.favicon, name="favicon"),
     path("django-admin/", admin.site.urls),
     path("", include("accounts.urls")),
+    path("channels/", include("channels.urls")),
+    path("usage/", include("billing.urls")),
 ]
 
 handler400 = "accounts.views.errors.bad_request"

@@ -109,3 +109,13 @@ def user_group_rate_set(*, user: User, group_id: int, rate_multiplier: Decimal) 
 
 def user_group_rate_remove(*, user: User, rate_id: int) -> None:
     UserGroupRate.objects.filter(user=user, pk=rate_id).delete()
+
+
+def user_balance_charge(*, user_id: int, amount_usd: Decimal) -> None:
+    """Take a billed amount off the balance in one atomic UPDATE.
+
+    Billing may overdraw: the request was already served, so the balance can go negative
+    (SPEC §2.1) and the gateway refuses the next one. No history row: the usage ledger is
+    the record of every charge.
+    """
+    User.objects.filter(pk=user_id).update(balance=F("balance") - quantize_usd(amount_usd))

@@ -6,6 +6,8 @@ from django.core.management.base import BaseCommand
 from django.db import transaction
 
 from accounts import demo
+from billing import demo as billing_demo
+from channels import demo as channels_demo
 
 
 class Command(BaseCommand):
@@ -18,6 +20,13 @@ class Command(BaseCommand):
         password = password or demo.demo_admin_password()
         with transaction.atomic():
             admin = demo.seed_admin(password)
+            demo.seed_groups_and_accounts()
             demo.seed_customers(admin)
+            demo.seed_keys_and_subscriptions(admin)
+            channels_demo.seed_channels(admin)
+        with transaction.atomic():
+            # Last: a week of usage billed to the keys, accounts and subscriptions made above.
+            usage_rows = billing_demo.seed_usage()
+        self.stdout.write(f"Recorded {usage_rows} demo usage rows.")
         self.stdout.write(self.style.SUCCESS("Demo data is in place."))
         self.stdout.write(f"Sign in at http://127.0.0.1:8000/ as {demo.DEMO_ADMIN_EMAIL} / {password}")

@@ -1,0 +1,184 @@
+from __future__ import annotations
+
+from django import forms
+
+from accounts.forms.base import ConsoleForm, ConsoleModelForm, MoneyField
+from accounts.forms.upstream import plain_decimals
+from accounts.models import Group, UpstreamAccount
+from accounts.selectors.groups import group_choices
+from accounts.services.upstream import is_valid_timezone
+
+LIMIT_HELP = "USD. Empty = unlimited; 0 = no usage allowed."
+IMAGE_HELP = "USD per image. Empty = the model's default price."
+
+GROUP_FIELDS = [
+    "name",
+    "description",
+    "platform",
+    "rate_multiplier",
+    "status",
+    "is_exclusive",
+    "subscription_type",
+    "daily_limit_usd",
+    "weekly_limit_usd",
+    "monthly_limit_usd",
+    "default_validity_days",
+    "timezone",
+    "image_price_1k",
+    "image_price_2k",
+    "image_price_4k",
+    "allow_image_generation",
+    "claude_code_only",
+    "fallback_group",
+    "fallback_group_on_invalid_request",
+    "rpm_limit",
+    "model_routing_enabled",
+]
+
+# How the form is laid out: (legend, fields).
+GROUP_SECTIONS = [
+    (
+        "Identity and pricing",
+        ["name", "platform", "rate_multiplier", "status", "is_exclusive", "description"],
+    ),
+    (
+        "Subscriptions",
+        [
+            "subscription_type",
+            "default_validity_days",
+            "daily_limit_usd",
+            "weekly_limit_usd",
+            "monthly_limit_usd",
+            "timezone",
+        ],
+    ),
+    (
+        "Images and clients",
+        ["image_price_1k", "image_price_2k", "image_price_4k", "allow_image_generation", "claude_code_only"],
+    ),
+    ("Fallbacks and limits", ["fallback_group", "fallback_group_on_invalid_request", "rpm_limit"]),
+]
+
+
+class GroupForm(ConsoleModelForm):
+    daily_limit_usd = MoneyField(label="Daily limit (USD)", required=False, min_value=0, help_text=LIMIT_HELP)
+    weekly_limit_usd = MoneyField(
+        label="Weekly limit (USD)", required=False, min_value=0, help_text=LIMIT_HELP
+    )
+    monthly_limit_usd = MoneyField(
+        label="Monthly limit (USD)", required=False, min_value=0, help_text=LIMIT_HELP
+    )
+    image_price_1k = MoneyField(label="Image price 1K", required=False, min_value=0, help_text=IMAGE_HELP)
+    image_price_2k = MoneyField(label="Image price 2K", required=False, min_value=0, help_text=IMAGE_HELP)
+    image_price_4k = MoneyField(label="Image price 4K", required=False, min_value=0, help_text=IMAGE_HELP)
+
+    class Meta:
+        model = Group
+        fields = GROUP_FIELDS
+        labels = {
+            "rate_multiplier": "Rate multiplier",
+            "is_exclusive": "Exclusive (only users allowed this group may bind keys to it)",
+            "subscription_type": "Billing",
+            "default_validity_days": "Default subscription length (days)",
+            "timezone": "Timezone",
+            "allow_image_generation": "Allow image generation",
+            "claude_code_only": "Claude Code clients only",
+            "fallback_group": "Fallback group",
+            "fallback_group_on_invalid_request": "Fallback group on invalid request",
+            "rpm_limit": "Requests per minute",
+            "model_routing_enabled": "Route models to specific accounts",
+        }
+        help_texts = {
+            "rate_multiplier": "Multiplies the cost users pay. Must be greater than 0.",
+            "subscription_type": "Standard groups charge the user's balance; subscription groups charge a subscription's windows.",
+            "timezone": "IANA name, e.g. Europe/Berlin. Empty = the server's timezone. Daily subscription windows reset at midnight here.",
+            "fallback_group": "Where requests go when this group has no account available.",
+            "fallback_group_on_invalid_request": "Where requests this group's accounts reject as invalid are retried.",
+            "rpm_limit": "0 = no limit.",
+        }
+        widgets = {
+            "description": forms.Textarea(attrs={"rows": 2}),
+            "timezone": forms.TextInput(attrs={"list": "timezones", "autocomplete": "off"}),
+            "rate_multiplier": forms.NumberInput(attrs={"step": "any", "min": "0"}),
+        }
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        plain_decimals(self)
+        others = group_choices(exclude=self.instance)
+        for name in ("fallback_group", "fallback_group_on_invalid_request"):
+            self.fields[name].queryset = others
+            self.fields[name].empty_label = "None"
+
+    def clean_rate_multiplier(self):
+        value = self.cleaned_data["rate_multiplier"]
+        if value is not None and value <= 0:
+            raise forms.ValidationError("The rate multiplier must be greater than 0.")
+        return value
+
+    def clean_timezone(self) -> str:
+        value = (self.cleaned_data.get("timezone") or "").strip()
+        if value and not is_valid_timezone(value):
+            raise forms.ValidationError(f"{value!r} is not an IANA timezone name (e.g. Europe/Berlin).")
+        return value
+
+    def sections(self):
+        return [(legend, [self[name] for name in names]) for legend, names in GROUP_SECTIONS]
+
+
+class RoutingRuleForm(ConsoleForm):
+    pattern = forms.CharField(
+        label="Model pattern",
+        max_length=200,
+        widget=forms.TextInput(attrs={"placeholder": "claude-opus-4-*"}),
+    )
+    accounts = forms.ModelMultipleChoiceField(
+        label="Accounts",
+        queryset=UpstreamAccount.objects.none(),
+        widget=forms.SelectMultiple(attrs={"size": 3}),
+    )
+
+    def __init__(self, *args, accounts=None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if accounts is not None:
+            self.fields["accounts"].queryset = accounts
+
+
+class BaseRoutingFormSet(forms.BaseFormSet):
+    def __init__(self, *args, accounts=None, **kwargs) -> None:
+        self.accounts = accounts
+        super().__init__(*args, **kwargs)
+
+    def get_form_kwargs(self, index):
+        return {**super().get_form_kwargs(index), "accounts": self.accounts}
+
+    def clean(self) -> None:
+        seen: set[str] = set()
+        for form in self.forms:
+            if not form.has_changed() or self._should_delete_form(form) or not form.is_valid():
+                continue
+            pattern = form.cleaned_data["pattern"].strip().lower()
+            if pattern in seen:
+                form.add_error("pattern", "This pattern is already listed above.")
+            seen.add(pattern)
+
+    def routing(self) -> dict[str, list[int]]:
+        """{pattern: [account ids]} from the filled-in rows, in row order."""
+        return {
+            form.cleaned_data["pattern"].strip(): [a.pk for a in form.cleaned_data["accounts"]]
+            for form in self.forms
+            if form.has_changed() and not self._should_delete_form(form) and form.cleaned_data
+        }
+
+
+RoutingFormSet = forms.formset_factory(
+    RoutingRuleForm, formset=BaseRoutingFormSet, extra=1, can_delete=True, max_num=100, validate_max=True
+)
+
+
+def routing_initial(group: Group) -> list[dict]:
+    return [{"pattern": pattern, "accounts": ids} for pattern, ids in (group.model_routing or {}).items()]
+
+
+class MembershipPriorityForm(ConsoleForm):
+    priority = forms.IntegerField(label="Priority in this group", min_value=0, max_value=10_000)

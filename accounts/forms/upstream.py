@@ -1,0 +1,235 @@
+from __future__ import annotations
+
+from decimal import Decimal
+
+from django import forms
+from django.conf import settings
+
+from accounts.forms.base import ConsoleForm, ConsoleModelForm, MoneyField, SearchInput
+from accounts.models import Group, Platform, UpstreamAccount
+from accounts.services.upstream import (
+    BEDROCK_AUTH_MODES,
+    CREDENTIAL_SECTIONS,
+    credential_form_name,
+    credential_section,
+    is_valid_timezone,
+)
+
+QUOTA_HELP = "Empty or 0 = no limit."
+QUOTA_LIMITS = ("quota_limit_usd", "quota_daily_limit_usd", "quota_weekly_limit_usd")
+HOURS = [(h, f"{h:02d}:00") for h in range(24)]
+WEEKDAYS = [
+    (0, "Monday"),
+    (1, "Tuesday"),
+    (2, "Wednesday"),
+    (3, "Thursday"),
+    (4, "Friday"),
+    (5, "Saturday"),
+    (6, "Sunday"),
+]
+
+ACCOUNT_FIELDS = [
+    "name",
+    "platform",
+    "type",
+    "notes",
+    "priority",
+    "concurrency",
+    "rate_multiplier",
+    "status",
+    "schedulable",
+    "expires_at",
+    "auto_pause_on_expired",
+    "cache_ttl_override",
+    "quota_limit_usd",
+    "quota_daily_limit_usd",
+    "quota_daily_reset_mode",
+    "quota_daily_reset_hour",
+    "quota_weekly_limit_usd",
+    "quota_weekly_reset_mode",
+    "quota_weekly_reset_hour",
+    "quota_weekly_reset_weekday",
+    "quota_timezone",
+]
+
+
+def plain_decimals(form: forms.BaseForm) -> None:
+    """Show stored Decimals as typed numbers: 10.5 rather than 10.50000000, 0 rather than 0E-8."""
+    for name, value in list(form.initial.items()):
+        if isinstance(value, Decimal):
+            form.initial[name] = f"{value.normalize():f}" if value else "0"
+
+
+class UpstreamAccountForm(ConsoleModelForm):
+    """One form for every platform and type; the credential section of the chosen type is read.
+
+    Secret inputs never carry the stored value back to the page; left blank they keep it.
+    """
+
+    groups = forms.ModelMultipleChoiceField(
+        label="Groups",
+        queryset=Group.objects.order_by("sort_order", "id"),
+        required=False,
+        widget=forms.SelectMultiple(attrs={"size": 5}),
+        help_text="Groups of the same platform whose keys may use this account.",
+    )
+    auth_mode = forms.ChoiceField(
+        label="AWS authentication",
+        choices=BEDROCK_AUTH_MODES,
+        initial="sigv4",
+        required=False,
+        widget=forms.RadioSelect(attrs={"class": "form-check-input"}),
+    )
+    clear_session_token = forms.BooleanField(label="Remove the stored session token", required=False)
+    quota_limit_usd = MoneyField(
+        label="Total quota (USD)", min_value=0, required=False, initial=0, help_text=QUOTA_HELP
+    )
+    quota_daily_limit_usd = MoneyField(
+        label="Daily quota (USD)", min_value=0, required=False, initial=0, help_text=QUOTA_HELP
+    )
+    quota_weekly_limit_usd = MoneyField(
+        label="Weekly quota (USD)", min_value=0, required=False, initial=0, help_text=QUOTA_HELP
+    )
+    quota_daily_reset_hour = forms.TypedChoiceField(label="Daily reset at", choices=HOURS, coerce=int)
+    quota_weekly_reset_hour = forms.TypedChoiceField(label="Weekly reset at", choices=HOURS, coerce=int)
+    quota_weekly_reset_weekday = forms.TypedChoiceField(label="Weekly reset on", choices=WEEKDAYS, coerce=int)
+    expires_at = forms.DateTimeField(
+        label="Expires at",
+        required=False,
+        widget=forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M"),
+        help_text="Empty = never. In the server's timezone.",
+    )
+
+    class Meta:
+        model = UpstreamAccount
+        fields = ACCOUNT_FIELDS
+        labels = {
+            "schedulable": "Schedulable (the gateway may pick this account)",
+            "auto_pause_on_expired": "Pause automatically when expired",
+            "cache_ttl_override": "Cache TTL override",
+            "quota_daily_reset_mode": "Daily period",
+            "quota_weekly_reset_mode": "Weekly period",
+            "quota_timezone": "Quota timezone",
+        }
+        help_texts = {
+            "priority": "Lower is preferred.",
+            "concurrency": "Requests in flight at once.",
+            "rate_multiplier": "Multiplies the upstream cost in this account's stats and quotas.",
+            "cache_ttl_override": "Bill every cache write of a response in this bucket.",
+            "quota_daily_reset_mode": "Rolling: 24 hours from the first request. Fixed: at a set hour.",
+            "quota_weekly_reset_mode": "Rolling: 168 hours from the first request. Fixed: a set weekday and hour.",
+            "quota_timezone": "IANA name, e.g. Asia/Shanghai. Fixed resets happen at the hour in this zone.",
+        }
+        widgets = {
+            "notes": forms.Textarea(attrs={"rows": 2}),
+            "rate_multiplier": forms.NumberInput(attrs={"step": "any", "min": "0"}),
+            "quota_timezone": forms.TextInput(attrs={"list": "timezones", "autocomplete": "off"}),
+        }
+
+    def __init__(self, *args, stored_credentials: dict | None = None, **kwargs) -> None:
+        self.stored = stored_credentials or {}
+        super().__init__(*args, **kwargs)
+        plain_decimals(self)
+        status = self.fields["status"]
+        if self.instance.status != UpstreamAccount.Status.ERROR:
+            status.choices = [c for c in status.choices if c[0] != UpstreamAccount.Status.ERROR]
+        if not self.instance.pk:
+            self.fields["quota_timezone"].initial = settings.TIME_ZONE
+            self.fields["platform"].initial = Platform.ANTHROPIC
+            self.fields["type"].initial = UpstreamAccount.Type.APIKEY
+        else:
+            self.fields["groups"].initial = list(self.instance.groups.values_list("pk", flat=True))
+            self.fields["auth_mode"].initial = self.stored.get("auth_mode") or "sigv4"
+        stored_section = (
+            credential_section(self.instance.type, self.stored.get("auth_mode", ""))
+            if self.instance.pk
+            else ""
+        )
+        for section, specs in CREDENTIAL_SECTIONS.items():
+            for spec in specs:
+                name = credential_form_name(section, spec.key)
+                kept = spec.secret and section == stored_section and self.stored.get(spec.key)
+                if spec.secret:
+                    placeholder = "Stored; leave blank to keep it" if kept else ""
+                    widget = forms.PasswordInput(
+                        attrs={
+                            "autocomplete": "new-password",
+                            "placeholder": placeholder,
+                            "class": "form-control",
+                        }
+                    )
+                else:
+                    widget = forms.TextInput(attrs={"class": "form-control"})
+                self.fields[name] = forms.CharField(
+                    label=spec.label,
+                    required=False,
+                    strip=True,
+                    widget=widget,
+                    help_text=spec.help_text,
+                    initial=None
+                    if spec.secret or section != stored_section
+                    else self.stored.get(spec.key, ""),
+                )
+        self.fields["clear_session_token"].widget.attrs["class"] = "form-check-input"
+
+    def clean_quota_timezone(self) -> str:
+        value = (self.cleaned_data.get("quota_timezone") or "").strip()
+        if not is_valid_timezone(value):
+            raise forms.ValidationError(f"{value!r} is not an IANA timezone name (e.g. Europe/Berlin).")
+        return value
+
+    def model_fields(self) -> dict:
+        fields = {name: self.cleaned_data[name] for name in ACCOUNT_FIELDS if name in self.cleaned_data}
+        for name in QUOTA_LIMITS:
+            if fields.get(name) is None:
+                fields[name] = Decimal(0)  # an empty quota is no quota
+        return fields
+
+    def credentials(self) -> dict:
+        """What was typed into the chosen type's section (blank secrets included: they mean keep)."""
+        account_type = self.cleaned_data.get("type", "")
+        auth_mode = self.cleaned_data.get("auth_mode") or "sigv4"
+        section = credential_section(account_type, auth_mode)
+        values = {
+            spec.key: self.cleaned_data.get(credential_form_name(section, spec.key), "")
+            for spec in CREDENTIAL_SECTIONS.get(section, ())
+        }
+        if account_type == UpstreamAccount.Type.BEDROCK:
+            values["auth_mode"] = auth_mode
+        return values
+
+    def cleared_credentials(self) -> list[str]:
+        return ["aws_session_token"] if self.cleaned_data.get("clear_session_token") else []
+
+    def credential_sections(self):
+        """(section, [bound fields]) for the template."""
+        return [
+            (section, [self[credential_form_name(section, spec.key)] for spec in specs])
+            for section, specs in CREDENTIAL_SECTIONS.items()
+        ]
+
+
+class UpstreamAccountFilterForm(ConsoleForm):
+    q = forms.CharField(
+        label="Search", required=False, widget=SearchInput(attrs={"placeholder": "Name or notes"})
+    )
+    platform = forms.ChoiceField(
+        label="Platform", required=False, choices=[("", "Any platform"), *Platform.choices]
+    )
+    type = forms.ChoiceField(
+        label="Type", required=False, choices=[("", "Any type"), *UpstreamAccount.Type.choices]
+    )
+    status = forms.ChoiceField(
+        label="Status", required=False, choices=[("", "Any status"), *UpstreamAccount.Status.choices]
+    )
+    group = forms.ModelChoiceField(
+        label="Group",
+        required=False,
+        queryset=Group.objects.order_by("sort_order", "id"),
+        empty_label="Any group",
+    )
+    schedulable = forms.ChoiceField(
+        label="Schedulable",
+        required=False,
+        choices=[("", "Schedulable or not"), ("yes", "Schedulable"), ("no", "Not schedulable")],
+    )

@@ -1,0 +1,334 @@
+"""API keys: the secret, configuration, operator actions and the usage counters (SPEC §2.1, §4).
+
+The secret is shown once, on creation; only its SHA-256 is stored, with a short prefix and the
+last four characters for display. Status follows one rule (`_resolved_status`) wherever the
+configuration or the quota changes, which is what makes the reactivation rules of §2.1 hold:
+raising the quota above usage, resetting it, clearing the expiry or moving it into the future
+turn an exhausted or expired key active again.
+
+Operator actions lock the row (select_for_update) so the status they compute reads counters
+that no charge can move underneath them. Charges never lock first: `api_key_usage_charge` is one
+conditional UPDATE.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import logging
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.db.models import Case, F, Q, Value, When
+from django.utils.timezone import now as current_time
+
+from accounts import windows
+from accounts.models import APIKey, Group, User, timezone_name
+from accounts.money import quantize_usd
+from accounts.selectors.keys import DISPLAY_PREFIX_LENGTH, key_group_problem
+
+logger = logging.getLogger(__name__)
+
+ZERO = Decimal("0")
+SECRET_PREFIX = "sk-"
+LAST_USED_RESOLUTION = timedelta(seconds=30)
+Status = APIKey.Status
+
+CONFIG_FIELDS = (
+    "user",
+    "group",
+    "name",
+    "quota_usd",
+    "expires_at",
+    "rate_limit_5h_usd",
+    "rate_limit_1d_usd",
+    "rate_limit_7d_usd",
+    "ip_allowlist",
+    "ip_denylist",
+    "timezone",
+)
+MONEY_CONFIG_FIELDS = ("quota_usd", "rate_limit_5h_usd", "rate_limit_1d_usd", "rate_limit_7d_usd")
+
+
+def api_key_generate_secret() -> str:
+    return SECRET_PREFIX + secrets.token_hex(32)
+
+
+def api_key_hash(secret: str) -> str:
+    """What is stored and looked up: the hex SHA-256 of the whole secret."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def parse_ip_rules(lines: Iterable[str]) -> list[str]:
+    """One IP or CIDR per line, normalised and de-duplicated; blank lines are skipped.
+
+    Errors name the line number and the value, so a long list is easy to fix.
+    """
+    rules: list[str] = []
+    errors: list[str] = []
+    for number, raw in enumerate(lines, start=1):
+        value = raw.strip()
+        if not value:
+            continue
+        try:
+            if "/" in value:
+                rule = str(ipaddress.ip_network(value, strict=False))
+            else:
+                rule = str(ipaddress.ip_address(value))
+        except ValueError:
+            errors.append(f"Line {number}: “{value}” is not an IP address or CIDR range.")
+            continue
+        if rule not in rules:
+            rules.append(rule)
+    if errors:
+        raise ValidationError(errors)
+    return rules
+
+
+def _resolved_status(key: APIKey, *, now: datetime, disabled: bool | None = None) -> str:
+    """The one status rule: disabled stays disabled; then expiry; then the quota; else active.
+
+    `disabled` overrides the key's current disabled-ness (enable / disable); None keeps it.
+    """
+    if disabled is None:
+        disabled = key.status == Status.DISABLED
+    if disabled:
+        return Status.DISABLED
+    if key.expires_at is not None and key.expires_at <= now:
+        return Status.EXPIRED
+    if key.quota_usd > 0 and key.quota_used_usd >= key.quota_usd:
+        return Status.QUOTA_EXHAUSTED
+    return Status.ACTIVE
+
+
+def api_key_resolved_status(key: APIKey, *, enabled: bool | None = None, now: datetime | None = None) -> str:
+    """The status `key` would have after a change, e.g. what enabling it would make it."""
+    return _resolved_status(key, now=now or current_time(), disabled=None if enabled is None else not enabled)
+
+
+def _validate(key: APIKey, *, check_group: bool, now: datetime) -> None:
+    errors: dict[str, str] = {}
+    key.name = (key.name or "").strip()
+    if not key.name:
+        errors["name"] = "Give the key a name."
+    for field in MONEY_CONFIG_FIELDS:
+        value = getattr(key, field)
+        if value is None or value < 0:
+            errors[field] = "Enter 0 (no limit) or a positive amount."
+        else:
+            setattr(key, field, quantize_usd(value))
+    if key.timezone:
+        try:
+            ZoneInfo(key.timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            errors["timezone"] = f"“{key.timezone}” is not an IANA time zone (e.g. Europe/Berlin)."
+    for field in ("ip_allowlist", "ip_denylist"):
+        try:
+            setattr(key, field, parse_ip_rules(getattr(key, field) or []))
+        except ValidationError as error:
+            errors[field] = " ".join(error.messages)
+    if check_group and key.group_id is not None:
+        problem = key_group_problem(user=key.user, group=key.group, now=now)
+        if problem:
+            errors["group"] = problem
+    if errors:
+        raise ValidationError(errors)
+
+
+@transaction.atomic
+def api_key_create(
+    *,
+    user: User,
+    group: Group | None,
+    name: str,
+    quota_usd: Decimal = ZERO,
+    expires_at: datetime | None = None,
+    rate_limit_5h_usd: Decimal = ZERO,
+    rate_limit_1d_usd: Decimal = ZERO,
+    rate_limit_7d_usd: Decimal = ZERO,
+    ip_allowlist: Iterable[str] = (),
+    ip_denylist: Iterable[str] = (),
+    timezone: str = "",
+    now: datetime | None = None,
+) -> tuple[APIKey, str]:
+    """Create a key and return it with its plaintext secret, which is never available again."""
+    now = now or current_time()
+    key = APIKey(
+        user=user,
+        group=group,
+        name=name,
+        quota_usd=quota_usd,
+        expires_at=expires_at,
+        rate_limit_5h_usd=rate_limit_5h_usd,
+        rate_limit_1d_usd=rate_limit_1d_usd,
+        rate_limit_7d_usd=rate_limit_7d_usd,
+        ip_allowlist=list(ip_allowlist),
+        ip_denylist=list(ip_denylist),
+        timezone=timezone.strip(),
+    )
+    _validate(key, check_group=True, now=now)
+    secret = api_key_generate_secret()
+    key.key_hash = api_key_hash(secret)
+    key.key_prefix = secret[:DISPLAY_PREFIX_LENGTH]
+    key.key_last4 = secret[-4:]
+    key.status = _resolved_status(key, now=now, disabled=False)
+    key.save()
+    logger.info("API key %s (%s) created for %s", key.pk, key.masked, user.email)
+    return key, secret
+
+
+@transaction.atomic
+def api_key_update(*, key: APIKey, fields: dict, now: datetime | None = None) -> APIKey:
+    """Change configuration; the status is re-resolved, so this is where reactivation happens."""
+    now = now or current_time()
+    unknown = set(fields) - set(CONFIG_FIELDS)
+    if unknown:
+        raise ValueError(f"not configuration fields of a key: {sorted(unknown)}")
+    locked = APIKey.objects.select_for_update(of=("self",)).select_related("user", "group").get(pk=key.pk)
+    rebinding = any(
+        getattr(locked, f"{name}_id") != getattr(fields[name], "pk", fields[name])
+        for name in ("user", "group")
+        if name in fields
+    )
+    for name, value in fields.items():
+        setattr(locked, name, value)
+    # A key already bound to a group keeps it even if, say, the subscription has since lapsed:
+    # the gateway refuses such requests; the form only stops new bindings.
+    _validate(locked, check_group=rebinding, now=now)
+    locked.status = _resolved_status(locked, now=now)
+    locked.save(update_fields=[*fields, "status", "updated_at"])
+    logger.info("API key %s updated (%s)", locked.pk, ", ".join(sorted(fields)))
+    return locked
+
+
+def _act(
+    key_id: int, now: datetime | None, change, *, fields: list[str], disabled: bool | None = None
+) -> APIKey:
+    with transaction.atomic():
+        key = APIKey.objects.select_for_update().get(pk=key_id)
+        change(key)
+        key.status = _resolved_status(key, now=now or current_time(), disabled=disabled)
+        key.save(update_fields=[*fields, "status", "updated_at"])
+    return key
+
+
+def api_key_quota_reset(*, key_id: int, now: datetime | None = None) -> APIKey:
+    """Zero the quota used; an exhausted key becomes active (unless it expired meanwhile)."""
+
+    def change(key: APIKey) -> None:
+        key.quota_used_usd = ZERO
+
+    return _act(key_id, now, change, fields=["quota_used_usd"])
+
+
+def api_key_expiration_clear(*, key_id: int, now: datetime | None = None) -> APIKey:
+    def change(key: APIKey) -> None:
+        key.expires_at = None
+
+    return _act(key_id, now, change, fields=["expires_at"])
+
+
+def api_key_windows_reset(*, key_id: int, now: datetime | None = None) -> APIKey:
+    """Zero the 5h / 1d / 7d windows; each restarts on the next use."""
+    fields = [f for _kind, _label, _limit, used, start in APIKey.WINDOWS for f in (used, start)]
+
+    def change(key: APIKey) -> None:
+        for _kind, _label, _limit, used, start in APIKey.WINDOWS:
+            setattr(key, used, ZERO)
+            setattr(key, start, None)
+
+    return _act(key_id, now, change, fields=fields)
+
+
+def api_key_set_enabled(*, key_id: int, enabled: bool, now: datetime | None = None) -> APIKey:
+    """Disable, or enable into whatever status the quota and expiry call for."""
+    return _act(key_id, now, lambda key: None, fields=[], disabled=not enabled)
+
+
+@transaction.atomic
+def api_key_delete(*, key_id: int) -> None:
+    deleted, _ = APIKey.objects.filter(pk=key_id).delete()
+    if deleted:
+        logger.info("API key %s deleted", key_id)
+
+
+def api_key_expire_due(*, now: datetime | None = None) -> int:
+    """Flip active keys past their expiry to expired (the tidy-up job; the gateway checks the time)."""
+    return APIKey.objects.filter(status=Status.ACTIVE, expires_at__lte=now or current_time()).update(
+        status=Status.EXPIRED
+    )
+
+
+# --- the counter engine ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class KeyChargeResult:
+    status: str
+    quota_used_usd: Decimal
+    became_exhausted: bool  # this charge crossed the quota and flipped the key to quota_exhausted
+
+
+def _field(name: str):
+    return APIKey._meta.get_field(name)
+
+
+def api_key_usage_charge(*, key_id: int, amount_usd: Decimal, now: datetime | None = None) -> KeyChargeResult:
+    """Charge one request to a key: quota and the three windows, in one atomic UPDATE.
+
+    Each window is reset lazily inside the UPDATE: it has expired when its start is NULL or at
+    least one window length ago, and then its usage becomes this amount and its start the new
+    window start (5h: now; 1d / 7d: local midnight of today in the key's timezone). The
+    timezone is configuration, so it is read before the UPDATE; the counters never are.
+    The status flips to quota_exhausted in the same statement when the new usage reaches a
+    non-zero quota. last_used_at is written at most every 30 seconds.
+
+    The row is re-read after the UPDATE in the same transaction, so it is still locked by our
+    write and the values read are exactly what this charge produced.
+    """
+    now = now or current_time()
+    amount = quantize_usd(amount_usd)
+    if amount < 0:
+        raise ValueError(f"a charge cannot be negative: {amount}")
+    tz = timezone_name(APIKey.objects.values_list("timezone", flat=True).get(pk=key_id))
+
+    updates: dict = {"quota_used_usd": F("quota_used_usd") + amount}
+    for kind, _label, _limit, used, start in APIKey.WINDOWS:
+        length = windows.KEY_WINDOW_LENGTHS[kind]
+        expired = Q(**{f"{start}__isnull": True}) | Q(**{f"{start}__lte": now - length})
+        updates[used] = Case(
+            When(expired, then=Value(amount)), default=F(used) + amount, output_field=_field(used)
+        )
+        updates[start] = Case(
+            When(expired, then=Value(windows.key_window_start_for(kind, now, tz))),
+            default=F(start),
+            output_field=_field(start),
+        )
+    # In an UPDATE every expression reads the old row, so "new used >= quota" is old >= quota - amount.
+    crosses = Q(status=Status.ACTIVE, quota_usd__gt=0, quota_used_usd__gte=F("quota_usd") - amount)
+    updates["status"] = Case(
+        When(crosses, then=Value(Status.QUOTA_EXHAUSTED)), default=F("status"), output_field=_field("status")
+    )
+    stale = Q(last_used_at__isnull=True) | Q(last_used_at__lt=now - LAST_USED_RESOLUTION)
+    updates["last_used_at"] = Case(
+        When(stale, then=Value(now)), default=F("last_used_at"), output_field=_field("last_used_at")
+    )
+
+    with transaction.atomic():
+        if not APIKey.objects.filter(pk=key_id).update(**updates):
+            raise APIKey.DoesNotExist(f"API key {key_id} does not exist")
+        status, used, quota = (
+            APIKey.objects.filter(pk=key_id).values_list("status", "quota_used_usd", "quota_usd").get()
+        )
+    crossed_now = quota > 0 and used - amount < quota <= used
+    return KeyChargeResult(
+        status=status,
+        quota_used_usd=used,
+        became_exhausted=status == Status.QUOTA_EXHAUSTED and crossed_now,
+    )

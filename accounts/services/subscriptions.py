@@ -1,0 +1,257 @@
+"""Subscriptions: assign (single and bulk), extend, reset windows, suspend, revoke, and the
+window counters billing charges (SPEC §2.3).
+
+One live (active or suspended) subscription per user and group is a database constraint, so
+assigning when one exists extends it. Operator actions lock the row; charges are one UPDATE.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
+from django.db.models import Case, F, Q, Value, When
+from django.utils.timezone import now as current_time
+
+from accounts import windows
+from accounts.models import Group, Subscription, User, timezone_name
+from accounts.money import quantize_usd
+
+logger = logging.getLogger(__name__)
+
+ZERO = Decimal("0")
+Status = Subscription.Status
+LIVE = Subscription.LIVE_STATUSES
+WINDOW_KINDS = tuple(kind for kind, *_ in Subscription.WINDOWS)
+MAX_DAYS = 3650
+
+
+@dataclass(frozen=True, slots=True)
+class Assignment:
+    subscription: Subscription
+    created: bool  # False: an existing live subscription was extended
+
+
+def _check_group(group: Group) -> None:
+    if not group.is_subscription:
+        raise ValidationError(
+            {
+                "group": f"{group.name} is a standard group (paid from balance); only subscription groups take subscriptions."
+            }
+        )
+
+
+def _check_days(days: int, *, allow_negative: bool) -> None:
+    if days == 0 or abs(days) > MAX_DAYS or (days < 0 and not allow_negative):
+        low = -MAX_DAYS if allow_negative else 1
+        raise ValidationError(
+            {"days": f"Enter a whole number of days between {low} and {MAX_DAYS}, other than 0."}
+        )
+
+
+def _extend(subscription: Subscription, days: int, now: datetime) -> None:
+    """Move the expiry by ±days: a live subscription from its expiry, an expired one from now."""
+    if subscription.status == Status.REVOKED:
+        raise ValidationError({"days": "A revoked subscription cannot be extended; assign a new one."})
+    live = subscription.status in LIVE and subscription.expires_at > now
+    base = subscription.expires_at if live else now
+    expires_at = base + timedelta(days=days)
+    if expires_at <= now:
+        raise ValidationError(
+            {
+                "days": f"{days:+d} days from {'the expiry' if live else 'now'} ({base:%Y-%m-%d %H:%M %Z}) "
+                f"ends on {expires_at:%Y-%m-%d %H:%M %Z}, which is not in the future."
+            }
+        )
+    subscription.expires_at = expires_at
+    if subscription.status == Status.EXPIRED:
+        subscription.status = Status.ACTIVE
+
+
+def _save_extension(subscription: Subscription, fields: list[str]) -> None:
+    try:
+        with transaction.atomic():
+            subscription.save(update_fields=[*fields, "updated_at"])
+    except IntegrityError as error:
+        # Reviving an expired subscription while another one is live for the same user and group.
+        raise ValidationError(
+            {"days": "This user already has a live subscription to this group; extend that one instead."}
+        ) from error
+
+
+def subscription_assign(
+    *,
+    user: User,
+    group: Group,
+    days: int | None = None,
+    notes: str = "",
+    assigned_by: User | None = None,
+    now: datetime | None = None,
+) -> Assignment:
+    """Give `user` the group for `days` (default: the group's validity), or extend their live one."""
+    now = now or current_time()
+    _check_group(group)
+    days = group.default_validity_days if days is None else days
+    _check_days(days, allow_negative=False)
+    notes = notes.strip()
+    with transaction.atomic():
+        live = (
+            Subscription.objects.select_for_update().filter(user=user, group=group, status__in=LIVE).first()
+        )
+        if live is None:
+            try:
+                with transaction.atomic():
+                    created = Subscription.objects.create(
+                        user=user,
+                        group=group,
+                        starts_at=now,
+                        expires_at=now + timedelta(days=days),
+                        status=Status.ACTIVE,
+                        assigned_by=assigned_by,
+                        notes=notes,
+                    )
+            except IntegrityError:
+                # Another assignment of the same user and group won the race: extend that one.
+                live = Subscription.objects.select_for_update().get(user=user, group=group, status__in=LIVE)
+            else:
+                logger.info(
+                    "Subscription %s: %s assigned %s for %s days", created.pk, user.email, group, days
+                )
+                return Assignment(created, True)
+        _extend(live, days, now)
+        if notes:
+            live.notes = "\n".join(filter(None, [live.notes, notes]))
+        _save_extension(live, ["expires_at", "status", "notes"])
+        logger.info("Subscription %s: assignment extended it by %s days", live.pk, days)
+        return Assignment(live, False)
+
+
+@transaction.atomic
+def subscription_assign_bulk(
+    *,
+    users: Iterable[User],
+    group: Group,
+    days: int | None = None,
+    notes: str = "",
+    assigned_by: User | None = None,
+    now: datetime | None = None,
+) -> list[Assignment]:
+    """Assign several users at once: all of them or, on any error, none."""
+    now = now or current_time()
+    return [
+        subscription_assign(user=user, group=group, days=days, notes=notes, assigned_by=assigned_by, now=now)
+        for user in sorted(users, key=lambda u: u.pk)  # one lock order, so two bulk runs cannot deadlock
+    ]
+
+
+@transaction.atomic
+def subscription_extend(*, subscription_id: int, days: int, now: datetime | None = None) -> Subscription:
+    """±days: a live subscription from its expiry, an expired one from now; the result must be in the future."""
+    now = now or current_time()
+    _check_days(days, allow_negative=True)
+    subscription = Subscription.objects.select_for_update().get(pk=subscription_id)
+    _extend(subscription, days, now)
+    _save_extension(subscription, ["expires_at", "status"])
+    logger.info("Subscription %s extended by %s days", subscription_id, days)
+    return subscription
+
+
+def subscription_windows_reset(*, subscription_id: int, kinds: Iterable[str]) -> Subscription:
+    """Zero the chosen windows; each restarts on the next use."""
+    kinds = list(dict.fromkeys(kinds))
+    unknown = set(kinds) - set(WINDOW_KINDS)
+    if not kinds or unknown:
+        raise ValidationError({"windows": "Choose at least one of the daily, weekly and monthly windows."})
+    updates: dict = {}
+    for kind, _label, _limit, used, start in Subscription.WINDOWS:
+        if kind in kinds:
+            updates |= {used: ZERO, start: None}
+    Subscription.objects.filter(pk=subscription_id).update(**updates)
+    return Subscription.objects.get(pk=subscription_id)
+
+
+def _move(subscription_id: int, *, allowed_from: tuple[str, ...], to: str, verb: str) -> Subscription:
+    with transaction.atomic():
+        subscription = Subscription.objects.select_for_update().get(pk=subscription_id)
+        if subscription.status not in allowed_from:
+            raise ValidationError(f"Only {' or '.join(allowed_from)} subscriptions can be {verb}.")
+        subscription.status = to
+        subscription.save(update_fields=["status", "updated_at"])
+    logger.info("Subscription %s %s", subscription_id, verb)
+    return subscription
+
+
+def subscription_suspend(*, subscription_id: int) -> Subscription:
+    """Stop usage for now; the subscription stays live (and keeps its term running)."""
+    return _move(subscription_id, allowed_from=(Status.ACTIVE,), to=Status.SUSPENDED, verb="suspended")
+
+
+def subscription_resume(*, subscription_id: int) -> Subscription:
+    return _move(subscription_id, allowed_from=(Status.SUSPENDED,), to=Status.ACTIVE, verb="resumed")
+
+
+def subscription_revoke(*, subscription_id: int) -> Subscription:
+    """End it now for good: it stops being live, so a new one can be assigned."""
+    return _move(
+        subscription_id,
+        allowed_from=(Status.ACTIVE, Status.SUSPENDED, Status.EXPIRED),
+        to=Status.REVOKED,
+        verb="revoked",
+    )
+
+
+def subscription_expire_due(*, now: datetime | None = None) -> int:
+    """Flip live subscriptions past their term to expired (the tidy-up job; charges need no job)."""
+    due = Subscription.objects.filter(status__in=LIVE, expires_at__lte=now or current_time())
+    return due.update(status=Status.EXPIRED)
+
+
+# --- the counter engine ---------------------------------------------------------------------------
+
+
+def _field(name: str):
+    return Subscription._meta.get_field(name)
+
+
+def subscription_usage_charge(
+    *, subscription_id: int, amount_usd: Decimal, now: datetime | None = None
+) -> None:
+    """Charge one request to the daily, weekly and monthly windows, in one atomic UPDATE.
+
+    Lazy resets, written as CASE expressions: a window that never started (first use activates
+    it), has ended, or whose term has ended restarts with this amount. The daily window is the
+    calendar day in the group's timezone, so it has ended exactly when its start is before
+    today's local midnight. Weekly and monthly windows are 7×24h / 30×24h steps from starts_at and
+    end at the latest at expires_at. The group's timezone and starts_at are configuration, read
+    before the UPDATE; the counters never are.
+    """
+    now = now or current_time()
+    amount = quantize_usd(amount_usd)
+    if amount < 0:
+        raise ValueError(f"a charge cannot be negative: {amount}")
+    starts_at, tz = (
+        Subscription.objects.filter(pk=subscription_id).values_list("starts_at", "group__timezone").get()
+    )
+    tz = timezone_name(tz)
+    term_over = Q(expires_at__lte=now)
+    updates: dict = {}
+    for kind, _label, _limit, used, start in Subscription.WINDOWS:
+        current = windows.subscription_window_start(kind, now, starts_at=starts_at, tz=tz)
+        if kind == "daily":
+            ended = Q(**{f"{start}__lt": current})
+        else:
+            ended = Q(**{f"{start}__lte": now - windows.SUBSCRIPTION_STEPS[kind]})
+        expired = Q(**{f"{start}__isnull": True}) | ended | term_over
+        updates[used] = Case(
+            When(expired, then=Value(amount)), default=F(used) + amount, output_field=_field(used)
+        )
+        updates[start] = Case(
+            When(expired, then=Value(current)), default=F(start), output_field=_field(start)
+        )
+    if not Subscription.objects.filter(pk=subscription_id).update(**updates):
+        raise Subscription.DoesNotExist(f"subscription {subscription_id} does not exist")

@@ -1,0 +1,365 @@
+"""Upstream accounts: create, edit, credentials, row actions and the quota engine (SPEC §2.1).
+
+The quota engine is `upstream_account_quota_charge`: billing calls it once per request, inside
+its own transaction, with the amount already multiplied by the account's rate multiplier.
+"""
+
+from __future__ import annotations
+
+import re
+import zoneinfo
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from functools import cache
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.validators import URLValidator
+from django.db import models, transaction
+from django.db.models import Case, F, Q, Value, When
+from django.db.models.functions import Greatest
+from django.utils import timezone
+
+from accounts.crypto import decrypt_credentials, encrypt_credentials
+from accounts.models import Group, Platform, UpstreamAccount
+from accounts.money import quantize_usd
+from accounts.windows import PERIOD_LENGTHS, _boundary_at_or_before, zone
+
+Type = UpstreamAccount.Type
+
+# --- Credentials -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CredentialField:
+    key: str
+    label: str
+    secret: bool = True
+    required: bool = True
+    help_text: str = ""
+
+
+BEDROCK_AUTH_MODES = (("sigv4", "Access key (SigV4)"), ("apikey", "Bedrock API key"))
+
+# One section per type (Bedrock: per auth mode). A form field is named "<section>__<key>", so the
+# sections can all live in one HTML form and only the chosen one is read.
+CREDENTIAL_SECTIONS: dict[str, tuple[CredentialField, ...]] = {
+    "oauth": (
+        CredentialField("access_token", "Access token"),
+        CredentialField("refresh_token", "Refresh token", required=False),
+    ),
+    "setup_token": (CredentialField("setup_token", "Setup token"),),
+    "apikey": (
+        CredentialField("api_key", "API key"),
+        CredentialField(
+            "base_url",
+            "Base URL",
+            secret=False,
+            required=False,
+            help_text="Empty = the provider's official endpoint.",
+        ),
+    ),
+    "upstream": (
+        CredentialField("base_url", "Base URL", secret=False, help_text="The relay's endpoint, https://…"),
+        CredentialField("api_key", "API key"),
+    ),
+    "bedrock_sigv4": (
+        CredentialField("aws_access_key_id", "Access key ID"),
+        CredentialField("aws_secret_access_key", "Secret access key"),
+        CredentialField(
+            "aws_session_token",
+            "Session token",
+            required=False,
+            help_text="Only for temporary (STS) credentials.",
+        ),
+        CredentialField("aws_region", "Region", secret=False, help_text="e.g. us-east-1"),
+    ),
+    "bedrock_apikey": (
+        CredentialField("api_key", "Bedrock API key"),
+        CredentialField("aws_region", "Region", secret=False, help_text="e.g. us-east-1"),
+    ),
+}
+
+# Types only the Anthropic platform has.
+ANTHROPIC_ONLY_TYPES = (Type.SETUP_TOKEN, Type.BEDROCK)
+AWS_REGION = re.compile(r"^[a-z]{2}(-gov)?-[a-z]+-\d{1,2}$")
+
+
+def credential_section(account_type: str, auth_mode: str = "") -> str:
+    if account_type == Type.BEDROCK:
+        return f"bedrock_{auth_mode or 'sigv4'}"
+    return account_type.replace("-", "_")
+
+
+def credential_form_name(section: str, key: str) -> str:
+    return f"{section}__{key}"
+
+
+def upstream_account_credentials(account: UpstreamAccount) -> dict:
+    """The decrypted credentials. For the relay and for prefilling non-secret fields only."""
+    return decrypt_credentials(account.credentials_encrypted)
+
+
+def _merge_credentials(
+    *, account_type: str, submitted: dict, stored: dict, stored_type: str | None, clear: Iterable[str]
+) -> dict:
+    """Build the credentials to store from what the form sent.
+
+    A blank secret keeps the stored one, but only while the account stays the same kind (type and
+    Bedrock auth mode): a key typed for one kind is never silently reused for another.
+    """
+    auth_mode = submitted.get("auth_mode", "") if account_type == Type.BEDROCK else ""
+    if account_type == Type.BEDROCK and auth_mode not in dict(BEDROCK_AUTH_MODES):
+        raise ValidationError({"auth_mode": "Choose how this account signs in to AWS: SigV4 or API key."})
+    section = credential_section(account_type, auth_mode)
+    same_kind = stored_type == account_type and stored.get("auth_mode", "") == auth_mode
+    clear = set(clear)
+    result: dict = {"auth_mode": auth_mode} if auth_mode else {}
+    errors: dict[str, str] = {}
+    for spec in CREDENTIAL_SECTIONS[section]:
+        value = (submitted.get(spec.key) or "").strip()
+        if spec.secret and not value and same_kind and spec.key not in clear:
+            value = stored.get(spec.key, "")
+        name = credential_form_name(section, spec.key)
+        if spec.required and not value:
+            errors[name] = f"Enter the {spec.label.lower()}."
+        elif value and spec.key == "aws_region" and not AWS_REGION.match(value):
+            errors[name] = f"{value!r} is not an AWS region name like us-east-1."
+        elif value and spec.key == "base_url":
+            try:
+                URLValidator(schemes=["https", "http"])(value)
+            except ValidationError:
+                errors[name] = "Enter an http(s) URL."
+        if value:
+            result[spec.key] = value
+    if errors:
+        raise ValidationError(errors)
+    return result
+
+
+# --- Create and edit ---------------------------------------------------------------------------
+
+# Counters and window starts move only through the quota engine and the reset action.
+PROTECTED_FIELDS = (
+    "quota_used_usd",
+    "quota_daily_used_usd",
+    "quota_daily_start",
+    "quota_weekly_used_usd",
+    "quota_weekly_start",
+    "last_used_at",
+    "credentials_encrypted",
+)
+
+
+def _validate_account(account: UpstreamAccount, groups: Iterable[Group] | None) -> None:
+    errors: dict[str, str] = {}
+    if account.type in ANTHROPIC_ONLY_TYPES and account.platform != Platform.ANTHROPIC:
+        errors["type"] = f"{account.get_type_display()} accounts exist only on the Anthropic platform."
+    if account.cache_ttl_override and not account.supports_cache_ttl_override:
+        errors["cache_ttl_override"] = (
+            "The cache TTL override is only for Anthropic OAuth and setup-token accounts."
+        )
+    if not account.quota_timezone or account.quota_timezone not in _zone_names():
+        errors["quota_timezone"] = (
+            f"{account.quota_timezone!r} is not an IANA timezone name (e.g. Europe/Berlin)."
+        )
+    if groups is not None:
+        wrong = [g.name for g in groups if g.platform != account.platform]
+        if wrong:
+            errors["groups"] = (
+                f"Only {account.get_platform_display()} groups can use this account: not {', '.join(wrong)}."
+            )
+    if errors:
+        raise ValidationError(errors)
+
+
+@cache
+def _zone_names() -> frozenset[str]:
+    return frozenset(zoneinfo.available_timezones())
+
+
+def timezone_names() -> list[str]:
+    """Every IANA zone name, for the forms' suggestions."""
+    return sorted(_zone_names())
+
+
+def is_valid_timezone(name: str) -> bool:
+    return bool(name) and name in _zone_names()
+
+
+@transaction.atomic
+def upstream_account_create(
+    *, fields: dict, credentials: dict, groups: Iterable[Group] | None = None
+) -> UpstreamAccount:
+    fields = {k: v for k, v in fields.items() if k not in PROTECTED_FIELDS}
+    fields.setdefault("quota_timezone", settings.TIME_ZONE)
+    account = UpstreamAccount(**fields)
+    groups = list(groups) if groups is not None else None
+    _validate_account(account, groups)
+    account.credentials_encrypted = encrypt_credentials(
+        _merge_credentials(
+            account_type=account.type, submitted=credentials, stored={}, stored_type=None, clear=()
+        )
+    )
+    account.full_clean()
+    account.save()
+    if groups:
+        account.groups.set(groups, through_defaults={"priority": account.priority})
+    return account
+
+
+@transaction.atomic
+def upstream_account_update(
+    *,
+    account: UpstreamAccount,
+    fields: dict,
+    credentials: dict,
+    groups: Iterable[Group] | None = None,
+    clear_credentials: Iterable[str] = (),
+) -> UpstreamAccount:
+    """Save the edited fields and credentials. Used amounts and window starts are never written here."""
+    stored_type = UpstreamAccount.objects.values_list("type", flat=True).get(pk=account.pk)
+    fields = {k: v for k, v in fields.items() if k not in PROTECTED_FIELDS}
+    for name, value in fields.items():
+        setattr(account, name, value)
+    groups = list(groups) if groups is not None else None
+    _validate_account(account, groups)
+    account.credentials_encrypted = encrypt_credentials(
+        _merge_credentials(
+            account_type=account.type,
+            submitted=credentials,
+            stored=upstream_account_credentials(account),
+            stored_type=stored_type,
+            clear=clear_credentials,
+        )
+    )
+    account.full_clean()
+    account.save(update_fields=[*fields.keys(), "credentials_encrypted", "updated_at"])
+    if groups is not None:
+        account.groups.set(groups, through_defaults={"priority": account.priority})
+    return account
+
+
+# --- Row actions -------------------------------------------------------------------------------
+
+
+def upstream_account_set_schedulable(*, account_id: int, schedulable: bool) -> None:
+    UpstreamAccount.objects.filter(pk=account_id).update(schedulable=schedulable, updated_at=timezone.now())
+
+
+def upstream_account_clear_error(*, account_id: int) -> None:
+    """Back to active with the message cleared; only an account in error is touched."""
+    UpstreamAccount.objects.filter(pk=account_id, status=UpstreamAccount.Status.ERROR).update(
+        status=UpstreamAccount.Status.ACTIVE, error_message="", updated_at=timezone.now()
+    )
+
+
+def upstream_account_quota_reset(*, account_id: int) -> None:
+    """Zero the total, daily and weekly used amounts and clear both window starts."""
+    UpstreamAccount.objects.filter(pk=account_id).update(
+        quota_used_usd=Decimal(0),
+        quota_daily_used_usd=Decimal(0),
+        quota_daily_start=None,
+        quota_weekly_used_usd=Decimal(0),
+        quota_weekly_start=None,
+        updated_at=timezone.now(),
+    )
+
+
+@transaction.atomic
+def upstream_account_delete(*, account: UpstreamAccount) -> None:
+    """Delete the account and take its id out of every group's model routing."""
+    for group in Group.objects.select_for_update().filter(memberships__account=account):
+        routing = {
+            pattern: [i for i in ids if i != account.pk] for pattern, ids in group.model_routing.items()
+        }
+        if routing != group.model_routing:
+            Group.objects.filter(pk=group.pk).update(model_routing=routing)
+    account.delete()
+
+
+# --- The quota engine --------------------------------------------------------------------------
+
+
+def _period_expired(
+    *, field: str, now: datetime, period: str, mode: str, hour: int, weekday: int, tz: str
+) -> Q:
+    """A WHERE-style condition that is true when the stored period has expired at `now`.
+
+    It must agree with accounts.windows.is_period_expired, which says: expired iff start is NULL
+    or now >= period_end(start).
+
+    - rolling: period_end(start) = start + 24h / 168h, so expired iff start <= now - length.
+      The threshold is computed here; the comparison runs in SQL against the stored start.
+    - fixed: period_end(start) is the first reset boundary strictly after start. That boundary is
+      <= now exactly when some boundary b has start < b <= now, i.e. when the latest boundary at
+      or before now (B) is later than start. B depends only on now and the reset settings, so it
+      is computed here in the account's timezone (DST rules and all) and SQL compares start < B.
+
+    Either way the counters themselves are never read into Python.
+    """
+    start = Q(**{f"{field}__isnull": True})
+    if mode == UpstreamAccount.ResetMode.ROLLING:
+        return start | Q(**{f"{field}__lte": now - PERIOD_LENGTHS[period]})
+    boundary = _boundary_at_or_before(now, hour, weekday if period == "weekly" else None, zone(tz))
+    return start | Q(**{f"{field}__lt": boundary})
+
+
+def upstream_account_quota_charge(
+    *, account_id: int, amount_usd: Decimal, now: datetime | None = None
+) -> None:
+    """Add `amount_usd` to the account's total, daily and weekly quota usage in ONE atomic UPDATE.
+
+    `amount_usd` is what the account's quota counts: the request's raw cost already multiplied by
+    the account's rate_multiplier (SPEC §3.6); billing passes it, this function does not multiply.
+    It is quantised to 8 places first, so every counter moves by exactly the same amount.
+
+    Lazy reset (SPEC §2.1): for each of daily and weekly, if the stored period has expired at
+    `now`, used becomes this amount and the window starts at `now`; otherwise used += amount.
+    The decision is a CASE inside the UPDATE, so PostgreSQL evaluates it against the row as it is
+    when the row lock is taken: concurrent charges serialise on the row and none is lost.
+
+    The reset settings (mode, hour, weekday, timezone) are read first: they are configuration, not
+    counters, and a concurrent edit of them can at worst decide one request by the old rule.
+    Also records `last_used_at`. Raises UpstreamAccount.DoesNotExist for an unknown id.
+    """
+    now = now or timezone.now()
+    amount = quantize_usd(amount_usd)
+    rules = UpstreamAccount.objects.values(
+        "quota_daily_reset_mode",
+        "quota_daily_reset_hour",
+        "quota_weekly_reset_mode",
+        "quota_weekly_reset_hour",
+        "quota_weekly_reset_weekday",
+        "quota_timezone",
+    ).get(pk=account_id)
+    tz = rules["quota_timezone"] or settings.TIME_ZONE
+    money = models.DecimalField(max_digits=20, decimal_places=8)
+    changes: dict = {
+        "quota_used_usd": F("quota_used_usd") + Value(amount, output_field=money),
+        "last_used_at": Greatest(F("last_used_at"), Value(now, output_field=models.DateTimeField())),
+    }
+    for period, weekday in (("daily", 0), ("weekly", rules["quota_weekly_reset_weekday"])):
+        used, start = f"quota_{period}_used_usd", f"quota_{period}_start"
+        expired = _period_expired(
+            field=start,
+            now=now,
+            period=period,
+            mode=rules[f"quota_{period}_reset_mode"],
+            hour=rules[f"quota_{period}_reset_hour"],
+            weekday=weekday,
+            tz=tz,
+        )
+        changes[used] = Case(
+            When(expired, then=Value(amount, output_field=money)),
+            default=F(used) + Value(amount, output_field=money),
+            output_field=money,
+        )
+        changes[start] = Case(
+            When(expired, then=Value(now, output_field=models.DateTimeField())),
+            default=F(start),
+            output_field=models.DateTimeField(),
+        )
+    UpstreamAccount.objects.filter(pk=account_id).update(**changes)

@@ -1,0 +1,126 @@
+"""Usage rows recorded per second by billing.services.usage_record, on PostgreSQL.
+
+    DATABASE_URL=postgres://postgres@127.0.0.1:5432/tollgate .venv/bin/python -m bench.record_usage
+
+Writers are separate processes, as gateway workers would be. "One hot key": every writer bills
+the same key, user and account, so each recording waits for the row locks of the one before.
+"Many keys": each writer has its own key, user and account: nothing is shared but the tables.
+Each writer holds a BillingContext loaded once, as the gateway's auth snapshot will.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import time
+from decimal import Decimal
+
+if __package__ in (None, ""):  # run as a script: make `bench` importable
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import machine, scratch_database, setup_django
+
+WRITERS = (1, 8, 32)
+
+
+def make_keys(count: int) -> list[tuple[int, int]]:
+    """`count` (key id, account id) pairs, each with its own user and account."""
+    from accounts.models import APIKey, Group, UpstreamAccount, User
+
+    group = Group.objects.get_or_create(name="bench", defaults={"platform": "anthropic", "rate_multiplier": 1.2})[0]
+    pairs = []
+    for index in range(count):
+        user = User.objects.create_user(email=f"bench{time.monotonic_ns()}-{index}@example.com", balance=Decimal(10_000))
+        key = APIKey.objects.create(
+            user=user,
+            group=group,
+            name=f"bench-{index}",
+            key_hash=f"{time.monotonic_ns():032x}{index:032x}",
+            key_prefix="sk-bench",
+            key_last4=f"{index:04d}"[-4:],
+        )
+        account = UpstreamAccount.objects.create(
+            name=f"bench-{index}", platform="anthropic", type=UpstreamAccount.Type.APIKEY, quota_limit_usd=0
+        )
+        pairs.append((key.pk, account.pk))
+    return pairs
+
+
+def writer(args: tuple) -> int:
+    scenario, index, key_id, account_id, start_at, stop_at = args
+    from django.db import connection
+
+    from billing.cost import Usage
+    from billing.pricing import billing_context
+    from billing.services import usage_record
+
+    connection.close()  # never share the parent's connection across fork
+    context = billing_context(api_key_id=key_id, account_id=account_id)
+    usage = Usage(input_tokens=12_000, output_tokens=800, cache_creation_5m_tokens=1_000, cache_read_tokens=20_000)
+    time.sleep(max(0.0, start_at - time.time()))
+    count = 0
+    while time.time() < stop_at:
+        usage_record(
+            request_id=f"{scenario}-{index}-{count}",
+            api_key_id=key_id,
+            account_id=account_id,
+            requested_model="claude-sonnet-4-5",
+            usage=usage,
+            context=context,
+            stream=True,
+            duration_ms=2_000,
+        )
+        count += 1
+    connection.close()
+    return count
+
+
+def run(scenario: str, pairs: list[tuple[int, int]], writers: int, seconds: float) -> float:
+    from django.db import connection
+
+    connection.close()
+    start_at = time.time() + 1.5 + writers * 0.05  # every process is up and has its context
+    jobs = [
+        (scenario, i, *pairs[i % len(pairs)], start_at, start_at + seconds) for i in range(writers)
+    ]
+    with multiprocessing.get_context("fork").Pool(writers) as pool:
+        counts = pool.map(writer, jobs)
+    return sum(counts) / seconds
+
+
+def check_ledger(pairs: list[tuple[int, int]]) -> None:
+    """The figures only count if the counters still equal the ledger."""
+    from django.db.models import Sum
+
+    from accounts.models import APIKey
+    from billing.models import UsageLog
+
+    for key_id, _ in pairs:
+        ledger = UsageLog.objects.filter(api_key_id=key_id).aggregate(s=Sum("actual_cost"))["s"] or 0
+        assert APIKey.objects.get(pk=key_id).quota_used_usd == ledger, f"key {key_id} drifted from its ledger"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=5.0, help="length of each run (default 5)")
+    options = parser.parse_args()
+    setup_django()
+    with scratch_database() as name:
+        print(f"bench/record_usage on {name}: {machine()}")
+        print(f"each run {options.seconds:g} s; rows/s = usage rows recorded and billed per second\n")
+        hot = make_keys(1)
+        many = make_keys(max(WRITERS))
+        print(f"{'writers':>8} {'one hot key':>14} {'many keys':>14}")
+        for writers in WRITERS:
+            hot_rate = run("hot", hot, writers, options.seconds)
+            many_rate = run("many", many, writers, options.seconds)
+            print(f"{writers:>8} {hot_rate:>10,.0f} r/s {many_rate:>10,.0f} r/s", flush=True)
+        check_ledger(hot + many)
+        print("\ncounters equal the ledger for every key: yes")
+
+
+if __name__ == "__main__":
+    main()

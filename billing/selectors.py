@@ -1,0 +1,268 @@
+"""Reads of the usage ledger: the filtered log, its totals, the CSV rows, unpriced models."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from decimal import Decimal
+
+from django.db.models import Count, Max, QuerySet, Sum
+from django.utils import timezone
+
+from accounts.money import quantize_usd
+from billing.models import PricingSource, UsageLog, UsageRollup
+
+ZERO = Decimal(0)
+MODEL_FIELDS = {"requested": "requested_model", "upstream": "upstream_model", "billing": "billing_model"}
+# Days before today that each preset reaches back: "7d" is today and the six days before it.
+PERIOD_DAYS = {"today": 0, "7d": 6, "30d": 29}
+DEFAULT_PERIOD = "7d"
+
+
+@dataclass(frozen=True)
+class UsageFilters:
+    start: datetime | None = None  # inclusive
+    end: datetime | None = None  # exclusive
+    user_id: int | None = None
+    api_key_id: int | None = None
+    account_id: int | None = None
+    group_id: int | None = None
+    model: str = ""
+    model_field: str = "requested"
+    pricing_source: str = ""
+    status: str = ""  # "ok" (below 400) or "error" (400 and above)
+
+
+@dataclass(frozen=True)
+class UsageTotals:
+    requests: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_creation_tokens: int = 0
+    cache_read_tokens: int = 0
+    image_output_tokens: int = 0
+    total_cost: Decimal = ZERO
+    actual_cost: Decimal = ZERO
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens + self.cache_creation_tokens + self.cache_read_tokens
+
+
+@dataclass(frozen=True)
+class UnpricedModel:
+    model: str
+    requests: int
+    last_seen: datetime
+
+
+def local_midnight(day: date) -> datetime:
+    return timezone.make_aware(datetime.combine(day, time.min), timezone.get_current_timezone())
+
+
+def period_range(
+    period: str, *, date_from: date | None = None, date_to: date | None = None, now: datetime | None = None
+) -> tuple[datetime | None, datetime | None]:
+    """[start, end) of a preset or a custom range of whole days in the current timezone."""
+    if period in PERIOD_DAYS:
+        today = timezone.localdate(now or timezone.now())
+        return local_midnight(today - timedelta(days=PERIOD_DAYS[period])), None
+    start = local_midnight(date_from) if date_from else None
+    end = local_midnight(date_to + timedelta(days=1)) if date_to else None
+    return start, end
+
+
+def usage_logs(*, filters: UsageFilters) -> QuerySet[UsageLog]:
+    """The filtered log, newest first. Every filter is one indexed equality (see UsageLog.Meta)."""
+    logs = UsageLog.objects.all()
+    if filters.start is not None:
+        logs = logs.filter(created_at__gte=filters.start)
+    if filters.end is not None:
+        logs = logs.filter(created_at__lt=filters.end)
+    for field in ("user_id", "api_key_id", "account_id", "group_id"):
+        if getattr(filters, field) is not None:
+            logs = logs.filter(**{field: getattr(filters, field)})
+    if filters.model:
+        logs = logs.filter(**{MODEL_FIELDS.get(filters.model_field, "requested_model"): filters.model})
+    if filters.pricing_source:
+        logs = logs.filter(pricing_source=filters.pricing_source)
+    if filters.status == "ok":
+        logs = logs.filter(status_code__lt=400)
+    elif filters.status == "error":
+        logs = logs.filter(status_code__gte=400)
+    return logs.order_by("-created_at", "-id")
+
+
+def usage_page_rows(logs: QuerySet[UsageLog]) -> QuerySet[UsageLog]:
+    """What a page of the log shows: the row and the names around it, in one query."""
+    return logs.select_related("user", "api_key", "account", "group").defer(
+        "user_agent",
+        "user__password",
+        "user__notes",
+        "api_key__ip_allowlist",
+        "api_key__ip_denylist",
+        "account__credentials_encrypted",
+        "account__notes",
+        "group__model_routing",
+        "group__description",
+    )
+
+
+def usage_rollups(*, filters: UsageFilters) -> QuerySet[UsageRollup]:
+    """The rollup rows covering the filtered set; exact only for hour-aligned ranges."""
+    rollups = UsageRollup.objects.all()
+    if filters.start is not None:
+        rollups = rollups.filter(hour__gte=filters.start)
+    if filters.end is not None:
+        rollups = rollups.filter(hour__lt=filters.end)
+    for field in ("user_id", "api_key_id", "account_id", "group_id"):
+        if getattr(filters, field) is not None:
+            rollups = rollups.filter(**{field: getattr(filters, field)})
+    if filters.model:
+        rollups = rollups.filter(**{MODEL_FIELDS.get(filters.model_field, "requested_model"): filters.model})
+    if filters.pricing_source:
+        rollups = rollups.filter(pricing_source=filters.pricing_source)
+    if filters.status == "ok":
+        rollups = rollups.filter(status_code__lt=400)
+    elif filters.status == "error":
+        rollups = rollups.filter(status_code__gte=400)
+    return rollups.order_by()
+
+
+def _on_the_hour(moment: datetime | None) -> bool:
+    return moment is None or moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0) == moment
+
+
+def usage_totals(*, filters: UsageFilters) -> UsageTotals:
+    """Requests, tokens by kind and costs of the whole filtered set, in one aggregate query.
+
+    Read from the hourly rollups whenever the range starts and ends on the hour (every preset
+    and whole-day range in a whole-hour timezone), which is exact because usage_record writes a
+    row and its rollup in one transaction; otherwise from the ledger itself.
+    """
+    if _on_the_hour(filters.start) and _on_the_hour(filters.end):
+        return usage_totals_from_rollups(filters=filters)
+    return usage_totals_from_ledger(filters=filters)
+
+
+_TOKEN_SUMS = (
+    "input_tokens",
+    "output_tokens",
+    "cache_creation_5m_tokens",
+    "cache_creation_1h_tokens",
+    "cache_read_tokens",
+    "image_output_tokens",
+    "total_cost",
+    "actual_cost",
+)
+
+
+def usage_totals_from_ledger(*, filters: UsageFilters) -> UsageTotals:
+    sums = usage_logs(filters=filters).order_by().aggregate(
+        requests=Count("id"), **{name: Sum(name) for name in _TOKEN_SUMS}
+    )
+    return _totals(sums)
+
+
+def usage_totals_from_rollups(*, filters: UsageFilters) -> UsageTotals:
+    sums = usage_rollups(filters=filters).aggregate(
+        requests=Sum("requests"), **{name: Sum(name) for name in _TOKEN_SUMS}
+    )
+    return _totals(sums)
+
+
+def _totals(sums: dict) -> UsageTotals:
+    return UsageTotals(
+        requests=sums["requests"] or 0,
+        input_tokens=sums["input_tokens"] or 0,
+        output_tokens=sums["output_tokens"] or 0,
+        cache_creation_tokens=(sums["cache_creation_5m_tokens"] or 0) + (sums["cache_creation_1h_tokens"] or 0),
+        cache_read_tokens=sums["cache_read_tokens"] or 0,
+        image_output_tokens=sums["image_output_tokens"] or 0,
+        # SQLite sums decimals as floats; quantising keeps the embedded default's totals readable.
+        total_cost=quantize_usd(Decimal(sums["total_cost"] or 0)),
+        actual_cost=quantize_usd(Decimal(sums["actual_cost"] or 0)),
+    )
+
+
+CSV_COLUMNS: list[tuple[str, str]] = [
+    # (header, value path)
+    ("created_at", "created_at"),
+    ("request_id", "request_id"),
+    ("user_email", "user__email"),
+    ("api_key_id", "api_key_id"),
+    ("api_key_name", "api_key__name"),
+    ("account", "account__name"),
+    ("group", "group__name"),
+    ("requested_model", "requested_model"),
+    ("upstream_model", "upstream_model"),
+    ("billing_model", "billing_model"),
+    ("billing_mode", "billing_mode"),
+    ("pricing_source", "pricing_source"),
+    ("input_tokens", "input_tokens"),
+    ("output_tokens", "output_tokens"),
+    ("cache_creation_5m_tokens", "cache_creation_5m_tokens"),
+    ("cache_creation_1h_tokens", "cache_creation_1h_tokens"),
+    ("cache_read_tokens", "cache_read_tokens"),
+    ("image_output_tokens", "image_output_tokens"),
+    ("unit_count", "unit_count"),
+    ("input_cost", "input_cost"),
+    ("output_cost", "output_cost"),
+    ("image_output_cost", "image_output_cost"),
+    ("cache_creation_cost", "cache_creation_cost"),
+    ("cache_read_cost", "cache_read_cost"),
+    ("unit_cost", "unit_cost"),
+    ("total_cost", "total_cost"),
+    ("rate_multiplier", "rate_multiplier"),
+    ("actual_cost", "actual_cost"),
+    ("account_cost", "account_cost"),
+    ("status_code", "status_code"),
+    ("stream", "stream"),
+    ("duration_ms", "duration_ms"),
+    ("first_token_ms", "first_token_ms"),
+    ("cache_ttl_overridden", "cache_ttl_overridden"),
+    ("client_ip", "client_ip"),
+    ("user_agent", "user_agent"),
+]
+
+
+def usage_csv_rows(logs: QuerySet[UsageLog], *, chunk_size: int = 2000) -> Iterator[tuple]:
+    """The filtered rows as tuples in CSV_COLUMNS order, fetched chunk by chunk.
+
+    On PostgreSQL .iterator() reads through a server-side cursor, so a million rows stream
+    through a few thousand at a time instead of being loaded at once.
+    """
+    paths = [path for _, path in CSV_COLUMNS]
+    return logs.values_list(*paths).iterator(chunk_size=chunk_size)
+
+
+def unpriced_models_seen(*, days: int = 7, now: datetime | None = None) -> list[UnpricedModel]:
+    """Models recorded with pricing_source=missing in the last `days` days, most requests first.
+
+    The dashboard lists them as a warning: every such request was billed $0.
+    """
+    since = (now or timezone.now()) - timedelta(days=days)
+    rows = (
+        UsageLog.objects.filter(pricing_source=PricingSource.MISSING, created_at__gte=since)
+        .values("billing_model")
+        .annotate(requests=Count("id"), last_seen=Max("created_at"))
+        .order_by("-requests", "billing_model")
+    )
+    return [UnpricedModel(row["billing_model"], row["requests"], row["last_seen"]) for row in rows]
+
+
+def usage_models_seen(*, days: int = 30, now: datetime | None = None, limit: int = 200) -> list[str]:
+    """Model names (requested, upstream and billing) used recently, for the filter's suggestions.
+
+    Read from the hourly rollups, which hold far fewer rows than the ledger.
+    """
+    since = (now or timezone.now()) - timedelta(days=days)
+    triples = (
+        UsageRollup.objects.filter(hour__gte=since)
+        .order_by()
+        .values_list("requested_model", "upstream_model", "billing_model")
+        .distinct()
+    )
+    names = {name for triple in triples for name in triple if name}
+    return sorted(names)[:limit]

@@ -1,0 +1,17 @@
+"""Filters for the usage pages."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from django import template
+
+from billing.cost import format_usd
+
+register = template.Library()
+
+
+@register.filter
+def usd_exact(value: Decimal | None) -> str:
+    """Every significant digit of a ledger amount ($0.0765, $1,234.5): what was billed, unrounded."""
+    return "—" if value is None else format_usd(Decimal(value))

@@ -1,0 +1,58 @@
+from django.contrib import admin
+
+from channels.models import Channel, ChannelAuditLog, ChannelGroup, ModelPricing, PricingInterval
+
+
+class ChannelGroupInline(admin.TabularInline):
+    model = ChannelGroup
+    extra = 0
+    autocomplete_fields = ["group"]
+
+
+class ModelPricingInline(admin.StackedInline):
+    model = ModelPricing
+    extra = 0
+    show_change_link = True
+
+
+class PricingIntervalInline(admin.TabularInline):
+    model = PricingInterval
+    extra = 0
+
+
+@admin.register(Channel)
+class ChannelAdmin(admin.ModelAdmin):
+    list_display = ["name", "status", "billing_model_source", "restrict_models", "updated_at"]
+    list_filter = ["status", "billing_model_source", "restrict_models"]
+    search_fields = ["name", "description"]
+    inlines = [ChannelGroupInline, ModelPricingInline]
+
+
+@admin.register(ModelPricing)
+class ModelPricingAdmin(admin.ModelAdmin):
+    list_display = ["__str__", "channel", "platform", "billing_mode", "sort_order"]
+    list_filter = ["platform", "billing_mode"]
+    list_select_related = ["channel"]
+    inlines = [PricingIntervalInline]
+
+
+@admin.register(PricingInterval)
+class PricingIntervalAdmin(admin.ModelAdmin):
+    list_display = ["__str__", "card", "tier_label", "sort_order"]
+    list_select_related = ["card"]
+
+
+@admin.register(ChannelGroup)
+class ChannelGroupAdmin(admin.ModelAdmin):
+    list_display = ["group", "channel"]
+    list_select_related = ["group", "channel"]
+    autocomplete_fields = ["group", "channel"]
+
+
+@admin.register(ChannelAuditLog)
+class ChannelAuditLogAdmin(admin.ModelAdmin):
+    list_display = ["channel_name", "action", "actor", "created_at"]
+    list_filter = ["action"]
+    list_select_related = ["actor"]
+    search_fields = ["channel_name"]
+    readonly_fields = ["channel", "channel_name", "action", "actor", "changes", "created_at"]

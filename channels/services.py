@@ -1,0 +1,567 @@
+"""Writes of channels: create, update and delete a channel with its cards, mapping and groups.
+
+A channel is saved whole, in one transaction: its fields, its groups, its pricing cards (replaced
+by the ones given, in order) and its model mapping. The rules of SPEC §2.2 are checked here by
+`pricing_problems` and `mapping_problems`, which the form also calls so that each problem can be
+shown next to the card, interval row or mapping row that causes it. Every change leaves an
+audit row with a JSON diff.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from decimal import Decimal
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
+
+from accounts.models import Group, Platform, User
+from accounts.money import per_token_to_per_mtok
+from channels.models import (
+    BillingMode,
+    Channel,
+    ChannelAuditLog,
+    ChannelGroup,
+    ModelPricing,
+    PricingInterval,
+)
+from channels.patterns import find_overlaps, interval_errors, is_wildcard, normalise_pattern
+from channels.selectors import channel_names_for_groups
+
+MAX_MODELS_PER_CARD = 100
+MAX_PATTERN_LENGTH = 200
+CHANNEL_FIELDS = ("name", "description", "status", "billing_model_source", "restrict_models")
+TOKEN_PRICES = ("input_price", "output_price", "cache_write_price", "cache_read_price")
+MULTIPLIERS = ("input_multiplier", "output_multiplier", "cache_write_multiplier", "cache_read_multiplier")
+CARD_PRICES = (
+    "input_price",
+    "output_price",
+    "cache_write_price",
+    "cache_write_1h_price",
+    "cache_read_price",
+    "image_output_price",
+)
+UNIT_MODES = (BillingMode.PER_REQUEST, BillingMode.IMAGE)
+
+
+@dataclass(frozen=True)
+class IntervalSpec:
+    """One interval row to save. Prices are USD per token; `per_request_price` USD per unit."""
+
+    min_tokens: int = 0
+    max_tokens: int | None = None
+    tier_label: str = ""
+    input_price: Decimal | None = None
+    output_price: Decimal | None = None
+    cache_write_price: Decimal | None = None
+    cache_read_price: Decimal | None = None
+    input_multiplier: Decimal | None = None
+    output_multiplier: Decimal | None = None
+    cache_write_multiplier: Decimal | None = None
+    cache_read_multiplier: Decimal | None = None
+    per_request_price: Decimal | None = None
+
+
+@dataclass(frozen=True)
+class CardSpec:
+    """One pricing card to save. Prices are USD per token; `per_request_price` USD per unit."""
+
+    platform: str
+    models: tuple[str, ...]
+    billing_mode: str = BillingMode.TOKEN
+    input_price: Decimal | None = None
+    output_price: Decimal | None = None
+    cache_write_price: Decimal | None = None
+    cache_write_1h_price: Decimal | None = None
+    cache_read_price: Decimal | None = None
+    image_output_price: Decimal | None = None
+    per_request_price: Decimal | None = None
+    intervals: tuple[IntervalSpec, ...] = ()
+
+
+@dataclass(frozen=True)
+class MappingRule:
+    platform: str
+    source: str
+    target: str
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A broken rule, with where it belongs: a card (and maybe one of its intervals) or a mapping row."""
+
+    message: str
+    card: int | None = None
+    interval: int | None = None
+    rule: int | None = None
+    field: str | None = None
+
+
+class ChannelInvalid(ValidationError):
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        super().__init__([problem.message for problem in problems])
+
+
+# -- rules ----------------------------------------------------------------------------------------
+
+
+def split_models(text: str) -> list[str]:
+    """Model names typed into a card, one per comma or line, blanks dropped."""
+    return [name.strip() for line in text.splitlines() for name in line.split(",") if name.strip()]
+
+
+def pricing_problems(cards: Sequence[CardSpec]) -> list[Problem]:
+    """Every SPEC §2.2 pricing rule broken by these cards (the whole channel's, in order)."""
+    problems = []
+    for index, card in enumerate(cards):
+        problems += card_problems(index, card)
+    problems += pattern_overlap_problems([(card.platform, card.models) for card in cards])
+    return problems
+
+
+def card_problems(index: int, card: CardSpec) -> list[Problem]:
+    """The rules one card must follow on its own: its model list, its prices, its intervals."""
+    return (
+        _model_list_problems(index, card)
+        + _card_price_problems(index, card)
+        + _interval_problems(index, card)
+    )
+
+
+def pattern_overlap_problems(
+    cards: Sequence[tuple[str, Sequence[str]]], *, labels: Sequence[str] | None = None
+) -> list[Problem]:
+    """Overlapping model patterns across all cards of each platform, reported on the later card.
+
+    `cards` are (platform, patterns) pairs; `labels` name them in messages (default "card 1"…).
+    """
+    by_platform: dict[str, list[tuple[int, str]]] = defaultdict(list)
+    for index, (platform, models) in enumerate(cards):
+        by_platform[platform] += [(index, model) for model in models]
+    problems = []
+    for entries in by_platform.values():
+        for overlap in find_overlaps(model for _, model in entries):
+            first_card, second_card = entries[overlap.first_index][0], entries[overlap.second_index][0]
+            label = labels[first_card] if labels else f"card {first_card + 1}"
+            where = "" if first_card == second_card else f" (in {label})"
+            problems.append(Problem(f"{overlap.message}{where}.", card=second_card, field="models"))
+    return problems
+
+
+def _model_list_problems(index: int, card: CardSpec) -> list[Problem]:
+    problems = []
+    if not card.models:
+        problems.append(Problem("List at least one model.", card=index, field="models"))
+    elif len(card.models) > MAX_MODELS_PER_CARD:
+        problems.append(
+            Problem(
+                f"A card holds at most {MAX_MODELS_PER_CARD} models; this one has {len(card.models)}.",
+                card=index,
+                field="models",
+            )
+        )
+    for model in card.models:
+        if len(model) > MAX_PATTERN_LENGTH:
+            problems.append(
+                Problem(
+                    f"`{model[:40]}…` is longer than {MAX_PATTERN_LENGTH} characters.",
+                    card=index,
+                    field="models",
+                )
+            )
+    return problems
+
+
+def _card_price_problems(index: int, card: CardSpec) -> list[Problem]:
+    problems = [
+        Problem("Prices cannot be negative.", card=index, field=name)
+        for name in (*CARD_PRICES, "per_request_price")
+        if getattr(card, name) is not None and getattr(card, name) < 0
+    ]
+    if card.billing_mode == BillingMode.TOKEN:
+        for name, label in (("input_price", "an input"), ("output_price", "an output")):
+            if getattr(card, name) is None:
+                problems.append(
+                    Problem(f"A per-token card needs {label} price (0 is allowed).", card=index, field=name)
+                )
+    elif card.per_request_price is None and not card.intervals:
+        unit = "image" if card.billing_mode == BillingMode.IMAGE else "request"
+        problems.append(
+            Problem(
+                f"A per-{unit} card needs a per-{unit} price or at least one interval.",
+                card=index,
+                field="per_request_price",
+            )
+        )
+    return problems
+
+
+def _interval_problems(index: int, card: CardSpec) -> list[Problem]:
+    problems = []
+    unit_mode = card.billing_mode in UNIT_MODES
+    seen_labels: dict[str, int] = {}
+    for row, interval in enumerate(card.intervals):
+        values = [getattr(interval, name) for name in (*TOKEN_PRICES, *MULTIPLIERS, "per_request_price")]
+        if any(value is not None and value < 0 for value in values):
+            problems.append(Problem("Prices and multipliers cannot be negative.", card=index, interval=row))
+        if unit_mode:
+            label = interval.tier_label.strip()
+            if not label:
+                problems.append(
+                    Problem(
+                        "Give this tier a label (e.g. 1K, 2K, 4K, HD).",
+                        card=index,
+                        interval=row,
+                        field="tier_label",
+                    )
+                )
+            elif label.casefold() in seen_labels:
+                problems.append(
+                    Problem(
+                        f"Tier `{label}` is already interval {seen_labels[label.casefold()] + 1}.",
+                        card=index,
+                        interval=row,
+                        field="tier_label",
+                    )
+                )
+            else:
+                seen_labels[label.casefold()] = row
+            if interval.per_request_price is None:
+                problems.append(
+                    Problem(
+                        f"Interval {row + 1} has no price: enter its per-unit price.",
+                        card=index,
+                        interval=row,
+                        field="per_request_price",
+                    )
+                )
+        elif all(value is None for value in values):
+            problems.append(
+                Problem(
+                    f"Interval {row + 1} has no price: enter at least one price or multiplier.",
+                    card=index,
+                    interval=row,
+                )
+            )
+    if not unit_mode:
+        problems += [
+            Problem(message, card=index, interval=row) for row, message in interval_errors(card.intervals)
+        ]
+    return problems
+
+
+def mapping_problems(rules: Sequence[MappingRule]) -> list[Problem]:
+    """Mapping rows with a missing target, a pattern target, or a source overlapping another's."""
+    problems = []
+    by_platform: dict[str, list[tuple[int, str]]] = defaultdict(list)
+    for row, rule in enumerate(rules):
+        if not rule.source.strip():
+            problems.append(Problem("Enter the model name (or prefix*) to map.", rule=row, field="source"))
+        else:
+            by_platform[rule.platform].append((row, rule.source))
+        if not rule.target.strip():
+            problems.append(Problem("Enter the model to send instead.", rule=row, field="target"))
+        elif is_wildcard(rule.target):
+            problems.append(
+                Problem("The target must be one model name, not a pattern.", rule=row, field="target")
+            )
+    for entries in by_platform.values():
+        for overlap in find_overlaps(source for _, source in entries):
+            problems.append(
+                Problem(f"{overlap.message}.", rule=entries[overlap.second_index][0], field="source")
+            )
+    return problems
+
+
+def mapping_as_json(rules: Sequence[MappingRule]) -> dict[str, dict[str, str]]:
+    mapping: dict[str, dict[str, str]] = {}
+    for rule in rules:
+        mapping.setdefault(rule.platform, {})[rule.source.strip()] = rule.target.strip()
+    return mapping
+
+
+def mapping_rules(channel: Channel) -> list[MappingRule]:
+    """The channel's mapping as rows, by platform order then source."""
+    order = {value: position for position, value in enumerate(Platform.values)}
+    mapping = channel.model_mapping or {}
+    return [
+        MappingRule(platform=platform, source=source, target=target)
+        for platform in sorted(mapping, key=lambda p: (order.get(p, len(order)), p))
+        for source, target in sorted(mapping[platform].items())
+    ]
+
+
+# -- writes ---------------------------------------------------------------------------------------
+
+
+@transaction.atomic
+def channel_create(
+    *,
+    fields: dict[str, Any],
+    group_ids: Sequence[int] = (),
+    cards: Sequence[CardSpec] = (),
+    mapping: Sequence[MappingRule] = (),
+    actor: User | None = None,
+) -> Channel:
+    channel = Channel()
+    _save(channel, fields=fields, group_ids=group_ids, cards=cards, mapping=mapping)
+    _audit(channel, ChannelAuditLog.Action.CREATE, before=channel_snapshot(None), actor=actor)
+    return channel
+
+
+@transaction.atomic
+def channel_update(
+    *,
+    channel: Channel,
+    fields: dict[str, Any],
+    group_ids: Sequence[int],
+    cards: Sequence[CardSpec],
+    mapping: Sequence[MappingRule],
+    actor: User | None = None,
+) -> Channel:
+    """Replace the channel's fields, groups, cards and mapping with these; audited when anything changed."""
+    locked = Channel.objects.select_for_update().get(pk=channel.pk)
+    before = channel_snapshot(locked)
+    _save(locked, fields=fields, group_ids=group_ids, cards=cards, mapping=mapping)
+    _audit(locked, ChannelAuditLog.Action.UPDATE, before=before, actor=actor)
+    return locked
+
+
+@transaction.atomic
+def channel_delete(*, channel: Channel, actor: User | None = None) -> None:
+    """Delete the channel; its groups fall back to catalog prices. The audit row keeps the name."""
+    before = channel_snapshot(channel)
+    ChannelAuditLog.objects.create(
+        channel=None,
+        channel_name=channel.name,
+        action=ChannelAuditLog.Action.DELETE,
+        actor=actor,
+        changes=snapshot_diff(before, channel_snapshot(None)),
+    )
+    channel.delete()
+
+
+def _save(
+    channel: Channel,
+    *,
+    fields: dict[str, Any],
+    group_ids: Sequence[int],
+    cards: Sequence[CardSpec],
+    mapping: Sequence[MappingRule],
+) -> None:
+    problems = pricing_problems(cards) + mapping_problems(mapping)
+    if problems:
+        raise ChannelInvalid(problems)
+    for name in CHANNEL_FIELDS:
+        if name in fields:
+            setattr(channel, name, fields[name])
+    channel.model_mapping = mapping_as_json(mapping)
+    channel.full_clean()
+    channel.save()
+    _set_groups(channel, list(dict.fromkeys(group_ids)))
+    _replace_cards(channel, cards)
+
+
+def _set_groups(channel: Channel, group_ids: list[int]) -> None:
+    taken = channel_names_for_groups(group_ids, exclude_channel=channel)
+    if taken:
+        raise ValidationError({"groups": _taken_messages(taken)})
+    ChannelGroup.objects.filter(channel=channel).exclude(group_id__in=group_ids).delete()
+    present = set(ChannelGroup.objects.filter(channel=channel).values_list("group_id", flat=True))
+    try:
+        with transaction.atomic():
+            ChannelGroup.objects.bulk_create(
+                [ChannelGroup(channel=channel, group_id=gid) for gid in group_ids if gid not in present]
+            )
+    except IntegrityError as error:
+        # Another channel took one of these groups after the check above.
+        taken = channel_names_for_groups(group_ids, exclude_channel=channel)
+        raise ValidationError(
+            {"groups": _taken_messages(taken) or ["A group was taken by another channel."]}
+        ) from error
+
+
+def _taken_messages(taken: dict[int, str]) -> list[str]:
+    names = dict(Group.objects.filter(pk__in=taken).values_list("pk", "name"))
+    return [
+        f"Group “{names.get(gid, gid)}” already belongs to channel “{channel}”; a group can be in one channel only."
+        for gid, channel in taken.items()
+    ]
+
+
+def _replace_cards(channel: Channel, cards: Sequence[CardSpec]) -> None:
+    ModelPricing.objects.filter(channel=channel).delete()
+    rows = ModelPricing.objects.bulk_create(
+        [
+            ModelPricing(
+                channel=channel,
+                sort_order=position,
+                platform=card.platform,
+                models=list(card.models),
+                billing_mode=card.billing_mode,
+                per_request_price=card.per_request_price,
+                **{name: getattr(card, name) for name in CARD_PRICES},
+            )
+            for position, card in enumerate(cards)
+        ]
+    )
+    PricingInterval.objects.bulk_create(
+        [
+            PricingInterval(card=row, sort_order=position, **_interval_values(interval))
+            for row, card in zip(rows, cards, strict=True)
+            for position, interval in enumerate(card.intervals)
+        ]
+    )
+
+
+def _interval_values(interval: IntervalSpec) -> dict[str, Any]:
+    return {f.name: getattr(interval, f.name) for f in fields(IntervalSpec)}
+
+
+# -- audit ----------------------------------------------------------------------------------------
+
+
+def _audit(channel: Channel, action: str, *, before: dict, actor: User | None) -> None:
+    changes = snapshot_diff(before, channel_snapshot(channel))
+    if changes or action != ChannelAuditLog.Action.UPDATE:
+        ChannelAuditLog.objects.create(
+            channel=channel, channel_name=channel.name, action=action, actor=actor, changes=changes
+        )
+
+
+def _price_text(value: Decimal | None, *, per_mtok: bool = True) -> str | None:
+    if value is None:
+        return None
+    shown = per_token_to_per_mtok(value) if per_mtok else value.normalize()
+    return format(shown, "f")
+
+
+def _card_snapshot(card: ModelPricing) -> dict[str, Any]:
+    prices = {name: _price_text(getattr(card, name)) for name in CARD_PRICES}
+    return {
+        "platform": card.platform,
+        "models": list(card.models),
+        "billing_mode": card.billing_mode,
+        **{f"{name} ($/MTok)": value for name, value in prices.items() if value is not None},
+        **(
+            {"per_request_price ($)": _price_text(card.per_request_price, per_mtok=False)}
+            if card.per_request_price is not None
+            else {}
+        ),
+        "intervals": [_interval_snapshot(interval) for interval in card.intervals.all()],
+    }
+
+
+def _interval_snapshot(interval: PricingInterval) -> str:
+    upper = "∞" if interval.max_tokens is None else f"{interval.max_tokens:,}"
+    parts = [f"({interval.min_tokens:,}, {upper}]"]
+    if interval.tier_label:
+        parts.append(interval.tier_label)
+    for name in TOKEN_PRICES:
+        if getattr(interval, name) is not None:
+            parts.append(f"{name.removesuffix('_price')} ${_price_text(getattr(interval, name))}/MTok")
+    for name in MULTIPLIERS:
+        if getattr(interval, name) is not None:
+            parts.append(f"{name.removesuffix('_multiplier')} ×{getattr(interval, name).normalize():f}")
+    if interval.per_request_price is not None:
+        parts.append(f"${_price_text(interval.per_request_price, per_mtok=False)} each")
+    return " ".join(parts)
+
+
+def channel_snapshot(channel: Channel | None) -> dict[str, Any]:
+    """A readable, JSON-safe picture of a channel (prices in $/MTok), for the audit diff."""
+    if channel is None or channel.pk is None:
+        return {"groups": [], "model_mapping": {}, "pricing": []}
+    cards = (
+        ModelPricing.objects.filter(channel=channel)
+        .prefetch_related("intervals")
+        .order_by("sort_order", "id")
+    )
+    return {
+        "name": channel.name,
+        "description": channel.description,
+        "status": channel.status,
+        "billing_model_source": channel.billing_model_source,
+        "restrict_models": channel.restrict_models,
+        "groups": sorted(channel.groups.values_list("name", flat=True)),
+        "model_mapping": {
+            f"{platform}: {source}": target
+            for platform, rules in sorted((channel.model_mapping or {}).items())
+            for source, target in sorted(rules.items())
+        },
+        "pricing": [_card_snapshot(card) for card in cards],
+    }
+
+
+def _card_key(card: dict[str, Any]) -> str:
+    return f"{card['platform']}: {', '.join(normalise_pattern(m) for m in card['models'])}"
+
+
+def snapshot_diff(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """What changed between two snapshots; {} when nothing did.
+
+    Scalars become {"from", "to"}; groups and mapping entries "added"/"removed"/"changed";
+    cards are matched by platform and models (then by position within a platform) and report
+    the fields that changed.
+    """
+    changes: dict[str, Any] = {}
+    for name in CHANNEL_FIELDS:
+        if before.get(name) != after.get(name):
+            changes[name] = {"from": before.get(name), "to": after.get(name)}
+    added = [g for g in after["groups"] if g not in before["groups"]]
+    removed = [g for g in before["groups"] if g not in after["groups"]]
+    if added or removed:
+        changes["groups"] = {"added": added, "removed": removed}
+    mapping = _dict_diff(before["model_mapping"], after["model_mapping"])
+    if mapping:
+        changes["model_mapping"] = mapping
+    pricing = _cards_diff(before["pricing"], after["pricing"])
+    if pricing:
+        changes["pricing"] = pricing
+    return changes
+
+
+def _dict_diff(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    diff: dict[str, Any] = {}
+    added = {k: v for k, v in after.items() if k not in before}
+    removed = {k: v for k, v in before.items() if k not in after}
+    changed = {k: {"from": before[k], "to": v} for k, v in after.items() if k in before and before[k] != v}
+    for name, value in (("added", added), ("removed", removed), ("changed", changed)):
+        if value:
+            diff[name] = value
+    return diff
+
+
+def _cards_diff(before: list[dict], after: list[dict]) -> dict[str, Any]:
+    old = {_card_key(card): card for card in before}
+    new = {_card_key(card): card for card in after}
+    pairs = [(old[key], new[key]) for key in new if key in old]
+    gone = [card for key, card in old.items() if key not in new]
+    came = [card for key, card in new.items() if key not in old]
+    # A card whose model list was edited is the same card: pair leftovers per platform in order.
+    for card in list(came):
+        match = next((previous for previous in gone if previous["platform"] == card["platform"]), None)
+        if match is not None:
+            gone.remove(match)
+            came.remove(card)
+            pairs.append((match, card))
+    changed = {}
+    for previous, current in pairs:
+        fields_changed = _dict_diff(
+            {k: v for k, v in previous.items() if k != "platform"},
+            {k: v for k, v in current.items() if k != "platform"},
+        )
+        if fields_changed:
+            changed[_card_key(current)] = fields_changed
+    diff: dict[str, Any] = {}
+    if came:
+        diff["added"] = {_card_key(card): card for card in came}
+    if gone:
+        diff["removed"] = {_card_key(card): card for card in gone}
+    if changed:
+        diff["changed"] = changed
+    return diff

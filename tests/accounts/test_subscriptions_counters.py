@@ -1,0 +1,204 @@
+"""The subscription window engine: daily / weekly / monthly in one atomic UPDATE (SPEC §2.3)."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from accounts import windows
+from accounts.models import Subscription
+from accounts.services.subscriptions import subscription_usage_charge
+from tests.factories import SubscriptionFactory, SubscriptionGroupFactory
+
+pytestmark = pytest.mark.django_db
+
+STARTS = datetime(2026, 5, 18, 7, 52, 56, tzinfo=UTC)
+HOUR = timedelta(hours=1)
+DAY = timedelta(days=1)
+
+
+def utc(*args: int) -> datetime:
+    return datetime(*args, tzinfo=UTC)
+
+
+def subscription(tz: str = "UTC", days: int = 30, **kwargs) -> Subscription:
+    group = SubscriptionGroupFactory(timezone=tz)
+    return SubscriptionFactory(group=group, starts_at=STARTS, expires_at=STARTS + days * DAY, **kwargs)
+
+
+def charge(sub: Subscription, amount: str, now: datetime) -> Subscription:
+    subscription_usage_charge(subscription_id=sub.pk, amount_usd=Decimal(amount), now=now)
+    sub.refresh_from_db()
+    return sub
+
+
+def test_the_windows_stay_empty_until_the_first_use_activates_them():
+    sub = subscription()
+    assert (sub.daily_window_start, sub.weekly_window_start, sub.monthly_window_start) == (None, None, None)
+    sub = charge(sub, "1.25", STARTS + 3 * HOUR)
+    assert sub.daily_window_start == utc(2026, 5, 18)  # calendar midnight
+    assert sub.weekly_window_start == sub.monthly_window_start == STARTS  # term-aligned
+    assert (sub.daily_usage_usd, sub.weekly_usage_usd, sub.monthly_usage_usd) == (Decimal("1.25"),) * 3
+
+
+def test_the_daily_window_resets_at_midnight_in_the_group_timezone():
+    sub = subscription(tz="America/New_York")
+    sub = charge(sub, "1", utc(2026, 5, 19, 3, 30))  # 23:30 EDT on the 18th
+    assert sub.daily_window_start == utc(2026, 5, 18, 4)
+    sub = charge(sub, "2", utc(2026, 5, 19, 3, 59))
+    assert sub.daily_usage_usd == Decimal("3")
+    sub = charge(sub, "4", utc(2026, 5, 19, 4, 0))  # 00:00 EDT: a new day
+    assert (sub.daily_usage_usd, sub.daily_window_start) == (Decimal("4"), utc(2026, 5, 19, 4))
+    assert sub.weekly_usage_usd == sub.monthly_usage_usd == Decimal("7")
+
+
+def test_an_empty_group_timezone_means_the_settings_one(settings):
+    settings.TIME_ZONE = "Asia/Tokyo"
+    sub = subscription(tz="")
+    sub = charge(sub, "1", utc(2026, 5, 18, 16))  # 01:00 on the 19th in Tokyo
+    assert sub.daily_window_start == utc(2026, 5, 18, 15)
+
+
+def test_weekly_and_monthly_windows_step_from_the_start_of_the_term():
+    sub = subscription(days=90)
+    sub = charge(sub, "1", STARTS + 2 * DAY)
+    # A first use on day 9 lands in the second weekly step, not at day 9 itself.
+    sub = charge(sub, "2", STARTS + 9 * DAY)
+    assert (sub.weekly_usage_usd, sub.weekly_window_start) == (Decimal("2"), STARTS + 7 * DAY)
+    assert (sub.monthly_usage_usd, sub.monthly_window_start) == (Decimal("3"), STARTS)
+    sub = charge(sub, "4", STARTS + 30 * DAY)
+    assert (sub.monthly_usage_usd, sub.monthly_window_start) == (Decimal("4"), STARTS + 30 * DAY)
+    assert (sub.weekly_usage_usd, sub.weekly_window_start) == (Decimal("4"), STARTS + 28 * DAY)
+
+
+def test_no_window_outlives_the_term():
+    sub = subscription(days=10)
+    sub = charge(sub, "1", STARTS + 8 * DAY)  # weekly step 2 would run to day 14
+    assert sub.weekly_window_start == STARTS + 7 * DAY
+    # The term ends on day 10, and the window with it: usage after that starts over.
+    sub = charge(sub, "2", STARTS + 10 * DAY)
+    assert (sub.daily_usage_usd, sub.weekly_usage_usd, sub.monthly_usage_usd) == (Decimal("2"),) * 3
+    shown = [w.used_usd for w in Subscription.objects.select_related("group").get(pk=sub.pk).usage_windows]
+    assert shown == [Decimal(0)] * 3  # and a page shows an ended term's windows as 0
+
+
+def test_every_window_moves_in_a_single_update_statement():
+    sub = subscription()
+    with CaptureQueriesContext(connection) as queries:
+        subscription_usage_charge(subscription_id=sub.pk, amount_usd=Decimal("1"), now=STARTS)
+    updates = [q["sql"] for q in queries.captured_queries if q["sql"].startswith("UPDATE")]
+    assert len(updates) == 1 and "CASE WHEN" in updates[0]
+    selects = [q["sql"] for q in queries.captured_queries if q["sql"].startswith("SELECT")]
+    assert len(selects) == 1 and "usage_usd" not in selects[0]
+
+
+def test_a_negative_charge_is_refused():
+    sub = subscription()
+    with pytest.raises(ValueError, match="negative"):
+        subscription_usage_charge(subscription_id=sub.pk, amount_usd=Decimal("-0.5"), now=STARTS)
+
+
+# --- the SQL equals the pure window math over any sequence of charges ----------------------------
+
+
+@dataclass
+class ReferenceSubscription:
+    starts_at: datetime
+    expires_at: datetime
+    tz: str
+    used: dict = field(default_factory=lambda: dict.fromkeys(["daily", "weekly", "monthly"], Decimal(0)))
+    start: dict = field(default_factory=lambda: dict.fromkeys(["daily", "weekly", "monthly"]))
+
+    def charge(self, amount: Decimal, now: datetime) -> None:
+        for kind in self.used:
+            rule = {"expires_at": self.expires_at, "tz": self.tz}
+            if windows.subscription_window_expired(kind, self.start[kind], now, **rule):
+                self.used[kind] = amount
+                self.start[kind] = windows.subscription_window_start(
+                    kind, now, starts_at=self.starts_at, tz=self.tz
+                )
+            else:
+                self.used[kind] += amount
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    starts_at=st.datetimes(
+        min_value=datetime(2020, 1, 1), max_value=datetime(2030, 12, 31), timezones=st.just(UTC)
+    ),
+    term_days=st.integers(min_value=1, max_value=60),
+    tz=st.sampled_from(["UTC", "America/New_York", "Australia/Lord_Howe", "Asia/Kathmandu", "Pacific/Apia"]),
+    steps=st.lists(
+        st.tuples(
+            st.one_of(
+                st.integers(min_value=1, max_value=9 * 24 * 3600),
+                st.sampled_from([3600, 24 * 3600, 7 * 24 * 3600, 30 * 24 * 3600]),
+            ),
+            st.decimals(min_value=Decimal("0.00000001"), max_value=Decimal(40), places=8),
+        ),
+        min_size=1,
+        max_size=12,
+    ),
+)
+def test_the_database_agrees_with_the_pure_window_math(starts_at, term_days, tz, steps):
+    expires_at = starts_at + timedelta(days=term_days)
+    group = SubscriptionGroupFactory(timezone=tz)
+    sub = SubscriptionFactory(group=group, starts_at=starts_at, expires_at=expires_at)
+    reference = ReferenceSubscription(starts_at=starts_at, expires_at=expires_at, tz=tz)
+    now = starts_at
+    for gap, amount in steps:
+        now += timedelta(seconds=gap)
+        subscription_usage_charge(subscription_id=sub.pk, amount_usd=amount, now=now)
+        reference.charge(amount, now)
+    sub.refresh_from_db()
+    for kind, _label, _limit, used, start in Subscription.WINDOWS:
+        assert (getattr(sub, used), getattr(sub, start)) == (reference.used[kind], reference.start[kind]), (
+            kind
+        )
+
+
+# --- concurrency ---------------------------------------------------------------------------------
+
+THREADS = 20
+CHARGES_PER_THREAD = 5
+
+
+@pytest.mark.django_db(transaction=True)
+def test_twenty_threads_charging_one_subscription_lose_nothing():
+    sub = subscription(tz="Europe/Berlin")
+    now = STARTS + 26 * HOUR
+    barrier = threading.Barrier(THREADS)
+    failures: list[BaseException] = []
+
+    def work(index: int) -> None:
+        try:
+            barrier.wait()
+            for _ in range(CHARGES_PER_THREAD):
+                subscription_usage_charge(
+                    subscription_id=sub.pk, amount_usd=Decimal("0.00123457") * (index + 1), now=now
+                )
+        except BaseException as error:  # noqa: BLE001 - reported below
+            failures.append(error)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(THREADS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert failures == []
+    sub.refresh_from_db()
+    total = sum(Decimal("0.00123457") * (i + 1) * CHARGES_PER_THREAD for i in range(THREADS))
+    assert sub.daily_usage_usd == sub.weekly_usage_usd == sub.monthly_usage_usd == total
+    assert sub.daily_window_start == utc(2026, 5, 18, 22)  # midnight of the 19th in Berlin (CEST)
+    assert sub.weekly_window_start == sub.monthly_window_start == STARTS

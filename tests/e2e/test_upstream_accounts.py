@@ -1,0 +1,146 @@
+"""Upstream accounts in real Chromium: the quota badge's display rule, the reset dialog, the Bedrock form."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+from django.utils import timezone
+from playwright.sync_api import expect
+
+from accounts.models import UpstreamAccount
+from accounts.services.upstream import upstream_account_credentials, upstream_account_quota_charge
+from tests.factories import GroupAccountFactory, GroupFactory, UpstreamAccountFactory
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+
+def test_daily_usage_shows_inside_the_period_then_zero_with_the_next_reset_and_the_dialog_zeroes_it(
+    staff_page, screenshot
+):
+    account = UpstreamAccountFactory(
+        name="metered",
+        quota_limit_usd=Decimal("100"),
+        quota_daily_limit_usd=Decimal("10"),
+        quota_daily_reset_mode="fixed",
+        quota_daily_reset_hour=0,
+        quota_timezone="UTC",
+    )
+    UpstreamAccountFactory(name="no-limits")
+    UpstreamAccountFactory(name="broken", type="oauth", status="error", error_message="401 invalid token")
+    upstream_account_quota_charge(account_id=account.pk, amount_usd=Decimal("8.5"))
+    page = staff_page
+    page.goto("/accounts/")
+    daily = page.locator(f"#quota-badge-{account.pk} [data-quota=D]")
+    expect(daily).to_contain_text("$8.50/$10.00")
+    expect(daily).to_have_class(re.compile("quota-warning"))
+    screenshot(page, "list")
+
+    # The period passes: move the stored window start back two days instead of freezing the clock.
+    UpstreamAccount.objects.filter(pk=account.pk).update(quota_daily_start=timezone.now() - timedelta(days=2))
+    page.reload()
+    expect(daily).to_contain_text("$0.00/$10.00")
+    next_midnight = (timezone.now() + timedelta(days=1)).strftime("%Y-%m-%d")
+    expect(daily.locator(".quota-reset")).to_have_text(f"resets {next_midnight} 00:00 UTC")
+    account.refresh_from_db()
+    assert account.quota_daily_used_usd == Decimal("8.5")  # shown as 0, not written
+
+    page.evaluate("window.marker = 'same page'")
+    page.get_by_role("button", name="Reset quota of metered").click()
+    dialog = page.locator("dialog[open]")
+    expect(dialog.locator("#reset-amounts")).to_contain_text("Total used$8.50")
+    screenshot(page, "reset-dialog")
+    dialog.get_by_role("button", name="Reset quota").click()
+    expect(page.locator("dialog[open]")).to_have_count(0)
+    expect(page.locator(f"#quota-badge-{account.pk} [data-quota='$']")).to_contain_text("$0.00/$100.00")
+    expect(page.locator("#account-table tbody tr")).to_have_count(3)
+    assert page.evaluate("window.marker") == "same page"  # only the badge re-rendered
+    assert page.url.endswith("/accounts/")
+    account.refresh_from_db()
+    assert (account.quota_used_usd, account.quota_daily_used_usd, account.quota_daily_start) == (0, 0, None)
+    assert page.console_errors == []
+
+
+def test_row_actions_refresh_the_badge_alone(staff_page, screenshot):
+    account = UpstreamAccountFactory(name="busy", status="error", error_message="529 overloaded")
+    page = staff_page
+    page.goto("/accounts/")
+    page.evaluate("window.marker = 'same page'")
+    with page.expect_response(re.compile(rf"/accounts/{account.pk}/quota-badge")):
+        page.get_by_role("switch", name="Schedulable: busy").uncheck()
+    account.refresh_from_db()
+    assert account.schedulable is False
+    expect(page.locator("#account-table tbody tr")).to_have_count(1)
+    with page.expect_response(re.compile(rf"/accounts/{account.pk}/quota-badge")):
+        page.get_by_role("button", name="Clear error").click()
+    expect(page.locator(f"#account-status-{account.pk}")).to_contain_text("Active")
+    expect(page.locator("#account-table tbody tr")).to_have_count(1)
+    assert page.evaluate("window.marker") == "same page"
+    assert page.url.endswith("/accounts/")  # row actions never push their URL into history
+    account.refresh_from_db()
+    assert account.status == "active"
+
+
+def test_bedrock_is_one_form_with_an_auth_mode_radio(staff_page, screenshot):
+    GroupFactory(name="aws-pool")
+    page = staff_page
+    page.goto("/accounts/new")
+    screenshot(page, "apikey")
+    expect(page.locator("#id_apikey__api_key")).to_be_visible()
+    expect(page.get_by_role("radio", name="Access key (SigV4)")).to_be_hidden()
+
+    page.get_by_label("Name").fill("bedrock-east")
+    page.get_by_label("Type").select_option("bedrock")
+    expect(page.get_by_role("radio", name="Access key (SigV4)")).to_be_checked()
+    expect(page.get_by_label("Access key ID")).to_be_visible()
+    expect(page.locator("#id_apikey__api_key")).to_be_hidden()
+    page.get_by_label("Access key ID").fill("AKIAEXAMPLE")
+    page.get_by_label("Secret access key").fill("wJalrXUtnFEMI")
+    page.locator("#id_bedrock_sigv4__aws_region").fill("us-east-1")
+    screenshot(page, "bedrock-sigv4")
+
+    page.get_by_role("radio", name="Bedrock API key").check()
+    expect(page.get_by_label("Access key ID")).to_be_hidden()
+    expect(page.locator("#id_bedrock_apikey__api_key")).to_be_visible()
+    screenshot(page, "bedrock-apikey")
+    page.get_by_role("radio", name="Access key (SigV4)").check()
+
+    # Bedrock is Anthropic only: the type is not offered on another platform.
+    page.get_by_label("Platform").select_option("openai")
+    expect(page.locator("#id_type option[value=bedrock]")).to_be_disabled()
+    page.get_by_label("Platform").select_option("anthropic")
+    page.get_by_label("Groups").select_option(label="aws-pool")
+    page.get_by_role("button", name="Create account").click()
+    expect(page).to_have_url(re.compile(r"/accounts/$"))
+    expect(page.locator("#account-table")).to_contain_text("Anthropic | AWS")
+    account = UpstreamAccount.objects.get(name="bedrock-east")
+    assert upstream_account_credentials(account) == {
+        "auth_mode": "sigv4",
+        "aws_access_key_id": "AKIAEXAMPLE",
+        "aws_secret_access_key": "wJalrXUtnFEMI",
+        "aws_region": "us-east-1",
+    }
+
+    page.goto(f"/accounts/{account.pk}/")
+    expect(page.get_by_label("Secret access key")).to_have_value("")
+    expect(page.get_by_label("Secret access key")).to_have_attribute(
+        "placeholder", "Stored; leave blank to keep it"
+    )
+    assert "wJalrXUtnFEMI" not in page.content()
+    screenshot(page, "edit")
+
+
+def test_the_account_list_is_usable_on_a_phone(staff_page, screenshot):
+    group = GroupFactory(name="pool")
+    GroupAccountFactory(
+        group=group,
+        account=UpstreamAccountFactory(name="phone-account", quota_weekly_limit_usd=Decimal("50")),
+    )
+    page = staff_page
+    page.set_viewport_size({"width": 375, "height": 800})
+    page.goto("/accounts/")
+    expect(page.locator("#account-table")).to_contain_text("phone-account")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 375  # only the table scrolls sideways
+    screenshot(page, "phone")
