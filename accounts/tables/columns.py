@@ -20,5 +20,8 @@ class MoneyColumn(tables.Column):
 
 class StatusColumn(tables.Column):
     def render(self, value, record, bound_column):
-        label = getattr(record, f"get_{bound_column.name}_display", lambda: value)()
-        return format_html('<span class="badge badge-status-{}">{}</span>', value, label)
+        # django-tables2 hands choice fields over as their label; the CSS class
+        # needs the stored value.
+        accessor = bound_column.accessor or bound_column.name
+        raw = tables.A(accessor).resolve(record)
+        return format_html('<span class="badge badge-status-{}">{}</span>', raw, value)

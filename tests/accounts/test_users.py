@@ -239,3 +239,9 @@ def test_a_zero_rate_override_is_refused_with_the_value_kept(staff_client):
     assert "Ensure this value is greater than or equal to 0.000001." in page
     assert 'value="0"' in page
     assert not user.group_rates.exists()
+
+
+def test_the_status_badge_carries_the_stored_value_as_its_class(staff_client):
+    UserFactory(status=User.Status.DISABLED)
+    page = staff_client.get("/users/", {"status": "disabled"}).content.decode()
+    assert '<span class="badge badge-status-disabled">Disabled</span>' in page
