@@ -60,7 +60,7 @@ def usage_record(
     BillingContext for (key, account); without it, it is loaded here.
 
     A second call with the same (request_id, key) changes nothing and returns duplicate=True.
-    Counters move in a fixed order (balance or subscription, key, account, rollup), so
+    Counters move in one fixed order (key, rollup, balance or subscription, account), so
     concurrent recordings queue on row locks and never deadlock one another.
     """
     now = created_at or timezone.now()
@@ -120,8 +120,14 @@ def usage_record(
                 charged_to="",
                 account_charged_usd=ZERO,
             )
+        # Rows are locked from their UPDATE to the commit, so the most widely shared row goes
+        # last: a key is one client's, its rollup row the key's, a balance or subscription the
+        # user's (all their keys), and an account serves every key of its groups.
         charged_to, key_result = "", None
         amount = breakdown.actual_cost
+        if amount > 0:
+            key_result = api_key_usage_charge(key_id=api_key_id, amount_usd=amount, now=now)
+        usage_rollup_add(log=row)
         if amount > 0:
             if context.charges_subscription:
                 subscription_usage_charge(subscription_id=context.subscription_id, amount_usd=amount, now=now)
@@ -129,10 +135,8 @@ def usage_record(
             else:
                 user_balance_charge(user_id=context.user_id, amount_usd=amount)
                 charged_to = "balance"
-            key_result = api_key_usage_charge(key_id=api_key_id, amount_usd=amount, now=now)
         if account_id is not None and breakdown.account_cost > 0:
             upstream_account_quota_charge(account_id=account_id, amount_usd=breakdown.account_cost, now=now)
-        usage_rollup_add(log=row)
 
     return UsageRecordResult(
         usage_log_id=row_id,

@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import pytest
 from django.core.cache import cache
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
 
 from tests.factories import STAFF_PASSWORD, StaffFactory, UserFactory
 
 pytest_plugins = ["tests.browser"]
+
+# Two shared cores under a full suite make per-example timings meaningless:
+# properties are judged on results, never on speed (benchmarks live in bench/).
+hypothesis_settings.register_profile(
+    "tollgate", deadline=None, suppress_health_check=[HealthCheck.too_slow], print_blob=True
+)
+hypothesis_settings.load_profile("tollgate")
 
 
 @pytest.fixture(autouse=True)
