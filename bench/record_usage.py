@@ -2,10 +2,14 @@
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/tollgate .venv/bin/python -m bench.record_usage
 
-Writers are separate processes, as gateway workers would be. "One hot key": every writer bills
-the same key, user and account, so each recording waits for the row locks of the one before.
-"Many keys": each writer has its own key, user and account: nothing is shared but the tables.
-Each writer holds a BillingContext loaded once, as the gateway's auth snapshot will.
+Writers are separate processes, as gateway workers would be. Each holds a BillingContext loaded
+once, as the gateway's auth snapshot will.
+
+- one hot key: every writer bills the same key, user and account, so each recording waits for
+  the row locks of the one before;
+- many keys, one account: each writer has its own key and user, all served by one upstream
+  account (the usual shape: a group's keys share a few accounts);
+- many keys: each writer has its own key, user and account; nothing is shared but the tables.
 """
 
 from __future__ import annotations
@@ -26,8 +30,8 @@ from bench.common import machine, scratch_database, setup_django
 WRITERS = (1, 8, 32)
 
 
-def make_keys(count: int) -> list[tuple[int, int]]:
-    """`count` (key id, account id) pairs, each with its own user and account."""
+def make_keys(count: int, *, shared_account: bool = False) -> list[tuple[int, int]]:
+    """`count` (key id, account id) pairs, each key with its own user; one account for all or one each."""
     from accounts.models import APIKey, Group, UpstreamAccount, User
 
     group = Group.objects.get_or_create(name="bench", defaults={"platform": "anthropic", "rate_multiplier": 1.2})[0]
@@ -42,9 +46,10 @@ def make_keys(count: int) -> list[tuple[int, int]]:
             key_prefix="sk-bench",
             key_last4=f"{index:04d}"[-4:],
         )
-        account = UpstreamAccount.objects.create(
-            name=f"bench-{index}", platform="anthropic", type=UpstreamAccount.Type.APIKEY, quota_limit_usd=0
-        )
+        if not (shared_account and pairs):
+            account = UpstreamAccount.objects.create(
+                name=f"bench-{index}", platform="anthropic", type=UpstreamAccount.Type.APIKEY, quota_limit_usd=0
+            )
         pairs.append((key.pk, account.pk))
     return pairs
 
@@ -111,14 +116,16 @@ def main() -> None:
     with scratch_database() as name:
         print(f"bench/record_usage on {name}: {machine()}")
         print(f"each run {options.seconds:g} s; rows/s = usage rows recorded and billed per second\n")
-        hot = make_keys(1)
-        many = make_keys(max(WRITERS))
-        print(f"{'writers':>8} {'one hot key':>14} {'many keys':>14}")
+        scenarios = {
+            "one hot key": make_keys(1),
+            "many keys, one account": make_keys(max(WRITERS), shared_account=True),
+            "many keys": make_keys(max(WRITERS)),
+        }
+        print(f"{'writers':>8}" + "".join(f"{name:>25}" for name in scenarios))
         for writers in WRITERS:
-            hot_rate = run("hot", hot, writers, options.seconds)
-            many_rate = run("many", many, writers, options.seconds)
-            print(f"{writers:>8} {hot_rate:>10,.0f} r/s {many_rate:>10,.0f} r/s", flush=True)
-        check_ledger(hot + many)
+            rates = [run(f"s{n}", pairs, writers, options.seconds) for n, pairs in enumerate(scenarios.values())]
+            print(f"{writers:>8}" + "".join(f"{rate:>21,.0f} r/s" for rate in rates), flush=True)
+        check_ledger([pair for pairs in scenarios.values() for pair in pairs])
         print("\ncounters equal the ledger for every key: yes")
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 from django import forms
 
 
@@ -10,6 +12,10 @@ class ConsoleFormMixin:
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        # Stored Decimals read as typed numbers: 10.5 rather than 10.50000000, 0 rather than 0E-8.
+        for name, value in list(self.initial.items()):
+            if isinstance(value, Decimal):
+                self.initial[name] = f"{value.normalize():f}" if value else "0"
         for field in self.fields.values():
             widget = field.widget
             if isinstance(widget, forms.CheckboxInput):
@@ -40,7 +46,12 @@ class ConsoleModelForm(ConsoleFormMixin, forms.ModelForm):
 
 
 class MoneyField(forms.DecimalField):
-    """A USD amount with 8 decimal places (SPEC §1)."""
+    """A USD amount with 8 decimal places (SPEC §1), shown as typed (8, not 8.00000000)."""
+
+    def prepare_value(self, value):
+        if isinstance(value, Decimal):
+            return f"{value.normalize():f}" if value else "0"
+        return super().prepare_value(value)
 
     def __init__(self, **kwargs) -> None:
         kwargs.setdefault("max_digits", 20)

@@ -3,7 +3,6 @@ from __future__ import annotations
 from django import forms
 
 from accounts.forms.base import ConsoleForm, ConsoleModelForm, MoneyField
-from accounts.forms.upstream import plain_decimals
 from accounts.models import Group, UpstreamAccount
 from accounts.selectors.groups import group_choices
 from accounts.services.upstream import is_valid_timezone
@@ -104,7 +103,6 @@ class GroupForm(ConsoleModelForm):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        plain_decimals(self)
         others = group_choices(exclude=self.instance)
         for name in ("fallback_group", "fallback_group_on_invalid_request"):
             self.fields[name].queryset = others

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 from datetime import datetime
-from decimal import Decimal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from django import forms
@@ -16,15 +15,6 @@ from accounts.selectors.keys import GroupChoice, key_group_choices
 from accounts.services.keys import parse_ip_rules
 
 EXPIRY_QUICK_PICKS = (7, 30, 90)
-
-
-class AmountField(MoneyField):
-    """A USD amount shown as typed: 8 rather than 8.00000000, 0 rather than 0E-8."""
-
-    def prepare_value(self, value):
-        if isinstance(value, Decimal):
-            return format(value.normalize(), "f")
-        return super().prepare_value(value)
 
 
 class IPRulesField(forms.CharField):
@@ -76,12 +66,12 @@ def _int_or_none(value) -> int | None:
 
 
 class APIKeyForm(ConsoleModelForm):
-    quota_usd = AmountField(
+    quota_usd = MoneyField(
         label="Quota (USD)", min_value=0, initial=0, help_text="Total the key may spend. 0 = unlimited."
     )
-    rate_limit_5h_usd = AmountField(label="5-hour limit (USD)", min_value=0, initial=0)
-    rate_limit_1d_usd = AmountField(label="1-day limit (USD)", min_value=0, initial=0)
-    rate_limit_7d_usd = AmountField(label="7-day limit (USD)", min_value=0, initial=0)
+    rate_limit_5h_usd = MoneyField(label="5-hour limit (USD)", min_value=0, initial=0)
+    rate_limit_1d_usd = MoneyField(label="1-day limit (USD)", min_value=0, initial=0)
+    rate_limit_7d_usd = MoneyField(label="7-day limit (USD)", min_value=0, initial=0)
     expires_at = forms.DateTimeField(
         required=False,
         widget=forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M"),

@@ -53,13 +53,6 @@ ACCOUNT_FIELDS = [
 ]
 
 
-def plain_decimals(form: forms.BaseForm) -> None:
-    """Show stored Decimals as typed numbers: 10.5 rather than 10.50000000, 0 rather than 0E-8."""
-    for name, value in list(form.initial.items()):
-        if isinstance(value, Decimal):
-            form.initial[name] = f"{value.normalize():f}" if value else "0"
-
-
 class UpstreamAccountForm(ConsoleModelForm):
     """One form for every platform and type; the credential section of the chosen type is read.
 
@@ -129,7 +122,6 @@ class UpstreamAccountForm(ConsoleModelForm):
     def __init__(self, *args, stored_credentials: dict | None = None, **kwargs) -> None:
         self.stored = stored_credentials or {}
         super().__init__(*args, **kwargs)
-        plain_decimals(self)
         status = self.fields["status"]
         if self.instance.status != UpstreamAccount.Status.ERROR:
             status.choices = [c for c in status.choices if c[0] != UpstreamAccount.Status.ERROR]
