@@ -34,10 +34,14 @@ def make_keys(count: int, *, shared_account: bool = False) -> list[tuple[int, in
     """`count` (key id, account id) pairs, each key with its own user; one account for all or one each."""
     from accounts.models import APIKey, Group, UpstreamAccount, User
 
-    group = Group.objects.get_or_create(name="bench", defaults={"platform": "anthropic", "rate_multiplier": 1.2})[0]
+    group = Group.objects.get_or_create(
+        name="bench", defaults={"platform": "anthropic", "rate_multiplier": 1.2}
+    )[0]
     pairs = []
     for index in range(count):
-        user = User.objects.create_user(email=f"bench{time.monotonic_ns()}-{index}@example.com", balance=Decimal(10_000))
+        user = User.objects.create_user(
+            email=f"bench{time.monotonic_ns()}-{index}@example.com", balance=Decimal(10_000)
+        )
         key = APIKey.objects.create(
             user=user,
             group=group,
@@ -48,7 +52,10 @@ def make_keys(count: int, *, shared_account: bool = False) -> list[tuple[int, in
         )
         if not (shared_account and pairs):
             account = UpstreamAccount.objects.create(
-                name=f"bench-{index}", platform="anthropic", type=UpstreamAccount.Type.APIKEY, quota_limit_usd=0
+                name=f"bench-{index}",
+                platform="anthropic",
+                type=UpstreamAccount.Type.APIKEY,
+                quota_limit_usd=0,
             )
         pairs.append((key.pk, account.pk))
     return pairs
@@ -64,7 +71,9 @@ def writer(args: tuple) -> int:
 
     connection.close()  # never share the parent's connection across fork
     context = billing_context(api_key_id=key_id, account_id=account_id)
-    usage = Usage(input_tokens=12_000, output_tokens=800, cache_creation_5m_tokens=1_000, cache_read_tokens=20_000)
+    usage = Usage(
+        input_tokens=12_000, output_tokens=800, cache_creation_5m_tokens=1_000, cache_read_tokens=20_000
+    )
     time.sleep(max(0.0, start_at - time.time()))
     count = 0
     while time.time() < stop_at:
@@ -88,9 +97,7 @@ def run(scenario: str, pairs: list[tuple[int, int]], writers: int, seconds: floa
 
     connection.close()
     start_at = time.time() + 1.5 + writers * 0.05  # every process is up and has its context
-    jobs = [
-        (scenario, i, *pairs[i % len(pairs)], start_at, start_at + seconds) for i in range(writers)
-    ]
+    jobs = [(scenario, i, *pairs[i % len(pairs)], start_at, start_at + seconds) for i in range(writers)]
     with multiprocessing.get_context("fork").Pool(writers) as pool:
         counts = pool.map(writer, jobs)
     return sum(counts) / seconds
@@ -123,7 +130,9 @@ def main() -> None:
         }
         print(f"{'writers':>8}" + "".join(f"{name:>25}" for name in scenarios))
         for writers in WRITERS:
-            rates = [run(f"s{n}", pairs, writers, options.seconds) for n, pairs in enumerate(scenarios.values())]
+            rates = [
+                run(f"s{n}", pairs, writers, options.seconds) for n, pairs in enumerate(scenarios.values())
+            ]
             print(f"{writers:>8}" + "".join(f"{rate:>21,.0f} r/s" for rate in rates), flush=True)
         check_ledger([pair for pairs in scenarios.values() for pair in pairs])
         print("\ncounters equal the ledger for every key: yes")

@@ -46,7 +46,10 @@ def make_dimensions() -> dict:
     from accounts.models import APIKey, Group, UpstreamAccount, User
 
     groups = Group.objects.bulk_create(
-        [Group(name=f"group-{i}", platform="anthropic", rate_multiplier=1.2, sort_order=i) for i in range(GROUPS)]
+        [
+            Group(name=f"group-{i}", platform="anthropic", rate_multiplier=1.2, sort_order=i)
+            for i in range(GROUPS)
+        ]
     )
     users = User.objects.bulk_create(
         [User(email=f"user{i}@example.com", username=f"user{i}", password="!") for i in range(USERS)]
@@ -90,7 +93,9 @@ def generate_rows(rows: int, dims: dict) -> None:
     start, _ = period_range("7d")
     span = (timezone.now() - start).total_seconds() - 1
     with connection.cursor() as cursor:
-        cursor.execute("CREATE TEMP TABLE bench_keys (n int PRIMARY KEY, key_id bigint, user_id bigint, group_id bigint)")
+        cursor.execute(
+            "CREATE TEMP TABLE bench_keys (n int PRIMARY KEY, key_id bigint, user_id bigint, group_id bigint)"
+        )
         cursor.executemany(
             "INSERT INTO bench_keys VALUES (%s, %s, %s, %s)",
             [(i, k.pk, k.user_id, k.group_id) for i, k in enumerate(dims["keys"])],
@@ -222,7 +227,9 @@ def main() -> None:
         from billing.models import UsageRollup
 
         rollups = UsageRollup.objects.count()
-        print(f"generated {options.rows:,} usage rows ({rollups:,} hourly rollup rows) in {time.perf_counter() - started:.0f} s\n")
+        print(
+            f"generated {options.rows:,} usage rows ({rollups:,} hourly rollup rows) in {time.perf_counter() - started:.0f} s\n"
+        )
 
         client = Client()
         client.force_login(dims["staff"])

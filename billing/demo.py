@@ -23,10 +23,28 @@ DAYS = 7
 # Models an operator would see per platform; the last of each is one no catalog prices,
 # so the unpriced-model warning has something to show.
 PLATFORM_MODELS = {
-    "anthropic": ["claude-sonnet-4-5", "claude-sonnet-4-5", "claude-haiku-4-5", "claude-opus-4-1", "claude-next-preview"],
+    "anthropic": [
+        "claude-sonnet-4-5",
+        "claude-sonnet-4-5",
+        "claude-haiku-4-5",
+        "claude-opus-4-1",
+        "claude-next-preview",
+    ],
     "openai": ["gpt-4o", "gpt-4.1-mini", "gpt-4.1-mini", "o3", "gpt-internal-eval"],
-    "gemini": ["gemini-2.5-flash", "gemini-2.5-flash", "gemini-2.5-pro", "gemini-2.5-flash-image", "gemini-lab-exp"],
-    "antigravity": ["claude-sonnet-4-5", "gemini-2.5-pro", "gemini-2.5-flash", "claude-haiku-4-5", "ag-preview"],
+    "gemini": [
+        "gemini-2.5-flash",
+        "gemini-2.5-flash",
+        "gemini-2.5-pro",
+        "gemini-2.5-flash-image",
+        "gemini-lab-exp",
+    ],
+    "antigravity": [
+        "claude-sonnet-4-5",
+        "gemini-2.5-pro",
+        "gemini-2.5-flash",
+        "claude-haiku-4-5",
+        "ag-preview",
+    ],
 }
 USER_AGENTS = ["claude-cli/2.0.14 (external, cli)", "OpenAI/Python 1.99.1", "curl/8.5.0", "Cursor/1.4"]
 
@@ -36,14 +54,19 @@ def seed_usage(*, now: datetime | None = None) -> int:
     now = now or timezone.now()
     added = 0
     keys = (
-        APIKey.objects.filter(status=APIKey.Status.ACTIVE, user__status=User.Status.ACTIVE, group__isnull=False)
+        APIKey.objects.filter(
+            status=APIKey.Status.ACTIVE, user__status=User.Status.ACTIVE, group__isnull=False
+        )
         .select_related("group")
         .order_by("id")
     )
     for key in keys:
-        if key.group.is_subscription and not Subscription.objects.filter(
-            user_id=key.user_id, group_id=key.group_id, status__in=Subscription.LIVE_STATUSES
-        ).exists():
+        if (
+            key.group.is_subscription
+            and not Subscription.objects.filter(
+                user_id=key.user_id, group_id=key.group_id, status__in=Subscription.LIVE_STATUSES
+            ).exists()
+        ):
             continue  # the gateway would refuse this key
         if UsageLog.objects.filter(api_key=key, request_id=_request_id(key, REQUESTS_PER_KEY - 1)).exists():
             continue  # seeded before: replaying would change nothing, so skip the work
@@ -54,7 +77,9 @@ def seed_usage(*, now: datetime | None = None) -> int:
 def _seed_key(key: APIKey, *, now: datetime) -> int:
     rng = random.Random(f"tollgate-demo-{key.key_hash}")  # noqa: S311 - demo data, not security
     account_ids = list(
-        GroupAccount.objects.filter(group_id=key.group_id).order_by("priority", "id").values_list("account_id", flat=True)
+        GroupAccount.objects.filter(group_id=key.group_id)
+        .order_by("priority", "id")
+        .values_list("account_id", flat=True)
     ) or [None]
     contexts = {aid: billing_context(api_key_id=key.pk, account_id=aid) for aid in account_ids}
     models = PLATFORM_MODELS.get(key.group.platform, PLATFORM_MODELS["anthropic"])
@@ -91,7 +116,9 @@ def _business_hours_moment(rng: random.Random, now: datetime) -> datetime:
     """A moment in the last week, busier in working hours, never in the future."""
     day = rng.randint(0, DAYS - 1)
     hour = min(23, max(0, int(rng.gauss(14, 4))))
-    moment = (now - timedelta(days=day)).replace(hour=hour, minute=rng.randint(0, 59), second=rng.randint(0, 59))
+    moment = (now - timedelta(days=day)).replace(
+        hour=hour, minute=rng.randint(0, 59), second=rng.randint(0, 59)
+    )
     return moment if moment <= now else moment - timedelta(days=1)
 
 

@@ -26,14 +26,16 @@ class FastSelect(forms.Select):
         widget = self.get_context(name, value, attrs)["widget"]
         options = format_html_join(
             "",
-            "<option value=\"{}\"{}>{}</option>",
+            '<option value="{}"{}>{}</option>',
             (
                 (option["value"], SELECTED if option["selected"] else "", option["label"])
                 for _, group, _ in widget["optgroups"]
                 for option in group
             ),
         )
-        return format_html('<select name="{}"{}>{}</select>', widget["name"], flatatt(widget["attrs"]), options)
+        return format_html(
+            '<select name="{}"{}>{}</select>', widget["name"], flatatt(widget["attrs"]), options
+        )
 
 
 SELECTED = mark_safe(" selected")  # noqa: S308 - a constant
@@ -68,7 +70,9 @@ class UsageFilterForm(ConsoleForm):
     date_from = forms.DateField(label="From", required=False, widget=DateInput())
     date_to = forms.DateField(label="To", required=False, widget=DateInput())
     user = UserChoiceField(label="User", required=False, queryset=User.objects.none(), empty_label="Any user")
-    api_key = KeyChoiceField(label="API key", required=False, queryset=APIKey.objects.none(), empty_label="Any key")
+    api_key = KeyChoiceField(
+        label="API key", required=False, queryset=APIKey.objects.none(), empty_label="Any key"
+    )
     account = forms.ModelChoiceField(
         label="Account", required=False, queryset=UpstreamAccount.objects.none(), empty_label="Any account"
     )
@@ -104,7 +108,9 @@ class UsageFilterForm(ConsoleForm):
             data["period"] = "custom" if data.get("date_from") or data.get("date_to") else DEFAULT_PERIOD
         super().__init__(data, *args, **kwargs)
         self.fields["user"].queryset = User.objects.only("id", "email").order_by("email")
-        self.fields["api_key"].queryset = APIKey.objects.only("id", "name", "key_last4").order_by("name", "id")
+        self.fields["api_key"].queryset = APIKey.objects.only("id", "name", "key_last4").order_by(
+            "name", "id"
+        )
         self.fields["account"].queryset = UpstreamAccount.objects.only("id", "name").order_by("name", "id")
         self.fields["group"].queryset = Group.objects.only("id", "name").order_by("sort_order", "id")
 

@@ -281,4 +281,3 @@ class UsageRollup(models.Model):
 
     def __str__(self) -> str:
         return f"{self.hour:%Y-%m-%d %H}:00 key {self.api_key_id} {self.requested_model}"
-

@@ -84,7 +84,9 @@ def billing_context(*, api_key_id: int, account_id: int | None) -> BillingContex
         channel = channel_for_group(group.pk)
         if channel is not None:
             channel_id, model_source = channel.pk, channel.billing_model_source
-            cards = tuple(channel_card(card) for card in channel_cards(channel=channel, platform=group.platform))
+            cards = tuple(
+                channel_card(card) for card in channel_cards(channel=channel, platform=group.platform)
+            )
 
     account_rate, ttl = ONE, None
     if account_id is not None:
@@ -217,7 +219,9 @@ def price_from_catalog(found: CatalogPrice) -> Price | None:
                 cache_write_price=_first(
                     tier.prices.cache_write_price, None if found.cache_write_price else tier_input
                 ),
-                cache_read_price=_first(tier.prices.cache_read_price, None if found.cache_read_price else tier_input),
+                cache_read_price=_first(
+                    tier.prices.cache_read_price, None if found.cache_read_price else tier_input
+                ),
                 sort_order=position,
             )
         )

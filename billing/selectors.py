@@ -159,8 +159,10 @@ _TOKEN_SUMS = (
 
 
 def usage_totals_from_ledger(*, filters: UsageFilters) -> UsageTotals:
-    sums = usage_logs(filters=filters).order_by().aggregate(
-        requests=Count("id"), **{name: Sum(name) for name in _TOKEN_SUMS}
+    sums = (
+        usage_logs(filters=filters)
+        .order_by()
+        .aggregate(requests=Count("id"), **{name: Sum(name) for name in _TOKEN_SUMS})
     )
     return _totals(sums)
 
@@ -177,7 +179,8 @@ def _totals(sums: dict) -> UsageTotals:
         requests=sums["requests"] or 0,
         input_tokens=sums["input_tokens"] or 0,
         output_tokens=sums["output_tokens"] or 0,
-        cache_creation_tokens=(sums["cache_creation_5m_tokens"] or 0) + (sums["cache_creation_1h_tokens"] or 0),
+        cache_creation_tokens=(sums["cache_creation_5m_tokens"] or 0)
+        + (sums["cache_creation_1h_tokens"] or 0),
         cache_read_tokens=sums["cache_read_tokens"] or 0,
         image_output_tokens=sums["image_output_tokens"] or 0,
         # SQLite sums decimals as floats; quantising keeps the embedded default's totals readable.

@@ -211,7 +211,9 @@ def _rollup_sql(vendor: str) -> str:
     quote = connection.ops.quote_name
     table = quote(UsageRollup._meta.db_table)
     columns = ", ".join(quote(name) for name in (*_ROLLUP_KEYS, *_ROLLUP_SUMS))
-    increments = ", ".join(f"{quote(name)} = {table}.{quote(name)} + excluded.{quote(name)}" for name in _ROLLUP_SUMS)
+    increments = ", ".join(
+        f"{quote(name)} = {table}.{quote(name)} + excluded.{quote(name)}" for name in _ROLLUP_SUMS
+    )
     conflict = ", ".join(quote(name) for name in _ROLLUP_KEYS)
     placeholders = ", ".join(["%s"] * (len(_ROLLUP_KEYS) + len(_ROLLUP_SUMS)))
     return (

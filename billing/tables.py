@@ -52,8 +52,12 @@ class UsageTable(tables.Table):
     cache_creation = TokenColumn(verbose_name="Cache write", accessor="cache_creation_tokens")
     cache_read_tokens = TokenColumn(verbose_name="Cache read")
     actual_cost = tables.Column(verbose_name="Charged", order_by=("actual_cost", "id"), attrs=MONEY)
-    status_code = tables.Column(verbose_name="Status", orderable=False, attrs={"td": {"class": "text-nowrap"}})
-    details = tables.Column(verbose_name="", accessor="pk", orderable=False, attrs={"td": {"class": "text-end"}})
+    status_code = tables.Column(
+        verbose_name="Status", orderable=False, attrs={"td": {"class": "text-nowrap"}}
+    )
+    details = tables.Column(
+        verbose_name="", accessor="pk", orderable=False, attrs={"td": {"class": "text-end"}}
+    )
 
     class Meta:
         model = UsageLog

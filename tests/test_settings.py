@@ -136,3 +136,18 @@ def test_the_server_error_page_renders_without_a_database(rf):
     response = server_error(rf.get("/"))
     assert response.status_code == 500
     assert b"Tollgate hit an error handling this request." in response.content
+
+
+def test_the_embedded_default_records_last_use_on_accounts(tmp_path):
+    # SQLite's MAX() returns NULL when any argument is NULL; the quota charge must still stamp it.
+    env = {"TOLLGATE_VAR_DIR": str(tmp_path)}
+    assert manage("migrate", "--noinput", env=env).returncode == 0
+    script = (
+        "from decimal import Decimal; from accounts.models import UpstreamAccount;"
+        "from accounts.services.upstream import upstream_account_quota_charge;"
+        "a = UpstreamAccount.objects.create(name='x', platform='anthropic', type='apikey');"
+        "upstream_account_quota_charge(account_id=a.pk, amount_usd=Decimal('0.5'));"
+        "a.refresh_from_db(); print(a.last_used_at is not None, a.quota_used_usd)"
+    )
+    result = manage("shell", "--no-imports", "-c", script, env=env)
+    assert result.stdout.split() == ["True", "0.50000000"], result.stderr

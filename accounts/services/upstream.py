@@ -19,7 +19,7 @@ from django.core.exceptions import ValidationError
 from django.core.validators import URLValidator
 from django.db import models, transaction
 from django.db.models import Case, F, Q, Value, When
-from django.db.models.functions import Greatest
+from django.db.models.functions import Coalesce, Greatest
 from django.utils import timezone
 
 from accounts.crypto import decrypt_credentials, encrypt_credentials
@@ -337,9 +337,11 @@ def upstream_account_quota_charge(
     ).get(pk=account_id)
     tz = rules["quota_timezone"] or settings.TIME_ZONE
     money = models.DecimalField(max_digits=20, decimal_places=8)
+    stamp = Value(now, output_field=models.DateTimeField())
     changes: dict = {
         "quota_used_usd": F("quota_used_usd") + Value(amount, output_field=money),
-        "last_used_at": Greatest(F("last_used_at"), Value(now, output_field=models.DateTimeField())),
+        # Coalesce first: SQLite's MAX() is NULL when any argument is (PostgreSQL ignores NULLs).
+        "last_used_at": Greatest(Coalesce(F("last_used_at"), stamp), stamp),
     }
     for period, weekday in (("daily", 0), ("weekly", rules["quota_weekly_reset_weekday"])):
         used, start = f"quota_{period}_used_usd", f"quota_{period}_start"

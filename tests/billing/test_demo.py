@@ -38,7 +38,9 @@ def test_the_demo_week_is_billed_through_the_service_and_replays_as_a_no_op():
     key = APIKeyFactory(user=user, group=group)
     sub_group = SubscriptionGroupFactory()
     subscriber = UserFactory(balance=Decimal("5"))
-    subscription = SubscriptionFactory(user=subscriber, group=sub_group, starts_at=datetime(2026, 11, 1, tzinfo=UTC))
+    subscription = SubscriptionFactory(
+        user=subscriber, group=sub_group, starts_at=datetime(2026, 11, 1, tzinfo=UTC)
+    )
     sub_key = APIKeyFactory(user=subscriber, group=sub_group)
     APIKeyFactory(group=SubscriptionGroupFactory())  # no subscription: the gateway would refuse it
 

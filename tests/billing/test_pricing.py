@@ -138,10 +138,20 @@ def test_the_channel_picks_which_model_name_is_billed(group, key, source, billed
 
 
 def test_a_missing_name_falls_back_along_the_chain():
-    assert pick_billing_model(source="upstream", requested_model="a", mapped_model="", upstream_model="") == "a"
-    assert pick_billing_model(source="upstream", requested_model="a", mapped_model="b", upstream_model="") == "b"
-    assert pick_billing_model(source="channel_mapped", requested_model="a", mapped_model="", upstream_model="c") == "a"
-    assert pick_billing_model(source="requested", requested_model="a", mapped_model="b", upstream_model="c") == "a"
+    assert (
+        pick_billing_model(source="upstream", requested_model="a", mapped_model="", upstream_model="") == "a"
+    )
+    assert (
+        pick_billing_model(source="upstream", requested_model="a", mapped_model="b", upstream_model="") == "b"
+    )
+    assert (
+        pick_billing_model(source="channel_mapped", requested_model="a", mapped_model="", upstream_model="c")
+        == "a"
+    )
+    assert (
+        pick_billing_model(source="requested", requested_model="a", mapped_model="b", upstream_model="c")
+        == "a"
+    )
 
 
 @pytest.mark.parametrize(
@@ -154,7 +164,9 @@ def test_a_missing_name_falls_back_along_the_chain():
     ],
 )
 def test_the_cache_ttl_override_comes_from_the_account(key, account_type, override, expected):
-    account = UpstreamAccountFactory(type=account_type, cache_ttl_override=override, rate_multiplier=D("0.25"))
+    account = UpstreamAccountFactory(
+        type=account_type, cache_ttl_override=override, rate_multiplier=D("0.25")
+    )
     context = context_for(key, account)
     assert context.cache_ttl_override == expected
     assert context.account_rate_multiplier == D("0.25")
@@ -242,5 +254,10 @@ def test_a_per_image_card_prices_by_size_tier(group, key):
     )
     # 3 images × $0.12 (the 4K tier) = 0.36.
     log = UsageLog.objects.get(pk=result.usage_log_id)
-    assert (log.billing_mode, log.unit_count, log.unit_cost, log.total_cost) == ("image", 3, D("0.36"), D("0.36"))
+    assert (log.billing_mode, log.unit_count, log.unit_cost, log.total_cost) == (
+        "image",
+        3,
+        D("0.36"),
+        D("0.36"),
+    )
     assert "3 images (4k) × $0.12 (interval '4K') = $0.36" in log.explain()

@@ -64,11 +64,22 @@ def test_it_charges_balance_key_and_account_by_exactly_the_breakdown(setup):
     account.refresh_from_db()
     assert user.balance == D("10") - D("0.0765")
     assert key.quota_used_usd == key.usage_5h_usd == key.usage_1d_usd == key.usage_7d_usd == D("0.0765")
-    assert account.quota_used_usd == account.quota_daily_used_usd == account.quota_weekly_used_usd == D("0.0255")
+    assert (
+        account.quota_used_usd == account.quota_daily_used_usd == account.quota_weekly_used_usd == D("0.0255")
+    )
 
     log = UsageLog.objects.get(pk=result.usage_log_id)
-    assert (log.user_id, log.api_key_id, log.account_id, log.group_id) == (user.pk, key.pk, account.pk, group.pk)
-    assert (log.pricing_source, log.billing_model, log.billing_mode) == ("catalog", "claude-sonnet-4-5", "token")
+    assert (log.user_id, log.api_key_id, log.account_id, log.group_id) == (
+        user.pk,
+        key.pk,
+        account.pk,
+        group.pk,
+    )
+    assert (log.pricing_source, log.billing_model, log.billing_mode) == (
+        "catalog",
+        "claude-sonnet-4-5",
+        "token",
+    )
     assert (log.input_cost, log.output_cost, log.total_cost) == (D("0.036"), D("0.015"), D("0.051"))
     assert (log.rate_multiplier, log.actual_cost, log.account_cost) == (D("1.5"), D("0.0765"), D("0.0255"))
     assert log.subscription_id is None and log.created_at == NOON
@@ -79,7 +90,9 @@ def test_the_stored_row_explains_itself_exactly_as_it_was_billed(setup):
     result = record(
         key,
         account,
-        usage=Usage(input_tokens=1_234, output_tokens=567, cache_creation_5m_tokens=89, cache_read_tokens=4_321),
+        usage=Usage(
+            input_tokens=1_234, output_tokens=567, cache_creation_5m_tokens=89, cache_read_tokens=4_321
+        ),
     )
     log = UsageLog.objects.get(pk=result.usage_log_id)
     assert log.cost_breakdown() == result.breakdown
@@ -123,7 +136,12 @@ def test_a_subscription_group_charges_the_subscription_windows_not_the_balance()
     assert result.charged_to == "subscription" and result.charged_usd == D("0.06")
     subscription.refresh_from_db()
     user.refresh_from_db()
-    assert subscription.daily_usage_usd == subscription.weekly_usage_usd == subscription.monthly_usage_usd == D("0.06")
+    assert (
+        subscription.daily_usage_usd
+        == subscription.weekly_usage_usd
+        == subscription.monthly_usage_usd
+        == D("0.06")
+    )
     assert user.balance == D("5")
     log = UsageLog.objects.get()
     assert log.subscription_id == subscription.pk and log.account_id is None and log.account_cost == D("0.03")
@@ -175,7 +193,9 @@ def test_crossing_the_key_quota_exhausts_the_key_and_says_so(setup):
 def test_an_unpriced_model_is_recorded_at_zero_and_listed_as_unpriced(setup):
     _, user, key, account = setup
     result = record(key, account, requested_model="acme-llm-9000", request_id="u1")
-    record(key, account, requested_model="acme-llm-9000", request_id="u2", created_at=NOON + timedelta(hours=1))
+    record(
+        key, account, requested_model="acme-llm-9000", request_id="u2", created_at=NOON + timedelta(hours=1)
+    )
     record(key, account, requested_model="claude-sonnet-4-5", request_id="priced")
 
     assert result.breakdown.pricing_source == "missing" and result.charged_usd == 0
@@ -186,7 +206,9 @@ def test_an_unpriced_model_is_recorded_at_zero_and_listed_as_unpriced(setup):
     assert user.balance == D("10") - D("0.0765")  # only the priced request
 
     seen = unpriced_models_seen(days=7, now=NOON + timedelta(days=1))
-    assert [(m.model, m.requests, m.last_seen) for m in seen] == [("acme-llm-9000", 2, NOON + timedelta(hours=1))]
+    assert [(m.model, m.requests, m.last_seen) for m in seen] == [
+        ("acme-llm-9000", 2, NOON + timedelta(hours=1))
+    ]
     assert unpriced_models_seen(days=7, now=NOON + timedelta(days=9)) == []
     unpriced = UsageRollup.objects.filter(pricing_source="missing").aggregate(n=Sum("requests"))
     assert unpriced["n"] == 2
@@ -195,7 +217,11 @@ def test_an_unpriced_model_is_recorded_at_zero_and_listed_as_unpriced(setup):
 def test_the_channel_mapped_name_is_billed_when_there_is_no_channel(setup):
     _, _, key, account = setup
     result = record(
-        key, account, requested_model="sonnet-latest", mapped_model="claude-sonnet-4-5", upstream_model="acme-x"
+        key,
+        account,
+        requested_model="sonnet-latest",
+        mapped_model="claude-sonnet-4-5",
+        upstream_model="acme-x",
     )
     log = UsageLog.objects.get(pk=result.usage_log_id)
     assert (log.requested_model, log.billing_model, log.upstream_model) == (
@@ -239,7 +265,12 @@ def test_requests_in_one_hour_roll_up_into_one_row_per_dimension(setup):
         (NOON.replace(hour=13, minute=0), 200, 1),
     ]
     first = rows[0]
-    assert (first.user_id, first.api_key_id, first.account_id, first.group_id) == (user.pk, key.pk, account.pk, group.pk)
+    assert (first.user_id, first.api_key_id, first.account_id, first.group_id) == (
+        user.pk,
+        key.pk,
+        account.pk,
+        group.pk,
+    )
     assert (first.requested_model, first.billing_model, first.pricing_source) == (
         "claude-sonnet-4-5",
         "claude-sonnet-4-5",

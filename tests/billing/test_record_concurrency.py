@@ -39,7 +39,9 @@ def run_threads(key_id: int, account_id: int) -> list:
     def work(index: int) -> None:
         try:
             barrier.wait()
-            ids = [f"t{index}-{n}" for n in range(OWN_REQUESTS)] + [f"shared-{n}" for n in range(SHARED_REQUESTS)]
+            ids = [f"t{index}-{n}" for n in range(OWN_REQUESTS)] + [
+                f"shared-{n}" for n in range(SHARED_REQUESTS)
+            ]
             for position, request_id in enumerate(ids):
                 # Odd token counts make every cost a different 8-decimal amount.
                 usage = Usage(
@@ -122,9 +124,16 @@ def test_32_threads_on_one_subscription_lose_nothing():
     run_threads(key.pk, account.pk)
 
     actual = UsageLog.objects.aggregate(s=Sum("actual_cost"))["s"]
-    assert UsageLog.objects.filter(subscription=subscription).count() == THREADS * OWN_REQUESTS + SHARED_REQUESTS
+    assert (
+        UsageLog.objects.filter(subscription=subscription).count() == THREADS * OWN_REQUESTS + SHARED_REQUESTS
+    )
     subscription.refresh_from_db()
     user.refresh_from_db()
-    assert subscription.daily_usage_usd == subscription.weekly_usage_usd == subscription.monthly_usage_usd == actual
+    assert (
+        subscription.daily_usage_usd
+        == subscription.weekly_usage_usd
+        == subscription.monthly_usage_usd
+        == actual
+    )
     assert user.balance == Decimal("3")
     assert_ledger_matches_rollups()

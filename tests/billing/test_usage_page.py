@@ -31,7 +31,9 @@ def rows_of(response) -> str:
 
 def test_the_log_totals_the_filtered_set(staff_client):
     now = timezone.now()
-    UsageLogFactory(request_id="older", created_at=now - timedelta(hours=2), input_tokens=1_000, output_tokens=100)
+    UsageLogFactory(
+        request_id="older", created_at=now - timedelta(hours=2), input_tokens=1_000, output_tokens=100
+    )
     UsageLogFactory(
         request_id="newer",
         created_at=now - timedelta(minutes=5),
@@ -98,7 +100,9 @@ def spread():
             **base,
         ),
         "old": UsageLogFactory(api_key=key_a, request_id="row-old", created_at=now - timedelta(days=12)),
-        "ancient": UsageLogFactory(api_key=key_a, request_id="row-ancient", created_at=now - timedelta(days=45)),
+        "ancient": UsageLogFactory(
+            api_key=key_a, request_id="row-ancient", created_at=now - timedelta(days=45)
+        ),
         "keys": (key_a, key_b),
         "users": (alice, bob),
         "groups": (group_a, group_b),
@@ -138,7 +142,12 @@ def test_each_filter_keeps_only_matching_rows(staff_client, spread):
 def test_a_custom_range_takes_whole_days(staff_client, spread):
     day = timezone.localdate(spread["old"].created_at)
     assert shown(staff_client, period="custom", date_from=day, date_to=day) == {"row-old"}
-    assert shown(staff_client, date_from=day - timedelta(days=40)) == {"row-a", "row-b", "row-old", "row-ancient"}
+    assert shown(staff_client, date_from=day - timedelta(days=40)) == {
+        "row-a",
+        "row-b",
+        "row-old",
+        "row-ancient",
+    }
     assert shown(staff_client, period="custom", date_to=day) == {"row-old", "row-ancient"}
 
 
@@ -239,7 +248,11 @@ def test_the_csv_holds_the_filtered_set_with_exact_amounts(staff_client, spread)
     assert first["user_email"] == "alice@example.com" and first["api_key_name"] == "alice-key"
     assert (first["account"], first["group"]) == ("acct-a", "team-a")
     # 1,000 × $3/MTok + 200 × $15/MTok = 0.003 + 0.003
-    assert (first["input_cost"], first["output_cost"], first["total_cost"]) == ("0.00300000", "0.00300000", "0.00600000")
+    assert (first["input_cost"], first["output_cost"], first["total_cost"]) == (
+        "0.00300000",
+        "0.00300000",
+        "0.00600000",
+    )
     assert first["created_at"] == spread["a"].created_at.isoformat()
 
 
@@ -249,7 +262,9 @@ def test_the_csv_defuses_spreadsheet_formulas(staff_client):
     assert (row["requested_model"], row["user_agent"]) == ("'=HYPERLINK(1)", "'@evil")
 
 
-def test_the_csv_streams_in_chunks_with_a_fixed_number_of_queries(staff_client, django_assert_max_num_queries):
+def test_the_csv_streams_in_chunks_with_a_fixed_number_of_queries(
+    staff_client, django_assert_max_num_queries
+):
     key = APIKeyFactory()
     UsageLogFactory.create_batch(1_200, api_key=key)
     with django_assert_max_num_queries(3):

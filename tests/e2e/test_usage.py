@@ -91,7 +91,10 @@ def test_filter_by_model_open_a_breakdown_and_download_the_csv(staff_page, usage
     assert re.fullmatch(r"usage-\d{8}-\d{4}\.csv", download.suggested_filename)
     exported = list(csv.DictReader(io.StringIO(Path(download.path()).read_text(encoding="utf-8"))))
     assert sorted(row["request_id"] for row in exported) == ["req-1", "req-3", "req-5"]
-    expected = {log.request_id: str(log.actual_cost) for log in UsageLog.objects.filter(requested_model="claude-haiku-4-5")}
+    expected = {
+        log.request_id: str(log.actual_cost)
+        for log in UsageLog.objects.filter(requested_model="claude-haiku-4-5")
+    }
     assert {row["request_id"]: row["actual_cost"] for row in exported} == expected
     assert page.console_errors == []
 
