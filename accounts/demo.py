@@ -16,7 +16,7 @@ from django.utils import timezone
 
 from accounts.models import BalanceHistory, Group, UpstreamAccount, User
 from accounts.services.groups import group_create, group_update
-from accounts.services.upstream import upstream_account_create, upstream_account_quota_charge
+from accounts.services.upstream import upstream_account_create
 from accounts.services.users import user_balance_adjust, user_create
 
 DEMO_ADMIN_EMAIL = "admin@tollgate.local"
@@ -112,51 +112,47 @@ DEMO_GROUPS = [
     ("antigravity-pool", "antigravity", "1", {"status": "inactive"}),
 ]
 
-# name, platform, type, groups, credentials, fields, charges as (hours ago, USD)
+# name, platform, type, groups, credentials, fields
 # fmt: off
 DEMO_ACCOUNTS = [
     ("claude-max-01", "anthropic", "oauth", ["anthropic-standard", "anthropic-premium"],
      {"access_token": "demo-oauth-access", "refresh_token": "demo-oauth-refresh"},
-     {"priority": 10, "cache_ttl_override": "1h"}, []),
+     {"priority": 10, "cache_ttl_override": "1h"}),
     ("claude-setup-02", "anthropic", "setup-token", ["anthropic-standard"],
-     {"setup_token": "demo-setup-token"}, {"priority": 20}, []),
+     {"setup_token": "demo-setup-token"}, {"priority": 20}),
     ("anthropic-api-01", "anthropic", "apikey", ["anthropic-standard", "anthropic-premium"],
      {"api_key": "sk-ant-demo-api-01"},
      {"priority": 30, "quota_limit_usd": Decimal("1000"), "quota_daily_limit_usd": Decimal("50"),
-      "quota_weekly_limit_usd": Decimal("300")},
-     [(30, Decimal("120")), (3, Decimal("26.4")), (1, Decimal("18.9"))]),
+      "quota_weekly_limit_usd": Decimal("300")}),
     ("anthropic-api-02", "anthropic", "apikey", ["anthropic-standard"],
      {"api_key": "sk-ant-demo-api-02"},
      {"priority": 40, "quota_daily_limit_usd": Decimal("25"), "quota_daily_reset_mode": "fixed",
-      "quota_daily_reset_hour": 9, "quota_timezone": "Asia/Shanghai"},
-     [(2, Decimal("25.3"))]),
+      "quota_daily_reset_hour": 9, "quota_timezone": "Asia/Shanghai"}),
     ("claude-relay-eu", "anthropic", "upstream", ["anthropic-standard"],
      {"api_key": "sk-relay-demo", "base_url": "https://relay.example.eu"},
-     {"priority": 60, "concurrency": 10, "quota_limit_usd": Decimal("200")}, [(5, Decimal("12.75"))]),
+     {"priority": 60, "concurrency": 10, "quota_limit_usd": Decimal("200")}),
     ("bedrock-us-east", "anthropic", "bedrock", ["anthropic-aws"],
      {"auth_mode": "sigv4", "aws_access_key_id": "AKIADEMOEXAMPLE", "aws_secret_access_key": "demo-secret",
       "aws_region": "us-east-1"},
      {"priority": 20, "quota_daily_limit_usd": Decimal("100"), "quota_weekly_limit_usd": Decimal("500"),
-      "quota_weekly_reset_mode": "fixed", "quota_weekly_reset_weekday": 0},
-     [(4, Decimal("61.2")), (1, Decimal("24.05"))]),
+      "quota_weekly_reset_mode": "fixed", "quota_weekly_reset_weekday": 0}),
     ("bedrock-apikey-west", "anthropic", "bedrock", ["anthropic-aws"],
      {"auth_mode": "apikey", "api_key": "demo-bedrock-api-key", "aws_region": "us-west-2"},
-     {"priority": 30, "quota_daily_limit_usd": Decimal("40")}, [(2, Decimal("9.99"))]),
+     {"priority": 30, "quota_daily_limit_usd": Decimal("40")}),
     ("openai-api-01", "openai", "apikey", ["openai-standard", "openai-subscription"],
      {"api_key": "sk-proj-demo-01"},
-     {"priority": 10, "quota_weekly_limit_usd": Decimal("150"), "quota_limit_usd": Decimal("2000")},
-     [(50, Decimal("88")), (6, Decimal("41.6"))]),
+     {"priority": 10, "quota_weekly_limit_usd": Decimal("150"), "quota_limit_usd": Decimal("2000")}),
     ("chatgpt-plus-01", "openai", "oauth", ["openai-subscription"],
-     {"access_token": "demo-chatgpt-access"}, {"priority": 20}, []),
+     {"access_token": "demo-chatgpt-access"}, {"priority": 20}),
     ("openai-relay", "openai", "upstream", ["openai-standard"],
      {"api_key": "sk-relay-openai", "base_url": "https://openai-relay.example.com"},
-     {"priority": 50, "status": "error", "error_message": "401 Unauthorized: invalid api key"}, []),
+     {"priority": 50, "status": "error", "error_message": "401 Unauthorized: invalid api key"}),
     ("gemini-api-01", "gemini", "apikey", ["gemini-standard"],
-     {"api_key": "AIza-demo-key"}, {"priority": 10, "quota_daily_limit_usd": Decimal("30")}, [(8, Decimal("4.2"))]),
-    ("gemini-oauth-01", "gemini", "oauth", ["gemini-standard"], {"access_token": "demo-gemini-oauth"}, {}, []),
-    ("antigravity-01", "antigravity", "oauth", ["antigravity-pool"], {"access_token": "demo-ag-1"}, {}, []),
+     {"api_key": "AIza-demo-key"}, {"priority": 10, "quota_daily_limit_usd": Decimal("30")}),
+    ("gemini-oauth-01", "gemini", "oauth", ["gemini-standard"], {"access_token": "demo-gemini-oauth"}, {}),
+    ("antigravity-01", "antigravity", "oauth", ["antigravity-pool"], {"access_token": "demo-ag-1"}, {}),
     ("antigravity-02", "antigravity", "oauth", ["antigravity-pool"], {"access_token": "demo-ag-2"},
-     {"schedulable": False}, []),
+     {"schedulable": False}),
 ]
 # fmt: on
 
@@ -164,8 +160,8 @@ DEMO_ACCOUNTS = [
 def seed_groups_and_accounts() -> dict[str, Group]:
     """Groups of every platform (one of them a subscription group) and accounts in them, some near quota.
 
-    Runs before anything else that needs groups (keys, subscriptions). Usage is charged through the
-    quota engine, so the near-limit accounts look exactly as billing would leave them.
+    Runs before anything else that needs groups (keys, subscriptions). Their usage comes later,
+    from billing's demo week recorded through usage_record, so every counter matches the ledger.
     """
     groups: dict[str, Group] = {}
     for name, platform, multiplier, extra in DEMO_GROUPS:
@@ -174,9 +170,8 @@ def seed_groups_and_accounts() -> dict[str, Group]:
             fields = {"name": name, "platform": platform, "rate_multiplier": Decimal(multiplier), **extra}
             group = group_create(fields=fields)
         groups[name] = group
-    now = timezone.now()
     accounts: dict[str, UpstreamAccount] = {}
-    for name, platform, kind, group_names, credentials, extra, charges in DEMO_ACCOUNTS:
+    for name, platform, kind, group_names, credentials, extra in DEMO_ACCOUNTS:
         account = UpstreamAccount.objects.filter(name=name).first()
         if account is None:
             account = upstream_account_create(
@@ -184,9 +179,6 @@ def seed_groups_and_accounts() -> dict[str, Group]:
                 credentials=credentials,
                 groups=[groups[g] for g in group_names],
             )
-            for hours_ago, amount in charges:
-                at = now - timedelta(hours=hours_ago)
-                upstream_account_quota_charge(account_id=account.pk, amount_usd=amount, now=at)
         accounts[name] = account
     premium = groups["anthropic-premium"]
     if not premium.model_routing:
@@ -217,15 +209,15 @@ DEMO_KEY_GROUPS = {
     },
 }
 
-# email, group, days, started days ago, what happens next ("" / "suspend" / "expire"), charges (hours ago, USD)
+# email, group, days, started days ago, what happens after the demo week ("" / "suspend" / "expire")
 DEMO_SUBSCRIPTIONS = [
-    ("frank@example.com", "openai-subscription", 30, 2, "", [(30, Decimal("6.40")), (3, Decimal("14.25"))]),
-    ("carol@example.com", "openai-subscription", 30, 20, "", [(2, Decimal("3.10"))]),
-    ("bob@example.com", "openai-subscription", 30, 5, "suspend", []),
-    ("erin@example.com", "openai-subscription", 30, 45, "expire", []),
+    ("frank@example.com", "openai-subscription", 30, 8, ""),
+    ("carol@example.com", "openai-subscription", 30, 20, ""),
+    ("bob@example.com", "openai-subscription", 30, 5, "suspend"),
+    ("erin@example.com", "openai-subscription", 30, 45, "expire"),
 ]
 
-# email, key name, group, fields, charges (hours ago, USD), then ("disable" or "")
+# email, key name, group, fields, then ("disable" after the demo week, or "")
 DEMO_KEYS = [
     (
         "alice@example.com",
@@ -237,7 +229,6 @@ DEMO_KEYS = [
             "rate_limit_1d_usd": Decimal("150"),
             "expires_days": 90,
         },
-        [(26, Decimal("31.20")), (2, Decimal("12.80"))],
         "",
     ),
     (
@@ -249,7 +240,6 @@ DEMO_KEYS = [
             "ip_denylist": ["203.0.113.66"],
             "expires_days": 6,
         },
-        [(1, Decimal("0.42"))],
         "",
     ),
     (
@@ -257,16 +247,14 @@ DEMO_KEYS = [
         "bob-trial",
         "openai-standard",
         {"quota_usd": Decimal("2")},
-        [(20, Decimal("1.25")), (4, Decimal("1.10"))],
         "",
     ),
-    ("carol@example.com", "carol-ci", "anthropic-premium", {"expires_days": -3}, [], ""),
+    ("carol@example.com", "carol-ci", "anthropic-premium", {"expires_days": -3}, ""),
     (
         "dave@example.com",
         "dave-old-laptop",
         "anthropic-standard",
-        {"quota_usd": Decimal("25")},
-        [(72, Decimal("3.75"))],
+        {"quota_usd": Decimal("60")},
         "disable",
     ),
     (
@@ -274,7 +262,6 @@ DEMO_KEYS = [
         "frank-plus",
         "openai-subscription",
         {"rate_limit_5h_usd": Decimal("8"), "rate_limit_1d_usd": Decimal("18"), "timezone": "Europe/Berlin"},
-        [(3, Decimal("5.60"))],
         "",
     ),
 ]
@@ -283,18 +270,10 @@ DEMO_KEYS = [
 def seed_keys_and_subscriptions(admin: User) -> None:
     """Keys in every state (active, exhausted, expired, disabled, IP-restricted) and subscriptions that
     are live, suspended and expired. Secrets are created and dropped: nobody needs a demo key's secret."""
-    from datetime import timedelta
-
-    from django.utils import timezone
 
     from accounts.models import APIKey, Subscription
-    from accounts.services.keys import api_key_create, api_key_set_enabled, api_key_usage_charge
-    from accounts.services.subscriptions import (
-        subscription_assign,
-        subscription_expire_due,
-        subscription_suspend,
-        subscription_usage_charge,
-    )
+    from accounts.services.keys import api_key_create
+    from accounts.services.subscriptions import subscription_assign, subscription_expire_due
 
     now = timezone.now()
     groups = {
@@ -304,35 +283,44 @@ def seed_keys_and_subscriptions(admin: User) -> None:
     emails = {row[0] for row in DEMO_KEYS + DEMO_SUBSCRIPTIONS}
     users = {user.email: user for user in User.objects.filter(email__in=emails)}
 
-    for email, group_name, days, started, then, charges in DEMO_SUBSCRIPTIONS:
+    for email, group_name, days, started, _then in DEMO_SUBSCRIPTIONS:
         user, group = users.get(email), groups[group_name]
         if user is None or Subscription.objects.filter(user=user, group=group).exists():
             continue
         start = now - timedelta(days=started)
-        subscription = subscription_assign(
+        subscription_assign(
             user=user, group=group, days=days, notes="Demo plan", assigned_by=admin, now=start
-        ).subscription
-        for hours_ago, amount in charges:
-            subscription_usage_charge(
-                subscription_id=subscription.pk, amount_usd=amount, now=now - timedelta(hours=hours_ago)
-            )
-        if then == "suspend":
-            subscription_suspend(subscription_id=subscription.pk)
+        )
     subscription_expire_due(now=now)
 
     if "anthropic-premium" in groups and "carol@example.com" in users:
         users["carol@example.com"].allowed_groups.add(groups["anthropic-premium"])
-    for email, name, group_name, fields, charges, then in DEMO_KEYS:
+    for email, name, group_name, fields, _then in DEMO_KEYS:
         user = users.get(email)
         if user is None or APIKey.objects.filter(user=user, name=name).exists():
             continue
         fields = dict(fields)
         expires_days = fields.pop("expires_days", None)
         expires_at = now + timedelta(days=expires_days) if expires_days is not None else None
-        key, _secret = api_key_create(
+        api_key_create(
             user=user, group=groups[group_name], name=name, expires_at=expires_at, now=now, **fields
         )
-        for hours_ago, amount in charges:
-            api_key_usage_charge(key_id=key.pk, amount_usd=amount, now=now - timedelta(hours=hours_ago))
+
+
+def finish_demo_states() -> None:
+    """After the demo week of usage: suspend and disable what the tables say, so those rows
+    keep the history they had before (the gateway would refuse them from now on)."""
+    from accounts.models import APIKey, Subscription
+    from accounts.services.keys import api_key_set_enabled
+    from accounts.services.subscriptions import subscription_suspend
+
+    for email, group_name, _days, _started, then in DEMO_SUBSCRIPTIONS:
+        if then == "suspend":
+            for subscription in Subscription.objects.filter(
+                user__email=email, group__name=group_name, status=Subscription.Status.ACTIVE
+            ):
+                subscription_suspend(subscription_id=subscription.pk)
+    for email, name, _group, _fields, then in DEMO_KEYS:
         if then == "disable":
-            api_key_set_enabled(key_id=key.pk, enabled=False)
+            for key in APIKey.objects.filter(user__email=email, name=name, status=APIKey.Status.ACTIVE):
+                api_key_set_enabled(key_id=key.pk, enabled=False)

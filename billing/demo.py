@@ -12,7 +12,8 @@ from datetime import datetime, timedelta
 
 from django.utils import timezone
 
-from accounts.models import APIKey, GroupAccount, Subscription, User
+from accounts import windows
+from accounts.models import APIKey, GroupAccount, Subscription, UpstreamAccount, User
 from billing.cost import Usage
 from billing.models import UsageLog
 from billing.pricing import billing_context
@@ -68,8 +69,8 @@ def seed_usage(*, now: datetime | None = None) -> int:
             ).exists()
         ):
             continue  # the gateway would refuse this key
-        if UsageLog.objects.filter(api_key=key, request_id=_request_id(key, REQUESTS_PER_KEY - 1)).exists():
-            continue  # seeded before: replaying would change nothing, so skip the work
+        if UsageLog.objects.filter(api_key=key, request_id__startswith="demo-").exists():
+            continue  # seeded before (replaying would change nothing), so skip the work
         added += _seed_key(key, now=now)
     return added
 
@@ -83,11 +84,18 @@ def _seed_key(key: APIKey, *, now: datetime) -> int:
     ) or [None]
     contexts = {aid: billing_context(api_key_id=key.pk, account_id=aid) for aid in account_ids}
     models = PLATFORM_MODELS.get(key.group.platform, PLATFORM_MODELS["anthropic"])
+    # In time order, as a gateway would see them: lazy window resets depend on it.
+    moments = sorted(_business_hours_moment(rng, now) for _ in range(REQUESTS_PER_KEY))
     added = 0
-    for n in range(REQUESTS_PER_KEY):
-        created_at = _business_hours_moment(rng, now)
+    pays_from_balance = not key.group.is_subscription
+    for n, created_at in enumerate(moments):
+        if pays_from_balance and User.objects.filter(pk=key.user_id, balance__lte=0).exists():
+            break  # out of credit: the gateway answers INSUFFICIENT_BALANCE from here on
         model = rng.choice(models[:-1]) if rng.random() > 0.02 else models[-1]
-        account_id = rng.choice(account_ids)
+        schedulable = [aid for aid in account_ids if aid is None or not _quota_exceeded(aid, created_at)]
+        if not schedulable:
+            continue  # every account of the group is at its quota: the gateway would refuse this one
+        account_id = rng.choice(schedulable)
         status = rng.choices([200, 429, 500, 529], weights=[94, 3, 2, 1])[0]
         result = usage_record(
             request_id=_request_id(key, n),
@@ -105,7 +113,14 @@ def _seed_key(key: APIKey, *, now: datetime) -> int:
             created_at=created_at,
         )
         added += not result.duplicate
+        if result.key_became_exhausted:
+            break  # the key just used up its quota: the gateway refuses it from here on
     return added
+
+
+def _quota_exceeded(account_id: int, at: datetime) -> bool:
+    account = UpstreamAccount.objects.get(pk=account_id)
+    return windows.is_quota_exceeded(windows.QuotaState.from_obj(account), at)
 
 
 def _request_id(key: APIKey, n: int) -> str:

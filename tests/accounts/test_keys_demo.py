@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+from io import StringIO
+
 import pytest
+from django.core.management import call_command
+from django.db.models import Sum
 
 from accounts import demo
-from accounts.models import APIKey, Subscription
+from accounts.models import APIKey, Subscription, UpstreamAccount
+from billing.models import UsageLog
 from tests.factories import StaffFactory
 
 pytestmark = pytest.mark.django_db
 
 
 def test_the_demo_has_keys_in_every_state_and_live_and_ended_subscriptions():
-    admin = StaffFactory()
-    demo.seed_customers(admin)
-    demo.seed_keys_and_subscriptions(admin)  # on its own: it makes the groups it needs
+    call_command("seed_demo", password="demo-password-1", stdout=StringIO())
 
     keys = {key.name: key for key in APIKey.objects.select_related("group")}
     assert {key.current_status for key in keys.values()} == {
@@ -26,7 +30,7 @@ def test_the_demo_has_keys_in_every_state_and_live_and_ended_subscriptions():
     assert keys["bob-trial"].status == "quota_exhausted" and keys["carol-ci"].status == "expired"
     assert keys["dave-old-laptop"].status == "disabled"
     assert keys["alice-office"].is_ip_restricted and keys["alice-office"].status == "active"
-    assert keys["frank-plus"].group.is_subscription and keys["frank-plus"].usage_5h_usd > 0
+    assert keys["frank-plus"].group.is_subscription and keys["frank-plus"].quota_used_usd > 0
 
     statuses = {s.user.email: s.status for s in Subscription.objects.select_related("user")}
     assert statuses == {
@@ -35,11 +39,19 @@ def test_the_demo_has_keys_in_every_state_and_live_and_ended_subscriptions():
         "bob@example.com": "suspended",
         "erin@example.com": "expired",
     }
-    assert Subscription.objects.get(user__email="frank@example.com").weekly_usage_usd > 0
+    assert Subscription.objects.get(user__email="frank@example.com").monthly_usage_usd > 0
 
-    counts = (APIKey.objects.count(), Subscription.objects.count())
-    demo.seed_keys_and_subscriptions(admin)
-    assert (APIKey.objects.count(), Subscription.objects.count()) == counts
+    # Every counter the console shows agrees with the ledger: demo usage went through usage_record.
+    for key in keys.values():
+        spent = UsageLog.objects.filter(api_key=key).aggregate(s=Sum("actual_cost"))["s"] or Decimal(0)
+        assert key.quota_used_usd == spent, key.name
+    for account in UpstreamAccount.objects.all():
+        cost = UsageLog.objects.filter(account=account).aggregate(s=Sum("account_cost"))["s"] or Decimal(0)
+        assert account.quota_used_usd == cost, account.name
+
+    counts = (APIKey.objects.count(), Subscription.objects.count(), UsageLog.objects.count())
+    call_command("seed_demo", password="demo-password-1", stdout=StringIO())
+    assert (APIKey.objects.count(), Subscription.objects.count(), UsageLog.objects.count()) == counts
 
 
 def test_the_demo_reuses_the_groups_seeded_before_it():

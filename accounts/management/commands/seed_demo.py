@@ -27,6 +27,7 @@ class Command(BaseCommand):
         with transaction.atomic():
             # Last: a week of usage billed to the keys, accounts and subscriptions made above.
             usage_rows = billing_demo.seed_usage()
+            demo.finish_demo_states()
         self.stdout.write(f"Recorded {usage_rows} demo usage rows.")
         self.stdout.write(self.style.SUCCESS("Demo data is in place."))
         self.stdout.write(f"Sign in at http://127.0.0.1:8000/ as {demo.DEMO_ADMIN_EMAIL} / {password}")
