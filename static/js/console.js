@@ -55,6 +55,12 @@
     if (window.bootstrap) new window.bootstrap.Toast(toast, { delay: 4000 }).show();
   });
 
+  // A search box already asked for the table while typing; the change event it fires on blur
+  // would ask again and swap away whatever the user opened in the meantime.
+  document.addEventListener("change", function (event) {
+    if (event.target.matches(".filter-form input[type=search]")) event.stopPropagation();
+  }, true);
+
   // Copy buttons: <button data-copy-target="#id">.
   document.addEventListener("click", function (event) {
     var button = event.target.closest("[data-copy-target]");

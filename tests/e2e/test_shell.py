@@ -104,3 +104,16 @@ def test_disabling_a_user_through_the_confirm_dialog(staff_page):
     expect(page.get_by_role("status").first).to_contain_text("quinn@example.com disabled.")
     user.refresh_from_db()
     assert user.status == "disabled"
+
+
+def test_a_search_asks_for_the_table_once_even_when_the_box_loses_focus(staff_page):
+    UserFactory(email="amy@example.com")
+    page = staff_page
+    page.goto("/users/")
+    asked: list[str] = []
+    page.on("request", lambda request: asked.append(request.url) if "q=amy" in request.url else None)
+    page.get_by_label("Search").fill("amy")
+    expect(page).to_have_url(re.compile(r"q=amy"))
+    page.get_by_role("heading", name="Users").click()  # blur: fires `change`
+    page.wait_for_timeout(800)
+    assert len(asked) == 1
