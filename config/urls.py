@@ -1,11 +1,12 @@
 from django.contrib import admin
 from django.urls import include, path
 
-from accounts.views import auth, dashboard
+from accounts.views import auth
+from billing.views import dashboard
 from config import health
 
 urlpatterns = [
-    path("", dashboard.dashboard, name="dashboard"),
+    path("", dashboard, name="dashboard"),
     path("login/", auth.login, name="login"),
     path("logout/", auth.logout, name="logout"),
     path("password/", auth.password_change, name="password_change"),

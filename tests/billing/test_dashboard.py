@@ -1,0 +1,253 @@
+"""The operator dashboard (SPEC §6): KPIs, trend, top models and users, and warnings, from rollups."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+from django.db.models import Count, Sum
+from django.utils import timezone
+
+from billing.cost import Usage
+from billing.dashboard import bar_chart, dashboard_kpis, dashboard_trend, top_models
+from billing.models import UsageLog
+from billing.selectors import period_range
+from billing.services import usage_record
+from tests.factories import (
+    APIKeyFactory,
+    GroupFactory,
+    UpstreamAccountFactory,
+    UsageLogFactory,
+    UserFactory,
+)
+
+pytestmark = pytest.mark.django_db
+
+D = Decimal
+
+
+def record(key, account, request_id, *, ago=timedelta(0), **kwargs):
+    kwargs.setdefault("requested_model", "claude-sonnet-4-5")
+    kwargs.setdefault("usage", Usage(input_tokens=12_000, output_tokens=1_000, cache_read_tokens=500))
+    return usage_record(
+        request_id=request_id,
+        api_key_id=key.pk,
+        account_id=account.pk,
+        created_at=timezone.now() - ago,
+        **kwargs,
+    )
+
+
+@pytest.fixture
+def recorded():
+    """Usage today, three days ago and ten days ago, across two users, three keys and a mapping."""
+    group = GroupFactory(rate_multiplier=D("1.5"))
+    alice, bob = (
+        UserFactory(email="alice@example.com", balance=D("100")),
+        UserFactory(email="bob@example.com", balance=D("100")),
+    )
+    keys = [APIKeyFactory(user=alice, group=group), APIKeyFactory(user=alice, group=group)]
+    keys.append(APIKeyFactory(user=bob, group=group))
+    account = UpstreamAccountFactory(rate_multiplier=D("0.5"))
+    record(keys[0], account, "today-1")
+    record(keys[0], account, "today-2", usage=Usage(input_tokens=400, output_tokens=30_000))
+    record(keys[2], account, "today-3", requested_model="gpt-4o", upstream_model="gpt-4o-2024-08-06")
+    record(keys[1], account, "earlier-1", ago=timedelta(days=3), requested_model="acme-llm-9000")
+    record(keys[1], account, "earlier-2", ago=timedelta(days=3), usage=Usage(input_tokens=5, output_tokens=5))
+    record(keys[2], account, "old-1", ago=timedelta(days=10))
+    return {"keys": keys, "account": account, "alice": alice, "bob": bob}
+
+
+def ledger_sums(start):
+    return UsageLog.objects.filter(created_at__gte=start).aggregate(
+        requests=Count("id"),
+        input=Sum("input_tokens"),
+        output=Sum("output_tokens"),
+        cache=Sum("cache_read_tokens"),
+        actual=Sum("actual_cost"),
+        account=Sum("account_cost"),
+        keys=Count("api_key_id", distinct=True),
+    )
+
+
+def test_it_sums_the_kpis_of_recorded_usage_for_today_and_seven_days(recorded):
+    kpis = dashboard_kpis()
+    for figures, period in ((kpis.today, "today"), (kpis.week, "7d")):
+        start, _ = period_range(period)
+        ledger = ledger_sums(start)
+        assert figures.requests == ledger["requests"]
+        assert (figures.input_tokens, figures.output_tokens, figures.cache_tokens) == (
+            ledger["input"],
+            ledger["output"],
+            ledger["cache"],
+        )
+        assert figures.actual_cost == ledger["actual"]
+        assert figures.account_cost == ledger["account"]
+        assert figures.active_keys == ledger["keys"]
+    # Hand-checked: three requests today on two keys; five in the week on three keys.
+    assert (kpis.today.requests, kpis.today.active_keys) == (3, 2)
+    assert (kpis.week.requests, kpis.week.active_keys) == (5, 3)
+    assert kpis.week.actual_cost > kpis.today.actual_cost > 0
+
+
+def test_the_page_shows_the_kpis(staff_client, recorded):
+    response = staff_client.get("/")
+    assert response.status_code == 200
+    kpis = response.context["kpis"]
+    page = response.content.decode()
+    assert f">{kpis.week.requests}<" in page
+    assert "Charged to users" in page and "Account cost" in page and "Active keys" in page
+
+
+def test_the_trend_has_seven_days_that_add_up_to_the_week(recorded):
+    trend = dashboard_trend()
+    assert len(trend) == 7 and trend[-1].day == timezone.localdate()
+    week = dashboard_kpis().week
+    assert sum(day.requests for day in trend) == week.requests
+    assert sum(day.actual_cost for day in trend) == week.actual_cost
+    assert trend[-1].requests == 3 and trend[-4].requests == 2
+    assert [day.requests for day in trend if day.day not in (trend[-1].day, trend[-4].day)] == [0] * 5
+
+
+def test_the_chart_scales_bars_to_the_tallest_and_keeps_small_ones_visible():
+    bars = bar_chart([("Mon", "", D("10")), ("Tue", "", D("0.0001")), ("Wed", "", D("0"))], height=100)
+    assert [bar.height for bar in bars] == [100, 2, 0]
+    assert [bar.y for bar in bars] == [0, 98, 100]
+    assert bar_chart([("Mon", "", 0)])[0].height == 0
+
+
+def test_the_chart_is_an_svg_with_a_table_alternative(staff_client, recorded):
+    page = staff_client.get("/").content.decode()
+    assert page.count('<svg class="trend-chart"') == 2 and 'role="img"' in page
+    assert 'id="trend-table"' in page
+    assert "style=" not in page  # CSP: no inline styles
+
+
+def test_top_models_follow_the_model_source_toggle(recorded):
+    requested = [m.requested for m in top_models(source="requested")]
+    upstream = [m.upstream for m in top_models(source="upstream")]
+    mapping = [(m.requested, m.upstream) for m in top_models(source="mapping")]
+    assert "gpt-4o" in requested and "gpt-4o-2024-08-06" not in requested
+    assert "gpt-4o-2024-08-06" in upstream and "gpt-4o" not in upstream
+    assert ("gpt-4o", "gpt-4o-2024-08-06") in mapping
+    costs = [m.actual_cost for m in top_models(source="requested")]
+    assert costs == sorted(costs, reverse=True)
+
+
+def test_the_toggle_swaps_only_the_top_models_card(staff_client, recorded):
+    response = staff_client.get("/", {"models": "mapping"}, headers={"HX-Request": "true"})
+    page = response.content.decode()
+    assert response.status_code == 200 and "HX-Request" in response["Vary"]
+    assert page.lstrip().startswith('<section class="card shadow-sm h-100" id="top-models"')
+    assert "gpt-4o</a>" in page and "gpt-4o-2024-08-06" in page and "→" in page
+    assert "Top users" not in page and "<html" not in page
+    assert 'aria-current="true">Mapping' in " ".join(page.split())
+
+
+def test_an_unknown_model_source_falls_back_to_requested(staff_client, recorded):
+    response = staff_client.get("/", {"models": "nonsense"})
+    assert response.context["model_source"] == "requested"
+
+
+def test_top_users_rank_by_cost_with_their_emails(staff_client, recorded):
+    users = staff_client.get("/").context["top_users"]
+    assert {u.email for u in users} == {"alice@example.com", "bob@example.com"}
+    costs = [u.actual_cost for u in users]
+    assert costs == sorted(costs, reverse=True) and sum(costs) == dashboard_kpis().week.actual_cost
+
+
+def test_no_warnings_show_when_nothing_needs_attention(staff_client):
+    key = APIKeyFactory(quota_usd=D("10"), quota_used_usd=D("7.99"))
+    UpstreamAccountFactory(status="active", quota_limit_usd=D("10"), quota_used_usd=D("7.9"))
+    UsageLogFactory(api_key=key)
+    page = staff_client.get("/").content.decode()
+    assert 'data-warning="none"' in page
+    for kind in ("unpriced", "errors", "account-quota", "key-quota"):
+        assert f'data-warning="{kind}"' not in page
+
+
+def test_it_warns_about_unpriced_models_and_links_to_them(staff_client, recorded):
+    page = staff_client.get("/").content.decode()
+    assert 'data-warning="unpriced"' in page and "acme-llm-9000" in page
+    assert 'href="/usage/?pricing_source=missing"' in page
+
+
+def test_it_warns_about_accounts_in_error(staff_client):
+    UpstreamAccountFactory(name="broken-one", status="error", error_message="401 invalid x-api-key")
+    UpstreamAccountFactory(name="fine-one", status="active")
+    page = staff_client.get("/").content.decode()
+    assert 'data-warning="errors"' in page and "broken-one" in page and "401 invalid x-api-key" in page
+    assert "fine-one" not in page
+    assert 'href="/accounts/?status=error"' in page
+
+
+def test_it_warns_about_account_quotas_at_eighty_percent_by_the_display_rule(staff_client):
+    now = timezone.now()
+    UpstreamAccountFactory(name="total-near", quota_limit_usd=D("100"), quota_used_usd=D("80"))
+    UpstreamAccountFactory(
+        name="daily-near", quota_daily_limit_usd=D("10"), quota_daily_used_usd=D("9"), quota_daily_start=now
+    )
+    # Its daily period started two days ago: it has expired, so it reads 0.
+    UpstreamAccountFactory(
+        name="daily-expired",
+        quota_daily_limit_usd=D("10"),
+        quota_daily_used_usd=D("9.5"),
+        quota_daily_start=now - timedelta(days=2),
+    )
+    UpstreamAccountFactory(name="below", quota_limit_usd=D("100"), quota_used_usd=D("79.99"))
+    # OAuth accounts carry no quota (SPEC §2.1), whatever their columns hold.
+    UpstreamAccountFactory(name="oauth-one", type="oauth", quota_limit_usd=D("1"), quota_used_usd=D("1"))
+    response = staff_client.get("/")
+    near = [n.account.name for n in response.context["accounts_near_quota"]]
+    assert near == ["daily-near", "total-near"]
+    page = response.content.decode()
+    assert 'data-warning="account-quota"' in page and "Daily $9.00 of $10.00 (90%)" in page
+
+
+def test_it_warns_about_keys_at_eighty_percent_of_quota(staff_client):
+    APIKeyFactory(name="key-full", quota_usd=D("10"), quota_used_usd=D("10"), status="quota_exhausted")
+    APIKeyFactory(name="key-near", quota_usd=D("10"), quota_used_usd=D("8"))
+    APIKeyFactory(name="key-below", quota_usd=D("10"), quota_used_usd=D("7.99"))
+    APIKeyFactory(name="key-unlimited", quota_usd=D("0"), quota_used_usd=D("500"))
+    response = staff_client.get("/")
+    assert [k.name for k in response.context["keys_near_quota"]] == ["key-full", "key-near"]
+    page = response.content.decode()
+    assert 'data-warning="key-quota"' in page and "key-below" not in page and "key-unlimited" not in page
+
+
+def test_the_dashboard_runs_a_fixed_number_of_queries(staff_client, django_assert_max_num_queries):
+    users = UserFactory.create_batch(12)
+    groups = GroupFactory.create_batch(3)
+    accounts = UpstreamAccountFactory.create_batch(6, quota_limit_usd=D("1"), quota_used_usd=D("0.9"))
+    UpstreamAccountFactory.create_batch(5, status="error", error_message="boom")
+    now = timezone.now()
+    for index in range(150):
+        UsageLogFactory(
+            api_key=APIKeyFactory(
+                user=users[index % 12], group=groups[index % 3], quota_usd=D("1"), quota_used_usd=D("0.95")
+            ),
+            group=groups[index % 3],
+            account=accounts[index % 6],
+            requested_model=f"model-{index % 20}",
+            pricing_source="missing" if index % 10 == 0 else "catalog",
+            created_at=now - timedelta(hours=index),
+        )
+    # session, staff user, KPIs, trend, top models, top users (emails by subquery), unpriced
+    # models, accounts in error and their count, accounts near quota, keys near quota and their count.
+    with django_assert_max_num_queries(12):
+        response = staff_client.get("/")
+    assert response.status_code == 200
+    assert len(response.context["top_models"]) == 8 and len(response.context["top_users"]) == 8
+    assert response.context["key_near_quota_count"] == 150
+    with django_assert_max_num_queries(3):
+        response = staff_client.get("/", {"models": "upstream"}, headers={"HX-Request": "true"})
+    assert response.status_code == 200
+
+
+def test_keys_near_quota_count_every_match_beyond_the_list(staff_client):
+    for _ in range(12):
+        APIKeyFactory(quota_usd=D("1"), quota_used_usd=D("0.9"))
+    context = staff_client.get("/").context
+    assert len(context["keys_near_quota"]) == 10 and context["key_near_quota_more"] == 2
+    assert b"and 2 more" in staff_client.get("/").content
