@@ -32,8 +32,9 @@ def setup_django() -> None:
     django.setup()
     from django.test.utils import setup_test_environment
 
-    # DEBUG off (no query log), and the test client may answer as "testserver".
-    setup_test_environment()
+    # DEBUG off (no query log), and the test client may answer as "testserver". Without debug=False
+    # it would keep settings.DEBUG, which is on by default outside production.
+    setup_test_environment(debug=False)
 
 
 @contextmanager

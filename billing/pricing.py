@@ -9,10 +9,12 @@ price for one billing model: the group's channel first, the catalog default next
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 from functools import lru_cache
 
 from accounts.models import APIKey, Subscription, UpstreamAccount, UserGroupRate
+from accounts.services.upstream import QuotaResetRules
 from billing.cost import CacheTTL, Price, PriceInterval, PricingSource, RateSource
 from billing.models import BillingModelSource
 from channels.catalog import CatalogPrice, lookup_default_prices
@@ -33,7 +35,14 @@ class ChannelCard:
 
 @dataclass(frozen=True)
 class BillingContext:
-    """The slow-changing facts behind one (key, account) pair's bills."""
+    """The slow-changing facts behind one (key, account) pair's bills.
+
+    Besides pricing it carries the configuration the counter services would otherwise read on
+    every charge (the key's timezone, the subscription's start and its group's timezone, the
+    account's quota reset rules), so a recording reads nothing before its UPDATEs. Like the
+    multipliers, they are as fresh as the context: the gateway's auth snapshot, or loaded by
+    usage_record itself when the caller has none.
+    """
 
     api_key_id: int
     user_id: int
@@ -49,6 +58,11 @@ class BillingContext:
     channel_id: int | None
     billing_model_source: str
     channel_cards: tuple[ChannelCard, ...] = ()  # the channel's cards for the group's platform
+    # Counter configuration; None means "not known here": the counter service reads it.
+    key_timezone: str | None = None  # as configured: empty means settings.TIME_ZONE
+    subscription_starts_at: datetime | None = None
+    subscription_timezone: str | None = None  # the group's, as configured
+    account_quota_rules: QuotaResetRules | None = None
 
     @property
     def charges_subscription(self) -> bool:
@@ -70,7 +84,7 @@ def billing_context(*, api_key_id: int, account_id: int | None) -> BillingContex
     key = APIKey.objects.select_related("group").get(pk=api_key_id)
     group = key.group
     rate, rate_source = ONE, "default"
-    subscription_id = None
+    subscription_id, subscription_starts_at = None, None
     channel_id, model_source, cards = None, BillingModelSource.CHANNEL_MAPPED.value, ()
     if group is not None:
         override = (
@@ -80,7 +94,9 @@ def billing_context(*, api_key_id: int, account_id: int | None) -> BillingContex
         )
         rate, rate_source = (override, "user") if override is not None else (group.rate_multiplier, "group")
         if group.is_subscription:
-            subscription_id = _subscription_to_charge(user_id=key.user_id, group_id=group.pk)
+            subscription_id, subscription_starts_at = _subscription_to_charge(
+                user_id=key.user_id, group_id=group.pk
+            )
         channel = channel_for_group(group.pk)
         if channel is not None:
             channel_id, model_source = channel.pk, channel.billing_model_source
@@ -88,12 +104,13 @@ def billing_context(*, api_key_id: int, account_id: int | None) -> BillingContex
                 channel_card(card) for card in channel_cards(channel=channel, platform=group.platform)
             )
 
-    account_rate, ttl = ONE, None
+    account_rate, ttl, quota_rules = ONE, None, None
     if account_id is not None:
         account = UpstreamAccount.objects.only(
-            "rate_multiplier", "cache_ttl_override", "platform", "type"
+            "rate_multiplier", "cache_ttl_override", "platform", "type", *QuotaResetRules.FIELDS
         ).get(pk=account_id)
         account_rate = account.rate_multiplier
+        quota_rules = QuotaResetRules.of(account)
         if account.cache_ttl_override and account.supports_cache_ttl_override:
             ttl = account.cache_ttl_override
 
@@ -112,17 +129,22 @@ def billing_context(*, api_key_id: int, account_id: int | None) -> BillingContex
         channel_id=channel_id,
         billing_model_source=model_source,
         channel_cards=cards,
+        key_timezone=key.timezone,
+        subscription_starts_at=subscription_starts_at,
+        subscription_timezone=group.timezone if subscription_id is not None else None,
+        account_quota_rules=quota_rules,
     )
 
 
-def _subscription_to_charge(*, user_id: int, group_id: int) -> int | None:
+def _subscription_to_charge(*, user_id: int, group_id: int) -> tuple[int | None, datetime | None]:
     """The live subscription; failing that (it lapsed mid-request) the latest one, so the
-    request served is still charged to the subscription it was admitted under."""
+    request served is still charged to the subscription it was admitted under. (id, starts_at)."""
     subscriptions = Subscription.objects.filter(user_id=user_id, group_id=group_id)
     live = subscriptions.filter(status__in=Subscription.LIVE_STATUSES).order_by("-expires_at")
-    return live.values_list("pk", flat=True).first() or (
-        subscriptions.order_by("-expires_at", "-pk").values_list("pk", flat=True).first()
+    found = live.values_list("pk", "starts_at").first() or (
+        subscriptions.order_by("-expires_at", "-pk").values_list("pk", "starts_at").first()
     )
+    return found or (None, None)
 
 
 def pick_billing_model(*, source: str, requested_model: str, mapped_model: str, upstream_model: str) -> str:

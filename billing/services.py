@@ -61,7 +61,9 @@ def usage_record(
 
     A second call with the same (request_id, key) changes nothing and returns duplicate=True.
     Counters move in one fixed order (key, rollup, balance or subscription, account), so
-    concurrent recordings queue on row locks and never deadlock one another.
+    concurrent recordings queue on row locks and never deadlock one another. With the context's
+    counter configuration that is one statement per row and no reads: BEGIN, the ledger row, key,
+    rollup, balance or subscription, account, COMMIT (on PostgreSQL; see tests/billing/test_record.py).
     """
     now = created_at or timezone.now()
     if context is None:
@@ -126,17 +128,30 @@ def usage_record(
         charged_to, key_result = "", None
         amount = breakdown.actual_cost
         if amount > 0:
-            key_result = api_key_usage_charge(key_id=api_key_id, amount_usd=amount, now=now)
+            key_result = api_key_usage_charge(
+                key_id=api_key_id, amount_usd=amount, now=now, timezone=context.key_timezone
+            )
         usage_rollup_add(log=row)
         if amount > 0:
             if context.charges_subscription:
-                subscription_usage_charge(subscription_id=context.subscription_id, amount_usd=amount, now=now)
+                subscription_usage_charge(
+                    subscription_id=context.subscription_id,
+                    amount_usd=amount,
+                    now=now,
+                    starts_at=context.subscription_starts_at,
+                    timezone=context.subscription_timezone,
+                )
                 charged_to = "subscription"
             else:
                 user_balance_charge(user_id=context.user_id, amount_usd=amount)
                 charged_to = "balance"
         if account_id is not None and breakdown.account_cost > 0:
-            upstream_account_quota_charge(account_id=account_id, amount_usd=breakdown.account_cost, now=now)
+            upstream_account_quota_charge(
+                account_id=account_id,
+                amount_usd=breakdown.account_cost,
+                now=now,
+                rules=context.account_quota_rules,
+            )
 
     return UsageRecordResult(
         usage_log_id=row_id,

@@ -12,9 +12,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
+from functools import cache
 
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Case, F, Q, Value, When
 from django.utils.timezone import now as current_time
 
@@ -219,7 +220,12 @@ def _field(name: str):
 
 
 def subscription_usage_charge(
-    *, subscription_id: int, amount_usd: Decimal, now: datetime | None = None
+    *,
+    subscription_id: int,
+    amount_usd: Decimal,
+    now: datetime | None = None,
+    starts_at: datetime | None = None,
+    timezone: str | None = None,
 ) -> None:
     """Charge one request to the daily, weekly and monthly windows, in one atomic UPDATE.
 
@@ -227,23 +233,42 @@ def subscription_usage_charge(
     it), has ended, or whose term has ended restarts with this amount. The daily window is the
     calendar day in the group's timezone, so it has ended exactly when its start is before
     today's local midnight. Weekly and monthly windows are 7×24h / 30×24h steps from starts_at and
-    end at the latest at expires_at. The group's timezone and starts_at are configuration, read
-    before the UPDATE; the counters never are.
+    end at the latest at expires_at (compared in the UPDATE, so an extension counts at once).
+    The group's timezone and starts_at are configuration: pass both as the caller last read them
+    (billing's BillingContext carries them; an empty timezone means settings.TIME_ZONE), or
+    neither and they are read before the UPDATE. The counters never are.
     """
     now = now or current_time()
     amount = quantize_usd(amount_usd)
     if amount < 0:
         raise ValueError(f"a charge cannot be negative: {amount}")
-    starts_at, tz = (
-        Subscription.objects.filter(pk=subscription_id).values_list("starts_at", "group__timezone").get()
-    )
-    tz = timezone_name(tz)
+    if (starts_at is None) != (timezone is None):
+        raise ValueError("pass both the subscription's starts_at and its group's timezone, or neither")
+    if starts_at is None:
+        starts_at, timezone = (
+            Subscription.objects.filter(pk=subscription_id).values_list("starts_at", "group__timezone").get()
+        )
+    tz = timezone_name(timezone)
+    current = {
+        kind: windows.subscription_window_start(kind, now, starts_at=starts_at, tz=tz)
+        for kind in WINDOW_KINDS
+    }
+    charge = _charge_sql if connection.vendor == "postgresql" else _charge_orm
+    if not charge(subscription_id=subscription_id, amount=amount, now=now, current=current):
+        raise Subscription.DoesNotExist(f"subscription {subscription_id} does not exist")
+
+
+# Two forms of the same statement: precompiled SQL on PostgreSQL (no query building per charge),
+# the ORM elsewhere (SQLite, the embedded default). tests/accounts/test_subscriptions_counters.py
+# checks that both leave identical rows.
+
+
+def _charge_orm(*, subscription_id: int, amount: Decimal, now: datetime, current: dict[str, datetime]) -> int:
     term_over = Q(expires_at__lte=now)
     updates: dict = {}
     for kind, _label, _limit, used, start in Subscription.WINDOWS:
-        current = windows.subscription_window_start(kind, now, starts_at=starts_at, tz=tz)
         if kind == "daily":
-            ended = Q(**{f"{start}__lt": current})
+            ended = Q(**{f"{start}__lt": current[kind]})
         else:
             ended = Q(**{f"{start}__lte": now - windows.SUBSCRIPTION_STEPS[kind]})
         expired = Q(**{f"{start}__isnull": True}) | ended | term_over
@@ -251,7 +276,34 @@ def subscription_usage_charge(
             When(expired, then=Value(amount)), default=F(used) + amount, output_field=_field(used)
         )
         updates[start] = Case(
-            When(expired, then=Value(current)), default=F(start), output_field=_field(start)
+            When(expired, then=Value(current[kind])), default=F(start), output_field=_field(start)
         )
-    if not Subscription.objects.filter(pk=subscription_id).update(**updates):
-        raise Subscription.DoesNotExist(f"subscription {subscription_id} does not exist")
+    return Subscription.objects.filter(pk=subscription_id).update(**updates)
+
+
+@cache
+def _charge_statement() -> str:
+    """The ORM form above as one PostgreSQL statement; only quoted model metadata goes in."""
+    quote = connection.ops.quote_name
+    sets = []
+    for kind, _label, _limit, used, start in Subscription.WINDOWS:
+        used, start = quote(used), quote(start)
+        ended = f"{start} < %(current_{kind})s" if kind == "daily" else f"{start} <= %(ended_{kind})s"
+        expired = f"{start} IS NULL OR {ended} OR {quote('expires_at')} <= %(now)s"
+        sets.append(f"{used} = CASE WHEN {expired} THEN %(amount)s ELSE {used} + %(amount)s END")
+        sets.append(f"{start} = CASE WHEN {expired} THEN %(current_{kind})s ELSE {start} END")
+    return (
+        f"UPDATE {quote(Subscription._meta.db_table)} SET {', '.join(sets)} "  # noqa: S608
+        f"WHERE {quote('id')} = %(id)s"
+    )
+
+
+def _charge_sql(*, subscription_id: int, amount: Decimal, now: datetime, current: dict[str, datetime]) -> int:
+    params: dict = {"id": subscription_id, "amount": amount, "now": now}
+    for kind in WINDOW_KINDS:
+        params[f"current_{kind}"] = current[kind]
+        if kind != "daily":
+            params[f"ended_{kind}"] = now - windows.SUBSCRIPTION_STEPS[kind]
+    with connection.cursor() as cursor:
+        cursor.execute(_charge_statement(), params)
+        return cursor.rowcount

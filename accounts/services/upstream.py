@@ -13,11 +13,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from functools import cache
+from typing import ClassVar
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import URLValidator
-from django.db import models, transaction
+from django.db import connection, models, transaction
 from django.db.models import Case, F, Q, Value, When
 from django.db.models.functions import Coalesce, Greatest
 from django.utils import timezone
@@ -300,15 +301,63 @@ def _period_expired(
 
     Either way the counters themselves are never read into Python.
     """
-    start = Q(**{f"{field}__isnull": True})
+    threshold = _period_threshold(now=now, period=period, mode=mode, hour=hour, weekday=weekday, tz=tz)
+    compare = "lte" if mode == UpstreamAccount.ResetMode.ROLLING else "lt"
+    return Q(**{f"{field}__isnull": True}) | Q(**{f"{field}__{compare}": threshold})
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaResetRules:
+    """An account's quota reset settings: configuration the quota engine needs before its UPDATE.
+
+    Billing keeps them in its BillingContext, so a charge does not read them again.
+    """
+
+    daily_mode: str
+    daily_hour: int
+    weekly_mode: str
+    weekly_hour: int
+    weekly_weekday: int
+    timezone: str  # as configured; empty means settings.TIME_ZONE
+
+    FIELDS: ClassVar[tuple[str, ...]] = (
+        "quota_daily_reset_mode",
+        "quota_daily_reset_hour",
+        "quota_weekly_reset_mode",
+        "quota_weekly_reset_hour",
+        "quota_weekly_reset_weekday",
+        "quota_timezone",
+    )
+
+    @classmethod
+    def of(cls, account: UpstreamAccount) -> QuotaResetRules:
+        return cls(*(getattr(account, name) for name in cls.FIELDS))
+
+    @classmethod
+    def read(cls, account_id: int) -> QuotaResetRules:
+        """Raises UpstreamAccount.DoesNotExist for an unknown id."""
+        return cls(*UpstreamAccount.objects.values_list(*cls.FIELDS).get(pk=account_id))
+
+    def period(self, period: str) -> tuple[str, int, int]:
+        """(mode, hour, weekday) of the daily or weekly period; the daily one has no weekday."""
+        if period == "daily":
+            return self.daily_mode, self.daily_hour, 0
+        return self.weekly_mode, self.weekly_hour, self.weekly_weekday
+
+
+def _period_threshold(*, now: datetime, period: str, mode: str, hour: int, weekday: int, tz: str) -> datetime:
+    """The instant _period_expired compares the stored start with (see there)."""
     if mode == UpstreamAccount.ResetMode.ROLLING:
-        return start | Q(**{f"{field}__lte": now - PERIOD_LENGTHS[period]})
-    boundary = _boundary_at_or_before(now, hour, weekday if period == "weekly" else None, zone(tz))
-    return start | Q(**{f"{field}__lt": boundary})
+        return now - PERIOD_LENGTHS[period]
+    return _boundary_at_or_before(now, hour, weekday if period == "weekly" else None, zone(tz))
 
 
 def upstream_account_quota_charge(
-    *, account_id: int, amount_usd: Decimal, now: datetime | None = None
+    *,
+    account_id: int,
+    amount_usd: Decimal,
+    now: datetime | None = None,
+    rules: QuotaResetRules | None = None,
 ) -> None:
     """Add `amount_usd` to the account's total, daily and weekly quota usage in ONE atomic UPDATE.
 
@@ -321,21 +370,32 @@ def upstream_account_quota_charge(
     The decision is a CASE inside the UPDATE, so PostgreSQL evaluates it against the row as it is
     when the row lock is taken: concurrent charges serialise on the row and none is lost.
 
-    The reset settings (mode, hour, weekday, timezone) are read first: they are configuration, not
-    counters, and a concurrent edit of them can at worst decide one request by the old rule.
-    Also records `last_used_at`. Raises UpstreamAccount.DoesNotExist for an unknown id.
+    The reset settings (mode, hour, weekday, timezone) are configuration, not counters: `rules`
+    is them as the caller last read them (billing's BillingContext carries them), and without it
+    they are read here first. A concurrent edit of them can at worst decide a request by the old
+    rule. Also records `last_used_at`. Raises UpstreamAccount.DoesNotExist for an unknown id.
     """
     now = now or timezone.now()
     amount = quantize_usd(amount_usd)
-    rules = UpstreamAccount.objects.values(
-        "quota_daily_reset_mode",
-        "quota_daily_reset_hour",
-        "quota_weekly_reset_mode",
-        "quota_weekly_reset_hour",
-        "quota_weekly_reset_weekday",
-        "quota_timezone",
-    ).get(pk=account_id)
-    tz = rules["quota_timezone"] or settings.TIME_ZONE
+    if rules is None:
+        rules = QuotaResetRules.read(account_id)
+    tz = rules.timezone or settings.TIME_ZONE
+    if connection.vendor == "postgresql":
+        changed = _quota_charge_sql(account_id=account_id, amount=amount, now=now, rules=rules, tz=tz)
+    else:
+        changed = _quota_charge_orm(account_id=account_id, amount=amount, now=now, rules=rules, tz=tz)
+    if not changed:
+        raise UpstreamAccount.DoesNotExist(f"upstream account {account_id} does not exist")
+
+
+# Two forms of the same statement: precompiled SQL on PostgreSQL (no query building per charge),
+# the ORM elsewhere (SQLite, the embedded default). tests/accounts/test_quota.py checks that both
+# leave identical rows.
+
+
+def _quota_charge_orm(
+    *, account_id: int, amount: Decimal, now: datetime, rules: QuotaResetRules, tz: str
+) -> int:
     money = models.DecimalField(max_digits=20, decimal_places=8)
     stamp = Value(now, output_field=models.DateTimeField())
     changes: dict = {
@@ -343,16 +403,11 @@ def upstream_account_quota_charge(
         # Coalesce first: SQLite's MAX() is NULL when any argument is (PostgreSQL ignores NULLs).
         "last_used_at": Greatest(Coalesce(F("last_used_at"), stamp), stamp),
     }
-    for period, weekday in (("daily", 0), ("weekly", rules["quota_weekly_reset_weekday"])):
+    for period in ("daily", "weekly"):
         used, start = f"quota_{period}_used_usd", f"quota_{period}_start"
+        mode, hour, weekday = rules.period(period)
         expired = _period_expired(
-            field=start,
-            now=now,
-            period=period,
-            mode=rules[f"quota_{period}_reset_mode"],
-            hour=rules[f"quota_{period}_reset_hour"],
-            weekday=weekday,
-            tz=tz,
+            field=start, now=now, period=period, mode=mode, hour=hour, weekday=weekday, tz=tz
         )
         changes[used] = Case(
             When(expired, then=Value(amount, output_field=money)),
@@ -364,4 +419,40 @@ def upstream_account_quota_charge(
             default=F(start),
             output_field=models.DateTimeField(),
         )
-    UpstreamAccount.objects.filter(pk=account_id).update(**changes)
+    return UpstreamAccount.objects.filter(pk=account_id).update(**changes)
+
+
+@cache
+def _quota_charge_statement(daily_mode: str, weekly_mode: str) -> str:
+    """The ORM form as PostgreSQL SQL, for one pair of reset modes (they pick < or <=)."""
+    quote = connection.ops.quote_name
+    total, last = quote("quota_used_usd"), quote("last_used_at")
+    sets = [
+        f"{total} = {total} + %(amount)s",
+        f"{last} = GREATEST(COALESCE({last}, %(now)s), %(now)s)",
+    ]
+    for period, mode in (("daily", daily_mode), ("weekly", weekly_mode)):
+        used, start = quote(f"quota_{period}_used_usd"), quote(f"quota_{period}_start")
+        # rolling: start <= now - length; fixed: start < the latest boundary (see _period_expired).
+        compare = "<=" if mode == UpstreamAccount.ResetMode.ROLLING else "<"
+        expired = f"{start} IS NULL OR {start} {compare} %({period})s"
+        sets.append(f"{used} = CASE WHEN {expired} THEN %(amount)s ELSE {used} + %(amount)s END")
+        sets.append(f"{start} = CASE WHEN {expired} THEN %(now)s ELSE {start} END")
+    return (
+        f"UPDATE {quote(UpstreamAccount._meta.db_table)} SET {', '.join(sets)} "  # noqa: S608
+        f"WHERE {quote('id')} = %(id)s"
+    )
+
+
+def _quota_charge_sql(
+    *, account_id: int, amount: Decimal, now: datetime, rules: QuotaResetRules, tz: str
+) -> int:
+    params = {"id": account_id, "amount": amount, "now": now}
+    for period in ("daily", "weekly"):
+        mode, hour, weekday = rules.period(period)
+        params[period] = _period_threshold(
+            now=now, period=period, mode=mode, hour=hour, weekday=weekday, tz=tz
+        )
+    with connection.cursor() as cursor:
+        cursor.execute(_quota_charge_statement(rules.daily_mode, rules.weekly_mode), params)
+        return cursor.rowcount

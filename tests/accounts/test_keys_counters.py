@@ -14,8 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from accounts import windows
-from accounts.models import APIKey
-from accounts.services.keys import api_key_usage_charge
+from accounts.models import APIKey, timezone_name
+from accounts.money import quantize_usd
+from accounts.services.keys import _key_charge_orm, api_key_usage_charge
 from tests.factories import APIKeyFactory
 
 pytestmark = pytest.mark.django_db
@@ -240,6 +241,61 @@ def test_the_database_agrees_with_the_pure_window_math(start, tz, quota, steps):
         assert windows.key_window_effective_usage(
             kind, getattr(key, used), getattr(key, window_start), now
         ) == windows.key_window_effective_usage(kind, reference.used[kind], reference.start[kind], now)
+
+
+# --- configuration passed in, and the portable statement, change nothing ------------------------
+
+
+def test_a_charge_given_the_timezone_is_one_update_and_nothing_else():
+    key = APIKeyFactory(timezone="Asia/Tokyo", quota_usd=Decimal("5"))
+    with CaptureQueriesContext(connection) as queries:
+        result = api_key_usage_charge(
+            key_id=key.pk, amount_usd=Decimal("1"), now=utc(2026, 5, 18, 20), timezone="Asia/Tokyo"
+        )
+    assert [q["sql"].split()[0] for q in queries.captured_queries] == ["UPDATE"]
+    assert (result.status, result.quota_used_usd) == ("active", Decimal("1"))
+    key.refresh_from_db()
+    assert key.window_1d_start == utc(2026, 5, 18, 15)  # Tokyo's midnight, from the zone passed in
+
+
+def test_charging_an_unknown_key_with_its_timezone_given_still_raises():
+    with pytest.raises(APIKey.DoesNotExist):
+        api_key_usage_charge(key_id=987654, amount_usd=Decimal("1"), now=NOW, timezone="UTC")
+
+
+def counters(key: APIKey) -> dict:
+    columns = ["status", "quota_used_usd", "last_used_at"]
+    columns += [name for _kind, _label, _limit, used, start in APIKey.WINDOWS for name in (used, start)]
+    return APIKey.objects.values(*columns).get(pk=key.pk)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    start=st.datetimes(
+        min_value=datetime(2020, 1, 1), max_value=datetime(2030, 12, 31), timezones=st.just(UTC)
+    ),
+    tz=st.sampled_from(["", "UTC", "America/New_York", "Australia/Lord_Howe", "Europe/London"]),
+    quota=st.sampled_from([Decimal(0), Decimal("25"), Decimal("80.5")]),
+    steps=charges,
+)
+def test_a_passed_timezone_and_the_portable_orm_statement_store_what_reading_it_stores(
+    start, tz, quota, steps
+):
+    # Three twins: the timezone read by the service, passed in as billing does, and the ORM
+    # statement other databases run (here compiled for PostgreSQL) instead of the precompiled SQL.
+    read, passed, portable = (APIKeyFactory(timezone=tz, quota_usd=quota) for _ in range(3))
+    now = start
+    for gap, amount in steps:
+        now += timedelta(seconds=gap)
+        by_reading = api_key_usage_charge(key_id=read.pk, amount_usd=amount, now=now)
+        assert api_key_usage_charge(key_id=passed.pk, amount_usd=amount, now=now, timezone=tz) == by_reading
+        starts = {
+            kind: windows.key_window_start_for(kind, now, timezone_name(tz))
+            for kind in windows.KEY_WINDOW_LENGTHS
+        }
+        row = _key_charge_orm(key_id=portable.pk, amount=quantize_usd(amount), now=now, starts=starts)
+        assert row == (by_reading.status, by_reading.quota_used_usd, quota)
+    assert counters(read) == counters(passed) == counters(portable)
 
 
 # --- concurrency ---------------------------------------------------------------------------------

@@ -14,8 +14,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from accounts.models import UpstreamAccount
+from accounts.money import quantize_usd
 from accounts.selectors.upstream import upstream_account_quota_badge
-from accounts.services.upstream import upstream_account_quota_charge, upstream_account_quota_reset
+from accounts.services.upstream import (
+    QuotaResetRules,
+    _quota_charge_orm,
+    upstream_account_quota_charge,
+    upstream_account_quota_reset,
+)
 from accounts.windows import QuotaState, is_period_expired, is_quota_exceeded, period_end
 from tests.factories import UpstreamAccountFactory
 
@@ -288,6 +294,78 @@ def test_the_badge_reads_zero_exactly_when_the_next_charge_would_restart_the_per
     assert restarted == is_period_expired(
         first, now, mode="fixed", period="daily", reset_hour=hour, reset_weekday=0, tz=ZoneInfo(tz)
     )
+
+
+# --- Reset rules passed in, and the portable statement, change nothing ---------------------------
+
+
+@pytest.mark.django_db
+def test_a_charge_given_the_reset_rules_is_one_update_and_nothing_else():
+    account = UpstreamAccountFactory(
+        quota_daily_reset_mode="fixed", quota_daily_reset_hour=6, quota_timezone="UTC"
+    )
+    rules = QuotaResetRules.read(account.pk)
+    with CaptureQueriesContext(connection) as queries:
+        upstream_account_quota_charge(
+            account_id=account.pk, amount_usd=Decimal("1"), now=utc(2026, 1, 1), rules=rules
+        )
+    assert [q["sql"].split()[0] for q in queries.captured_queries] == ["UPDATE"]
+    account.refresh_from_db()
+    assert account.quota_daily_used_usd == account.quota_used_usd == Decimal("1")
+
+
+@pytest.mark.django_db
+def test_charging_an_unknown_account_with_its_rules_given_still_raises():
+    rules = QuotaResetRules.of(UpstreamAccountFactory.build())
+    with pytest.raises(UpstreamAccount.DoesNotExist):
+        upstream_account_quota_charge(account_id=999_999, amount_usd=Decimal("1"), rules=rules)
+
+
+def quota_counters(account: UpstreamAccount) -> dict:
+    return UpstreamAccount.objects.values(
+        "quota_used_usd",
+        "quota_daily_used_usd",
+        "quota_daily_start",
+        "quota_weekly_used_usd",
+        "quota_weekly_start",
+        "last_used_at",
+    ).get(pk=account.pk)
+
+
+@pytest.mark.django_db
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    rules=rule_sets,
+    near=transitions,
+    offset=offsets,
+    anchor=st.sampled_from(["daily", "weekly"]),
+    steps=st.lists(st.tuples(gaps, amounts), min_size=1, max_size=8),
+)
+def test_passed_rules_and_the_portable_orm_statement_store_what_reading_the_rules_stores(
+    rules, near, offset, anchor, steps
+):
+    # Three twins: rules read by the service, passed in as billing does, and the ORM statement
+    # other databases run (here compiled for PostgreSQL) instead of the precompiled SQL.
+    config = {
+        "quota_daily_reset_mode": rules["daily"]["mode"],
+        "quota_daily_reset_hour": rules["daily"]["reset_hour"],
+        "quota_weekly_reset_mode": rules["weekly"]["mode"],
+        "quota_weekly_reset_hour": rules["weekly"]["reset_hour"],
+        "quota_weekly_reset_weekday": rules["weekly"]["reset_weekday"],
+        "quota_timezone": rules["tz"],
+    }
+    read, passed, portable = (UpstreamAccountFactory(**config) for _ in range(3))
+    passed_rules = QuotaResetRules.of(passed)
+    at = near_boundary(near, offset, period=anchor, rule=rules[anchor], tz=rules["tz"])
+    for n, (gap, amount) in enumerate(steps):
+        at = at + gap if n else at
+        upstream_account_quota_charge(account_id=read.pk, amount_usd=amount, now=at)
+        upstream_account_quota_charge(account_id=passed.pk, amount_usd=amount, now=at, rules=passed_rules)
+        changed = _quota_charge_orm(
+            account_id=portable.pk, amount=quantize_usd(amount), now=at, rules=passed_rules, tz=rules["tz"]
+        )
+        assert changed == 1
+    assert quota_counters(read) == quota_counters(passed) == quota_counters(portable)
 
 
 # --- Concurrency --------------------------------------------------------------------------------

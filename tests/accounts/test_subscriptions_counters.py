@@ -14,8 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from accounts import windows
-from accounts.models import Subscription
-from accounts.services.subscriptions import subscription_usage_charge
+from accounts.models import Subscription, timezone_name
+from accounts.money import quantize_usd
+from accounts.services.subscriptions import WINDOW_KINDS, _charge_orm, subscription_usage_charge
 from tests.factories import SubscriptionFactory, SubscriptionGroupFactory
 
 pytestmark = pytest.mark.django_db
@@ -163,6 +164,92 @@ def test_the_database_agrees_with_the_pure_window_math(starts_at, term_days, tz,
         assert (getattr(sub, used), getattr(sub, start)) == (reference.used[kind], reference.start[kind]), (
             kind
         )
+
+
+# --- configuration passed in, and the portable statement, change nothing ------------------------
+
+
+def test_a_charge_given_the_start_and_timezone_is_one_update_and_nothing_else():
+    sub = subscription(tz="Asia/Tokyo")
+    with CaptureQueriesContext(connection) as queries:
+        subscription_usage_charge(
+            subscription_id=sub.pk,
+            amount_usd=Decimal("1"),
+            now=STARTS,
+            starts_at=STARTS,
+            timezone="Asia/Tokyo",
+        )
+    assert [q["sql"].split()[0] for q in queries.captured_queries] == ["UPDATE"]
+    sub.refresh_from_db()
+    assert sub.daily_usage_usd == Decimal("1")
+    assert sub.daily_window_start == utc(2026, 5, 17, 15)  # Tokyo's midnight, from the zone passed in
+
+
+def test_the_start_and_the_timezone_come_together_or_not_at_all():
+    sub = subscription()
+    with pytest.raises(ValueError, match="both"):
+        subscription_usage_charge(
+            subscription_id=sub.pk, amount_usd=Decimal("1"), now=STARTS, starts_at=STARTS
+        )
+
+
+def test_charging_an_unknown_subscription_with_its_configuration_given_still_raises():
+    with pytest.raises(Subscription.DoesNotExist):
+        subscription_usage_charge(
+            subscription_id=987654, amount_usd=Decimal("1"), now=STARTS, starts_at=STARTS, timezone=""
+        )
+
+
+def window_counters(sub: Subscription) -> dict:
+    columns = [name for _kind, _label, _limit, used, start in Subscription.WINDOWS for name in (used, start)]
+    return Subscription.objects.values(*columns).get(pk=sub.pk)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    starts_at=st.datetimes(
+        min_value=datetime(2020, 1, 1), max_value=datetime(2030, 12, 31), timezones=st.just(UTC)
+    ),
+    term_days=st.integers(min_value=1, max_value=60),
+    tz=st.sampled_from(["", "UTC", "America/New_York", "Australia/Lord_Howe", "Pacific/Apia"]),
+    steps=st.lists(
+        st.tuples(
+            st.one_of(
+                st.integers(min_value=1, max_value=9 * 24 * 3600),
+                st.sampled_from([3600, 24 * 3600, 7 * 24 * 3600, 30 * 24 * 3600]),
+            ),
+            st.decimals(min_value=Decimal("0.00000001"), max_value=Decimal(40), places=8),
+        ),
+        min_size=1,
+        max_size=12,
+    ),
+)
+def test_passed_configuration_and_the_portable_orm_statement_store_what_reading_it_stores(
+    starts_at, term_days, tz, steps
+):
+    # Three twins: configuration read by the service, passed in as billing does, and the ORM
+    # statement other databases run (here compiled for PostgreSQL) instead of the precompiled SQL.
+    group = SubscriptionGroupFactory(timezone=tz)
+    expires_at = starts_at + timedelta(days=term_days)
+    read, passed, portable = (
+        SubscriptionFactory(group=group, starts_at=starts_at, expires_at=expires_at) for _ in range(3)
+    )
+    now = starts_at
+    for gap, amount in steps:
+        now += timedelta(seconds=gap)
+        subscription_usage_charge(subscription_id=read.pk, amount_usd=amount, now=now)
+        subscription_usage_charge(
+            subscription_id=passed.pk, amount_usd=amount, now=now, starts_at=starts_at, timezone=tz
+        )
+        current = {
+            kind: windows.subscription_window_start(kind, now, starts_at=starts_at, tz=timezone_name(tz))
+            for kind in WINDOW_KINDS
+        }
+        changed = _charge_orm(
+            subscription_id=portable.pk, amount=quantize_usd(amount), now=now, current=current
+        )
+        assert changed == 1
+    assert window_counters(read) == window_counters(passed) == window_counters(portable)
 
 
 # --- concurrency ---------------------------------------------------------------------------------

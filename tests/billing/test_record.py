@@ -7,7 +7,9 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
+from django.db import connection
 from django.db.models import Sum
+from django.test.utils import CaptureQueriesContext
 
 from accounts.models import APIKey, Subscription, UpstreamAccount, User, UserGroupRate
 from billing.cost import Usage
@@ -321,3 +323,94 @@ def test_a_context_for_another_key_is_refused(setup):
     with pytest.raises(ValueError, match="another key or account"):
         record(other, account, context=billing_context(api_key_id=key.pk, account_id=account.pk))
     assert not UsageLog.objects.exists()
+
+
+# --- what a recording costs in statements --------------------------------------------------------
+
+
+def statements(queries) -> list[str]:
+    """Each statement's verb and table, e.g. "UPDATE accounts_apikey"."""
+    shapes = []
+    for query in queries.captured_queries:
+        words = query["sql"].replace('"', "").split()
+        table = words[2] if words[0] in ("INSERT", "DELETE") else words[1] if words[0] == "UPDATE" else ""
+        shapes.append(f"{words[0]} {table}".strip())
+    return shapes
+
+
+# Real transactions, so usage_record's atomic block is a BEGIN … COMMIT rather than a savepoint
+# inside the test's transaction: any SAVEPOINT seen here would be one of its own.
+@pytest.mark.django_db(transaction=True)
+def test_with_a_context_a_recording_reads_nothing_and_writes_each_row_once(setup):
+    from billing.pricing import billing_context
+
+    _, user, key, account = setup
+    context = billing_context(api_key_id=key.pk, account_id=account.pk)
+    with CaptureQueriesContext(connection) as queries:
+        result = record(key, account, context=context)
+    # No configuration reads, no savepoints, no re-reads: the ledger row, then every counter in
+    # lock order, one statement each.
+    assert statements(queries) == [
+        "BEGIN",
+        "INSERT billing_usagelog",
+        "UPDATE accounts_apikey",
+        "INSERT billing_usagerollup",
+        "UPDATE accounts_user",
+        "UPDATE accounts_upstreamaccount",
+        "COMMIT",
+    ]
+    assert result.charged_to == "balance" and result.key_status == "active"
+    key.refresh_from_db()
+    user.refresh_from_db()
+    assert key.quota_used_usd == D("0.0765") and user.balance == D("10") - D("0.0765")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_with_a_context_a_subscription_recording_reads_nothing_either():
+    from billing.pricing import billing_context
+
+    group = SubscriptionGroupFactory(timezone="Asia/Tokyo")
+    user = UserFactory()
+    subscription = SubscriptionFactory(user=user, group=group, starts_at=NOON - timedelta(days=1))
+    key = APIKeyFactory(user=user, group=group)
+    account = UpstreamAccountFactory()
+    context = billing_context(api_key_id=key.pk, account_id=account.pk)
+    assert (context.subscription_starts_at, context.subscription_timezone) == (
+        NOON - timedelta(days=1),
+        "Asia/Tokyo",
+    )
+    with CaptureQueriesContext(connection) as queries:
+        record(key, account, requested_model="gpt-4o", context=context)
+    assert statements(queries) == [
+        "BEGIN",
+        "INSERT billing_usagelog",
+        "UPDATE accounts_apikey",
+        "INSERT billing_usagerollup",
+        "UPDATE accounts_subscription",
+        "UPDATE accounts_upstreamaccount",
+        "COMMIT",
+    ]
+    subscription.refresh_from_db()
+    # The daily window starts at Tokyo's midnight of 25 Nov (15:00 UTC on the 24th).
+    assert subscription.daily_window_start == datetime(2026, 11, 24, 15, tzinfo=UTC)
+    assert subscription.daily_usage_usd == UsageLog.objects.get().actual_cost > 0
+
+
+def test_the_context_carries_the_counter_configuration_as_stored():
+    from accounts.services.upstream import QuotaResetRules
+    from billing.pricing import billing_context
+
+    key = APIKeyFactory(group=GroupFactory(), timezone="Europe/Berlin")
+    account = UpstreamAccountFactory(
+        quota_daily_reset_mode="fixed",
+        quota_daily_reset_hour=6,
+        quota_weekly_reset_mode="fixed",
+        quota_weekly_reset_hour=3,
+        quota_weekly_reset_weekday=4,
+        quota_timezone="America/New_York",
+    )
+    context = billing_context(api_key_id=key.pk, account_id=account.pk)
+    assert context.key_timezone == "Europe/Berlin"
+    assert context.account_quota_rules == QuotaResetRules.read(account.pk)
+    assert context.account_quota_rules == QuotaResetRules("fixed", 6, "fixed", 3, 4, "America/New_York")
+    assert context.subscription_starts_at is None and context.subscription_timezone is None
