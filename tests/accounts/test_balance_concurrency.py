@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import threading
 from decimal import Decimal
 
 import pytest
-from django.db import connection
 
 from accounts.models import BalanceHistory
 from accounts.services.users import user_balance_adjust
+from tests.concurrency import run_in_threads
 from tests.factories import UserFactory
 
 THREADS = 20
@@ -18,31 +17,18 @@ THREADS = 20
 @pytest.mark.django_db(transaction=True)
 def test_twenty_threads_adding_and_subtracting_lose_nothing():
     user = UserFactory(balance=Decimal("100"))
-    barrier = threading.Barrier(THREADS)
-    failures: list[BaseException] = []
 
     def work(index: int) -> None:
-        try:
-            barrier.wait()
-            operation = "add" if index % 2 == 0 else "subtract"
-            user_balance_adjust(
-                user_id=user.pk,
-                operation=operation,
-                amount=Decimal("0.12345678") * (index + 1),
-                note=f"thread {index}",
-                changed_by=None,
-            )
-        except BaseException as error:  # noqa: BLE001 - reported below
-            failures.append(error)
-        finally:
-            connection.close()
+        operation = "add" if index % 2 == 0 else "subtract"
+        user_balance_adjust(
+            user_id=user.pk,
+            operation=operation,
+            amount=Decimal("0.12345678") * (index + 1),
+            note=f"thread {index}",
+            changed_by=None,
+        )
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(THREADS)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-
+    failures = run_in_threads(THREADS, work)
     assert failures == []
     expected = Decimal("100") + sum(
         (Decimal("0.12345678") * (i + 1) * (1 if i % 2 == 0 else -1) for i in range(THREADS)), Decimal("0")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -17,6 +16,7 @@ from accounts import windows
 from accounts.models import APIKey, timezone_name
 from accounts.money import quantize_usd
 from accounts.services.keys import _key_charge_orm, api_key_usage_charge
+from tests.concurrency import run_in_threads
 from tests.factories import APIKeyFactory
 
 pytestmark = pytest.mark.django_db
@@ -305,24 +305,7 @@ CHARGES_PER_THREAD = 5
 
 
 def run_threads(work) -> list[BaseException]:
-    barrier = threading.Barrier(THREADS)
-    failures: list[BaseException] = []
-
-    def target(index: int) -> None:
-        try:
-            barrier.wait()
-            work(index)
-        except BaseException as error:  # noqa: BLE001 - reported by the test
-            failures.append(error)
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=target, args=(i,)) for i in range(THREADS)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return failures
+    return run_in_threads(THREADS, work)
 
 
 @pytest.mark.django_db(transaction=True)

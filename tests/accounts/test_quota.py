@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
@@ -23,6 +22,7 @@ from accounts.services.upstream import (
     upstream_account_quota_reset,
 )
 from accounts.windows import QuotaState, is_period_expired, is_quota_exceeded, period_end
+from tests.concurrency import run_in_threads
 from tests.factories import UpstreamAccountFactory
 
 HOUR = timedelta(hours=1)
@@ -374,24 +374,7 @@ THREADS = 20
 
 
 def run_threads(work) -> list[BaseException]:
-    barrier = threading.Barrier(THREADS)
-    failures: list[BaseException] = []
-
-    def run(index: int) -> None:
-        try:
-            barrier.wait()
-            work(index)
-        except BaseException as error:  # noqa: BLE001 - reported by the test
-            failures.append(error)
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(THREADS)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return failures
+    return run_in_threads(THREADS, work)
 
 
 @pytest.mark.django_db(transaction=True)

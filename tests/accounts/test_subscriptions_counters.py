@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -17,6 +16,7 @@ from accounts import windows
 from accounts.models import Subscription, timezone_name
 from accounts.money import quantize_usd
 from accounts.services.subscriptions import WINDOW_KINDS, _charge_orm, subscription_usage_charge
+from tests.concurrency import run_in_threads
 from tests.factories import SubscriptionFactory, SubscriptionGroupFactory
 
 pytestmark = pytest.mark.django_db
@@ -262,27 +262,14 @@ CHARGES_PER_THREAD = 5
 def test_twenty_threads_charging_one_subscription_lose_nothing():
     sub = subscription(tz="Europe/Berlin")
     now = STARTS + 26 * HOUR
-    barrier = threading.Barrier(THREADS)
-    failures: list[BaseException] = []
 
     def work(index: int) -> None:
-        try:
-            barrier.wait()
-            for _ in range(CHARGES_PER_THREAD):
-                subscription_usage_charge(
-                    subscription_id=sub.pk, amount_usd=Decimal("0.00123457") * (index + 1), now=now
-                )
-        except BaseException as error:  # noqa: BLE001 - reported below
-            failures.append(error)
-        finally:
-            connection.close()
+        for _ in range(CHARGES_PER_THREAD):
+            subscription_usage_charge(
+                subscription_id=sub.pk, amount_usd=Decimal("0.00123457") * (index + 1), now=now
+            )
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(THREADS)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-
+    failures = run_in_threads(THREADS, work)
     assert failures == []
     sub.refresh_from_db()
     total = sum(Decimal("0.00123457") * (i + 1) * CHARGES_PER_THREAD for i in range(THREADS))

@@ -10,12 +10,12 @@ import threading
 from decimal import Decimal
 
 import pytest
-from django.db import connection
 from django.db.models import Count, Sum
 
 from billing.cost import Usage
 from billing.models import UsageLog, UsageRollup
 from billing.services import usage_record
+from tests.concurrency import run_in_threads
 from tests.factories import (
     APIKeyFactory,
     GroupFactory,
@@ -31,45 +31,30 @@ SHARED_REQUESTS = 3  # request ids every thread sends: each must be billed once 
 
 
 def run_threads(key_id: int, account_id: int) -> list:
-    barrier = threading.Barrier(THREADS)
-    failures: list[BaseException] = []
     results: list = []
     lock = threading.Lock()
 
     def work(index: int) -> None:
-        try:
-            barrier.wait()
-            ids = [f"t{index}-{n}" for n in range(OWN_REQUESTS)] + [
-                f"shared-{n}" for n in range(SHARED_REQUESTS)
-            ]
-            for position, request_id in enumerate(ids):
-                # Odd token counts make every cost a different 8-decimal amount.
-                usage = Usage(
-                    input_tokens=1_000 + 37 * index + position,
-                    output_tokens=101 + index,
-                    cache_creation_5m_tokens=13 * position,
-                    cache_read_tokens=7 * index,
-                )
-                result = usage_record(
-                    request_id=request_id,
-                    api_key_id=key_id,
-                    account_id=account_id,
-                    requested_model="claude-sonnet-4-5",
-                    usage=usage,
-                )
-                with lock:
-                    results.append(result)
-        except BaseException as error:  # noqa: BLE001 - reported below
-            failures.append(error)
-        finally:
-            connection.close()
+        ids = [f"t{index}-{n}" for n in range(OWN_REQUESTS)] + [f"shared-{n}" for n in range(SHARED_REQUESTS)]
+        for position, request_id in enumerate(ids):
+            # Odd token counts make every cost a different 8-decimal amount.
+            usage = Usage(
+                input_tokens=1_000 + 37 * index + position,
+                output_tokens=101 + index,
+                cache_creation_5m_tokens=13 * position,
+                cache_read_tokens=7 * index,
+            )
+            result = usage_record(
+                request_id=request_id,
+                api_key_id=key_id,
+                account_id=account_id,
+                requested_model="claude-sonnet-4-5",
+                usage=usage,
+            )
+            with lock:
+                results.append(result)
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(THREADS)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert failures == []
+    assert run_in_threads(THREADS, work) == []
     return results
 
 
