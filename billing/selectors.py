@@ -75,23 +75,27 @@ def period_range(
 
 def usage_logs(*, filters: UsageFilters) -> QuerySet[UsageLog]:
     """The filtered log, newest first. Every filter is one indexed equality (see UsageLog.Meta)."""
-    logs = UsageLog.objects.all()
+    return _filtered(UsageLog.objects.all(), filters, time_field="created_at").order_by("-created_at", "-id")
+
+
+def _filtered(rows: QuerySet, filters: UsageFilters, *, time_field: str) -> QuerySet:
+    """The same filters on the ledger and on the rollups, which share their dimension columns."""
     if filters.start is not None:
-        logs = logs.filter(created_at__gte=filters.start)
+        rows = rows.filter(**{f"{time_field}__gte": filters.start})
     if filters.end is not None:
-        logs = logs.filter(created_at__lt=filters.end)
+        rows = rows.filter(**{f"{time_field}__lt": filters.end})
     for field in ("user_id", "api_key_id", "account_id", "group_id"):
         if getattr(filters, field) is not None:
-            logs = logs.filter(**{field: getattr(filters, field)})
+            rows = rows.filter(**{field: getattr(filters, field)})
     if filters.model:
-        logs = logs.filter(**{MODEL_FIELDS.get(filters.model_field, "requested_model"): filters.model})
+        rows = rows.filter(**{MODEL_FIELDS.get(filters.model_field, "requested_model"): filters.model})
     if filters.pricing_source:
-        logs = logs.filter(pricing_source=filters.pricing_source)
+        rows = rows.filter(pricing_source=filters.pricing_source)
     if filters.status == "ok":
-        logs = logs.filter(status_code__lt=400)
+        rows = rows.filter(status_code__lt=400)
     elif filters.status == "error":
-        logs = logs.filter(status_code__gte=400)
-    return logs.order_by("-created_at", "-id")
+        rows = rows.filter(status_code__gte=400)
+    return rows
 
 
 def usage_page_rows(logs: QuerySet[UsageLog]) -> QuerySet[UsageLog]:
@@ -111,23 +115,7 @@ def usage_page_rows(logs: QuerySet[UsageLog]) -> QuerySet[UsageLog]:
 
 def usage_rollups(*, filters: UsageFilters) -> QuerySet[UsageRollup]:
     """The rollup rows covering the filtered set; exact only for hour-aligned ranges."""
-    rollups = UsageRollup.objects.all()
-    if filters.start is not None:
-        rollups = rollups.filter(hour__gte=filters.start)
-    if filters.end is not None:
-        rollups = rollups.filter(hour__lt=filters.end)
-    for field in ("user_id", "api_key_id", "account_id", "group_id"):
-        if getattr(filters, field) is not None:
-            rollups = rollups.filter(**{field: getattr(filters, field)})
-    if filters.model:
-        rollups = rollups.filter(**{MODEL_FIELDS.get(filters.model_field, "requested_model"): filters.model})
-    if filters.pricing_source:
-        rollups = rollups.filter(pricing_source=filters.pricing_source)
-    if filters.status == "ok":
-        rollups = rollups.filter(status_code__lt=400)
-    elif filters.status == "error":
-        rollups = rollups.filter(status_code__gte=400)
-    return rollups.order_by()
+    return _filtered(UsageRollup.objects.all(), filters, time_field="hour").order_by()
 
 
 def _on_the_hour(moment: datetime | None) -> bool:
