@@ -37,7 +37,7 @@ migrate: deps
 	$(PY) manage.py migrate --noinput
 
 seed: migrate
-	$(PY) manage.py seed_demo
+	$(PY) manage.py seed_demo --url http://$(HOST):$(PORT)/
 
 run: seed
 	@echo ""

@@ -15,8 +15,9 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser) -> None:
         parser.add_argument("--password", help="Staff password to set (default: one generated into var/).")
+        parser.add_argument("--url", default="http://127.0.0.1:8000/", help="Where the console is served.")
 
-    def handle(self, *args, password: str | None = None, **options) -> None:
+    def handle(self, *args, password: str | None = None, url: str = "", **options) -> None:
         password = password or demo.demo_admin_password()
         with transaction.atomic():
             admin = demo.seed_admin(password)
@@ -30,4 +31,4 @@ class Command(BaseCommand):
             demo.finish_demo_states()
         self.stdout.write(f"Recorded {usage_rows} demo usage rows.")
         self.stdout.write(self.style.SUCCESS("Demo data is in place."))
-        self.stdout.write(f"Sign in at http://127.0.0.1:8000/ as {demo.DEMO_ADMIN_EMAIL} / {password}")
+        self.stdout.write(f"Sign in at {url} as {demo.DEMO_ADMIN_EMAIL} / {password}")
