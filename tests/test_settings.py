@@ -117,10 +117,20 @@ def test_redis_url_makes_redis_the_cache_and_the_celery_broker(tmp_path):
         "print(cache.get('tollgate-settings-test'), settings.CACHES['default']['BACKEND'],"
         " settings.CELERY_BROKER_URL, settings.CELERY_TASK_ALWAYS_EAGER, settings.SCHEDULED_JOBS_ENABLED)"
     )
-    result = manage("shell", "--no-imports", "-c", script, env={"REDIS_URL": "redis://127.0.0.1:6379/3", "TOLLGATE_VAR_DIR": str(tmp_path)})
+    result = manage(
+        "shell",
+        "--no-imports",
+        "-c",
+        script,
+        env={"REDIS_URL": "redis://127.0.0.1:6379/3", "TOLLGATE_VAR_DIR": str(tmp_path)},
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == [
-        "round-trip", "django.core.cache.backends.redis.RedisCache", "redis://127.0.0.1:6379/3", "False", "True"
+        "round-trip",
+        "django.core.cache.backends.redis.RedisCache",
+        "redis://127.0.0.1:6379/3",
+        "False",
+        "True",
     ]
 
 

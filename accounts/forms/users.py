@@ -107,7 +107,10 @@ class UserFilterForm(ConsoleForm):
 class UserGroupRateForm(ConsoleForm):
     group = forms.ModelChoiceField(queryset=Group.objects.none(), label="Group")
     rate_multiplier = forms.DecimalField(
-        label="Multiplier", max_digits=12, decimal_places=6, min_value=Decimal("0.000001"),
+        label="Multiplier",
+        max_digits=12,
+        decimal_places=6,
+        min_value=Decimal("0.000001"),
         help_text="Replaces the group's own rate multiplier for this user only.",
     )
 

@@ -11,7 +11,13 @@ from django.views.decorators.http import require_http_methods
 from django_tables2 import RequestConfig
 
 from accounts.forms.base import add_service_error
-from accounts.forms.users import BalanceAdjustForm, UserCreateForm, UserFilterForm, UserForm, UserGroupRateForm
+from accounts.forms.users import (
+    BalanceAdjustForm,
+    UserCreateForm,
+    UserFilterForm,
+    UserForm,
+    UserGroupRateForm,
+)
 from accounts.htmx import dialog_done, render_page
 from accounts.models import BalanceHistory, User
 from accounts.money import format_usd
@@ -151,7 +157,8 @@ def user_rates(request: HttpRequest, pk: int) -> HttpResponse:
     if request.method == "POST" and form.is_valid():
         try:
             user_group_rate_set(
-                user=user, group_id=form.cleaned_data["group"].pk,
+                user=user,
+                group_id=form.cleaned_data["group"].pk,
                 rate_multiplier=form.cleaned_data["rate_multiplier"],
             )
         except ValidationError as error:

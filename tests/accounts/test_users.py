@@ -223,7 +223,9 @@ def test_the_user_page_lists_the_balance_history(staff_client):
 def test_a_group_rate_override_is_set_replaced_and_removed(staff_client):
     user = UserFactory()
     group = GroupFactory(name="claude-pool", rate_multiplier=Decimal("1.5"))
-    page = staff_client.post(f"/users/{user.pk}/rates", {"group": group.pk, "rate_multiplier": "0.8"}).content.decode()
+    page = staff_client.post(
+        f"/users/{user.pk}/rates", {"group": group.pk, "rate_multiplier": "0.8"}
+    ).content.decode()
     assert "claude-pool" in page and "×0.8" in page and "<nav" not in page
     staff_client.post(f"/users/{user.pk}/rates", {"group": group.pk, "rate_multiplier": "1.2"})
     rate = user.group_rates.get()
@@ -235,7 +237,9 @@ def test_a_group_rate_override_is_set_replaced_and_removed(staff_client):
 def test_a_zero_rate_override_is_refused_with_the_value_kept(staff_client):
     user = UserFactory()
     group = GroupFactory()
-    page = staff_client.post(f"/users/{user.pk}/rates", {"group": group.pk, "rate_multiplier": "0"}).content.decode()
+    page = staff_client.post(
+        f"/users/{user.pk}/rates", {"group": group.pk, "rate_multiplier": "0"}
+    ).content.decode()
     assert "Ensure this value is greater than or equal to 0.000001." in page
     assert 'value="0"' in page
     assert not user.group_rates.exists()
