@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from django import forms
+from django.db.models import Case, When
 
 from accounts.forms.base import ConsoleForm, ConsoleModelForm, MoneyField
 from accounts.models import Group, UpstreamAccount
@@ -180,3 +181,34 @@ def routing_initial(group: Group) -> list[dict]:
 
 class MembershipPriorityForm(ConsoleForm):
     priority = forms.IntegerField(label="Priority in this group", min_value=0, max_value=10_000)
+
+
+class GroupTargetChoiceField(forms.ModelChoiceField):
+    def label_from_instance(self, group: Group) -> str:
+        notes = [group.get_platform_display()]
+        if group.is_exclusive:
+            notes.append("exclusive")
+        if group.subscription_type == Group.SubscriptionType.SUBSCRIPTION:
+            notes.append("subscription")
+        return f"{group.name} ({', '.join(notes)})"
+
+
+class RebindKeysForm(ConsoleForm):
+    """Where the keys of a group being deleted go. The service checks the platform and existence."""
+
+    target_group = GroupTargetChoiceField(
+        label="Move the keys to",
+        queryset=Group.objects.none(),
+        empty_label="Choose a group…",
+        help_text=(
+            "A group on the same platform. Exclusive and subscription groups are allowed, but the "
+            "gateway may refuse a moved key whose user has no access to that group."
+        ),
+    )
+
+    def __init__(self, *args, group: Group, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        # Every other group, this group's platform first, so a wrong choice gets a clear field error.
+        self.fields["target_group"].queryset = group_choices(exclude=group).order_by(
+            Case(When(platform=group.platform, then=0), default=1), "sort_order", "id"
+        )

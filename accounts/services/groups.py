@@ -9,8 +9,9 @@ from collections.abc import Iterable
 from django.core.exceptions import ValidationError
 from django.db import models, transaction
 from django.db.models import Case, Max, Value, When
+from django.utils import timezone
 
-from accounts.models import Group, GroupAccount
+from accounts.models import APIKey, Group, GroupAccount
 from accounts.services.upstream import is_valid_timezone
 
 SORT_STEP = 10
@@ -150,6 +151,48 @@ def group_delete(*, group: Group) -> None:
     if key_count or subscription_count:
         raise GroupInUseError(key_count=key_count, subscription_count=subscription_count)
     group.delete()
+
+
+def group_delete_rebinding_keys(*, group: Group, target_group_id: int) -> int:
+    """Move every key bound to `group` to the target group, then delete `group`; the keys moved.
+
+    One transaction: both rows are locked (in id order, so two opposite rebinds cannot deadlock),
+    which also stops new keys or subscriptions binding to the group meanwhile. The target must be
+    another existing group on the same platform. Subscriptions still block the delete, and then
+    no key is moved. Any failure leaves everything as it was.
+    """
+    with transaction.atomic():
+        locked = {
+            row.pk: row
+            for row in Group.objects.select_for_update()
+            .filter(pk__in=[group.pk, target_group_id])
+            .order_by("pk")
+        }
+        if group.pk not in locked:
+            raise ValidationError("This group no longer exists.")
+        group = locked[group.pk]
+        if target_group_id == group.pk:
+            raise ValidationError({"target_group": "Choose a different group than the one being deleted."})
+        target = locked.get(target_group_id)
+        if target is None:
+            raise ValidationError({"target_group": "That group no longer exists. Choose another one."})
+        if target.platform != group.platform:
+            raise ValidationError(
+                {
+                    "target_group": f"{target.name} is on the {target.get_platform_display()} platform; "
+                    f"these keys can only move to a group on {group.get_platform_display()}."
+                }
+            )
+        subscription_count = group.subscriptions.count()
+        if subscription_count:
+            raise ValidationError(
+                f"{subscription_count} subscription{'s' if subscription_count != 1 else ''} still "
+                f"use{'s' if subscription_count == 1 else ''} this group, so it cannot be deleted. "
+                "No keys were moved."
+            )
+        moved = APIKey.objects.filter(group=group).update(group=target, updated_at=timezone.now())
+        group_delete(group=group)
+    return moved
 
 
 def group_set_account_priority(*, group: Group, account_id: int, priority: int) -> None:

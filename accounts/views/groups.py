@@ -9,11 +9,18 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.template.defaultfilters import pluralize
 from django.urls import reverse
 from django.views.decorators.http import require_http_methods, require_POST
 
 from accounts.forms.base import add_service_error
-from accounts.forms.groups import GroupForm, MembershipPriorityForm, RoutingFormSet, routing_initial
+from accounts.forms.groups import (
+    GroupForm,
+    MembershipPriorityForm,
+    RebindKeysForm,
+    RoutingFormSet,
+    routing_initial,
+)
 from accounts.htmx import dialog_done, render_page
 from accounts.models import Group, UpstreamAccount
 from accounts.selectors.groups import group_detail as select_group
@@ -23,6 +30,7 @@ from accounts.services.groups import (
     GroupInUseError,
     group_create,
     group_delete,
+    group_delete_rebinding_keys,
     group_order_move,
     group_reorder,
     group_set_account_priority,
@@ -145,21 +153,33 @@ def group_account_priority(request: HttpRequest, pk: int, account_pk: int) -> Ht
 
 @require_http_methods(["GET", "POST"])
 def group_delete_dialog(request: HttpRequest, pk: int) -> HttpResponse:
+    """Delete; when keys are bound, the refusal offers to move them to another group and delete."""
     group = _group_or_404(pk)
     refusal = None
-    if request.method == "POST":
-        try:
+    rebinding = request.method == "POST" and "rebind" in request.POST
+    form = RebindKeysForm(request.POST if rebinding else None, group=group)
+    done = ""
+    try:
+        if rebinding and form.is_valid():
+            target = form.cleaned_data["target_group"]
+            moved = group_delete_rebinding_keys(group=group, target_group_id=target.pk)
+            done = f"Moved {moved} key{pluralize(moved)} to {target.name} and deleted group {group.name}."
+        elif request.method == "POST" and not rebinding:
             group_delete(group=group)
-        except GroupInUseError as error:
-            refusal = error
-        else:
-            messages.success(request, f"Group {group.name} deleted.")
-            response = dialog_done(changed="groups:changed")
-            response["HX-Redirect"] = reverse("accounts:group-list")
-            return response
+            done = f"Group {group.name} deleted."
+    except GroupInUseError as error:
+        refusal = error
+    except ValidationError as error:
+        add_service_error(form, error)
+    if done:
+        messages.success(request, done)
+        response = dialog_done(changed="groups:changed")
+        response["HX-Redirect"] = reverse("accounts:group-list")
+        return response
     context = {
         "subject": group,
         "refusal": refusal,
+        "rebind_form": form,
         "keys_url": f"/keys/?group={group.pk}",
         "dialog_action": reverse("accounts:group-delete", args=[group.pk]),
     }

@@ -1,14 +1,16 @@
 from __future__ import annotations
 
 import json
+import threading
 from decimal import Decimal
 
 import pytest
-from django.db import connection
+from django.core.exceptions import ValidationError
+from django.db import connection, connections, transaction
 from django.test.utils import CaptureQueriesContext
 
-from accounts.models import Group, GroupAccount
-from accounts.services.groups import group_reorder, group_routed_account_ids
+from accounts.models import APIKey, Group, GroupAccount
+from accounts.services.groups import group_delete_rebinding_keys, group_reorder, group_routed_account_ids
 from tests.factories import (
     APIKeyFactory,
     GroupAccountFactory,
@@ -374,3 +376,118 @@ def test_deleting_an_unused_group_keeps_its_accounts_and_clears_fallbacks_to_it(
     membership.account.refresh_from_db()
     dependent.refresh_from_db()
     assert dependent.fallback_group is None
+
+
+# --- Delete, moving the keys first ------------------------------------------------------------------
+
+
+def bound_key_groups(keys) -> set[int | None]:
+    return set(APIKey.objects.filter(pk__in=[k.pk for k in keys]).values_list("group_id", flat=True))
+
+
+def test_the_refusal_offers_to_move_the_keys_to_another_group(staff_client):
+    group = GroupFactory(name="busy")
+    GroupFactory(name="spare")
+    GroupFactory(name="elsewhere", platform="openai", is_exclusive=True)
+    APIKeyFactory.create_batch(2, group=group)
+    dialog = staff_client.get(f"/groups/{group.pk}/delete").content.decode()
+    assert "Move the 2 keys and delete this group" in dialog
+    assert dialog.index("spare (Anthropic)") < dialog.index("elsewhere (OpenAI, exclusive)")
+    assert ">busy (" not in dialog
+    assert "the gateway may refuse a moved key" in dialog
+
+
+def test_moving_the_keys_rebinds_them_all_and_deletes_the_group(staff_client):
+    group = GroupFactory(name="busy")
+    target = GroupFactory(name="spare")
+    keys = APIKeyFactory.create_batch(3, group=group)
+    other = APIKeyFactory(group=GroupFactory())
+    with CaptureQueriesContext(connection) as queries:
+        response = staff_client.post(
+            f"/groups/{group.pk}/delete",
+            {"rebind": "1", "target_group": target.pk},
+            headers={"HX-Request": "true"},
+        )
+    assert response.status_code == 204 and response["HX-Redirect"] == "/groups/"
+    assert not Group.objects.filter(pk=group.pk).exists()
+    assert bound_key_groups(keys) == {target.pk}
+    other.refresh_from_db()
+    assert other.group_id != target.pk
+    key_updates = [q for q in queries.captured_queries if q["sql"].startswith('UPDATE "accounts_apikey"')]
+    assert len(key_updates) == 1
+    page = staff_client.get("/groups/").content.decode()
+    assert "Moved 3 keys to spare and deleted group busy." in page
+
+
+def test_a_target_on_another_platform_is_refused_and_nothing_changes(staff_client):
+    group = GroupFactory(name="busy", platform="anthropic")
+    target = GroupFactory(name="gpt-pool", platform="openai")
+    keys = APIKeyFactory.create_batch(2, group=group)
+    response = staff_client.post(
+        f"/groups/{group.pk}/delete",
+        {"rebind": "1", "target_group": target.pk},
+        headers={"HX-Request": "true"},
+    )
+    dialog = response.content.decode()
+    assert response.status_code == 200
+    assert "gpt-pool is on the OpenAI platform; these keys can only move to a group on Anthropic." in dialog
+    assert f'<option value="{target.pk}" selected>' in dialog
+    assert Group.objects.filter(pk=group.pk).exists()
+    assert bound_key_groups(keys) == {group.pk}
+
+
+def test_the_target_cannot_be_the_group_itself():
+    group = GroupFactory()
+    keys = APIKeyFactory.create_batch(2, group=group)
+    with pytest.raises(ValidationError) as refused:
+        group_delete_rebinding_keys(group=group, target_group_id=group.pk)
+    assert "Choose a different group" in refused.value.message_dict["target_group"][0]
+    assert bound_key_groups(keys) == {group.pk}
+
+
+def test_subscriptions_still_block_the_delete_and_no_key_is_moved(staff_client):
+    group = SubscriptionGroupFactory(name="sub-pool")
+    target = SubscriptionGroupFactory(name="other-sub")
+    keys = APIKeyFactory.create_batch(2, group=group)
+    SubscriptionFactory.create_batch(2, group=group)
+    dialog = staff_client.get(f"/groups/{group.pk}/delete").content.decode()
+    assert "Not possible while subscriptions use this group" in dialog
+    response = staff_client.post(
+        f"/groups/{group.pk}/delete",
+        {"rebind": "1", "target_group": target.pk},
+        headers={"HX-Request": "true"},
+    )
+    assert "2 subscriptions still use this group, so it cannot be deleted. No keys were moved." in (
+        response.content.decode()
+    )
+    assert Group.objects.filter(pk=group.pk).exists()
+    assert bound_key_groups(keys) == {group.pk}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_target_deleted_while_the_move_waits_leaves_everything_as_it_was():
+    group = GroupFactory(name="busy")
+    target = GroupFactory(name="doomed")
+    keys = APIKeyFactory.create_batch(3, group=group)
+    deleted, release = threading.Event(), threading.Event()
+
+    def delete_target() -> None:
+        try:
+            with transaction.atomic():
+                Group.objects.filter(pk=target.pk).delete()
+                deleted.set()
+                release.wait(5)
+        finally:
+            connections.close_all()
+
+    other = threading.Thread(target=delete_target)
+    other.start()
+    assert deleted.wait(5)
+    # The move blocks on the target's row lock until the other transaction commits its delete.
+    threading.Timer(0.3, release.set).start()
+    with pytest.raises(ValidationError) as refused:
+        group_delete_rebinding_keys(group=group, target_group_id=target.pk)
+    other.join(5)
+    assert "no longer exists" in refused.value.message_dict["target_group"][0]
+    assert Group.objects.filter(pk=group.pk).exists() and not Group.objects.filter(pk=target.pk).exists()
+    assert bound_key_groups(keys) == {group.pk}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from playwright.sync_api import expect
 
-from accounts.models import Group
+from accounts.models import APIKey, Group
 from tests.factories import APIKeyFactory, GroupAccountFactory, GroupFactory, UpstreamAccountFactory
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -117,11 +117,13 @@ def test_the_group_form_adds_routing_rows_and_names_a_fallback_cycle(staff_page,
     assert b.pk
 
 
-def test_the_detail_page_and_a_refused_delete(staff_page, screenshot):
+def test_the_detail_page_and_a_refused_delete_that_moves_the_keys(staff_page, screenshot):
     group = GroupFactory(name="busy-pool")
     GroupAccountFactory(group=group, account=UpstreamAccountFactory(name="acc-1"), priority=5)
     GroupAccountFactory(group=group, account=UpstreamAccountFactory(name="acc-2"), priority=60)
     APIKeyFactory.create_batch(2, group=group)
+    spare = GroupFactory(name="spare-pool", is_exclusive=True)
+    GroupFactory(name="gpt-pool", platform="openai")
     page = staff_page
     page.goto(f"/groups/{group.pk}/")
     page.get_by_label("Priority of acc-2 in this group").fill("1")
@@ -136,6 +138,17 @@ def test_the_detail_page_and_a_refused_delete(staff_page, screenshot):
     )
     expect(dialog.get_by_role("button", name="Delete group")).to_be_hidden()
     screenshot(page, "delete-refused")
+    dialog.get_by_label("Move the keys to").select_option(label="gpt-pool (OpenAI)")
+    dialog.get_by_role("button", name="Move the 2 keys and delete this group").click()
+    expect(dialog.get_by_text("these keys can only move to a group on Anthropic")).to_be_visible()
+    screenshot(page, "rebind-refused")
+    dialog.get_by_label("Move the keys to").select_option(label="spare-pool (Anthropic, exclusive)")
+    dialog.get_by_role("button", name="Move the 2 keys and delete this group").click()
+    page.wait_for_url("**/groups/")
+    expect(page.get_by_text("Moved 2 keys to spare-pool and deleted group busy-pool.")).to_be_visible()
+    assert not Group.objects.filter(pk=group.pk).exists()
+    assert set(APIKey.objects.values_list("group_id", flat=True)) == {spare.pk}
+    assert page.console_errors == []
 
 
 def test_the_group_list_is_usable_on_a_phone(staff_page, three_groups, screenshot):
