@@ -7,15 +7,20 @@ boundaries, through these functions.
 
 from __future__ import annotations
 
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import ROUND_HALF_UP, Decimal, localcontext
 
 USD_PLACES = Decimal("0.00000001")
+# Wide enough that tokens × a 12+-decimal price × a multiplier is exact before quantising;
+# the default context (28 digits) could silently round a large request.
+PRECISION = 60
 MILLION = Decimal(1_000_000)
 
 
 def quantize_usd(amount: Decimal) -> Decimal:
     """Round to 8 places, half away from zero (ROUND_HALF_UP does that for Decimal)."""
-    return Decimal(amount).quantize(USD_PLACES, rounding=ROUND_HALF_UP)
+    with localcontext() as ctx:
+        ctx.prec = PRECISION
+        return Decimal(amount).quantize(USD_PLACES, rounding=ROUND_HALF_UP)
 
 
 def per_token_to_per_mtok(price: Decimal | None) -> Decimal | None:

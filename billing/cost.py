@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from decimal import ROUND_HALF_UP, Decimal, localcontext
+from decimal import Decimal, localcontext
 from typing import Any, Literal
+
+from accounts.money import PRECISION, quantize_usd
 
 BillingMode = Literal["token", "per_request", "image"]
 PricingSource = Literal["channel", "catalog", "missing"]
@@ -35,20 +37,9 @@ RATE_SOURCE_LABELS: dict[str, str] = {
     "default": "default rate",
 }
 
-USD_QUANTUM = Decimal("0.00000001")
 ZERO = Decimal(0)
 ONE = Decimal(1)
 TOKENS_PER_MTOK = Decimal(1_000_000)
-# Wide enough that tokens × a 12+-decimal price × a multiplier is exact before quantising;
-# the default context (28 digits) could silently round a large request.
-_PRECISION = 60
-
-
-def quantize_usd(amount: Decimal) -> Decimal:
-    """Round a money amount to 8 decimals, half away from zero (SPEC §1)."""
-    with localcontext() as ctx:
-        ctx.prec = _PRECISION
-        return amount.quantize(USD_QUANTUM, rounding=ROUND_HALF_UP)
 
 
 def _money_in(name: str, value: object, *, optional: bool = False) -> Decimal | None:
@@ -497,7 +488,7 @@ def compute_cost(
     unit_price_source: UnitPriceSource = ""
 
     with localcontext() as ctx:
-        ctx.prec = _PRECISION
+        ctx.prec = PRECISION
         if price is not None and mode == "token":
             chosen = select_interval(price.intervals, usage.context_tokens)
             iv = chosen or PriceInterval()  # an empty interval leaves every flat price as is
@@ -594,7 +585,7 @@ def format_usd(amount: Decimal) -> str:
 def format_per_mtok(price_per_token: Decimal) -> str:
     """A per-token price shown as operators read it: $3.00/MTok."""
     with localcontext() as ctx:
-        ctx.prec = _PRECISION
+        ctx.prec = PRECISION
         return f"${_plain(price_per_token * TOKENS_PER_MTOK, 2)}/MTok"
 
 
