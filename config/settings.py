@@ -8,6 +8,7 @@ README.md lists them all.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
 from pathlib import Path
@@ -69,6 +70,16 @@ if PRODUCTION and not os.getenv("SECRET_KEY"):
 SECRET_KEY = os.getenv("SECRET_KEY") or generated_secret(VAR_DIR / "secret_key")
 ALLOWED_HOSTS = envlist("ALLOWED_HOSTS", "" if PRODUCTION else "127.0.0.1,localhost,[::1]")
 CSRF_TRUSTED_ORIGINS = envlist("CSRF_TRUSTED_ORIGINS", "")
+
+# Reverse proxies (IPs or CIDRs) whose X-Forwarded-For is believed: the client address is the
+# first hop, read from the right, that is not one of them (accounts.client_address). Empty:
+# the header is ignored and REMOTE_ADDR is the client.
+TRUSTED_PROXIES = envlist("TRUSTED_PROXIES", "")
+for _proxy in TRUSTED_PROXIES:
+    try:
+        ipaddress.ip_network(_proxy, strict=False)
+    except ValueError as _error:
+        raise RuntimeError(f"TRUSTED_PROXIES: {_proxy!r} is not an IP address or CIDR network") from _error
 
 # Upstream credentials are encrypted with these keys (Fernet). The first key
 # encrypts; every key decrypts, so a new key can be put in front and old rows
@@ -171,9 +182,12 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
 
-# Sign-in throttle: this many failures inside the window lock the IP or the
-# username out until the window has passed.
+# Sign-in throttle (accounts.throttle). LOGIN_FAILURE_LIMIT failures for one email lock it,
+# from every address, for LOGIN_FAILURE_WINDOW_SECONDS after the last counted failure.
+# LOGIN_IP_FAILURE_LIMIT failures from one client address throttle that address: from then on
+# it may only try emails that have no failures, so it cannot lock every staff member out.
 LOGIN_FAILURE_LIMIT = envint("LOGIN_FAILURE_LIMIT", "5")
+LOGIN_IP_FAILURE_LIMIT = envint("LOGIN_IP_FAILURE_LIMIT", "20")
 LOGIN_FAILURE_WINDOW_SECONDS = envint("LOGIN_FAILURE_WINDOW_SECONDS", "900")
 
 LANGUAGE_CODE = "en-us"

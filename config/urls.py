@@ -13,6 +13,8 @@ urlpatterns = [
     path("password/done/", auth.password_change_done, name="password_change_done"),
     path("healthz", health.healthz, name="healthz"),
     path("favicon.ico", health.favicon, name="favicon"),
+    # Before admin.site.urls: the admin's own login would be a second, unthrottled way in.
+    path("django-admin/login/", auth.admin_login, name="admin-login"),
     path("django-admin/", admin.site.urls),
     path("", include("accounts.urls")),
     path("channels/", include("channels.urls")),
