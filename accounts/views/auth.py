@@ -1,19 +1,30 @@
-"""Sign-in, sign-out and password change: Django's auth views, throttled and styled."""
+"""Sign-in, sign-out, password change and sign-in locks: Django's auth views, throttled and styled."""
 
 from __future__ import annotations
 
+import logging
+
 from django import forms
+from django.conf import settings
+from django.contrib import messages
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.forms import AuthenticationForm
 from django.contrib.auth.views import redirect_to_login
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import redirect
 from django.urls import reverse
+from django.utils import timezone
 from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_POST
 
 from accounts import throttle
 from accounts.access import public
 from accounts.client_address import client_ip
 from accounts.forms.base import ConsoleFormMixin
+from accounts.htmx import hx_trigger_response, render_page
+from accounts.models import SignInCounter
+
+logger = logging.getLogger(__name__)
 
 
 def lockout_message(minutes: int) -> str:
@@ -87,3 +98,35 @@ password_change = auth_views.PasswordChangeView.as_view(
 password_change_done = auth_views.PasswordChangeDoneView.as_view(
     template_name="registration/password_change_done.html"
 )
+
+
+# -- sign-in locks: list them, lift one ------------------------------------------------------------------
+
+
+def sign_in_lock_list(request: HttpRequest) -> HttpResponse:
+    now = timezone.now()
+    locks = list(throttle.lockout_list(now=now))
+    for lock in locks:
+        lock.minutes_left = throttle.minutes_until(lock.window_ends_at, now=now)
+    context = {
+        "locks": locks,
+        "email_limit": settings.LOGIN_FAILURE_LIMIT,
+        "address_limit": settings.LOGIN_IP_FAILURE_LIMIT,
+        "window_minutes": settings.LOGIN_FAILURE_WINDOW_SECONDS // 60,
+    }
+    return render_page(request, "accounts/sign_in_lock_list.html", context)
+
+
+@require_POST
+def sign_in_unlock(request: HttpRequest, pk: int) -> HttpResponse:
+    counter = SignInCounter.objects.filter(pk=pk).first()
+    if counter is None:
+        message = "That lock had already ended."
+    else:
+        throttle.lockout_lift(kind=counter.kind, value=counter.value)
+        logger.info("Sign-in lock lifted by %s: %s %s", request.user.email, counter.kind, counter.value)
+        message = f"Unlocked {counter.value}."
+    if request.htmx:
+        return hx_trigger_response({"sign-in-locks:changed": True, "toast": {"message": message}})
+    messages.success(request, message)
+    return redirect("sign-in-locks")
