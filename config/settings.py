@@ -233,6 +233,9 @@ X_FRAME_OPTIONS = "DENY"
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_AGE = envint("SESSION_COOKIE_AGE", str(60 * 60 * 12))
 
+# Load balancers probe the backend over plain HTTP: /healthz must answer there, not redirect.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
+
 if PRODUCTION:
     SESSION_COOKIE_SECURE = True
     CSRF_COOKIE_SECURE = True
