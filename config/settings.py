@@ -40,6 +40,7 @@ def database_from_url(url: str) -> dict:
     if parsed.scheme == "sqlite":
         return {"ENGINE": "django.db.backends.sqlite3", "NAME": unquote(parsed.path) or ":memory:"}
     options = {key: values[-1] for key, values in parse_qs(parsed.query).items()}
+    conn_max_age = envint("DB_CONN_MAX_AGE", "0")
     return {
         "ENGINE": "django.db.backends.postgresql",
         "NAME": unquote(parsed.path.lstrip("/")) or "tollgate",
@@ -47,7 +48,10 @@ def database_from_url(url: str) -> dict:
         "PASSWORD": unquote(parsed.password or ""),
         "HOST": parsed.hostname or "",
         "PORT": str(parsed.port or ""),
-        "CONN_MAX_AGE": envint("DB_CONN_MAX_AGE", "0"),
+        "CONN_MAX_AGE": conn_max_age,
+        # A kept connection may have died with a database restart: test it before each
+        # request reuses it, instead of failing that request.
+        "CONN_HEALTH_CHECKS": conn_max_age > 0,
         "OPTIONS": options,
     }
 
