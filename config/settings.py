@@ -93,6 +93,13 @@ if not CREDENTIALS_KEYS:
     if PRODUCTION:
         raise RuntimeError("CREDENTIALS_KEYS must be set when TOLLGATE_ENV=production")
     CREDENTIALS_KEYS = [generated_secret(VAR_DIR / "credentials_key")]
+if PRODUCTION:
+    # A passphrase weaker than a key would be the weakest link of the encryption: refuse to
+    # start (`check --deploy` flags the same outside production: accounts.checks).
+    from accounts.crypto import weak_keys
+
+    if _weak := weak_keys(CREDENTIALS_KEYS):
+        raise RuntimeError("CREDENTIALS_KEYS is too weak for production: " + " ".join(_weak))
 
 INSTALLED_APPS = [
     "django.contrib.admin",
