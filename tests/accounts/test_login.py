@@ -203,3 +203,20 @@ def test_a_signed_in_customer_gets_the_sign_in_form_not_a_redirect_loop(client, 
     client.force_login(customer)
     assert client.get("/login/?next=/django-admin/").status_code == 200
     assert client.get("/django-admin/", follow=True).status_code == 200
+
+
+def test_the_embedded_default_counts_and_locks_on_sqlite(tmp_path):
+    # The count is one INSERT … ON CONFLICT … RETURNING, run as is on SQLite too.
+    from tests.test_settings import manage
+
+    env = {"TOLLGATE_VAR_DIR": str(tmp_path)}
+    assert manage("migrate", "--noinput", env=env).returncode == 0
+    script = (
+        "from accounts import throttle;"
+        "tries = [throttle.attempt_begin(username='A@x.com', ip='10.0.0.1') for _ in range(7)];"
+        "print(*[t.refused for t in tries], tries[-1].minutes_left, throttle.lockout_list().count());"
+        "throttle.lockout_lift(kind='username', value='a@x.com');"
+        "print(throttle.attempt_begin(username='a@x.com', ip='10.0.0.2').refused)"
+    )
+    result = manage("shell", "--no-imports", "-c", script, env=env)
+    assert result.stdout.split() == ["False"] * 5 + ["True", "True", "15", "1", "False"], result.stderr
