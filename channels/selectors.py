@@ -74,7 +74,7 @@ def map_model(*, channel: Channel | None, platform: str, model: str) -> str:
     """
     if channel is None or not model:
         return model
-    rules = (channel.model_mapping or {}).get(platform) or {}
+    rules = channel.mapping.get(platform) or {}
     source = match_pattern(rules.keys(), model)
     return rules[source] if source is not None else model
 

@@ -287,7 +287,7 @@ def mapping_as_json(rules: Sequence[MappingRule]) -> dict[str, dict[str, str]]:
 def mapping_rules(channel: Channel) -> list[MappingRule]:
     """The channel's mapping as rows, by platform order then source."""
     order = {value: position for position, value in enumerate(Platform.values)}
-    mapping = channel.model_mapping or {}
+    mapping = channel.mapping
     return [
         MappingRule(platform=platform, source=source, target=target)
         for platform in sorted(mapping, key=lambda p: (order.get(p, len(order)), p))
@@ -490,7 +490,7 @@ def channel_snapshot(channel: Channel | None) -> dict[str, Any]:
         "groups": sorted(channel.groups.values_list("name", flat=True)),
         "model_mapping": {
             f"{platform}: {source}": target
-            for platform, rules in sorted((channel.model_mapping or {}).items())
+            for platform, rules in sorted(channel.mapping.items())
             for source, target in sorted(rules.items())
         },
         "pricing": [_card_snapshot(card) for card in cards],
