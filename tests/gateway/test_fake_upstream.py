@@ -533,6 +533,54 @@ def test_cache_breakpoints_split_writes_by_ttl_and_read_the_longest_prefix(fake_
     assert fake_upstream.requests()[2]["billed"] == billed(3, WORDS, cache_read=1004, write_5m=504)
 
 
+def compact_tokens(value) -> int:
+    """The rule for anything but text: ceil(len(compact JSON) / 4)."""
+    return -(-len(json.dumps(value, separators=(",", ":"), ensure_ascii=False)) // 4)
+
+
+WEATHER_TOOL = {
+    "name": "get_weather",
+    "description": "The weather at a place.",
+    "input_schema": {"type": "object", "properties": {"place": {"type": "string"}}},
+}
+
+
+def test_tool_definitions_count_and_can_be_cached(fake_upstream):
+    client = anthropic_client(fake_upstream)
+    tools = [WEATHER_TOOL, {**WEATHER_TOOL, "name": "get_time", "cache_control": {"type": "ephemeral"}}]
+    tool_tokens = compact_tokens(WEATHER_TOOL) + compact_tokens({**WEATHER_TOOL, "name": "get_time"})
+
+    def ask():
+        return client.messages.create(
+            model="claude-haiku-4-5",
+            max_tokens=1024,
+            tools=tools,
+            messages=[{"role": "user", "content": QUESTION}],
+        )
+
+    written, read = ask(), ask()
+
+    assert (written.usage.cache_creation_input_tokens, written.usage.input_tokens) == (tool_tokens, 11)
+    assert (read.usage.cache_read_input_tokens, read.usage.input_tokens) == (tool_tokens, 11)
+
+
+def test_openai_tools_and_tool_calls_count_as_compact_json(fake_upstream):
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+    calls = [{"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}]
+    messages = [
+        {"role": "user", "content": QUESTION},
+        {"role": "assistant", "content": None, "tool_calls": calls},
+        {"role": "tool", "tool_call_id": "call_1", "content": "Sunny"},  # 4 + 2
+    ]
+
+    completion = openai_client(fake_upstream).chat.completions.create(
+        model="gpt-4o", messages=messages, tools=tools
+    )
+
+    expected = compact_tokens(tools) + 11 + (4 + compact_tokens(calls)) + 6
+    assert completion.usage.prompt_tokens == expected
+
+
 def test_count_tokens_counts_the_prompt_and_bills_nothing(fake_upstream):
     counted = anthropic_client(fake_upstream).messages.count_tokens(
         model="claude-haiku-4-5",
