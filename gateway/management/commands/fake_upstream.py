@@ -8,6 +8,7 @@ from gateway import fake_upstream
 
 
 class Command(BaseCommand):
+    requires_system_checks = []  # a test tool: it reads no setting and touches no database
     help = (
         "Serve a fake OpenAI and Anthropic upstream on loopback (JSON and SSE, realistic usage, scenario "
         "switches, a served-requests log at /_fake/requests). Point upstream accounts' base URL at it."
