@@ -71,7 +71,7 @@ bench-record-usage: check-services
 bench-usage-page: check-services
 	DATABASE_URL=$(TEST_DATABASE_URL) $(PY) -m bench.usage_page
 
-bench-fake-upstream: deps
+bench-fake-upstream: dev-deps
 	$(PY) -m bench.fake_upstream
 
 lint: dev-deps

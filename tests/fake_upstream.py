@@ -5,8 +5,8 @@
         ...
         upstream.requests()  # what it served, oldest first
 
-Gateway tests get it as the `fake_upstream` fixture (tests/gateway/conftest.py): one server per test
-session, its log and prompt caches emptied before each test.
+Tests get it as the `fake_upstream` fixture (this module is a pytest plugin, see tests/conftest.py):
+one server per test session, its log and prompt caches emptied before each test.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from gateway.fake_upstream import key_fingerprint
 
@@ -121,3 +123,16 @@ def _wait_until_healthy(server: FakeUpstreamServer, timeout: float = 10.0) -> No
             if time.monotonic() > deadline or server.process.poll() is not None:
                 raise
             time.sleep(0.05)
+
+
+@pytest.fixture(scope="session")
+def fake_upstream_server() -> Iterator[FakeUpstreamServer]:
+    with running_fake_upstream() as server:
+        yield server
+
+
+@pytest.fixture
+def fake_upstream(fake_upstream_server: FakeUpstreamServer) -> FakeUpstreamServer:
+    """The session's fake upstream, with an empty served-requests log and cold prompt caches."""
+    fake_upstream_server.reset()
+    return fake_upstream_server
