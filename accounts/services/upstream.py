@@ -459,3 +459,22 @@ def _quota_charge_sql(
     with connection.cursor() as cursor:
         cursor.execute(_quota_charge_statement(rules.daily_mode, rules.weekly_mode), params)
         return cursor.rowcount
+
+
+# --- Marks from the gateway's failover (docs/gateway.md#failover) -----------------------------
+
+
+def upstream_account_mark_rate_limited(*, account_id: int, until: datetime) -> None:
+    """The upstream answered 429: keep the account out of scheduling until `until`. A later mark
+    never shortens an earlier one."""
+    UpstreamAccount.objects.filter(pk=account_id).filter(
+        Q(rate_limited_until__isnull=True) | Q(rate_limited_until__lt=until)
+    ).update(rate_limited_until=until, updated_at=timezone.now())
+
+
+def upstream_account_mark_error(*, account_id: int, message: str) -> None:
+    """The upstream refused the credential (401 / 403): status `error` with its message, until an
+    operator clears it (upstream_account_clear_error)."""
+    UpstreamAccount.objects.filter(pk=account_id).update(
+        status=UpstreamAccount.Status.ERROR, error_message=message[:2000], updated_at=timezone.now()
+    )
