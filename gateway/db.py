@@ -41,20 +41,24 @@ class DatabaseThreads:
                 connection.close_if_unusable_or_obsolete()
             raise
 
-    def shutdown(self) -> None:
-        """Close each thread's connection (on that thread), then stop the threads."""
-        barrier = threading.Barrier(self.size + 1, timeout=10)
+    def on_every_thread(self, function: Callable[[], Any]) -> None:
+        """Run `function` once on each database thread (their connections are per thread); block
+        until all have. Each job waits for the others, so no thread can take two of them."""
+        barrier = threading.Barrier(self.size + 1, timeout=30)
 
-        def close() -> None:
+        def job() -> None:
             try:
-                connections.close_all()
+                function()
             finally:
                 with contextlib.suppress(threading.BrokenBarrierError):
                     barrier.wait()
 
-        # One job per thread: each waits on the barrier, so no thread can take two of them.
         for _ in range(self.size):
-            self._executor.submit(close)
+            self._executor.submit(job)
         with contextlib.suppress(threading.BrokenBarrierError):
             barrier.wait()
+
+    def shutdown(self) -> None:
+        """Close each thread's connection (on that thread), then stop the threads."""
+        self.on_every_thread(connections.close_all)
         self._executor.shutdown(wait=True)

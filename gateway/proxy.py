@@ -49,12 +49,6 @@ class Proxy:
         self.session = session
         self.db = db
         self.auth = auth
-        self.timeouts = Timeouts(
-            connect=settings.GATEWAY_CONNECT_TIMEOUT,
-            first_byte=settings.GATEWAY_FIRST_BYTE_TIMEOUT,
-            idle=settings.GATEWAY_IDLE_TIMEOUT,
-            total=settings.GATEWAY_TOTAL_TIMEOUT,
-        )
         self.board = AccountBoard()
         self.sticky = StickySessions(ttl=settings.GATEWAY_STICKY_TTL, size=settings.GATEWAY_STICKY_SIZE)
         self.limiter = LocalLimiter()
@@ -272,6 +266,12 @@ class Proxy:
         started: float,
         client: ClientChannel,
     ) -> tuple[Relayed, UsageMeter, str]:
+        timeouts = Timeouts(
+            connect=settings.GATEWAY_CONNECT_TIMEOUT,
+            first_byte=settings.GATEWAY_FIRST_BYTE_TIMEOUT,
+            idle=settings.GATEWAY_IDLE_TIMEOUT,
+            total=settings.GATEWAY_TOTAL_TIMEOUT,
+        )
         upstream_model = account_model(account, hold.mapped_model)
         payload, strip = upstream_payload(
             raw,
@@ -298,14 +298,14 @@ class Proxy:
             session=self.session,
             target=target,
             payload=payload,
-            timeouts=self.timeouts,
+            timeouts=timeouts,
             client=client,
             started=started,
         )
         meter = UsageMeter(kind=route.kind, body=body)
         if stream:
             first = await read_first_chunk(
-                response=response, client=client, timeouts=self.timeouts, started=started
+                response=response, client=client, timeouts=timeouts, started=started
             )
             relayed = await relay_stream(
                 response=response,
@@ -315,7 +315,7 @@ class Proxy:
                 strip_usage=strip,
                 protocol=protocol,
                 request_id=request_id,
-                timeouts=self.timeouts,
+                timeouts=timeouts,
                 started=started,
             )
         else:
@@ -324,7 +324,7 @@ class Proxy:
                 client=client,
                 meter=meter,
                 request_id=request_id,
-                timeouts=self.timeouts,
+                timeouts=timeouts,
                 started=started,
             )
         return relayed, meter, upstream_model
