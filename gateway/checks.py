@@ -145,11 +145,14 @@ def key_refusal(key: Any, *, now: datetime, client_ip: str, protocol: str) -> Ga
     if refusal is not None:
         return refusal
     if group.platform != protocol:
-        endpoint = "/v1/messages" if group.platform == "anthropic" else "/v1/chat/completions"
-        return GatewayError(
-            "ENDPOINT_NOT_SUPPORTED",
-            f"This API key's group serves {group.platform} models: call {endpoint} instead.",
-        )
+        if group.platform not in ("openai", "anthropic"):
+            message = (
+                f"This API key's group serves {group.platform} models, which the gateway does not relay yet."
+            )
+        else:
+            endpoint = "/v1/messages" if group.platform == "anthropic" else "/v1/chat/completions"
+            message = f"This API key's group serves {group.platform} models: call {endpoint} instead."
+        return GatewayError("ENDPOINT_NOT_SUPPORTED", message)
     return None
 
 
