@@ -21,6 +21,7 @@ from decimal import Decimal, localcontext
 from typing import Any, Literal
 
 from accounts.money import PRECISION, quantize_usd
+from channels.pricing import Price, PriceInterval, count_in, money_in
 
 BillingMode = Literal["token", "per_request", "image"]
 PricingSource = Literal["channel", "catalog", "missing"]
@@ -28,7 +29,6 @@ CacheTTL = Literal["5m", "1h"]
 RateSource = Literal["group", "user", "default"]
 UnitPriceSource = Literal["", "interval", "per_request_price", "none"]
 
-BILLING_MODES: frozenset[str] = frozenset({"token", "per_request", "image"})
 PRICING_SOURCES: frozenset[str] = frozenset({"channel", "catalog", "missing"})
 CACHE_TTLS: frozenset[str] = frozenset({"5m", "1h"})
 RATE_SOURCE_LABELS: dict[str, str] = {
@@ -40,111 +40,6 @@ RATE_SOURCE_LABELS: dict[str, str] = {
 ZERO = Decimal(0)
 ONE = Decimal(1)
 TOKENS_PER_MTOK = Decimal(1_000_000)
-
-
-def _money_in(name: str, value: object, *, optional: bool = False) -> Decimal | None:
-    # Floats are refused rather than converted: Decimal(0.1) is not 0.1, and a price that is
-    # silently off in the 17th digit would be multiplied by millions of tokens.
-    if value is None and optional:
-        return None
-    if isinstance(value, bool) or not isinstance(value, Decimal | int):
-        raise TypeError(f"{name} must be a Decimal, got {type(value).__name__}")
-    amount = Decimal(value)
-    if not amount.is_finite():
-        raise ValueError(f"{name} must be a finite number, got {amount}")
-    if amount < 0:
-        raise ValueError(f"{name} must not be negative, got {amount}")
-    return amount
-
-
-def _count_in(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < 0:
-        raise ValueError(f"{name} must not be negative, got {value}")
-    return value
-
-
-def _coerce_money(obj: object, names: tuple[str, ...], *, optional: bool) -> None:
-    for name in names:
-        # Frozen dataclasses: __post_init__ is the one place allowed to normalise fields.
-        object.__setattr__(obj, name, _money_in(name, getattr(obj, name), optional=optional))
-
-
-@dataclass(frozen=True)
-class PriceInterval:
-    """One row of a card's interval table (SPEC §2.2 PricingInterval). Prices are USD per token.
-
-    Token mode matches by context size (`min_tokens < context <= max_tokens`); per-request and
-    image modes match by `tier_label`. A multiplier scales the card's base price and is used only
-    when the explicit price next to it is empty.
-    """
-
-    min_tokens: int = 0
-    max_tokens: int | None = None
-    tier_label: str = ""
-    input_price: Decimal | None = None
-    output_price: Decimal | None = None
-    cache_write_price: Decimal | None = None
-    cache_read_price: Decimal | None = None
-    input_multiplier: Decimal | None = None
-    output_multiplier: Decimal | None = None
-    cache_write_multiplier: Decimal | None = None
-    cache_read_multiplier: Decimal | None = None
-    per_request_price: Decimal | None = None
-    sort_order: int = 0
-
-    def __post_init__(self) -> None:
-        _count_in("min_tokens", self.min_tokens)
-        if self.max_tokens is not None:
-            _count_in("max_tokens", self.max_tokens)
-        _coerce_money(
-            self,
-            (
-                "input_price",
-                "output_price",
-                "cache_write_price",
-                "cache_read_price",
-                "input_multiplier",
-                "output_multiplier",
-                "cache_write_multiplier",
-                "cache_read_multiplier",
-                "per_request_price",
-            ),
-            optional=True,
-        )
-
-
-@dataclass(frozen=True)
-class Price:
-    """A pricing card (channel ModelPricing or catalog default). Prices are USD per token."""
-
-    input_price: Decimal = ZERO
-    output_price: Decimal = ZERO
-    cache_write_price: Decimal = ZERO  # 5-minute cache writes
-    cache_write_1h_price: Decimal | None = None  # None = same as cache_write_price
-    cache_read_price: Decimal = ZERO
-    image_output_price: Decimal = ZERO
-    per_request_price: Decimal | None = None
-    billing_mode: BillingMode = "token"
-    intervals: tuple[PriceInterval, ...] = ()
-
-    def __post_init__(self) -> None:
-        if self.billing_mode not in BILLING_MODES:
-            raise ValueError(
-                f"billing_mode must be one of {sorted(BILLING_MODES)}, got {self.billing_mode!r}"
-            )
-        _coerce_money(
-            self,
-            ("input_price", "output_price", "cache_write_price", "cache_read_price", "image_output_price"),
-            optional=False,
-        )
-        _coerce_money(self, ("cache_write_1h_price", "per_request_price"), optional=True)
-        # Accept a list from callers but keep the card hashable and immutable.
-        object.__setattr__(self, "intervals", tuple(self.intervals))
-        for interval in self.intervals:
-            if not isinstance(interval, PriceInterval):
-                raise TypeError(f"intervals must hold PriceInterval, got {type(interval).__name__}")
 
 
 @dataclass(frozen=True)
@@ -164,7 +59,7 @@ class Usage:
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             if f.name != "image_size_tier":
-                _count_in(f.name, getattr(self, f.name))
+                count_in(f.name, getattr(self, f.name))
 
     @property
     def context_tokens(self) -> int:
@@ -443,8 +338,8 @@ def compute_cost(
         raise ValueError(f"cache_ttl_override must be '5m', '1h' or None, got {cache_ttl_override!r}")
     if rate_multiplier_source not in RATE_SOURCE_LABELS:
         raise ValueError(f"rate_multiplier_source must be one of {sorted(RATE_SOURCE_LABELS)}")
-    rate = _money_in("rate_multiplier", rate_multiplier)
-    account_rate = _money_in("account_rate_multiplier", account_rate_multiplier)
+    rate = money_in("rate_multiplier", rate_multiplier)
+    account_rate = money_in("account_rate_multiplier", account_rate_multiplier)
     assert rate is not None and account_rate is not None  # not optional; narrows the type
 
     cache_5m, cache_1h = usage.cache_creation_5m_tokens, usage.cache_creation_1h_tokens

@@ -12,8 +12,8 @@ from datetime import datetime, timedelta
 
 from django.utils import timezone
 
-from accounts import windows
-from accounts.models import APIKey, GroupAccount, Subscription, UpstreamAccount, User
+from accounts.models import APIKey, GroupAccount, Subscription, User
+from accounts.snapshots import upstream_account_snapshots_load
 from billing.cost import Usage
 from billing.models import UsageLog
 from billing.pricing import billing_context
@@ -119,8 +119,7 @@ def _seed_key(key: APIKey, *, now: datetime) -> int:
 
 
 def _quota_exceeded(account_id: int, at: datetime) -> bool:
-    account = UpstreamAccount.objects.get(pk=account_id)
-    return windows.is_quota_exceeded(windows.QuotaState.from_obj(account), at)
+    return upstream_account_snapshots_load([account_id])[account_id].is_quota_exceeded(at)
 
 
 def _request_id(key: APIKey, n: int) -> str:

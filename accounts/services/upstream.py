@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from functools import cache
-from typing import ClassVar
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -26,6 +25,7 @@ from django.utils import timezone
 from accounts.crypto import decrypt_credentials, encrypt_credentials
 from accounts.models import Group, Platform, UpstreamAccount
 from accounts.money import quantize_usd
+from accounts.snapshots import AccountQuota
 from accounts.windows import PERIOD_LENGTHS, _boundary_at_or_before, zone
 
 Type = UpstreamAccount.Type
@@ -306,45 +306,6 @@ def _period_expired(
     return Q(**{f"{field}__isnull": True}) | Q(**{f"{field}__{compare}": threshold})
 
 
-@dataclass(frozen=True, slots=True)
-class QuotaResetRules:
-    """An account's quota reset settings: configuration the quota engine needs before its UPDATE.
-
-    Billing keeps them in its BillingContext, so a charge does not read them again.
-    """
-
-    daily_mode: str
-    daily_hour: int
-    weekly_mode: str
-    weekly_hour: int
-    weekly_weekday: int
-    timezone: str  # as configured; empty means settings.TIME_ZONE
-
-    FIELDS: ClassVar[tuple[str, ...]] = (
-        "quota_daily_reset_mode",
-        "quota_daily_reset_hour",
-        "quota_weekly_reset_mode",
-        "quota_weekly_reset_hour",
-        "quota_weekly_reset_weekday",
-        "quota_timezone",
-    )
-
-    @classmethod
-    def of(cls, account: UpstreamAccount) -> QuotaResetRules:
-        return cls(*(getattr(account, name) for name in cls.FIELDS))
-
-    @classmethod
-    def read(cls, account_id: int) -> QuotaResetRules:
-        """Raises UpstreamAccount.DoesNotExist for an unknown id."""
-        return cls(*UpstreamAccount.objects.values_list(*cls.FIELDS).get(pk=account_id))
-
-    def period(self, period: str) -> tuple[str, int, int]:
-        """(mode, hour, weekday) of the daily or weekly period; the daily one has no weekday."""
-        if period == "daily":
-            return self.daily_mode, self.daily_hour, 0
-        return self.weekly_mode, self.weekly_hour, self.weekly_weekday
-
-
 def _period_threshold(*, now: datetime, period: str, mode: str, hour: int, weekday: int, tz: str) -> datetime:
     """The instant _period_expired compares the stored start with (see there)."""
     if mode == UpstreamAccount.ResetMode.ROLLING:
@@ -357,7 +318,7 @@ def upstream_account_quota_charge(
     account_id: int,
     amount_usd: Decimal,
     now: datetime | None = None,
-    rules: QuotaResetRules | None = None,
+    rules: AccountQuota | None = None,
 ) -> None:
     """Add `amount_usd` to the account's total, daily and weekly quota usage in ONE atomic UPDATE.
 
@@ -371,15 +332,15 @@ def upstream_account_quota_charge(
     when the row lock is taken: concurrent charges serialise on the row and none is lost.
 
     The reset settings (mode, hour, weekday, timezone) are configuration, not counters: `rules`
-    is them as the caller last read them (billing's BillingContext carries them), and without it
-    they are read here first. A concurrent edit of them can at worst decide a request by the old
+    is the account's quota as the caller last read it (billing's BillingContext carries it; only
+    its reset settings are used, never its used amounts), and without it it is read here first. A concurrent edit of them can at worst decide a request by the old
     rule. Also records `last_used_at`. Raises UpstreamAccount.DoesNotExist for an unknown id.
     """
     now = now or timezone.now()
     amount = quantize_usd(amount_usd)
     if rules is None:
-        rules = QuotaResetRules.read(account_id)
-    tz = rules.timezone or settings.TIME_ZONE
+        rules = AccountQuota.read_rules(account_id)
+    tz = rules.zone
     if connection.vendor == "postgresql":
         changed = _quota_charge_sql(account_id=account_id, amount=amount, now=now, rules=rules, tz=tz)
     else:
@@ -394,7 +355,7 @@ def upstream_account_quota_charge(
 
 
 def _quota_charge_orm(
-    *, account_id: int, amount: Decimal, now: datetime, rules: QuotaResetRules, tz: str
+    *, account_id: int, amount: Decimal, now: datetime, rules: AccountQuota, tz: str
 ) -> int:
     money = models.DecimalField(max_digits=20, decimal_places=8)
     stamp = Value(now, output_field=models.DateTimeField())
@@ -445,7 +406,7 @@ def _quota_charge_statement(daily_mode: str, weekly_mode: str) -> str:
 
 
 def _quota_charge_sql(
-    *, account_id: int, amount: Decimal, now: datetime, rules: QuotaResetRules, tz: str
+    *, account_id: int, amount: Decimal, now: datetime, rules: AccountQuota, tz: str
 ) -> int:
     params = {"id": account_id, "amount": amount, "now": now}
     for period in ("daily", "weekly"):
@@ -454,5 +415,5 @@ def _quota_charge_sql(
             now=now, period=period, mode=mode, hour=hour, weekday=weekday, tz=tz
         )
     with connection.cursor() as cursor:
-        cursor.execute(_quota_charge_statement(rules.daily_mode, rules.weekly_mode), params)
+        cursor.execute(_quota_charge_statement(rules.daily_reset_mode, rules.weekly_reset_mode), params)
         return cursor.rowcount
