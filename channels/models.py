@@ -169,7 +169,7 @@ class PricingInterval(models.Model):
 
 
 class ChannelAuditLog(models.Model):
-    """Who changed a channel, when, and what: `changes` is a JSON diff of the channel's snapshot."""
+    """Who changed a channel, when, and what: `changes` is a JSON diff of two readable pictures of the channel."""
 
     class Action(models.TextChoices):
         CREATE = "create", "Created"

@@ -20,6 +20,7 @@ from django.db import IntegrityError, transaction
 
 from accounts.models import Group, Platform, User
 from accounts.money import per_token_to_per_mtok
+from accounts.snapshots import snapshots_changed
 from channels.models import (
     BillingMode,
     Channel,
@@ -309,7 +310,9 @@ def channel_create(
 ) -> Channel:
     channel = Channel()
     _save(channel, fields=fields, group_ids=group_ids, cards=cards, mapping=mapping)
-    _audit(channel, ChannelAuditLog.Action.CREATE, before=channel_snapshot(None), actor=actor)
+    _audit(channel, ChannelAuditLog.Action.CREATE, before=channel_audit_picture(None), actor=actor)
+    # The gateway finds a group's channel by the group, so the groups are named too.
+    snapshots_changed(channel_ids=[channel.pk], group_ids=group_ids)
     return channel
 
 
@@ -325,7 +328,14 @@ def channel_update(
 ) -> Channel:
     """Replace the channel's fields, groups, cards and mapping with these; audited when anything changed."""
     locked = Channel.objects.select_for_update().get(pk=channel.pk)
-    before = channel_snapshot(locked)
+    before = channel_audit_picture(locked)
+    snapshots_changed(
+        channel_ids=[locked.pk],
+        group_ids=[
+            *group_ids,
+            *ChannelGroup.objects.filter(channel=locked).values_list("group_id", flat=True),
+        ],
+    )
     _save(locked, fields=fields, group_ids=group_ids, cards=cards, mapping=mapping)
     _audit(locked, ChannelAuditLog.Action.UPDATE, before=before, actor=actor)
     return locked
@@ -334,13 +344,17 @@ def channel_update(
 @transaction.atomic
 def channel_delete(*, channel: Channel, actor: User | None = None) -> None:
     """Delete the channel; its groups fall back to catalog prices. The audit row keeps the name."""
-    before = channel_snapshot(channel)
+    before = channel_audit_picture(channel)
     ChannelAuditLog.objects.create(
         channel=None,
         channel_name=channel.name,
         action=ChannelAuditLog.Action.DELETE,
         actor=actor,
-        changes=snapshot_diff(before, channel_snapshot(None)),
+        changes=audit_diff(before, channel_audit_picture(None)),
+    )
+    snapshots_changed(
+        channel_ids=[channel.pk],
+        group_ids=ChannelGroup.objects.filter(channel=channel).values_list("group_id", flat=True),
     )
     channel.delete()
 
@@ -426,7 +440,7 @@ def _interval_values(interval: IntervalSpec) -> dict[str, Any]:
 
 
 def _audit(channel: Channel, action: str, *, before: dict, actor: User | None) -> None:
-    changes = snapshot_diff(before, channel_snapshot(channel))
+    changes = audit_diff(before, channel_audit_picture(channel))
     if changes or action != ChannelAuditLog.Action.UPDATE:
         ChannelAuditLog.objects.create(
             channel=channel, channel_name=channel.name, action=action, actor=actor, changes=changes
@@ -440,7 +454,7 @@ def _price_text(value: Decimal | None, *, per_mtok: bool = True) -> str | None:
     return format(shown, "f")
 
 
-def _card_snapshot(card: ModelPricing) -> dict[str, Any]:
+def _card_picture(card: ModelPricing) -> dict[str, Any]:
     prices = {name: _price_text(getattr(card, name)) for name in CARD_PRICES}
     return {
         "platform": card.platform,
@@ -452,11 +466,11 @@ def _card_snapshot(card: ModelPricing) -> dict[str, Any]:
             if card.per_request_price is not None
             else {}
         ),
-        "intervals": [_interval_snapshot(interval) for interval in card.intervals.all()],
+        "intervals": [_interval_picture(interval) for interval in card.intervals.all()],
     }
 
 
-def _interval_snapshot(interval: PricingInterval) -> str:
+def _interval_picture(interval: PricingInterval) -> str:
     upper = "∞" if interval.max_tokens is None else f"{interval.max_tokens:,}"
     parts = [f"({interval.min_tokens:,}, {upper}]"]
     if interval.tier_label:
@@ -472,7 +486,7 @@ def _interval_snapshot(interval: PricingInterval) -> str:
     return " ".join(parts)
 
 
-def channel_snapshot(channel: Channel | None) -> dict[str, Any]:
+def channel_audit_picture(channel: Channel | None) -> dict[str, Any]:
     """A readable, JSON-safe picture of a channel (prices in $/MTok), for the audit diff."""
     if channel is None or channel.pk is None:
         return {"groups": [], "model_mapping": {}, "pricing": []}
@@ -493,7 +507,7 @@ def channel_snapshot(channel: Channel | None) -> dict[str, Any]:
             for platform, rules in sorted((channel.model_mapping or {}).items())
             for source, target in sorted(rules.items())
         },
-        "pricing": [_card_snapshot(card) for card in cards],
+        "pricing": [_card_picture(card) for card in cards],
     }
 
 
@@ -501,8 +515,8 @@ def _card_key(card: dict[str, Any]) -> str:
     return f"{card['platform']}: {', '.join(normalise_pattern(m) for m in card['models'])}"
 
 
-def snapshot_diff(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
-    """What changed between two snapshots; {} when nothing did.
+def audit_diff(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """What changed between two pictures; {} when nothing did.
 
     Scalars become {"from", "to"}; groups and mapping entries "added"/"removed"/"changed";
     cards are matched by platform and models (then by position within a platform) and report

@@ -33,6 +33,7 @@ from accounts import windows
 from accounts.models import APIKey, Group, User, timezone_name
 from accounts.money import quantize_usd
 from accounts.selectors.keys import DISPLAY_PREFIX_LENGTH, key_group_problem
+from accounts.snapshots import snapshots_changed
 
 logger = logging.getLogger(__name__)
 
@@ -180,6 +181,7 @@ def api_key_create(
     key.key_last4 = secret[-4:]
     key.status = _resolved_status(key, now=now, disabled=False)
     key.save()
+    snapshots_changed(key_ids=[key.pk])
     logger.info("API key %s (%s) created for %s", key.pk, key.masked, user.email)
     return key, secret
 
@@ -204,6 +206,7 @@ def api_key_update(*, key: APIKey, fields: dict, now: datetime | None = None) ->
     _validate(locked, check_group=rebinding, now=now)
     locked.status = _resolved_status(locked, now=now)
     locked.save(update_fields=[*fields, "status", "updated_at"])
+    snapshots_changed(key_ids=[locked.pk])
     logger.info("API key %s updated (%s)", locked.pk, ", ".join(sorted(fields)))
     return locked
 
@@ -216,6 +219,7 @@ def _act(
         change(key)
         key.status = _resolved_status(key, now=now or current_time(), disabled=disabled)
         key.save(update_fields=[*fields, "status", "updated_at"])
+        snapshots_changed(key_ids=[key.pk])
     return key
 
 
@@ -256,14 +260,18 @@ def api_key_set_enabled(*, key_id: int, enabled: bool, now: datetime | None = No
 def api_key_delete(*, key_id: int) -> None:
     deleted, _ = APIKey.objects.filter(pk=key_id).delete()
     if deleted:
+        snapshots_changed(key_ids=[key_id])
         logger.info("API key %s deleted", key_id)
 
 
 def api_key_expire_due(*, now: datetime | None = None) -> int:
     """Flip active keys past their expiry to expired (the tidy-up job; the gateway checks the time)."""
-    return APIKey.objects.filter(status=Status.ACTIVE, expires_at__lte=now or current_time()).update(
-        status=Status.EXPIRED
-    )
+    with transaction.atomic():
+        due = APIKey.objects.filter(status=Status.ACTIVE, expires_at__lte=now or current_time())
+        ids = list(due.values_list("pk", flat=True))
+        flipped = APIKey.objects.filter(pk__in=ids, status=Status.ACTIVE).update(status=Status.EXPIRED)
+        snapshots_changed(key_ids=ids)
+    return flipped
 
 
 # --- the counter engine ---------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from django.utils import timezone
 from accounts.crypto import decrypt_credentials, encrypt_credentials
 from accounts.models import Group, Platform, UpstreamAccount
 from accounts.money import quantize_usd
-from accounts.snapshots import AccountQuota
+from accounts.snapshots import AccountQuota, snapshots_changed
 from accounts.windows import PERIOD_LENGTHS, _boundary_at_or_before, zone
 
 Type = UpstreamAccount.Type
@@ -208,6 +208,7 @@ def upstream_account_create(
     account.save()
     if groups:
         account.groups.set(groups, through_defaults={"priority": account.priority})
+    snapshots_changed(account_ids=[account.pk], group_ids=[g.pk for g in groups or ()])
     return account
 
 
@@ -238,8 +239,11 @@ def upstream_account_update(
     )
     account.full_clean()
     account.save(update_fields=[*fields.keys(), "credentials_encrypted", "updated_at"])
+    member_of: set[int] = set()
     if groups is not None:
+        member_of = set(account.groups.values_list("pk", flat=True)) | {g.pk for g in groups}
         account.groups.set(groups, through_defaults={"priority": account.priority})
+    snapshots_changed(account_ids=[account.pk], group_ids=member_of)
     return account
 
 
@@ -248,13 +252,16 @@ def upstream_account_update(
 
 def upstream_account_set_schedulable(*, account_id: int, schedulable: bool) -> None:
     UpstreamAccount.objects.filter(pk=account_id).update(schedulable=schedulable, updated_at=timezone.now())
+    snapshots_changed(account_ids=[account_id])
 
 
 def upstream_account_clear_error(*, account_id: int) -> None:
     """Back to active with the message cleared; only an account in error is touched."""
-    UpstreamAccount.objects.filter(pk=account_id, status=UpstreamAccount.Status.ERROR).update(
+    cleared = UpstreamAccount.objects.filter(pk=account_id, status=UpstreamAccount.Status.ERROR).update(
         status=UpstreamAccount.Status.ACTIVE, error_message="", updated_at=timezone.now()
     )
+    if cleared:
+        snapshots_changed(account_ids=[account_id])
 
 
 def upstream_account_quota_reset(*, account_id: int) -> None:
@@ -267,17 +274,20 @@ def upstream_account_quota_reset(*, account_id: int) -> None:
         quota_weekly_start=None,
         updated_at=timezone.now(),
     )
+    snapshots_changed(account_ids=[account_id])
 
 
 @transaction.atomic
 def upstream_account_delete(*, account: UpstreamAccount) -> None:
     """Delete the account and take its id out of every group's model routing."""
-    for group in Group.objects.select_for_update().filter(memberships__account=account):
+    groups = list(Group.objects.select_for_update().filter(memberships__account=account))
+    for group in groups:
         routing = {
             pattern: [i for i in ids if i != account.pk] for pattern, ids in group.model_routing.items()
         }
         if routing != group.model_routing:
             Group.objects.filter(pk=group.pk).update(model_routing=routing)
+    snapshots_changed(account_ids=[account.pk], group_ids=[group.pk for group in groups])
     account.delete()
 
 
