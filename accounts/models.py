@@ -1,4 +1,4 @@
-"""Users, groups, upstream accounts, API keys and subscriptions (SPEC §2.1, §2.3).
+"""Users, groups, upstream accounts, API keys and subscriptions (docs/entities.md).
 
 Money is Decimal: balances, quotas and costs carry 8 decimal places.
 Counters on these models are only ever changed by the atomic services in
@@ -325,7 +325,7 @@ class UpstreamAccount(models.Model):
 
     @property
     def has_quota(self) -> bool:
-        """Quotas apply to the types that bill per token at the provider (SPEC §2.1)."""
+        """Quotas apply to the types that bill per token at the provider (docs/windows.md#account-quotas)."""
         return self.type in self.QUOTA_TYPES
 
     @property
@@ -350,7 +350,7 @@ class GroupAccount(models.Model):
 
 
 def timezone_name(name: str) -> str:
-    """A configured IANA zone, with empty meaning settings.TIME_ZONE (SPEC §1)."""
+    """A configured IANA zone, with empty meaning settings.TIME_ZONE (docs/windows.md#timezones)."""
     return name or settings.TIME_ZONE
 
 

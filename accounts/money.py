@@ -1,4 +1,4 @@
-"""Money helpers shared by every app (SPEC §1).
+"""Money helpers shared by every app (docs/money.md).
 
 Amounts are USD Decimals with 8 places; prices are stored per token and
 shown per million tokens. Conversions happen only at form and page

@@ -8,7 +8,8 @@ code, and `loaded_at`. Counters in a snapshot (usage, balance, quota used) are a
 
 Other apps read these snapshots, never the rows. Every service that changes a row a snapshot
 reads calls `snapshots_changed`, which tells every registered listener (the gateway's cache)
-which ids changed once the transaction commits.
+which ids changed once the transaction commits (docs/gateway.md#auth-snapshot,
+docs/recording.md#billing-context).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Window math for quotas, key rate limits and subscriptions (SPEC §1, §2.1, §2.3).
+"""Window math for quotas, key rate limits and subscriptions (docs/windows.md).
 
 Pure functions: aware datetimes in, aware UTC datetimes out, no database. The
 atomic counter services rebuild the same rules as SQL CASE expressions, and
@@ -97,7 +97,7 @@ def _boundary_at_or_before(instant: datetime, hour: int, weekday: int | None, tz
     return max(b for b in _boundaries(instant, hour, weekday, tz) if b <= instant)
 
 
-# --- Upstream account quotas (SPEC §2.1) -------------------------------------------------------
+# --- Upstream account quotas (docs/windows.md#account-quotas) -----------------------------------
 
 
 def period_end(
@@ -191,7 +191,7 @@ class PeriodRule(TypedDict):
     tz: Zone
 
 
-# --- API key windows (SPEC §2.1) ---------------------------------------------------------------
+# --- API key windows (docs/windows.md#key-windows) ----------------------------------------------
 
 
 def key_window_start_for(kind: KeyWindow, now: datetime, tz: Zone) -> datetime:
@@ -223,7 +223,7 @@ def key_window_effective_usage(
     return ZERO if key_window_expired(kind, start, now) else used
 
 
-# --- Subscription windows (SPEC §2.3) ----------------------------------------------------------
+# --- Subscription windows (docs/windows.md#subscription-windows) --------------------------------
 
 
 def subscription_window_start(

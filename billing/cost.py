@@ -1,10 +1,10 @@
-"""The cost of one request (SPEC §3), as a pure function.
+"""The cost of one request (docs/pricing.md), as a pure function.
 
 No database and no Django: billing builds a `Price` from a channel pricing card or the catalog,
 a `Usage` from the upstream response, and stores the returned `CostBreakdown` (via `as_dict()`)
 on the usage row so the usage page can re-render the sentence later without re-pricing.
 
-Quantisation (SPEC §1: 8 decimals, round half away from zero):
+Quantisation (docs/money.md#rounding: 8 decimals, round half away from zero):
 - every component is quantised on its own (so each stored component is exact);
 - `total_cost` is the plain sum of those quantised components, so a row's components always add
   up to its total to the last digit. It may differ from quantising the raw sum by at most half a
@@ -63,7 +63,7 @@ class Usage:
 
     @property
     def context_tokens(self) -> int:
-        """SPEC §3.3: what the interval is chosen by."""
+        """What the interval is chosen by (docs/pricing.md#intervals)."""
         return (
             self.input_tokens
             + self.cache_creation_5m_tokens
@@ -119,10 +119,11 @@ def _cache_write_1h_price(price: Price, interval: PriceInterval | None) -> Decim
         return base_1h
     # An interval has one cache-write price but writes come in two buckets. Scaling only the 5m
     # price would bill long-context 1h writes at the short-context rate, the under-billing
-    # SPEC §2.2 warns about. So the interval moves both buckets by the same factor.
+    # docs/pricing.md#cache-writes warns about. So the interval moves both buckets by the same factor.
     if interval.cache_write_price is not None:
         if price.cache_write_1h_price is None or price.cache_write_price == 0:
-            # No 1h:5m ratio to keep, so the 1h bucket falls back to the 5m price (SPEC §3.4).
+            # No 1h:5m ratio to keep, so the 1h bucket falls back to the 5m price
+            # (docs/pricing.md#cache-writes).
             return interval.cache_write_price
         return interval.cache_write_price * price.cache_write_1h_price / price.cache_write_price
     if interval.cache_write_multiplier is not None:
@@ -181,7 +182,7 @@ class CostBreakdown:
 
     @property
     def cache_ttl_overridden(self) -> bool:
-        """What the usage row stores (SPEC §2.1)."""
+        """What the usage row stores (docs/pricing.md#cache-writes)."""
         return self.cache_ttl_override is not None
 
     def components(self) -> dict[str, Decimal]:
@@ -222,7 +223,7 @@ class CostBreakdown:
         return cls(**values)
 
     def explain(self) -> str:
-        """One sentence an operator can check with a calculator; prices in $/MTok (SPEC §1)."""
+        """A sentence to check with a calculator; prices in $/MTok (docs/pricing.md#breakdown)."""
         head = f"{self.billing_model or 'Request'}"
         if self.pricing_source == "missing":
             head += ": no price found (pricing_source=missing), billed $0"
@@ -323,7 +324,7 @@ def compute_cost(
     cache_ttl_override: CacheTTL | None = None,
     billing_model: str = "",
 ) -> CostBreakdown:
-    """Price one request (SPEC §3.3–§3.6).
+    """Price one request (docs/pricing.md#components, docs/pricing.md#multipliers).
 
     `rate_multiplier` is already resolved by the caller (the user's override for the group if
     set, else the group's); `rate_multiplier_source` says which, for the explanation.
@@ -398,7 +399,7 @@ def compute_cost(
                 iv.cache_read_price, iv.cache_read_multiplier, price.cache_read_price
             )
             prices["cache_write_1h_price"] = _cache_write_1h_price(price, chosen)
-            # Intervals carry no image price (SPEC §2.2), so image output is always flat.
+            # Intervals carry no image price (docs/pricing.md#intervals), so image output is always flat.
             prices["image_output_price"] = price.image_output_price
 
             costs["input_cost"] = quantize_usd(usage.input_tokens * prices["input_price"])

@@ -1,4 +1,4 @@
-"""Reads for the operator dashboard (SPEC §6). Usage figures come from the hourly rollups.
+"""Reads for the operator dashboard (docs/console.md#dashboard). Usage figures come from the hourly rollups.
 
 Every function here is a fixed number of queries, however many rollup rows, keys or
 accounts there are: the dashboard's query count is tested with thousands of rows.

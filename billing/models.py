@@ -1,4 +1,4 @@
-"""The usage ledger and its hourly rollups (SPEC §2.3).
+"""The usage ledger and its hourly rollups (docs/entities.md#usage-ledger, docs/recording.md#rollups).
 
 A UsageLog row is written once by billing.services.usage_record and never updated. Its cost
 columns are the CostBreakdown of billing/cost.py; the rest of the breakdown (effective prices,

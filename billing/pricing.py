@@ -1,4 +1,5 @@
-"""Which price applies to a request, and at what multipliers (SPEC §3.1, §3.2, §3.5).
+"""Which price applies to a request, and at what multipliers
+(docs/pricing.md#billing-model, docs/pricing.md#price-lookup, docs/pricing.md#multipliers).
 
 `BillingContext` is everything pricing and charging need about one (key, account) pair, composed
 by `billing_context_from` from the snapshots the owning apps build (the key's, the group's
@@ -130,7 +131,7 @@ def billing_context(*, api_key_id: int, account_id: int | None) -> BillingContex
 
 
 def pick_billing_model(*, source: str, requested_model: str, mapped_model: str, upstream_model: str) -> str:
-    """SPEC §3.1. A name that was not recorded falls back to the one before it in the chain."""
+    """docs/pricing.md#billing-model: a name that was not recorded falls back to the one before it."""
     mapped = mapped_model or requested_model
     if source == BillingModelSource.REQUESTED:
         return requested_model
@@ -140,8 +141,8 @@ def pick_billing_model(*, source: str, requested_model: str, mapped_model: str, 
 
 
 def resolve_price(*, context: BillingContext, model: str) -> PriceResolution:
-    """SPEC §3.2: the channel's card for the group's platform and `model` (an exact name before
-    the first wildcard, in card order), else the catalog default, else missing."""
+    """The channel's card for the group's platform and `model` (an exact name before the first
+    wildcard, in card order), else the catalog default, else missing (docs/pricing.md#price-lookup)."""
     card = match_card(context.channel_cards, model) if model else None
     if card is not None:
         return PriceResolution(card.price, "channel", context.channel_id)
@@ -161,9 +162,10 @@ def catalog_price(model: str) -> Price | None:
 def price_from_catalog(found: CatalogPrice) -> Price | None:
     """Convert a catalog entry; None when it has neither an input nor an output price.
 
-    Gaps are filled so that nothing is silently billed at $0: a missing cache write or cache read
-    price bills those tokens as input (the catalog lists no discount), a missing 1h write price
-    falls back to the 5m one (SPEC §3.4), and missing image output bills as text output.
+    Gaps are filled so that nothing is silently billed at $0 (docs/pricing.md#catalog-defaults): a
+    missing cache write or cache read price bills those tokens as input (the catalog lists no
+    discount), a missing 1h write price falls back to the 5m one, and missing image output bills
+    as text output.
     """
     if found.input_price is None and found.output_price is None:
         return None

@@ -1,4 +1,4 @@
-"""Recording usage (SPEC §4): price a request once, write it to the ledger once, charge it once."""
+"""Recording usage (docs/recording.md): price a request once, write it to the ledger once, charge it once."""
 
 from __future__ import annotations
 
@@ -53,7 +53,8 @@ def usage_record(
     user_agent: str = "",
     created_at: datetime | None = None,
 ) -> UsageRecordResult:
-    """Price one finished request and record it, in one transaction (SPEC §3, §4).
+    """Price one finished request and record it, in one transaction (docs/pricing.md,
+    docs/recording.md#one-transaction).
 
     `mapped_model` is the name after the channel's mapping and `upstream_model` what was sent
     upstream; either may be empty when no mapping applied. `context` is the gateway's cached

@@ -3,8 +3,8 @@
 Prices are typed and shown in $ per million tokens and converted to USD per token here, at the
 form boundary, with Decimal arithmetic (accounts.money). Cards are a formset (prefix ``card``);
 each card carries its own interval formset (prefix ``card-<n>-iv``); mapping rows are a formset
-(prefix ``map``). The rules of SPEC §2.2 come from channels.services, and each problem is put
-on the card, interval row or mapping row (and field) it belongs to.
+(prefix ``map``). The rules (docs/pricing.md#card-validation) come from channels.services, and
+each problem is put on the card, interval row or mapping row (and field) it belongs to.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Channels: pricing and model mapping shared by a set of groups (SPEC §2.2).
+"""Channels: pricing and model mapping shared by a set of groups (docs/entities.md#channels).
 
 Prices are stored in USD **per token** with 14 decimal places and shown in $ per million
 tokens; forms convert at their boundary (accounts.money). `per_request_price` is USD per
@@ -100,7 +100,7 @@ class ModelPricing(models.Model):
 
     Prices are USD per token (per request for `per_request_price`); None means "not set on
     this card": an empty `cache_write_1h_price` bills 1-hour writes at `cache_write_price`
-    (SPEC §3.4).
+    (docs/pricing.md#cache-writes).
     """
 
     channel = models.ForeignKey(Channel, on_delete=models.CASCADE, related_name="pricing_cards")

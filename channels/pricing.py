@@ -46,7 +46,7 @@ def _coerce_money(obj: object, names: tuple[str, ...], *, optional: bool) -> Non
 
 @dataclass(frozen=True)
 class PriceInterval:
-    """One row of a card's interval table (SPEC §2.2 PricingInterval). Prices are USD per token.
+    """One row of a card's interval table (docs/entities.md#pricing-intervals). Prices are USD per token.
 
     Token mode matches by context size (`min_tokens < context <= max_tokens`); per-request and
     image modes match by `tier_label`. A multiplier scales the card's base price and is used only

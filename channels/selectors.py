@@ -1,8 +1,8 @@
 """Reads of channels: the price lookup billing calls, the model mapping, and the console's lists.
 
-The lookup order is SPEC §3.2: the card of the group's (active) channel for the platform and
-model, an exact name before a wildcard, in card order, with the name normalisation of
-channels.patterns; otherwise the catalog default; otherwise "missing".
+The lookup order (docs/pricing.md#price-lookup): the card of the group's (active) channel for
+the platform and model, an exact name before a wildcard, in card order, with the name
+normalisation of channels.patterns; otherwise the catalog default; otherwise "missing".
 """
 
 from __future__ import annotations
@@ -52,7 +52,10 @@ def channel_cards(*, channel: Channel, platform: str) -> list[ModelPricing]:
 
 
 def pricing_lookup(*, group_id: int | None, platform: str, model: str) -> PricingMatch:
-    """The card, catalog default or "missing" that prices `model` for a key's group (SPEC §3.2)."""
+    """The card, catalog default or "missing" that prices `model` for a key's group.
+
+    The same rule as billing.pricing.resolve_price (docs/pricing.md#price-lookup).
+    """
     channel = channel_for_group(group_id)
     if channel is not None and model:
         card = match_card(channel_cards(channel=channel, platform=platform), model)

@@ -1,9 +1,9 @@
 """Writes of channels: create, update and delete a channel with its cards, mapping and groups.
 
 A channel is saved whole, in one transaction: its fields, its groups, its pricing cards (replaced
-by the ones given, in order) and its model mapping. The rules of SPEC §2.2 are checked here by
-`pricing_problems` and `mapping_problems`, which the form also calls so that each problem can be
-shown next to the card, interval row or mapping row that causes it. Every change leaves an
+by the ones given, in order) and its model mapping. The rules (docs/pricing.md#card-validation)
+are checked here by `pricing_problems` and `mapping_problems`, which the form also calls so that
+each problem can be shown next to the card, interval row or mapping row that causes it. Every change leaves an
 audit row with a JSON diff.
 """
 
@@ -116,7 +116,7 @@ def split_models(text: str) -> list[str]:
 
 
 def pricing_problems(cards: Sequence[CardSpec]) -> list[Problem]:
-    """Every SPEC §2.2 pricing rule broken by these cards (the whole channel's, in order)."""
+    """Every rule these cards break (docs/pricing.md#card-validation), the whole channel's, in order."""
     problems = []
     for index, card in enumerate(cards):
         problems += card_problems(index, card)

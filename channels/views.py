@@ -88,7 +88,8 @@ def _save(request: HttpRequest, editor: ChannelEditor, channel: Channel | None) 
 
 
 def _status(editor: ChannelEditor) -> int:
-    # A group held by another channel is a conflict (SPEC §2.2's "409-style" error); the page still renders.
+    # A group held by another channel is a conflict, answered 409 (docs/entities.md#channels); the
+    # page still renders.
     return 409 if editor.is_bound and "groups" in editor.form.errors else 200
 
 

@@ -46,7 +46,7 @@ class ConsoleModelForm(ConsoleFormMixin, forms.ModelForm):
 
 
 class MoneyField(forms.DecimalField):
-    """A USD amount with 8 decimal places (SPEC §1), shown as typed (8, not 8.00000000)."""
+    """A USD amount with 8 decimal places (docs/money.md#precision), shown as typed (8, not 8.00000000)."""
 
     def prepare_value(self, value):
         if isinstance(value, Decimal):

@@ -96,7 +96,7 @@ def key_group_choices(*, user: User | None, now: datetime | None = None) -> list
 
 
 def key_group_problem(*, user: User, group: Group, now: datetime | None = None) -> str:
-    """Why `user` may not bind a key to `group`, or "" when they may (SPEC §5 checks 6–8)."""
+    """Why `user` may not bind a key to `group`, or "" when they may (docs/gateway.md#checks, checks 6–8)."""
     allowed = set(user.allowed_groups.filter(pk=group.pk).values_list("pk", flat=True))
     subscribed = live_subscription_group_ids(user=user, now=now) if group.is_subscription else set()
     return _problem(group, user, allowed, subscribed)

@@ -1,4 +1,4 @@
-"""Groups: create, edit, reorder, delete, membership priorities, model routing (SPEC §2.1)."""
+"""Groups: create, edit, reorder, delete, membership priorities, model routing (docs/entities.md#groups)."""
 
 from __future__ import annotations
 

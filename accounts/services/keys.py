@@ -1,10 +1,11 @@
-"""API keys: the secret, configuration, operator actions and the usage counters (SPEC §2.1, §4).
+"""API keys: the secret, configuration, operator actions and the usage counters
+(docs/entities.md#api-keys, docs/windows.md#key-windows).
 
 The secret is shown once, on creation; only its SHA-256 is stored, with a short prefix and the
 last four characters for display. Status follows one rule (`_resolved_status`) wherever the
-configuration or the quota changes, which is what makes the reactivation rules of §2.1 hold:
-raising the quota above usage, resetting it, clearing the expiry or moving it into the future
-turn an exhausted or expired key active again.
+configuration or the quota changes, which is what makes the reactivation rules hold
+(docs/windows.md#key-quota): raising the quota above usage, resetting it, clearing the expiry or
+moving it into the future turn an exhausted or expired key active again.
 
 Operator actions lock the row (select_for_update) so the status they compute reads counters
 that no charge can move underneath them. Charges never lock first: `api_key_usage_charge` is one

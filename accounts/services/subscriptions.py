@@ -1,5 +1,5 @@
 """Subscriptions: assign (single and bulk), extend, reset windows, suspend, revoke, and the
-window counters billing charges (SPEC §2.3).
+window counters billing charges (docs/entities.md#subscriptions, docs/windows.md#subscription-windows).
 
 One live (active or suspended) subscription per user and group is a database constraint, so
 assigning when one exists extends it. Operator actions lock the row; charges are one UPDATE.

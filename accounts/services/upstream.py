@@ -1,4 +1,5 @@
-"""Upstream accounts: create, edit, credentials, row actions and the quota engine (SPEC §2.1).
+"""Upstream accounts: create, edit, credentials, row actions and the quota engine
+(docs/entities.md#upstream-accounts).
 
 The quota engine is `upstream_account_quota_charge`: billing calls it once per request, inside
 its own transaction, with the amount already multiplied by the account's rate multiplier.
@@ -333,11 +334,13 @@ def upstream_account_quota_charge(
     """Add `amount_usd` to the account's total, daily and weekly quota usage in ONE atomic UPDATE.
 
     `amount_usd` is what the account's quota counts: the request's raw cost already multiplied by
-    the account's rate_multiplier (SPEC §3.6); billing passes it, this function does not multiply.
-    It is quantised to 8 places first, so every counter moves by exactly the same amount.
+    the account's rate_multiplier (docs/pricing.md#where-the-cost-goes); billing passes it, this
+    function does not multiply. It is quantised to 8 places first, so every counter moves by
+    exactly the same amount.
 
-    Lazy reset (SPEC §2.1): for each of daily and weekly, if the stored period has expired at
-    `now`, used becomes this amount and the window starts at `now`; otherwise used += amount.
+    Lazy reset (docs/windows.md#lazy-resets, docs/windows.md#reset-modes): for each of daily and
+    weekly, if the stored period has expired at `now`, used becomes this amount and the window
+    starts at `now`; otherwise used += amount.
     The decision is a CASE inside the UPDATE, so PostgreSQL evaluates it against the row as it is
     when the row lock is taken: concurrent charges serialise on the row and none is lost.
 

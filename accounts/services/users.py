@@ -122,8 +122,8 @@ def user_balance_charge(*, user_id: int, amount_usd: Decimal) -> None:
     """Take a billed amount off the balance in one atomic UPDATE.
 
     Billing may overdraw: the request was already served, so the balance can go negative
-    (SPEC §2.1) and the gateway refuses the next one. No history row: the usage ledger is
-    the record of every charge.
+    (docs/recording.md#atomic-counters) and the gateway refuses the next one. No history row:
+    the usage ledger is the record of every charge.
     """
     amount = quantize_usd(amount_usd)
     if connection.vendor != "postgresql":

@@ -1,4 +1,5 @@
-"""API keys: secrets, reactivation rules, the list, the form and the row actions (SPEC §2.1)."""
+"""API keys: secrets, reactivation rules, the list, the form and the row actions
+(docs/entities.md#api-keys)."""
 
 from __future__ import annotations
 
@@ -128,7 +129,7 @@ def test_a_bound_key_keeps_its_group_when_edited_after_the_subscription_lapsed()
         api_key_update(key=key, fields={"user": UserFactory()})  # a new owner must qualify
 
 
-# --- reactivation (SPEC §2.1) --------------------------------------------------------------------
+# --- reactivation (docs/windows.md#key-quota) -------------------------------------------------
 
 
 def exhausted_key(**kwargs) -> APIKey:

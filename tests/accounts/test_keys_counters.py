@@ -1,4 +1,5 @@
-"""The key counter engine: quota and 5h / 1d / 7d windows in one atomic UPDATE (SPEC §2.1, §4)."""
+"""The key counter engine: quota and 5h / 1d / 7d windows in one atomic UPDATE
+(docs/windows.md#key-windows, docs/windows.md#key-quota)."""
 
 from __future__ import annotations
 

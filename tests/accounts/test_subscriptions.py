@@ -1,4 +1,4 @@
-"""Subscriptions: assign, extend, reset, suspend, revoke, and their pages (SPEC §2.3)."""
+"""Subscriptions: assign, extend, reset, suspend, revoke, and their pages (docs/entities.md#subscriptions)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The subscription window engine: daily / weekly / monthly in one atomic UPDATE (SPEC §2.3)."""
+"""The subscription window engine: daily / weekly / monthly in one atomic UPDATE
+(docs/windows.md#subscription-windows)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The pure cost engine (SPEC §3): a hand-computed table, then properties.
+"""The pure cost engine (docs/pricing.md#components): a hand-computed table, then properties.
 
 Every expected figure in the table is worked out in its comment, in USD per token
 (3e-6 = $3/MTok), so a reviewer can check it without running anything.

@@ -1,4 +1,5 @@
-"""The operator dashboard (SPEC §6): KPIs, trend, top models and users, and warnings, from rollups."""
+"""The operator dashboard (docs/console.md#dashboard): KPIs, trend, top models and users, and
+warnings, from rollups."""
 
 from __future__ import annotations
 
@@ -196,7 +197,7 @@ def test_it_warns_about_account_quotas_at_eighty_percent_by_the_display_rule(sta
         quota_daily_start=now - timedelta(days=2),
     )
     UpstreamAccountFactory(name="below", quota_limit_usd=D("100"), quota_used_usd=D("79.99"))
-    # OAuth accounts carry no quota (SPEC §2.1), whatever their columns hold.
+    # OAuth accounts carry no quota (docs/windows.md#account-quotas), whatever their columns hold.
     UpstreamAccountFactory(name="oauth-one", type="oauth", quota_limit_usd=D("1"), quota_used_usd=D("1"))
     response = staff_client.get("/")
     near = [n.account.name for n in response.context["accounts_near_quota"]]

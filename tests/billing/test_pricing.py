@@ -1,4 +1,5 @@
-"""Which price bills a request (SPEC §3.1, §3.2): channel card, catalog default or missing,
+"""Which price bills a request (docs/pricing.md#billing-model,
+docs/pricing.md#price-lookup): channel card, catalog default or missing,
 for the model chosen by the channel's billing model source, at the account's cache TTL."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""usage_record (SPEC §4): one transaction that writes the ledger row and moves every counter
+"""usage_record (docs/recording.md): one transaction that writes the ledger row and moves every counter
 by exactly the amounts of the breakdown, once."""
 
 from __future__ import annotations

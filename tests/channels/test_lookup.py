@@ -1,4 +1,5 @@
-"""The price lookup billing calls: channel card, else catalog default, else missing (SPEC §3.2)."""
+"""The price lookup billing calls: channel card, else catalog default, else missing
+(docs/pricing.md#price-lookup)."""
 
 from __future__ import annotations
 
