@@ -7,8 +7,8 @@ from django.utils.safestring import mark_safe
 
 from accounts.forms.base import ConsoleForm
 from accounts.models import APIKey, Group, UpstreamAccount, User
-from billing.models import PricingSource
 from billing.selectors import DEFAULT_PERIOD, UsageFilters, period_range
+from channels.pricing import PricingSource
 
 
 class DateInput(forms.DateInput):

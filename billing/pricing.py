@@ -14,7 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from functools import lru_cache
 
 from accounts.models import APIKey, UpstreamAccount
 from accounts.snapshots import (
@@ -24,11 +23,8 @@ from accounts.snapshots import (
     key_snapshot_load_by_id,
     upstream_account_snapshots_load,
 )
-from billing.cost import CacheTTL, Price, PriceInterval, PricingSource, RateSource
-from billing.models import BillingModelSource
-from channels.catalog import CatalogPrice, lookup_default_prices
-from channels.patterns import match_card
-from channels.pricing import ChannelCard, first_set
+from billing.cost import CacheTTL, RateSource
+from channels.pricing import BillingModelSource, ChannelCard, Price, price_lookup
 from channels.snapshots import ChannelSnapshot, channel_snapshot_for_group
 
 ONE = Decimal(1)
@@ -72,7 +68,7 @@ class BillingContext:
 @dataclass(frozen=True)
 class PriceResolution:
     price: Price | None
-    pricing_source: PricingSource
+    pricing_source: str  # a PricingSource value
     channel_id: int | None
 
 
@@ -141,66 +137,6 @@ def pick_billing_model(*, source: str, requested_model: str, mapped_model: str, 
 
 
 def resolve_price(*, context: BillingContext, model: str) -> PriceResolution:
-    """The channel's card for the group's platform and `model` (an exact name before the first
-    wildcard, in card order), else the catalog default, else missing (docs/pricing.md#price-lookup)."""
-    card = match_card(context.channel_cards, model) if model else None
-    if card is not None:
-        return PriceResolution(card.price, "channel", context.channel_id)
-    price = catalog_price(model)
-    if price is not None:
-        return PriceResolution(price, "catalog", context.channel_id)
-    return PriceResolution(None, "missing", context.channel_id)
-
-
-def catalog_price(model: str) -> Price | None:
-    """The catalog's default for `model` as a billing card, or None when the catalog lacks it."""
-    found = lookup_default_prices(model) if model else None
-    return None if found is None else price_from_catalog(found)
-
-
-@lru_cache(maxsize=1024)
-def price_from_catalog(found: CatalogPrice) -> Price | None:
-    """Convert a catalog entry; None when it has neither an input nor an output price.
-
-    Gaps are filled so that nothing is silently billed at $0 (docs/pricing.md#catalog-defaults): a
-    missing cache write or cache read price bills those tokens as input (the catalog lists no
-    discount), a missing 1h write price falls back to the 5m one, and missing image output bills
-    as text output.
-    """
-    if found.input_price is None and found.output_price is None:
-        return None
-    input_price = found.input_price if found.input_price is not None else Decimal(0)
-    output_price = found.output_price if found.output_price is not None else Decimal(0)
-    intervals = []
-    for position, tier in enumerate(found.tiers):
-        following = found.tiers[position + 1] if position + 1 < len(found.tiers) else None
-        tier_input = tier.prices.input_price
-        intervals.append(
-            PriceInterval(
-                min_tokens=tier.min_tokens,
-                max_tokens=following.min_tokens if following else None,
-                tier_label=_tier_label(tier.min_tokens),
-                input_price=tier_input,
-                output_price=tier.prices.output_price,
-                cache_write_price=first_set(
-                    tier.prices.cache_write_price, None if found.cache_write_price else tier_input
-                ),
-                cache_read_price=first_set(
-                    tier.prices.cache_read_price, None if found.cache_read_price else tier_input
-                ),
-                sort_order=position,
-            )
-        )
-    return Price(
-        input_price=input_price,
-        output_price=output_price,
-        cache_write_price=first_set(found.cache_write_price, input_price),
-        cache_write_1h_price=found.cache_write_1h_price,
-        cache_read_price=first_set(found.cache_read_price, input_price),
-        image_output_price=first_set(found.image_output_price, output_price),
-        intervals=tuple(intervals),
-    )
-
-
-def _tier_label(min_tokens: int) -> str:
-    return f">{min_tokens // 1000}K" if min_tokens % 1000 == 0 else f">{min_tokens:,}"
+    """The price of `model` for this context: channels' lookup rule over the context's cards."""
+    match = price_lookup(cards=context.channel_cards, model=model)
+    return PriceResolution(match.price, match.source, context.channel_id)

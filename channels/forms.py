@@ -19,14 +19,14 @@ from accounts.forms.base import ConsoleForm, ConsoleModelForm, MoneyField, Searc
 from accounts.models import Group, Platform
 from accounts.money import per_mtok_to_per_token, per_token_to_per_mtok
 from channels.catalog import CatalogPrice
-from channels.models import BillingMode, BillingModelSource, Channel, ModelPricing, PricingInterval
+from channels.models import Channel, ModelPricing, PricingInterval
+from channels.pricing import BillingMode, BillingModelSource, PriceInterval
 from channels.selectors import channel_names_for_groups, groups_for_channel
 from channels.services import (
     CARD_PRICES,
     MULTIPLIERS,
     TOKEN_PRICES,
     CardSpec,
-    IntervalSpec,
     MappingRule,
     Problem,
     card_problems,
@@ -172,9 +172,9 @@ class IntervalForm(ConsoleForm):
             **{name: _normal(getattr(interval, name)) for name in (*MULTIPLIERS, "per_request_price")},
         }
 
-    def to_spec(self) -> IntervalSpec:
+    def to_spec(self) -> PriceInterval:
         data = self.cleaned_data
-        return IntervalSpec(
+        return PriceInterval(
             min_tokens=data["min_tokens"] or 0,
             max_tokens=data["max_tokens"],
             tier_label=data["tier_label"].strip(),

@@ -3,8 +3,8 @@
 Prices are stored in USD **per token** with 14 decimal places and shown in $ per million
 tokens; forms convert at their boundary (accounts.money). `per_request_price` is USD per
 request (or per image). The price attributes of `ModelPricing` and `PricingInterval` carry
-the same names as billing.cost.Price / PriceInterval, so billing builds its pure card from
-them field by field.
+the same names as channels.pricing.Price / PriceInterval, so the channel snapshot builds its
+pure cards from them by name.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from django.conf import settings
 from django.db import models
 
 from accounts.models import Group, Platform
-from channels.patterns import select_interval
+from channels.pricing import BillingMode, BillingModelSource
 
 PRICE = {"max_digits": 24, "decimal_places": 14}
 MULTIPLIER = {"max_digits": 12, "decimal_places": 6}
@@ -29,18 +29,6 @@ def multiplier_field() -> models.DecimalField:
     return models.DecimalField(
         **MULTIPLIER, null=True, blank=True, help_text="Scales the card's base price when the price is empty."
     )
-
-
-class BillingMode(models.TextChoices):
-    TOKEN = "token", "Per token"
-    PER_REQUEST = "per_request", "Per request"
-    IMAGE = "image", "Per image"
-
-
-class BillingModelSource(models.TextChoices):
-    CHANNEL_MAPPED = "channel_mapped", "Channel-mapped model"
-    REQUESTED = "requested", "Requested model"
-    UPSTREAM = "upstream", "Upstream model"
 
 
 class Channel(models.Model):
@@ -64,7 +52,7 @@ class Channel(models.Model):
         default=False, help_text="Refuse requests for models that have no price in this channel."
     )
     # {platform: {source pattern: target model}}; a source may end in "*". An exact source
-    # beats a prefix (see channels.selectors.map_model).
+    # beats a prefix (see channels.snapshots.ChannelSnapshot.map_model).
     model_mapping = models.JSONField(default=dict, blank=True)
     groups = models.ManyToManyField(Group, through="ChannelGroup", related_name="channels", blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -125,17 +113,6 @@ class ModelPricing(models.Model):
 
     def __str__(self) -> str:
         return f"{self.platform}: {', '.join(self.models[:3])}{'…' if len(self.models) > 3 else ''}"
-
-    def interval_for(self, context_tokens: int) -> PricingInterval | None:
-        """The first interval, in order, with ``min_tokens < context <= max_tokens`` (None: flat prices)."""
-        return select_interval(self.intervals.all(), context_tokens)
-
-    def interval_for_tier(self, tier_label: str | None) -> PricingInterval | None:
-        """The first interval whose tier label matches (case- and space-insensitive), for image sizes."""
-        if not tier_label or not tier_label.strip():
-            return None
-        wanted = tier_label.strip().casefold()
-        return next((i for i in self.intervals.all() if i.tier_label.strip().casefold() == wanted), None)
 
 
 class PricingInterval(models.Model):

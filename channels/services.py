@@ -22,7 +22,6 @@ from accounts.models import Group, Platform, User
 from accounts.money import per_token_to_per_mtok
 from accounts.snapshots import snapshots_changed
 from channels.models import (
-    BillingMode,
     Channel,
     ChannelAuditLog,
     ChannelGroup,
@@ -30,6 +29,7 @@ from channels.models import (
     PricingInterval,
 )
 from channels.patterns import find_overlaps, interval_errors, is_wildcard, normalise_pattern
+from channels.pricing import UNIT_MODES, BillingMode, PriceInterval
 from channels.selectors import channel_names_for_groups
 
 MAX_MODELS_PER_CARD = 100
@@ -45,25 +45,6 @@ CARD_PRICES = (
     "cache_read_price",
     "image_output_price",
 )
-UNIT_MODES = (BillingMode.PER_REQUEST, BillingMode.IMAGE)
-
-
-@dataclass(frozen=True)
-class IntervalSpec:
-    """One interval row to save. Prices are USD per token; `per_request_price` USD per unit."""
-
-    min_tokens: int = 0
-    max_tokens: int | None = None
-    tier_label: str = ""
-    input_price: Decimal | None = None
-    output_price: Decimal | None = None
-    cache_write_price: Decimal | None = None
-    cache_read_price: Decimal | None = None
-    input_multiplier: Decimal | None = None
-    output_multiplier: Decimal | None = None
-    cache_write_multiplier: Decimal | None = None
-    cache_read_multiplier: Decimal | None = None
-    per_request_price: Decimal | None = None
 
 
 @dataclass(frozen=True)
@@ -80,7 +61,7 @@ class CardSpec:
     cache_read_price: Decimal | None = None
     image_output_price: Decimal | None = None
     per_request_price: Decimal | None = None
-    intervals: tuple[IntervalSpec, ...] = ()
+    intervals: tuple[PriceInterval, ...] = ()  # prices as typed: empty stays None
 
 
 @dataclass(frozen=True)
@@ -206,9 +187,8 @@ def _interval_problems(index: int, card: CardSpec) -> list[Problem]:
     unit_mode = card.billing_mode in UNIT_MODES
     seen_labels: dict[str, int] = {}
     for row, interval in enumerate(card.intervals):
+        # (A PriceInterval cannot hold a negative price or multiplier: it refuses one when built.)
         values = [getattr(interval, name) for name in (*TOKEN_PRICES, *MULTIPLIERS, "per_request_price")]
-        if any(value is not None and value < 0 for value in values):
-            problems.append(Problem("Prices and multipliers cannot be negative.", card=index, interval=row))
         if unit_mode:
             label = interval.tier_label.strip()
             if not label:
@@ -432,8 +412,9 @@ def _replace_cards(channel: Channel, cards: Sequence[CardSpec]) -> None:
     )
 
 
-def _interval_values(interval: IntervalSpec) -> dict[str, Any]:
-    return {f.name: getattr(interval, f.name) for f in fields(IntervalSpec)}
+def _interval_values(interval: PriceInterval) -> dict[str, Any]:
+    # The row's sort order is its position on the card, not what the caller passed.
+    return {f.name: getattr(interval, f.name) for f in fields(PriceInterval) if f.name != "sort_order"}
 
 
 # -- audit ----------------------------------------------------------------------------------------

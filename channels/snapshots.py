@@ -18,7 +18,7 @@ from django.utils import timezone
 from accounts.snapshots import JSONSnapshot
 from channels.models import Channel, ModelPricing, PricingInterval
 from channels.patterns import match_pattern
-from channels.pricing import ChannelCard, Price, PriceInterval, first_set
+from channels.pricing import ChannelCard, Price, PriceInterval, PriceMatch, first_set, price_lookup
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +37,10 @@ class ChannelSnapshot(JSONSnapshot):
 
     def cards_for(self, platform: str) -> tuple[ChannelCard, ...]:
         return self.cards.get(platform, ())
+
+    def price_for(self, *, platform: str, model: str) -> PriceMatch:
+        """The price of `model` on `platform` by this channel's cards, else the catalog's."""
+        return price_lookup(cards=self.cards_for(platform), model=model)
 
     def map_model(self, *, platform: str, model: str) -> str:
         """The model name after this channel's mapping for `platform`: an exact source beats a
