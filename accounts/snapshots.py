@@ -19,7 +19,7 @@ import ipaddress
 import logging
 import types
 import typing
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -44,6 +44,7 @@ from accounts.models import (
     UserGroupRate,
     timezone_name,
 )
+from accounts.rules import group_routed_account_ids
 
 logger = logging.getLogger(__name__)
 
@@ -198,6 +199,10 @@ class GroupSnapshot:
     @property
     def timezone_name(self) -> str:
         return timezone_name(self.timezone)
+
+    def routed_account_ids(self, model: str) -> Sequence[int] | None:
+        """The accounts model routing sends `model` to, or None (no rule, or routing off)."""
+        return group_routed_account_ids(self, model)
 
 
 @dataclass(frozen=True, slots=True)

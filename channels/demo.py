@@ -12,7 +12,8 @@ from accounts.models import Group, User
 from accounts.money import per_mtok_to_per_token
 from channels.models import Channel
 from channels.pricing import PriceInterval
-from channels.services import CardSpec, MappingRule, channel_create
+from channels.rules import CardSpec, MappingRule
+from channels.services import channel_create
 
 
 def mtok(price: str) -> Decimal:

@@ -3,7 +3,7 @@
 Prices are typed and shown in $ per million tokens and converted to USD per token here, at the
 form boundary, with Decimal arithmetic (accounts.money). Cards are a formset (prefix ``card``);
 each card carries its own interval formset (prefix ``card-<n>-iv``); mapping rows are a formset
-(prefix ``map``). The rules (docs/pricing.md#card-validation) come from channels.services, and
+(prefix ``map``). The rules (docs/pricing.md#card-validation) come from channels.rules, and
 each problem is put on the card, interval row or mapping row (and field) it belongs to.
 """
 
@@ -21,8 +21,7 @@ from accounts.money import per_mtok_to_per_token, per_token_to_per_mtok
 from channels.catalog import CatalogPrice
 from channels.models import Channel, ModelPricing, PricingInterval
 from channels.pricing import BillingMode, BillingModelSource, PriceInterval
-from channels.selectors import channel_names_for_groups, groups_for_channel
-from channels.services import (
+from channels.rules import (
     CARD_PRICES,
     MULTIPLIERS,
     TOKEN_PRICES,
@@ -35,6 +34,7 @@ from channels.services import (
     pattern_overlap_problems,
     split_models,
 )
+from channels.selectors import channel_names_for_groups, groups_for_channel
 
 MAX_CARDS = 50
 MAX_INTERVALS = 50

@@ -14,7 +14,7 @@ import json
 from django.conf import settings
 from django.db import models
 
-from accounts.models import Group, Platform
+from accounts.models import Group, Platform, all_at_least_zero, row_rule
 from channels.pricing import BillingMode, BillingModelSource
 
 PRICE = {"max_digits": 24, "decimal_places": 14}
@@ -109,6 +109,21 @@ class ModelPricing(models.Model):
     class Meta:
         ordering = ["sort_order", "id"]
         verbose_name = "model pricing card"
+        constraints = [
+            row_rule(
+                all_at_least_zero(
+                    "input_price",
+                    "output_price",
+                    "cache_write_price",
+                    "cache_write_1h_price",
+                    "cache_read_price",
+                    "image_output_price",
+                    "per_request_price",
+                ),
+                "pricing_card_prices_non_negative",
+                "Prices cannot be negative.",
+            ),
+        ]
         indexes = [models.Index(fields=["channel", "platform", "sort_order"], name="pricing_card_lookup_idx")]
 
     def __str__(self) -> str:
@@ -139,6 +154,28 @@ class PricingInterval(models.Model):
 
     class Meta:
         ordering = ["sort_order", "id"]
+        constraints = [
+            row_rule(
+                models.Q(max_tokens__isnull=True) | models.Q(max_tokens__gt=models.F("min_tokens")),
+                "pricing_interval_max_above_min",
+                "An interval's max tokens must be above its min tokens.",
+            ),
+            row_rule(
+                all_at_least_zero(
+                    "input_price",
+                    "output_price",
+                    "cache_write_price",
+                    "cache_read_price",
+                    "per_request_price",
+                    "input_multiplier",
+                    "output_multiplier",
+                    "cache_write_multiplier",
+                    "cache_read_multiplier",
+                ),
+                "pricing_interval_prices_non_negative",
+                "Prices and multipliers cannot be negative.",
+            ),
+        ]
 
     def __str__(self) -> str:
         upper = "∞" if self.max_tokens is None else self.max_tokens

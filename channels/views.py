@@ -27,9 +27,10 @@ from channels.forms import (
     new_mapping_form,
 )
 from channels.models import Channel
+from channels.rules import split_models
 from channels.selectors import channel_audit_log, channel_for_edit
 from channels.selectors import channel_list as select_channels
-from channels.services import channel_create, channel_delete, channel_update, split_models
+from channels.services import channel_create, channel_delete, channel_update
 from channels.tables import ChannelTable
 
 FORM = "channels/channel_form.html"

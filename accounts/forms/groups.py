@@ -5,8 +5,8 @@ from django.db.models import Case, When
 
 from accounts.forms.base import ConsoleForm, ConsoleModelForm, MoneyField
 from accounts.models import Group, UpstreamAccount
+from accounts.rules import is_valid_timezone
 from accounts.selectors.groups import group_choices
-from accounts.services.upstream import is_valid_timezone
 
 LIMIT_HELP = "USD. Empty = unlimited; 0 = no usage allowed."
 IMAGE_HELP = "USD per image. Empty = the model's default price."

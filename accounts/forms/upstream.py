@@ -7,7 +7,7 @@ from django.conf import settings
 
 from accounts.forms.base import ConsoleForm, ConsoleModelForm, MoneyField, SearchInput
 from accounts.models import Group, Platform, UpstreamAccount
-from accounts.services.upstream import (
+from accounts.rules import (
     BEDROCK_AUTH_MODES,
     CREDENTIAL_SECTIONS,
     credential_form_name,

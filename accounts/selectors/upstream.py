@@ -8,6 +8,7 @@ from decimal import Decimal
 
 from django.db.models import Prefetch, Q, QuerySet
 
+from accounts.crypto import decrypt_credentials
 from accounts.models import Group, GroupAccount, UpstreamAccount
 from accounts.snapshots import AccountQuota
 
@@ -104,3 +105,8 @@ def upstream_account_quota_usage(account: UpstreamAccount, *, now: datetime) -> 
 
 def _quota_state(account: UpstreamAccount) -> AccountQuota:
     return AccountQuota.of(account)
+
+
+def upstream_account_credentials(account: UpstreamAccount) -> dict:
+    """The decrypted credentials. For the relay and for prefilling non-secret fields only."""
+    return decrypt_credentials(account.credentials_encrypted)

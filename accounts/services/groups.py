@@ -12,7 +12,7 @@ from django.db.models import Case, Max, Q, Value, When
 from django.utils import timezone
 
 from accounts.models import APIKey, Group, GroupAccount
-from accounts.services.upstream import is_valid_timezone
+from accounts.rules import is_valid_timezone
 from accounts.snapshots import snapshots_changed
 
 SORT_STEP = 10
@@ -221,17 +221,6 @@ def group_set_account_priority(*, group: Group, account_id: int, priority: int) 
 # --- Reordering ----------------------------------------------------------------------------------
 
 
-def group_order_move(ordered_ids: list[int], group_id: int, step: int) -> list[int]:
-    """The order with one group moved up (step -1) or down (+1); unchanged at either end."""
-    ids = list(ordered_ids)
-    if group_id not in ids:
-        return ids
-    at = ids.index(group_id)
-    to = max(0, min(len(ids) - 1, at + step))
-    ids.insert(to, ids.pop(at))
-    return ids
-
-
 @transaction.atomic
 def group_reorder(*, ordered_ids: Iterable[int]) -> None:
     """Apply a complete new order in one bulk UPDATE, positions 10, 20, 30…
@@ -265,25 +254,3 @@ def group_reorder(*, ordered_ids: Iterable[int]) -> None:
             output_field=models.IntegerField(),
         )
     )
-
-
-# --- Routing lookup (for the gateway) ------------------------------------------------------------
-
-
-def group_routed_account_ids(group: Group, model: str) -> list[int] | None:
-    """The accounts the group routes `model` to, or None when no rule matches or routing is off.
-
-    An exact pattern beats a trailing-"*" prefix; among prefixes the longest wins. Case-insensitive.
-    """
-    if not group.model_routing_enabled or not group.model_routing:
-        return None
-    name = model.lower()
-    best: tuple[int, list[int]] | None = None
-    for pattern, ids in group.model_routing.items():
-        pattern = pattern.lower()
-        if pattern == name:
-            return list(ids)
-        prefix = pattern.endswith("*") and name.startswith(pattern[:-1])
-        if prefix and (best is None or len(pattern) > best[0]):
-            best = (len(pattern), list(ids))
-    return best[1] if best else None

@@ -7,10 +7,7 @@ its own transaction, with the amount already multiplied by the account's rate mu
 
 from __future__ import annotations
 
-import re
-import zoneinfo
 from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from functools import cache
@@ -23,85 +20,25 @@ from django.db.models import Case, F, Q, Value, When
 from django.db.models.functions import Coalesce, Greatest
 from django.utils import timezone
 
-from accounts.crypto import decrypt_credentials, encrypt_credentials
+from accounts.crypto import encrypt_credentials
 from accounts.models import Group, Platform, UpstreamAccount
 from accounts.money import quantize_usd
+from accounts.rules import (
+    ANTHROPIC_ONLY_TYPES,
+    AWS_REGION,
+    BEDROCK_AUTH_MODES,
+    CREDENTIAL_SECTIONS,
+    credential_form_name,
+    credential_section,
+    is_valid_timezone,
+)
+from accounts.selectors.upstream import upstream_account_credentials
 from accounts.snapshots import AccountQuota, snapshots_changed
 from accounts.windows import PERIOD_LENGTHS, _boundary_at_or_before, zone
 
 Type = UpstreamAccount.Type
 
 # --- Credentials -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class CredentialField:
-    key: str
-    label: str
-    secret: bool = True
-    required: bool = True
-    help_text: str = ""
-
-
-BEDROCK_AUTH_MODES = (("sigv4", "Access key (SigV4)"), ("apikey", "Bedrock API key"))
-
-# One section per type (Bedrock: per auth mode). A form field is named "<section>__<key>", so the
-# sections can all live in one HTML form and only the chosen one is read.
-CREDENTIAL_SECTIONS: dict[str, tuple[CredentialField, ...]] = {
-    "oauth": (
-        CredentialField("access_token", "Access token"),
-        CredentialField("refresh_token", "Refresh token", required=False),
-    ),
-    "setup_token": (CredentialField("setup_token", "Setup token"),),
-    "apikey": (
-        CredentialField("api_key", "API key"),
-        CredentialField(
-            "base_url",
-            "Base URL",
-            secret=False,
-            required=False,
-            help_text="Empty = the provider's official endpoint.",
-        ),
-    ),
-    "upstream": (
-        CredentialField("base_url", "Base URL", secret=False, help_text="The relay's endpoint, https://…"),
-        CredentialField("api_key", "API key"),
-    ),
-    "bedrock_sigv4": (
-        CredentialField("aws_access_key_id", "Access key ID"),
-        CredentialField("aws_secret_access_key", "Secret access key"),
-        CredentialField(
-            "aws_session_token",
-            "Session token",
-            required=False,
-            help_text="Only for temporary (STS) credentials.",
-        ),
-        CredentialField("aws_region", "Region", secret=False, help_text="e.g. us-east-1"),
-    ),
-    "bedrock_apikey": (
-        CredentialField("api_key", "Bedrock API key"),
-        CredentialField("aws_region", "Region", secret=False, help_text="e.g. us-east-1"),
-    ),
-}
-
-# Types only the Anthropic platform has.
-ANTHROPIC_ONLY_TYPES = (Type.SETUP_TOKEN, Type.BEDROCK)
-AWS_REGION = re.compile(r"^[a-z]{2}(-gov)?-[a-z]+-\d{1,2}$")
-
-
-def credential_section(account_type: str, auth_mode: str = "") -> str:
-    if account_type == Type.BEDROCK:
-        return f"bedrock_{auth_mode or 'sigv4'}"
-    return account_type.replace("-", "_")
-
-
-def credential_form_name(section: str, key: str) -> str:
-    return f"{section}__{key}"
-
-
-def upstream_account_credentials(account: UpstreamAccount) -> dict:
-    """The decrypted credentials. For the relay and for prefilling non-secret fields only."""
-    return decrypt_credentials(account.credentials_encrypted)
 
 
 def _merge_credentials(
@@ -163,7 +100,7 @@ def _validate_account(account: UpstreamAccount, groups: Iterable[Group] | None) 
         errors["cache_ttl_override"] = (
             "The cache TTL override is only for Anthropic OAuth and setup-token accounts."
         )
-    if not account.quota_timezone or account.quota_timezone not in _zone_names():
+    if not account.quota_timezone or not is_valid_timezone(account.quota_timezone):
         errors["quota_timezone"] = (
             f"{account.quota_timezone!r} is not an IANA timezone name (e.g. Europe/Berlin)."
         )
@@ -175,20 +112,6 @@ def _validate_account(account: UpstreamAccount, groups: Iterable[Group] | None) 
             )
     if errors:
         raise ValidationError(errors)
-
-
-@cache
-def _zone_names() -> frozenset[str]:
-    return frozenset(zoneinfo.available_timezones())
-
-
-def timezone_names() -> list[str]:
-    """Every IANA zone name, for the forms' suggestions."""
-    return sorted(_zone_names())
-
-
-def is_valid_timezone(name: str) -> bool:
-    return bool(name) and name in _zone_names()
 
 
 @transaction.atomic

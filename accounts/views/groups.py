@@ -23,6 +23,7 @@ from accounts.forms.groups import (
 )
 from accounts.htmx import dialog_done, render_page
 from accounts.models import Group, UpstreamAccount
+from accounts.rules import group_order_move, timezone_names
 from accounts.selectors.groups import group_detail as select_group
 from accounts.selectors.groups import group_list as select_groups
 from accounts.selectors.groups import group_memberships
@@ -31,12 +32,10 @@ from accounts.services.groups import (
     group_create,
     group_delete,
     group_delete_rebinding_keys,
-    group_order_move,
     group_reorder,
     group_set_account_priority,
     group_update,
 )
-from accounts.services.upstream import timezone_names
 from accounts.tables.groups import GroupTable
 
 

@@ -17,16 +17,16 @@ from accounts.forms.base import add_service_error
 from accounts.forms.upstream import UpstreamAccountFilterForm, UpstreamAccountForm
 from accounts.htmx import dialog_done, render_page
 from accounts.models import UpstreamAccount
+from accounts.rules import timezone_names
 from accounts.selectors.upstream import (
+    upstream_account_credentials,
     upstream_account_list,
     upstream_account_quota_badge,
     upstream_account_quota_usage,
 )
 from accounts.services.upstream import (
-    timezone_names,
     upstream_account_clear_error,
     upstream_account_create,
-    upstream_account_credentials,
     upstream_account_delete,
     upstream_account_quota_reset,
     upstream_account_set_schedulable,

@@ -117,6 +117,8 @@ def test_a_key_snapshot_holds_the_key_its_user_and_its_group(key, group):
     assert [(m.priority) for m in snap_group.members] == [10, 20]
     assert snap_group.model_routing_enabled
     assert snap_group.model_routing == {"claude-opus-*": (snap_group.members[1].account_id,)}
+    assert snap_group.routed_account_ids("Claude-Opus-4-5") == [snap_group.members[1].account_id]
+    assert snap_group.routed_account_ids("claude-haiku-4-5") is None
     assert snapshot.subscription is None
 
 

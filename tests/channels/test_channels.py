@@ -12,7 +12,8 @@ from django.db import IntegrityError, connection, transaction
 
 from channels.models import Channel, ChannelAuditLog, ChannelGroup, ModelPricing, PricingInterval
 from channels.pricing import PriceInterval
-from channels.services import CardSpec, ChannelInvalid, MappingRule, channel_create
+from channels.rules import CardSpec, ChannelInvalid, MappingRule
+from channels.services import channel_create
 from channels.snapshots import channel_snapshot_for_group
 from tests.factories import (
     ChannelFactory,

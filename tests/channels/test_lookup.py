@@ -15,7 +15,7 @@ from channels.catalog import CatalogPrice
 from channels.models import Channel
 from channels.patterns import pattern_matches, select_interval, select_tier_interval
 from channels.pricing import ChannelCard, Price, price_lookup
-from channels.services import CardSpec, pattern_overlap_problems
+from channels.rules import CardSpec, pattern_overlap_problems
 from channels.snapshots import channel_snapshot_for_group, channel_snapshot_of
 from tests.factories import (
     ChannelFactory,
