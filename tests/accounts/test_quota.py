@@ -22,7 +22,7 @@ from accounts.services.upstream import (
 )
 from accounts.snapshots import AccountQuota
 from accounts.windows import is_period_expired, period_end
-from tests.concurrency import run_in_threads
+from tests.concurrency import run_in_threads, run_naive_increments
 from tests.factories import UpstreamAccountFactory
 
 HOUR = timedelta(hours=1)
@@ -409,3 +409,15 @@ def test_twenty_threads_hitting_an_expired_period_restart_it_once_and_lose_nothi
     assert account.quota_daily_used_usd == account.quota_weekly_used_usd == Decimal("10")
     assert account.quota_daily_start == account.quota_weekly_start == now
     assert account.quota_used_usd == Decimal("10")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_harness_sees_a_race_a_naive_read_modify_write_loses_quota_charges():
+    # The control: the same harness adding to the account's quota by read-modify-write.
+    account = UpstreamAccountFactory(quota_used_usd=Decimal("1"))
+    failures = run_naive_increments(
+        THREADS, model=UpstreamAccount, pk=account.pk, field="quota_used_usd", amount=Decimal("0.5")
+    )
+    assert failures == []
+    account.refresh_from_db()
+    assert account.quota_used_usd == Decimal("1.5")  # THREADS - 1 charges were lost
