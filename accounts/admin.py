@@ -10,6 +10,7 @@ from accounts.models import (
     BalanceHistory,
     Group,
     GroupAccount,
+    SignInCounter,
     Subscription,
     UpstreamAccount,
     User,
@@ -248,3 +249,19 @@ class SubscriptionAdmin(AnnouncesSnapshotChanges, admin.ModelAdmin):
         "weekly_window_start",
         "monthly_window_start",
     )
+
+
+@admin.register(SignInCounter)
+class SignInCounterAdmin(admin.ModelAdmin):
+    """Read-only; deleting a counter lifts its lock (the console's Sign-in locks page does the same)."""
+
+    list_display = ["kind", "value", "attempts", "window_ends_at", "last_attempt_at"]
+    list_filter = ["kind"]
+    search_fields = ["value"]
+    readonly_fields = list_display
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False

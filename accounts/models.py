@@ -724,3 +724,37 @@ class Subscription(models.Model):
                 )
             )
         return result
+
+
+class SignInCounter(models.Model):
+    """Sign-in attempts for one email or one client address inside a window (accounts.throttle).
+
+    Attempts are counted before the password is checked, in one INSERT … ON CONFLICT; a
+    successful sign-in forgives its email's attempts and takes its own attempt back from the
+    address. A row past `window_ends_at` counts as zero and is deleted lazily.
+    """
+
+    class Kind(models.TextChoices):
+        USERNAME = "username", "Email"
+        IP = "ip", "IP address"
+
+    kind = models.CharField(max_length=16, choices=Kind)
+    value = models.CharField(max_length=254)
+    attempts = models.PositiveIntegerField(default=0)
+    window_ends_at = models.DateTimeField(db_index=True, help_text="The count lapses, and a lock ends, then.")
+    last_attempt_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["-last_attempt_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["kind", "value"], name="sign_in_counter_one_per_value")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} {self.value}: {self.attempts}"
+
+    @property
+    def limit(self) -> int:
+        if self.kind == self.Kind.IP:
+            return settings.LOGIN_IP_FAILURE_LIMIT
+        return settings.LOGIN_FAILURE_LIMIT

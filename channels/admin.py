@@ -69,3 +69,6 @@ class ChannelAuditLogAdmin(admin.ModelAdmin):
     list_select_related = ["actor"]
     search_fields = ["channel_name"]
     readonly_fields = ["channel", "channel_name", "action", "actor", "changes", "created_at"]
+
+    def has_add_permission(self, request) -> bool:
+        return False  # entries are written by the channel services, with the diff they computed

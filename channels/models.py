@@ -12,7 +12,9 @@ from __future__ import annotations
 import json
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import models
+from django.db.models.lookups import Exact
 
 from accounts.models import Group, Platform, all_at_least_zero, row_rule
 from channels.pricing import BillingMode, BillingModelSource
@@ -29,6 +31,61 @@ def multiplier_field() -> models.DecimalField:
     return models.DecimalField(
         **MULTIPLIER, null=True, blank=True, help_text="Scales the card's base price when the price is empty."
     )
+
+
+class JSONTypeOf(models.Func):
+    """The JSON type of a value ("object", "array", …), for CHECK constraints on JSON columns."""
+
+    function = "JSONB_TYPEOF"
+    output_field = models.CharField()
+
+    def as_sqlite(self, compiler, connection, **extra_context):
+        return super().as_sql(compiler, connection, function="JSON_TYPE", **extra_context)
+
+
+def is_json_object(column: str) -> Exact:
+    return Exact(JSONTypeOf(column), "object")
+
+
+def readable_mapping(value: object) -> tuple[dict[str, dict[str, str]], list[str]]:
+    """The well-formed part of a stored model mapping, and what was wrong with the rest.
+
+    The console and the services only ever store {platform: {source: target}} with non-empty
+    strings; anything else came in through the ORM or Django admin, and is left out of what is
+    shown and used rather than turned into a 500.
+    """
+    if not isinstance(value, dict):
+        return {}, ["The model mapping must be an object of platforms."]
+    mapping: dict[str, dict[str, str]] = {}
+    problems: list[str] = []
+    for platform, rules in value.items():
+        if platform not in Platform.values:
+            problems.append(f"“{platform}” is not a platform ({', '.join(Platform.values)}).")
+        elif not isinstance(rules, dict):
+            problems.append(f"The {platform} mapping must be an object of source → target model names.")
+        else:
+            good = {
+                source.strip(): target.strip()
+                for source, target in rules.items()
+                if source.strip() and isinstance(target, str) and target.strip()
+            }
+            if len(good) != len(rules):
+                problems.append(f"Every {platform} source must map to a model name (a non-empty string).")
+            if good:
+                mapping[platform] = good
+    return mapping, problems
+
+
+def validate_model_mapping(value: object) -> None:
+    if problems := readable_mapping(value)[1]:
+        raise ValidationError(problems, code="mapping_shape")
+
+
+def validate_audit_changes(value: object) -> None:
+    if not isinstance(value, dict) or not all(isinstance(change, dict) for change in value.values()):
+        raise ValidationError(
+            "Audit changes must be an object of {field: change object}.", code="audit_shape"
+        )
 
 
 class Channel(models.Model):
@@ -53,16 +110,31 @@ class Channel(models.Model):
     )
     # {platform: {source pattern: target model}}; a source may end in "*". An exact source
     # beats a prefix (see channels.snapshots.ChannelSnapshot.map_model).
-    model_mapping = models.JSONField(default=dict, blank=True)
+    model_mapping = models.JSONField(default=dict, blank=True, validators=[validate_model_mapping])
     groups = models.ManyToManyField(Group, through="ChannelGroup", related_name="channels", blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True, db_index=True)
 
     class Meta:
         ordering = ["name", "id"]
+        constraints = [
+            # The nesting below the top level is checked by validate_model_mapping.
+            models.CheckConstraint(
+                condition=is_json_object("model_mapping"), name="channel_mapping_is_object"
+            ),
+        ]
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def mapping(self) -> dict[str, dict[str, str]]:
+        """The model mapping's well-formed rules (see readable_mapping)."""
+        return readable_mapping(self.model_mapping)[0]
+
+    @property
+    def mapping_problems(self) -> list[str]:
+        return readable_mapping(self.model_mapping)[1]
 
     @property
     def is_active(self) -> bool:
@@ -198,12 +270,17 @@ class ChannelAuditLog(models.Model):
     actor = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
     )
-    changes = models.JSONField(default=dict, blank=True)
+    changes = models.JSONField(default=dict, blank=True, validators=[validate_audit_changes])
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]
         indexes = [models.Index(fields=["channel", "-created_at"], name="channel_audit_channel_idx")]
+        constraints = [
+            models.CheckConstraint(
+                condition=is_json_object("changes"), name="channel_audit_changes_is_object"
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.channel_name} {self.action} at {self.created_at:%Y-%m-%d %H:%M}"
@@ -213,32 +290,41 @@ class ChannelAuditLog(models.Model):
         return json.dumps(self.changes, indent=2, ensure_ascii=False, sort_keys=True)
 
     def summary_lines(self) -> list[str]:
-        """One readable line per change, for the channel page."""
+        """One readable line per change, for the channel page.
+
+        A change of a shape the services never write (edited through the ORM) gets a plain
+        line instead of breaking the page; the JSON below the lines shows it as stored.
+        """
+        if not isinstance(self.changes, dict):
+            return ["Recorded in an unexpected shape; see the JSON."]
         lines = []
         for name, change in self.changes.items():
-            label = _LABELS.get(name, name.replace("_", " ").capitalize())
-            if name == "pricing":
-                lines += [f"Pricing card {verb}: {key}" for verb, key in _keys(change)]
-                lines += [
-                    f"Pricing card changed: {key}: " + "; ".join(_field_changes(fields))
-                    for key, fields in change.get("changed", {}).items()
-                ]
-            elif name == "model_mapping":
-                lines += [f"Mapping {verb}: {key} → {change[verb][key]}" for verb, key in _keys(change)]
-                lines += [
-                    f"Mapping changed: {key} → {value['to']} (was {value['from']})"
-                    for key, value in change.get("changed", {}).items()
-                ]
-            elif name == "groups":
-                parts = [f"added {', '.join(change['added'])}"] if change["added"] else []
-                parts += [f"removed {', '.join(change['removed'])}"] if change["removed"] else []
-                lines.append(f"Groups: {'; '.join(parts)}")
-            elif change["from"] is None:  # a new channel: say what it started with
-                if change["to"] not in ("", None):
-                    lines.append(f"{label}: {_shown(change['to'])}")
-            else:
-                lines.append(f"{label}: {_shown(change['from'])} → {_shown(change['to'])}")
+            label = _LABELS.get(name, str(name).replace("_", " ").capitalize())
+            try:
+                lines += _change_lines(name, label, change)
+            except (AttributeError, KeyError, TypeError, ValueError):
+                lines.append(f"{label}: recorded in an unexpected shape; see the JSON.")
         return lines
+
+
+def _change_lines(name: str, label: str, change: dict) -> list[str]:
+    if name == "pricing":
+        return [f"Pricing card {verb}: {key}" for verb, key in _keys(change)] + [
+            "Pricing card changed: {}: {}".format(key, "; ".join(_field_changes(fields)))
+            for key, fields in change.get("changed", {}).items()
+        ]
+    if name == "model_mapping":
+        return [f"Mapping {verb}: {key} → {change[verb][key]}" for verb, key in _keys(change)] + [
+            f"Mapping changed: {key} → {value['to']} (was {value['from']})"
+            for key, value in change.get("changed", {}).items()
+        ]
+    if name == "groups":
+        parts = [f"added {', '.join(change['added'])}"] if change["added"] else []
+        parts += [f"removed {', '.join(change['removed'])}"] if change["removed"] else []
+        return [f"Groups: {'; '.join(parts)}"]
+    if change["from"] is None:  # a new channel: say what it started with
+        return [f"{label}: {_shown(change['to'])}"] if change["to"] not in ("", None) else []
+    return [f"{label}: {_shown(change['from'])} → {_shown(change['to'])}"]
 
 
 _LABELS = {"billing_model_source": "Bill by", "restrict_models": "Only models priced here"}

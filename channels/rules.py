@@ -263,7 +263,7 @@ def mapping_as_json(rules: Sequence[MappingRule]) -> dict[str, dict[str, str]]:
 def mapping_rules(channel: Channel) -> list[MappingRule]:
     """The channel's mapping as rows, by platform order then source."""
     order = {value: position for position, value in enumerate(Platform.values)}
-    mapping = channel.model_mapping or {}
+    mapping = channel.mapping
     return [
         MappingRule(platform=platform, source=source, target=target)
         for platform in sorted(mapping, key=lambda p: (order.get(p, len(order)), p))

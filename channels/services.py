@@ -253,7 +253,7 @@ def _audit_picture(channel: Channel | None) -> dict[str, Any]:
         "groups": sorted(channel.groups.values_list("name", flat=True)),
         "model_mapping": {
             f"{platform}: {source}": target
-            for platform, rules in sorted((channel.model_mapping or {}).items())
+            for platform, rules in sorted(channel.mapping.items())
             for source, target in sorted(rules.items())
         },
         "pricing": [_card_picture(card) for card in cards],

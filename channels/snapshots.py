@@ -82,7 +82,7 @@ def channel_snapshot_of(channel: Channel) -> ChannelSnapshot:
         status=channel.status,
         billing_model_source=channel.billing_model_source,
         restrict_models=channel.restrict_models,
-        model_mapping={platform: dict(rules) for platform, rules in (channel.model_mapping or {}).items()},
+        model_mapping=channel.mapping,  # its well-formed rules, as the console shows them
         cards={platform: tuple(rows) for platform, rows in cards.items()},
         group_ids=tuple(sorted(link.group_id for link in channel.group_links.all())),
         loaded_at=timezone.now(),

@@ -66,7 +66,12 @@ def channel_detail(request: HttpRequest, pk: int) -> HttpResponse:
     if request.method == "POST" and _save(request, editor, channel):
         messages.success(request, f"Saved {channel.name}.")
         return redirect("channels:channel-detail", channel.pk)
-    context = {"editor": editor, "subject": channel, "audit_log": channel_audit_log(channel=channel)}
+    context = {
+        "editor": editor,
+        "subject": channel,
+        "audit_log": channel_audit_log(channel=channel),
+        "mapping_problems": channel.mapping_problems,
+    }
     return render(request, FORM, context, status=_status(editor))
 
 

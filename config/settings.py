@@ -8,6 +8,7 @@ README.md lists them all.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
 from pathlib import Path
@@ -39,6 +40,7 @@ def database_from_url(url: str) -> dict:
     if parsed.scheme == "sqlite":
         return {"ENGINE": "django.db.backends.sqlite3", "NAME": unquote(parsed.path) or ":memory:"}
     options = {key: values[-1] for key, values in parse_qs(parsed.query).items()}
+    conn_max_age = envint("DB_CONN_MAX_AGE", "0")
     return {
         "ENGINE": "django.db.backends.postgresql",
         "NAME": unquote(parsed.path.lstrip("/")) or "tollgate",
@@ -46,7 +48,10 @@ def database_from_url(url: str) -> dict:
         "PASSWORD": unquote(parsed.password or ""),
         "HOST": parsed.hostname or "",
         "PORT": str(parsed.port or ""),
-        "CONN_MAX_AGE": envint("DB_CONN_MAX_AGE", "0"),
+        "CONN_MAX_AGE": conn_max_age,
+        # A kept connection may have died with a database restart: test it before each
+        # request reuses it, instead of failing that request.
+        "CONN_HEALTH_CHECKS": conn_max_age > 0,
         "OPTIONS": options,
     }
 
@@ -70,6 +75,16 @@ SECRET_KEY = os.getenv("SECRET_KEY") or generated_secret(VAR_DIR / "secret_key")
 ALLOWED_HOSTS = envlist("ALLOWED_HOSTS", "" if PRODUCTION else "127.0.0.1,localhost,[::1]")
 CSRF_TRUSTED_ORIGINS = envlist("CSRF_TRUSTED_ORIGINS", "")
 
+# Reverse proxies (IPs or CIDRs) whose X-Forwarded-For is believed: the client address is the
+# first hop, read from the right, that is not one of them (accounts.client_address). Empty:
+# the header is ignored and REMOTE_ADDR is the client.
+TRUSTED_PROXIES = envlist("TRUSTED_PROXIES", "")
+for _proxy in TRUSTED_PROXIES:
+    try:
+        ipaddress.ip_network(_proxy, strict=False)
+    except ValueError as _error:
+        raise RuntimeError(f"TRUSTED_PROXIES: {_proxy!r} is not an IP address or CIDR network") from _error
+
 # Upstream credentials are encrypted with these keys (Fernet). The first key
 # encrypts; every key decrypts, so a new key can be put in front and old rows
 # re-encrypted with `manage.py rotate_credentials` before the old key is removed.
@@ -78,6 +93,13 @@ if not CREDENTIALS_KEYS:
     if PRODUCTION:
         raise RuntimeError("CREDENTIALS_KEYS must be set when TOLLGATE_ENV=production")
     CREDENTIALS_KEYS = [generated_secret(VAR_DIR / "credentials_key")]
+if PRODUCTION:
+    # A passphrase weaker than a key would be the weakest link of the encryption: refuse to
+    # start (`check --deploy` flags the same outside production: accounts.checks).
+    from accounts.crypto import weak_keys
+
+    if _weak := weak_keys(CREDENTIALS_KEYS):
+        raise RuntimeError("CREDENTIALS_KEYS is too weak for production: " + " ".join(_weak))
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -171,9 +193,12 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
 
-# Sign-in throttle: this many failures inside the window lock the IP or the
-# username out until the window has passed.
+# Sign-in throttle (accounts.throttle). LOGIN_FAILURE_LIMIT failures for one email lock it,
+# from every address, for LOGIN_FAILURE_WINDOW_SECONDS after the last counted failure.
+# LOGIN_IP_FAILURE_LIMIT failures from one client address throttle that address: from then on
+# it may only try emails that have no failures, so it cannot lock every staff member out.
 LOGIN_FAILURE_LIMIT = envint("LOGIN_FAILURE_LIMIT", "5")
+LOGIN_IP_FAILURE_LIMIT = envint("LOGIN_IP_FAILURE_LIMIT", "20")
 LOGIN_FAILURE_WINDOW_SECONDS = envint("LOGIN_FAILURE_WINDOW_SECONDS", "900")
 
 LANGUAGE_CODE = "en-us"
@@ -218,6 +243,9 @@ SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_AGE = envint("SESSION_COOKIE_AGE", str(60 * 60 * 12))
+
+# Load balancers probe the backend over plain HTTP: /healthz must answer there, not redirect.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
 
 if PRODUCTION:
     SESSION_COOKIE_SECURE = True

@@ -161,3 +161,16 @@ def test_the_embedded_default_records_last_use_on_accounts(tmp_path):
     )
     result = manage("shell", "--no-imports", "-c", script, env=env)
     assert result.stdout.split() == ["True", "0.50000000"], result.stderr
+
+
+@pytest.mark.parametrize(("max_age", "health_checks"), [("0", "False"), ("60", "True")])
+def test_kept_database_connections_are_checked_before_reuse(max_age, health_checks, tmp_path):
+    # Without the check, the first request per worker after a database restart is a 500.
+    script = "from django.conf import settings; d = settings.DATABASES['default']; print(d['CONN_MAX_AGE'], d['CONN_HEALTH_CHECKS'])"
+    env = {
+        "DATABASE_URL": "postgres://postgres@127.0.0.1:5432/tollgate",
+        "DB_CONN_MAX_AGE": max_age,
+        "TOLLGATE_VAR_DIR": str(tmp_path),
+    }
+    result = manage("shell", "--no-imports", "-c", script, env=env)
+    assert result.stdout.split() == [max_age, health_checks], result.stderr
