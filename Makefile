@@ -9,11 +9,12 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/tollgate
 PYTEST_ARGS ?=
+FAKE_UPSTREAM_PORT ?= 9100
 
 # Python 3.12: from PATH (pyenv's shim honours .python-version), or pyenv's install dir.
 PYTHON312 := $(shell command -v python3.12 2>/dev/null || ls -d $$HOME/.pyenv/versions/3.12*/bin/python3.12 2>/dev/null | tail -1)
 
-.PHONY: run test venv deps dev-deps migrate seed lint check-services bench bench-record-usage bench-usage-page clean
+.PHONY: run test venv deps dev-deps migrate seed lint check-services fake-upstream bench bench-record-usage bench-usage-page bench-fake-upstream clean
 
 $(VENV)/.created:
 	@if [ -z "$(PYTHON312)" ]; then echo "Python 3.12 is required (pyenv install 3.12, or put python3.12 on PATH)."; exit 1; fi
@@ -46,6 +47,10 @@ run: seed
 	@echo ""
 	$(PY) manage.py runserver $(HOST):$(PORT)
 
+# The fake OpenAI/Anthropic upstream on loopback (README: "A fake upstream for tests and the demo").
+fake-upstream: deps
+	$(PY) manage.py fake_upstream --host $(HOST) --port $(FAKE_UPSTREAM_PORT)
+
 check-services: dev-deps
 	@$(PY) -c "import psycopg,sys; \
 	  url='$(TEST_DATABASE_URL)'; \
@@ -58,13 +63,16 @@ test: check-services
 	DATABASE_URL=$(TEST_DATABASE_URL) $(PY) -m pytest $(PYTEST_ARGS)
 
 # Benchmarks print their figures; each works in a scratch database it drops afterwards.
-bench: bench-record-usage bench-usage-page
+bench: bench-record-usage bench-usage-page bench-fake-upstream
 
 bench-record-usage: check-services
 	DATABASE_URL=$(TEST_DATABASE_URL) $(PY) -m bench.record_usage
 
 bench-usage-page: check-services
 	DATABASE_URL=$(TEST_DATABASE_URL) $(PY) -m bench.usage_page
+
+bench-fake-upstream: dev-deps
+	$(PY) -m bench.fake_upstream
 
 lint: dev-deps
 	$(VENV)/bin/ruff check .

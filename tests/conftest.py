@@ -9,7 +9,7 @@ from hypothesis import settings as hypothesis_settings
 
 from tests.factories import STAFF_PASSWORD, StaffFactory, UserFactory
 
-pytest_plugins = ["tests.browser"]
+pytest_plugins = ["tests.browser", "tests.fake_upstream"]
 
 # Two shared cores under a full suite make per-example timings meaningless:
 # properties are judged on results, never on speed (benchmarks live in bench/).
