@@ -727,7 +727,7 @@ class Subscription(models.Model):
 
 
 class SignInCounter(models.Model):
-    """Sign-in attempts for one email or one client address inside a window (accounts.throttle).
+    """Sign-in attempts for one email or one client address inside a window (console.throttle).
 
     Attempts are counted before the password is checked, in one INSERT … ON CONFLICT; a
     successful sign-in forgives its email's attempts and takes its own attempt back from the

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from decimal import Decimal, localcontext
 from typing import Any, Literal
 
-from accounts.money import PRECISION, format_multiplier, format_per_mtok_exact, format_usd_exact, quantize_usd
 from channels.patterns import select_interval, select_tier_interval
 from channels.pricing import (
     PRICING_SOURCES,
@@ -31,6 +30,7 @@ from channels.pricing import (
     count_in,
     money_in,
 )
+from common.money import PRECISION, format_multiplier, format_per_mtok_exact, format_usd_exact, quantize_usd
 
 CacheTTL = Literal["5m", "1h"]
 RateSource = Literal["group", "user", "default"]

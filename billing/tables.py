@@ -8,9 +8,9 @@ from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.safestring import mark_safe
 
-from accounts.money import format_multiplier, format_usd_exact
 from billing.models import UsageLog
 from billing.selectors import UsageTotals
+from common.money import format_multiplier, format_usd_exact
 
 NUM = {"td": {"class": "num"}, "th": {"class": "num"}, "tf": {"class": "num"}}
 MONEY = {"td": {"class": "money num"}, "th": {"class": "num"}, "tf": {"class": "money num"}}

@@ -9,11 +9,11 @@ from __future__ import annotations
 from decimal import Decimal
 
 from accounts.models import Group, User
-from accounts.money import per_mtok_to_per_token
 from channels.models import Channel
 from channels.pricing import PriceInterval
 from channels.rules import CardSpec, MappingRule
 from channels.services import channel_create
+from common.money import per_mtok_to_per_token
 
 
 def mtok(price: str) -> Decimal:

@@ -1,7 +1,7 @@
 """The channel form: channel fields, pricing cards with nested interval rows, and the mapping.
 
 Prices are typed and shown in $ per million tokens and converted to USD per token here, at the
-form boundary, with Decimal arithmetic (accounts.money). Cards are a formset (prefix ``card``);
+form boundary, with Decimal arithmetic (common.money). Cards are a formset (prefix ``card``);
 each card carries its own interval formset (prefix ``card-<n>-iv``); mapping rows are a formset
 (prefix ``map``). The rules (docs/pricing.md#card-validation) come from channels.rules, and
 each problem is put on the card, interval row or mapping row (and field) it belongs to.
@@ -15,9 +15,7 @@ from typing import Any
 from django import forms
 from django.forms import formset_factory
 
-from accounts.forms.base import ConsoleForm, ConsoleModelForm, MoneyField, SearchInput
 from accounts.models import Group, Platform
-from accounts.money import per_mtok_to_per_token, per_token_to_per_mtok
 from channels.catalog import CatalogPrice
 from channels.models import Channel, ModelPricing, PricingInterval
 from channels.pricing import BillingMode, BillingModelSource, PriceInterval
@@ -35,6 +33,8 @@ from channels.rules import (
     split_models,
 )
 from channels.selectors import channel_names_for_groups, groups_for_channel
+from common.forms import ConsoleForm, ConsoleModelForm, MoneyField, SearchInput
+from common.money import per_mtok_to_per_token, per_token_to_per_mtok
 
 MAX_CARDS = 50
 MAX_INTERVALS = 50

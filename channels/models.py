@@ -1,7 +1,7 @@
 """Channels: pricing and model mapping shared by a set of groups (docs/entities.md#channels).
 
 Prices are stored in USD **per token** with 14 decimal places and shown in $ per million
-tokens; forms convert at their boundary (accounts.money). `per_request_price` is USD per
+tokens; forms convert at their boundary (common.money). `per_request_price` is USD per
 request (or per image). The price attributes of `ModelPricing` and `PricingInterval` carry
 the same names as channels.pricing.Price / PriceInterval, so the channel snapshot builds its
 pure cards from them by name.

@@ -17,7 +17,6 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 
 from accounts.models import Group, User
-from accounts.money import per_token_to_per_mtok
 from accounts.snapshots import snapshots_changed
 from channels.models import (
     Channel,
@@ -40,6 +39,7 @@ from channels.rules import (
     pricing_problems,
 )
 from channels.selectors import channel_names_for_groups
+from common.money import per_token_to_per_mtok
 
 CHANNEL_FIELDS = ("name", "description", "status", "billing_model_source", "restrict_models")
 

@@ -30,10 +30,10 @@ from django.utils.timezone import now as current_time
 
 from accounts import windows
 from accounts.models import APIKey, Group, User, timezone_name
-from accounts.money import quantize_usd
 from accounts.rules import api_key_hash, key_status, parse_ip_rules
 from accounts.selectors.keys import DISPLAY_PREFIX_LENGTH, key_group_problem
 from accounts.snapshots import snapshots_changed
+from common.money import quantize_usd
 
 logger = logging.getLogger(__name__)
 

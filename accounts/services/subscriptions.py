@@ -21,8 +21,8 @@ from django.utils.timezone import now as current_time
 
 from accounts import windows
 from accounts.models import Group, Subscription, User, timezone_name
-from accounts.money import quantize_usd
 from accounts.snapshots import snapshots_changed
+from common.money import quantize_usd
 
 logger = logging.getLogger(__name__)
 

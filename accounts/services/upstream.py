@@ -22,7 +22,6 @@ from django.utils import timezone
 
 from accounts.crypto import encrypt_credentials
 from accounts.models import Group, Platform, UpstreamAccount
-from accounts.money import quantize_usd
 from accounts.rules import (
     ANTHROPIC_ONLY_TYPES,
     AWS_REGION,
@@ -35,6 +34,7 @@ from accounts.rules import (
 from accounts.selectors.upstream import upstream_account_credentials
 from accounts.snapshots import AccountQuota, snapshots_changed
 from accounts.windows import PERIOD_LENGTHS, _boundary_at_or_before, zone
+from common.money import quantize_usd
 
 Type = UpstreamAccount.Type
 

@@ -10,8 +10,8 @@ from django.db import connection, transaction
 from django.db.models import F
 
 from accounts.models import BalanceHistory, User, UserGroupRate
-from accounts.money import quantize_usd
 from accounts.snapshots import snapshots_changed
+from common.money import quantize_usd
 
 
 @transaction.atomic

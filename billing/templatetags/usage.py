@@ -6,7 +6,7 @@ from decimal import Decimal
 
 from django import template
 
-from accounts.money import format_usd_exact
+from common.money import format_usd_exact
 
 register = template.Library()
 

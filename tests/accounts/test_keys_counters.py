@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 
 from accounts import windows
 from accounts.models import APIKey, timezone_name
-from accounts.money import quantize_usd
 from accounts.services.keys import _key_charge_orm, api_key_usage_charge
+from common.money import quantize_usd
 from tests.concurrency import run_in_threads, run_naive_increments
 from tests.factories import APIKeyFactory
 

@@ -13,7 +13,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from accounts.models import UpstreamAccount
-from accounts.money import quantize_usd
 from accounts.selectors.upstream import upstream_account_quota_badge
 from accounts.services.upstream import (
     _quota_charge_orm,
@@ -22,6 +21,7 @@ from accounts.services.upstream import (
 )
 from accounts.snapshots import AccountQuota
 from accounts.windows import is_period_expired, period_end
+from common.money import quantize_usd
 from tests.concurrency import run_in_threads, run_naive_increments
 from tests.factories import UpstreamAccountFactory
 

@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 
 from accounts import windows
 from accounts.models import Subscription, timezone_name
-from accounts.money import quantize_usd
 from accounts.services.subscriptions import WINDOW_KINDS, _charge_orm, subscription_usage_charge
+from common.money import quantize_usd
 from tests.concurrency import run_in_threads, run_naive_increments
 from tests.factories import SubscriptionFactory, SubscriptionGroupFactory
 

@@ -15,10 +15,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from accounts.money import format_usd_exact
 from billing.cost import CostBreakdown, Usage, compute_cost
 from channels.patterns import select_interval
 from channels.pricing import Price, PriceInterval
+from common.money import format_usd_exact
 
 D = Decimal
 EIGHT_PLACES = D("0.00000001")

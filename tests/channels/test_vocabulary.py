@@ -12,7 +12,7 @@ from channels.patterns import select_interval, select_tier_interval
 from channels.pricing import BillingMode, BillingModelSource, PriceInterval, PricingSource
 
 ROOT = Path(__file__).resolve().parent.parent.parent
-APPS = ("accounts", "channels", "billing", "gateway", "config", "bench")
+APPS = ("common", "accounts", "channels", "billing", "gateway", "console", "config", "bench")
 # name -> the one module allowed to define it
 HOMES = {
     "BillingMode": "channels/pricing.py",
@@ -25,11 +25,11 @@ HOMES = {
     "price_from_catalog": "channels/pricing.py",
     "select_interval": "channels/patterns.py",
     "select_tier_interval": "channels/patterns.py",
-    "format_usd": "accounts/money.py",
-    "format_usd_exact": "accounts/money.py",
-    "format_per_mtok": "accounts/money.py",
-    "format_per_mtok_exact": "accounts/money.py",
-    "format_multiplier": "accounts/money.py",
+    "format_usd": "common/money.py",
+    "format_usd_exact": "common/money.py",
+    "format_per_mtok": "common/money.py",
+    "format_per_mtok_exact": "common/money.py",
+    "format_multiplier": "common/money.py",
 }
 
 

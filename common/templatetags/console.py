@@ -7,7 +7,7 @@ from decimal import Decimal
 from django import template
 from django.utils.html import format_html
 
-from accounts.money import format_per_mtok, format_usd
+from common.money import format_per_mtok, format_usd
 
 register = template.Library()
 
