@@ -1,5 +1,7 @@
 """Django admin, the fallback for anything the console does not cover yet."""
 
+from collections.abc import Iterable
+
 from django.contrib import admin
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 
@@ -14,6 +16,32 @@ from accounts.models import (
     User,
     UserGroupRate,
 )
+from accounts.snapshots import snapshots_changed
+
+
+class AnnouncesSnapshotChanges:
+    """The admin writes rows without the services, so it says what changed itself.
+
+    `changed` maps an object to snapshots_changed's keyword arguments; it is read before a
+    delete, while the row (and what points at it) still exists.
+    """
+
+    def changed(self, obj) -> dict[str, Iterable[int]]:
+        raise NotImplementedError
+
+    def save_related(self, request, form, formsets, change) -> None:
+        # After the object, its many-to-many fields and inlines are saved.
+        super().save_related(request, form, formsets, change)
+        snapshots_changed(**self.changed(form.instance))
+
+    def delete_model(self, request, obj) -> None:
+        snapshots_changed(**self.changed(obj))
+        super().delete_model(request, obj)
+
+    def delete_queryset(self, request, queryset) -> None:
+        for obj in queryset:
+            snapshots_changed(**self.changed(obj))
+        super().delete_queryset(request, queryset)
 
 
 class BalanceHistoryInline(admin.TabularInline):
@@ -36,7 +64,10 @@ class BalanceHistoryInline(admin.TabularInline):
 
 
 @admin.register(User)
-class UserAdmin(DjangoUserAdmin):
+class UserAdmin(AnnouncesSnapshotChanges, DjangoUserAdmin):
+    def changed(self, obj):
+        return {"user_ids": [obj.pk]}
+
     ordering = ("-id",)
     list_display = (
         "email",
@@ -102,7 +133,10 @@ class GroupAccountInline(admin.TabularInline):
 
 
 @admin.register(Group)
-class GroupAdmin(admin.ModelAdmin):
+class GroupAdmin(AnnouncesSnapshotChanges, admin.ModelAdmin):
+    def changed(self, obj):
+        return {"group_ids": [obj.pk]}
+
     list_display = (
         "name",
         "platform",
@@ -118,14 +152,20 @@ class GroupAdmin(admin.ModelAdmin):
 
 
 @admin.register(UserGroupRate)
-class UserGroupRateAdmin(admin.ModelAdmin):
+class UserGroupRateAdmin(AnnouncesSnapshotChanges, admin.ModelAdmin):
+    def changed(self, obj):
+        return {"user_ids": [obj.user_id]}
+
     list_display = ("user", "group", "rate_multiplier")
     search_fields = ("user__email", "group__name")
     list_select_related = ("user", "group")
 
 
 @admin.register(UpstreamAccount)
-class UpstreamAccountAdmin(admin.ModelAdmin):
+class UpstreamAccountAdmin(AnnouncesSnapshotChanges, admin.ModelAdmin):
+    def changed(self, obj):
+        return {"account_ids": [obj.pk], "group_ids": obj.memberships.values_list("group_id", flat=True)}
+
     list_display = (
         "name",
         "platform",
@@ -151,7 +191,10 @@ class UpstreamAccountAdmin(admin.ModelAdmin):
 
 
 @admin.register(APIKey)
-class APIKeyAdmin(admin.ModelAdmin):
+class APIKeyAdmin(AnnouncesSnapshotChanges, admin.ModelAdmin):
+    def changed(self, obj):
+        return {"key_ids": [obj.pk]}
+
     list_display = (
         "name",
         "masked",
@@ -181,7 +224,10 @@ class APIKeyAdmin(admin.ModelAdmin):
 
 
 @admin.register(Subscription)
-class SubscriptionAdmin(admin.ModelAdmin):
+class SubscriptionAdmin(AnnouncesSnapshotChanges, admin.ModelAdmin):
+    def changed(self, obj):
+        return {"subscription_ids": [obj.pk], "user_ids": [obj.user_id]}
+
     list_display = (
         "user",
         "group",

@@ -15,6 +15,7 @@ from django.conf import settings
 from django.contrib.auth.models import AbstractUser, UserManager
 from django.core.validators import MinValueValidator
 from django.db import models
+from django.db.models import F, Q
 from django.db.models.functions import Lower
 from django.utils import timezone
 from django.utils.functional import cached_property
@@ -27,6 +28,19 @@ ZERO = Decimal("0")
 
 def money_field(default: Decimal | None = ZERO, **kwargs) -> models.DecimalField:
     return models.DecimalField(**MONEY, default=default, **kwargs)
+
+
+def all_at_least_zero(*fields: str) -> Q:
+    """Each field >= 0. An empty (NULL) field passes, as SQL CHECK constraints treat it."""
+    condition = Q()
+    for field in fields:
+        condition &= Q(**{f"{field}__gte": 0})
+    return condition
+
+
+def row_rule(condition: Q, name: str, message: str) -> models.CheckConstraint:
+    """A one-row rule the database enforces; `message` is what full_clean() says when it is broken."""
+    return models.CheckConstraint(condition=condition, name=name, violation_error_message=message)
 
 
 class Platform(models.TextChoices):
@@ -101,6 +115,13 @@ class User(AbstractUser):
 
     class Meta:
         ordering = ["-id"]
+        constraints = [
+            row_rule(
+                Q(total_recharged__gte=0),
+                "user_total_recharged_non_negative",
+                "The total recharged cannot be negative.",
+            ),
+        ]
         indexes = [
             models.Index(Lower("username"), name="user_username_lower_idx"),
             models.Index(fields=["balance"], name="user_balance_idx"),
@@ -141,6 +162,13 @@ class BalanceHistory(models.Model):
     class Meta:
         ordering = ["-created_at", "-id"]
         verbose_name_plural = "balance history"
+        constraints = [
+            row_rule(
+                Q(amount__gte=0),
+                "balance_history_amount_non_negative",
+                "The amount is given as a positive number; the operation says its direction.",
+            ),
+        ]
         indexes = [models.Index(fields=["user", "-created_at"], name="balance_hist_user_idx")]
 
     def __str__(self) -> str:
@@ -193,7 +221,7 @@ class Group(models.Model):
         "self", on_delete=models.SET_NULL, null=True, blank=True, related_name="invalid_fallback_for"
     )
     # {"model pattern": [account id, …]}: an exact pattern beats a trailing-"*" prefix;
-    # ids are tried in list order. See accounts.services.groups.group_routed_account_ids.
+    # ids are tried in list order. See accounts.rules.group_routed_account_ids.
     model_routing = models.JSONField(default=dict, blank=True)
     model_routing_enabled = models.BooleanField(default=False)
     rpm_limit = models.PositiveIntegerField(default=0)
@@ -206,6 +234,23 @@ class Group(models.Model):
 
     class Meta:
         ordering = ["sort_order", "id"]
+        constraints = [
+            row_rule(
+                Q(rate_multiplier__gt=0),
+                "group_rate_multiplier_positive",
+                "The rate multiplier must be above 0.",
+            ),
+            row_rule(
+                all_at_least_zero("image_price_1k", "image_price_2k", "image_price_4k"),
+                "group_image_prices_non_negative",
+                "Image prices cannot be negative.",
+            ),
+            row_rule(
+                ~Q(fallback_group=F("pk")) & ~Q(fallback_group_on_invalid_request=F("pk")),
+                "group_fallback_not_itself",
+                "A group cannot fall back to itself.",
+            ),
+        ]
 
     def __str__(self) -> str:
         return self.name
@@ -225,7 +270,12 @@ class UserGroupRate(models.Model):
     )
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["user", "group"], name="user_group_rate_unique")]
+        constraints = [
+            models.UniqueConstraint(fields=["user", "group"], name="user_group_rate_unique"),
+            row_rule(
+                Q(rate_multiplier__gt=0), "user_group_rate_positive", "The rate multiplier must be above 0."
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.user_id}@{self.group_id}×{self.rate_multiplier}"
@@ -304,6 +354,32 @@ class UpstreamAccount(models.Model):
 
     class Meta:
         ordering = ["priority", "id"]
+        constraints = [
+            row_rule(
+                Q(rate_multiplier__gte=0),
+                "upstream_rate_multiplier_non_negative",
+                "The rate multiplier cannot be negative.",
+            ),
+            row_rule(
+                all_at_least_zero(
+                    "quota_limit_usd",
+                    "quota_used_usd",
+                    "quota_daily_limit_usd",
+                    "quota_daily_used_usd",
+                    "quota_weekly_limit_usd",
+                    "quota_weekly_used_usd",
+                ),
+                "upstream_quota_non_negative",
+                "Quota limits and used amounts cannot be negative.",
+            ),
+            row_rule(
+                Q(quota_daily_reset_hour__lte=23)
+                & Q(quota_weekly_reset_hour__lte=23)
+                & Q(quota_weekly_reset_weekday__lte=6),
+                "upstream_quota_reset_in_range",
+                "A reset hour is 0–23 and a weekday 0 (Monday) to 6 (Sunday).",
+            ),
+        ]
         indexes = [
             models.Index(Lower("name"), name="upstream_name_lower_idx"),
             models.Index(fields=["name"], name="upstream_name_idx"),
@@ -445,6 +521,22 @@ class APIKey(models.Model):
     class Meta:
         ordering = ["-id"]
         verbose_name = "API key"
+        constraints = [
+            row_rule(
+                all_at_least_zero(
+                    "quota_usd",
+                    "quota_used_usd",
+                    "rate_limit_5h_usd",
+                    "rate_limit_1d_usd",
+                    "rate_limit_7d_usd",
+                    "usage_5h_usd",
+                    "usage_1d_usd",
+                    "usage_7d_usd",
+                ),
+                "apikey_amounts_non_negative",
+                "Quotas, window limits and usage cannot be negative.",
+            ),
+        ]
         indexes = [
             models.Index(Lower("name"), name="apikey_name_lower_idx"),
             models.Index(fields=["name"], name="apikey_name_idx"),
@@ -556,7 +648,17 @@ class Subscription(models.Model):
                 fields=["user", "group"],
                 condition=models.Q(status__in=["active", "suspended"]),
                 name="subscription_one_live_per_user_group",
-            )
+            ),
+            row_rule(
+                Q(expires_at__gt=F("starts_at")),
+                "subscription_ends_after_it_starts",
+                "A subscription must end after it starts.",
+            ),
+            row_rule(
+                all_at_least_zero("daily_usage_usd", "weekly_usage_usd", "monthly_usage_usd"),
+                "subscription_usage_non_negative",
+                "Window usage cannot be negative.",
+            ),
         ]
         indexes = [
             models.Index(fields=["starts_at"], name="subscription_starts_idx"),
@@ -625,7 +727,7 @@ class Subscription(models.Model):
 
 
 class SignInCounter(models.Model):
-    """Sign-in attempts for one email or one client address inside a window (accounts.throttle).
+    """Sign-in attempts for one email or one client address inside a window (console.throttle).
 
     Attempts are counted before the password is checked, in one INSERT … ON CONFLICT; a
     successful sign-in forgives its email's attempts and takes its own attempt back from the

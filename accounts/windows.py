@@ -22,10 +22,9 @@ midnight) are computed in the configured IANA zone with these rules:
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from decimal import Decimal
-from typing import Any, Literal, TypedDict
+from typing import Literal, TypedDict
 from zoneinfo import ZoneInfo
 
 type Mode = Literal["rolling", "fixed"]
@@ -190,83 +189,6 @@ class PeriodRule(TypedDict):
     reset_hour: int
     reset_weekday: int
     tz: Zone
-
-
-@dataclass(frozen=True, slots=True)
-class QuotaState:
-    """An account's quota columns, detached from the model so pages and the gateway share one rule."""
-
-    limit_usd: Decimal
-    used_usd: Decimal
-    daily_limit_usd: Decimal
-    daily_used_usd: Decimal
-    daily_start: datetime | None
-    daily_reset_mode: Mode
-    daily_reset_hour: int
-    weekly_limit_usd: Decimal
-    weekly_used_usd: Decimal
-    weekly_start: datetime | None
-    weekly_reset_mode: Mode
-    weekly_reset_hour: int
-    weekly_reset_weekday: int
-    timezone: Zone
-
-    @classmethod
-    def from_obj(cls, obj: Any) -> QuotaState:
-        return cls(
-            limit_usd=obj.quota_limit_usd,
-            used_usd=obj.quota_used_usd,
-            daily_limit_usd=obj.quota_daily_limit_usd,
-            daily_used_usd=obj.quota_daily_used_usd,
-            daily_start=obj.quota_daily_start,
-            daily_reset_mode=obj.quota_daily_reset_mode,
-            daily_reset_hour=obj.quota_daily_reset_hour,
-            weekly_limit_usd=obj.quota_weekly_limit_usd,
-            weekly_used_usd=obj.quota_weekly_used_usd,
-            weekly_start=obj.quota_weekly_start,
-            weekly_reset_mode=obj.quota_weekly_reset_mode,
-            weekly_reset_hour=obj.quota_weekly_reset_hour,
-            weekly_reset_weekday=obj.quota_weekly_reset_weekday,
-            timezone=obj.quota_timezone,
-        )
-
-    def rule(self, period: Period) -> PeriodRule:
-        if period == "daily":
-            mode, hour, weekday = self.daily_reset_mode, self.daily_reset_hour, 0
-        else:
-            mode, hour, weekday = self.weekly_reset_mode, self.weekly_reset_hour, self.weekly_reset_weekday
-        return {
-            "mode": mode,
-            "period": period,
-            "reset_hour": hour,
-            "reset_weekday": weekday,
-            "tz": self.timezone,
-        }
-
-    def start(self, period: Period) -> datetime | None:
-        return self.daily_start if period == "daily" else self.weekly_start
-
-    def limit(self, period: Period) -> Decimal:
-        return self.daily_limit_usd if period == "daily" else self.weekly_limit_usd
-
-    def used(self, period: Period, now: datetime) -> Decimal:
-        """Usage as a page shows it (display rule applied)."""
-        raw = self.daily_used_usd if period == "daily" else self.weekly_used_usd
-        return effective_used(raw, self.start(period), now, **self.rule(period))
-
-    def next_reset(self, period: Period, now: datetime) -> datetime | None:
-        return next_reset(self.start(period), now, **self.rule(period))
-
-
-def _over(used: Decimal, limit: Decimal | None) -> bool:
-    return limit is not None and limit > 0 and used >= limit
-
-
-def is_quota_exceeded(state: QuotaState, now: datetime) -> bool:
-    """Total: used >= limit. Daily/weekly: only while the period is unexpired (limit 0 = none)."""
-    return _over(state.used_usd, state.limit_usd) or any(
-        _over(state.used(period, now), state.limit(period)) for period in ("daily", "weekly")
-    )
 
 
 # --- API key windows (docs/windows.md#key-windows) ----------------------------------------------

@@ -79,9 +79,9 @@ def generate_rows(rows: int, dims: dict) -> None:
     from django.utils import timezone
 
     from billing.cost import Usage, compute_cost
-    from billing.pricing import catalog_price
     from billing.selectors import period_range
     from billing.services import breakdown_extra
+    from channels.pricing import catalog_price
 
     # A real breakdown's JSON, so the rows are as wide as real ones.
     sample = compute_cost(

@@ -20,16 +20,22 @@ from dataclasses import dataclass
 from decimal import Decimal, localcontext
 from typing import Any, Literal
 
-from accounts.money import PRECISION, quantize_usd
+from channels.patterns import select_interval, select_tier_interval
+from channels.pricing import (
+    PRICING_SOURCES,
+    BillingMode,
+    Price,
+    PriceInterval,
+    PricingSource,
+    count_in,
+    money_in,
+)
+from common.money import PRECISION, format_multiplier, format_per_mtok_exact, format_usd_exact, quantize_usd
 
-BillingMode = Literal["token", "per_request", "image"]
-PricingSource = Literal["channel", "catalog", "missing"]
 CacheTTL = Literal["5m", "1h"]
 RateSource = Literal["group", "user", "default"]
 UnitPriceSource = Literal["", "interval", "per_request_price", "none"]
 
-BILLING_MODES: frozenset[str] = frozenset({"token", "per_request", "image"})
-PRICING_SOURCES: frozenset[str] = frozenset({"channel", "catalog", "missing"})
 CACHE_TTLS: frozenset[str] = frozenset({"5m", "1h"})
 RATE_SOURCE_LABELS: dict[str, str] = {
     "group": "group rate",
@@ -39,112 +45,6 @@ RATE_SOURCE_LABELS: dict[str, str] = {
 
 ZERO = Decimal(0)
 ONE = Decimal(1)
-TOKENS_PER_MTOK = Decimal(1_000_000)
-
-
-def _money_in(name: str, value: object, *, optional: bool = False) -> Decimal | None:
-    # Floats are refused rather than converted: Decimal(0.1) is not 0.1, and a price that is
-    # silently off in the 17th digit would be multiplied by millions of tokens.
-    if value is None and optional:
-        return None
-    if isinstance(value, bool) or not isinstance(value, Decimal | int):
-        raise TypeError(f"{name} must be a Decimal, got {type(value).__name__}")
-    amount = Decimal(value)
-    if not amount.is_finite():
-        raise ValueError(f"{name} must be a finite number, got {amount}")
-    if amount < 0:
-        raise ValueError(f"{name} must not be negative, got {amount}")
-    return amount
-
-
-def _count_in(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < 0:
-        raise ValueError(f"{name} must not be negative, got {value}")
-    return value
-
-
-def _coerce_money(obj: object, names: tuple[str, ...], *, optional: bool) -> None:
-    for name in names:
-        # Frozen dataclasses: __post_init__ is the one place allowed to normalise fields.
-        object.__setattr__(obj, name, _money_in(name, getattr(obj, name), optional=optional))
-
-
-@dataclass(frozen=True)
-class PriceInterval:
-    """One row of a card's interval table (docs/entities.md#pricing-intervals). Prices are USD per token.
-
-    Token mode matches by context size (`min_tokens < context <= max_tokens`); per-request and
-    image modes match by `tier_label`. A multiplier scales the card's base price and is used only
-    when the explicit price next to it is empty.
-    """
-
-    min_tokens: int = 0
-    max_tokens: int | None = None
-    tier_label: str = ""
-    input_price: Decimal | None = None
-    output_price: Decimal | None = None
-    cache_write_price: Decimal | None = None
-    cache_read_price: Decimal | None = None
-    input_multiplier: Decimal | None = None
-    output_multiplier: Decimal | None = None
-    cache_write_multiplier: Decimal | None = None
-    cache_read_multiplier: Decimal | None = None
-    per_request_price: Decimal | None = None
-    sort_order: int = 0
-
-    def __post_init__(self) -> None:
-        _count_in("min_tokens", self.min_tokens)
-        if self.max_tokens is not None:
-            _count_in("max_tokens", self.max_tokens)
-        _coerce_money(
-            self,
-            (
-                "input_price",
-                "output_price",
-                "cache_write_price",
-                "cache_read_price",
-                "input_multiplier",
-                "output_multiplier",
-                "cache_write_multiplier",
-                "cache_read_multiplier",
-                "per_request_price",
-            ),
-            optional=True,
-        )
-
-
-@dataclass(frozen=True)
-class Price:
-    """A pricing card (channel ModelPricing or catalog default). Prices are USD per token."""
-
-    input_price: Decimal = ZERO
-    output_price: Decimal = ZERO
-    cache_write_price: Decimal = ZERO  # 5-minute cache writes
-    cache_write_1h_price: Decimal | None = None  # None = same as cache_write_price
-    cache_read_price: Decimal = ZERO
-    image_output_price: Decimal = ZERO
-    per_request_price: Decimal | None = None
-    billing_mode: BillingMode = "token"
-    intervals: tuple[PriceInterval, ...] = ()
-
-    def __post_init__(self) -> None:
-        if self.billing_mode not in BILLING_MODES:
-            raise ValueError(
-                f"billing_mode must be one of {sorted(BILLING_MODES)}, got {self.billing_mode!r}"
-            )
-        _coerce_money(
-            self,
-            ("input_price", "output_price", "cache_write_price", "cache_read_price", "image_output_price"),
-            optional=False,
-        )
-        _coerce_money(self, ("cache_write_1h_price", "per_request_price"), optional=True)
-        # Accept a list from callers but keep the card hashable and immutable.
-        object.__setattr__(self, "intervals", tuple(self.intervals))
-        for interval in self.intervals:
-            if not isinstance(interval, PriceInterval):
-                raise TypeError(f"intervals must hold PriceInterval, got {type(interval).__name__}")
 
 
 @dataclass(frozen=True)
@@ -164,7 +64,7 @@ class Usage:
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             if f.name != "image_size_tier":
-                _count_in(f.name, getattr(self, f.name))
+                count_in(f.name, getattr(self, f.name))
 
     @property
     def context_tokens(self) -> int:
@@ -184,28 +84,6 @@ class AppliedInterval:
     tier_label: str
     min_tokens: int
     max_tokens: int | None
-
-
-def select_interval(intervals: tuple[PriceInterval, ...], context_tokens: int) -> PriceInterval | None:
-    """First interval in sort_order with min < context <= max (None max = unbounded), else None."""
-    # sorted() is stable, so equal sort_orders keep the card's order.
-    for interval in sorted(intervals, key=lambda i: i.sort_order):
-        if interval.min_tokens < context_tokens and (
-            interval.max_tokens is None or context_tokens <= interval.max_tokens
-        ):
-            return interval
-    return None
-
-
-def select_tier_interval(intervals: tuple[PriceInterval, ...], tier: str | None) -> PriceInterval | None:
-    """First interval in sort_order whose tier_label matches (case- and space-insensitive)."""
-    if not tier or not tier.strip():
-        return None
-    wanted = tier.strip().casefold()
-    for interval in sorted(intervals, key=lambda i: i.sort_order):
-        if interval.tier_label.strip().casefold() == wanted:
-            return interval
-    return None
 
 
 def _interval_price(explicit: Decimal | None, multiplier: Decimal | None, base: Decimal) -> Decimal:
@@ -244,8 +122,8 @@ class CostBreakdown:
     prices after interval selection; money fields are quantised to 8 decimals.
     """
 
-    billing_mode: BillingMode
-    pricing_source: PricingSource
+    billing_mode: str  # a BillingMode value
+    pricing_source: str  # a PricingSource value
     billing_model: str
     # Counts as billed.
     input_tokens: int
@@ -330,32 +208,32 @@ class CostBreakdown:
     def explain(self) -> str:
         """A sentence to check with a calculator; prices in $/MTok (docs/pricing.md#breakdown)."""
         head = f"{self.billing_model or 'Request'}"
-        if self.pricing_source == "missing":
+        if self.pricing_source == PricingSource.MISSING:
             head += ": no price found (pricing_source=missing), billed $0"
             counts = self._token_terms(priced=False)
             if counts:
                 head += f" for {', '.join(counts)}"
         else:
             head += f", {self.pricing_source} price, {self.billing_mode.replace('_', '-')} mode"
-        if self.interval is not None and self.billing_mode == "token":
+        if self.interval is not None and self.billing_mode == BillingMode.TOKEN:
             # Unit modes name their interval in the unit term instead.
             head += f", {self._interval_text()}"
         if self.cache_ttl_override is not None:
             head += f", all cache writes billed as {self.cache_ttl_override} (TTL override)"
 
         terms: list[str] = []
-        if self.pricing_source != "missing":
-            if self.billing_mode == "token":
+        if self.pricing_source != PricingSource.MISSING:
+            if self.billing_mode == BillingMode.TOKEN:
                 terms = self._token_terms(priced=True) or ["no billable tokens"]
             else:
                 terms = [self._unit_term()]
         rate_label = RATE_SOURCE_LABELS.get(self.rate_multiplier_source, self.rate_multiplier_source)
         terms += [
-            f"total {format_usd(self.total_cost)}",
+            f"total {format_usd_exact(self.total_cost)}",
             f"× {format_multiplier(self.rate_multiplier)} ({rate_label}) = "
-            f"{format_usd(self.actual_cost)} charged",
-            f"account cost {format_usd(self.total_cost)} × "
-            f"{format_multiplier(self.account_rate_multiplier)} = {format_usd(self.account_cost)}",
+            f"{format_usd_exact(self.actual_cost)} charged",
+            f"account cost {format_usd_exact(self.total_cost)} × "
+            f"{format_multiplier(self.account_rate_multiplier)} = {format_usd_exact(self.account_cost)}",
         ]
         return f"{head}: {'; '.join(terms)}."
 
@@ -382,13 +260,13 @@ class CostBreakdown:
         if not priced:
             return [f"{count:,} {label}" for count, label, _, _ in rows if count > 0]
         return [
-            f"{count:,} {label} × {format_per_mtok(price)} = {format_usd(cost)}"
+            f"{count:,} {label} × {format_per_mtok_exact(price)} = {format_usd_exact(cost)}"
             for count, label, price, cost in rows
             if count > 0
         ]
 
     def _unit_term(self) -> str:
-        noun = "image" if self.billing_mode == "image" else "request"
+        noun = "image" if self.billing_mode == BillingMode.IMAGE else "request"
         noun += "" if self.unit_count == 1 else "s"
         tier = f" ({self.size_tier})" if self.size_tier else ""
         if self.unit_price_source == "interval":
@@ -398,8 +276,8 @@ class CostBreakdown:
         else:
             why = "no unit price on the card"
         return (
-            f"{self.unit_count:,} {noun}{tier} × {format_usd(self.unit_price)} ({why}) = "
-            f"{format_usd(self.unit_cost)}"
+            f"{self.unit_count:,} {noun}{tier} × {format_usd_exact(self.unit_price)} ({why}) = "
+            f"{format_usd_exact(self.unit_cost)}"
         )
 
     def _interval_text(self) -> str:
@@ -422,7 +300,7 @@ def compute_cost(
     *,
     price: Price | None,
     usage: Usage,
-    pricing_source: PricingSource,
+    pricing_source: str,
     rate_multiplier: Decimal = ONE,
     rate_multiplier_source: RateSource = "group",
     account_rate_multiplier: Decimal = ONE,
@@ -438,14 +316,14 @@ def compute_cost(
     """
     if pricing_source not in PRICING_SOURCES:
         raise ValueError(f"pricing_source must be one of {sorted(PRICING_SOURCES)}, got {pricing_source!r}")
-    if (price is None) != (pricing_source == "missing"):
+    if (price is None) != (pricing_source == PricingSource.MISSING):
         raise ValueError("price must be None exactly when pricing_source is 'missing'")
     if cache_ttl_override is not None and cache_ttl_override not in CACHE_TTLS:
         raise ValueError(f"cache_ttl_override must be '5m', '1h' or None, got {cache_ttl_override!r}")
     if rate_multiplier_source not in RATE_SOURCE_LABELS:
         raise ValueError(f"rate_multiplier_source must be one of {sorted(RATE_SOURCE_LABELS)}")
-    rate = _money_in("rate_multiplier", rate_multiplier)
-    account_rate = _money_in("account_rate_multiplier", account_rate_multiplier)
+    rate = money_in("rate_multiplier", rate_multiplier)
+    account_rate = money_in("account_rate_multiplier", account_rate_multiplier)
     assert rate is not None and account_rate is not None  # not optional; narrows the type
 
     cache_5m, cache_1h = usage.cache_creation_5m_tokens, usage.cache_creation_1h_tokens
@@ -457,7 +335,7 @@ def compute_cost(
     # bill zero text output rather than a negative amount.
     image_output = usage.image_output_tokens
     text_output = max(usage.output_tokens - image_output, 0)
-    mode: BillingMode = price.billing_mode if price is not None else "token"
+    mode = price.billing_mode if price is not None else BillingMode.TOKEN.value
 
     prices = dict.fromkeys(
         (
@@ -490,7 +368,7 @@ def compute_cost(
 
     with localcontext() as ctx:
         ctx.prec = PRECISION
-        if price is not None and mode == "token":
+        if price is not None and mode == BillingMode.TOKEN:
             chosen = select_interval(price.intervals, usage.context_tokens)
             iv = chosen or PriceInterval()  # an empty interval leaves every flat price as is
             prices["input_price"] = _interval_price(iv.input_price, iv.input_multiplier, price.input_price)
@@ -514,7 +392,7 @@ def compute_cost(
             costs["cache_creation_1h_cost"] = quantize_usd(cache_1h * prices["cache_write_1h_price"])
             costs["cache_read_cost"] = quantize_usd(usage.cache_read_tokens * prices["cache_read_price"])
         elif price is not None:
-            unit_count = usage.image_count if mode == "image" else usage.request_count
+            unit_count = usage.image_count if mode == BillingMode.IMAGE else usage.request_count
             chosen = select_tier_interval(price.intervals, usage.image_size_tier)
             if chosen is not None and chosen.per_request_price is not None:
                 prices["unit_price"], unit_price_source = chosen.per_request_price, "interval"
@@ -551,7 +429,7 @@ def compute_cost(
         cache_read_tokens=usage.cache_read_tokens,
         context_tokens=usage.context_tokens,
         unit_count=unit_count,
-        size_tier=usage.image_size_tier if mode != "token" else None,
+        size_tier=usage.image_size_tier if mode != BillingMode.TOKEN else None,
         **prices,
         unit_price_source=unit_price_source,
         interval=(
@@ -567,28 +445,3 @@ def compute_cost(
         account_rate_multiplier=account_rate,
         cache_ttl_override=cache_ttl_override,
     )
-
-
-def _plain(amount: Decimal, min_places: int) -> str:
-    # normalize() drops trailing zeros; format "f" keeps 1E+1 from leaking into the page.
-    text = format(amount.normalize(), "f")
-    whole, _, frac = text.partition(".")
-    frac = frac.ljust(min_places, "0")
-    whole = f"{int(whole):,}"
-    return f"{whole}.{frac}" if frac else whole
-
-
-def format_usd(amount: Decimal) -> str:
-    """$0.036, $1,234.50: every significant digit kept, so the sentence adds up by hand."""
-    return f"${_plain(amount, 2)}"
-
-
-def format_per_mtok(price_per_token: Decimal) -> str:
-    """A per-token price shown as operators read it: $3.00/MTok."""
-    with localcontext() as ctx:
-        ctx.prec = PRECISION
-        return f"${_plain(price_per_token * TOKENS_PER_MTOK, 2)}/MTok"
-
-
-def format_multiplier(multiplier: Decimal) -> str:
-    return _plain(multiplier, 1)

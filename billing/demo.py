@@ -12,12 +12,13 @@ from datetime import datetime, timedelta
 
 from django.utils import timezone
 
-from accounts import windows
-from accounts.models import APIKey, GroupAccount, Subscription, UpstreamAccount, User
+from accounts.selectors.keys import key_list
+from accounts.snapshots import KeySnapshot, key_snapshot_load_by_id, upstream_account_snapshots_load
 from billing.cost import Usage
 from billing.models import UsageLog
-from billing.pricing import billing_context
+from billing.pricing import billing_context_from
 from billing.services import usage_record
+from channels.snapshots import channel_snapshot_for_group
 
 REQUESTS_PER_KEY = 300
 DAYS = 7
@@ -51,55 +52,52 @@ USER_AGENTS = ["claude-cli/2.0.14 (external, cli)", "OpenAI/Python 1.99.1", "cur
 
 
 def seed_usage(*, now: datetime | None = None) -> int:
-    """Record a week of usage for every active key of an active user; returns rows added."""
+    """Record a week of usage for every active key of an active user; returns rows added.
+
+    Keys are read as the gateway reads them, through accounts' snapshots, never accounts' rows.
+    """
     now = now or timezone.now()
     added = 0
-    keys = (
-        APIKey.objects.filter(
-            status=APIKey.Status.ACTIVE, user__status=User.Status.ACTIVE, group__isnull=False
-        )
-        .select_related("group")
-        .order_by("id")
-    )
-    for key in keys:
-        if (
-            key.group.is_subscription
-            and not Subscription.objects.filter(
-                user_id=key.user_id, group_id=key.group_id, status__in=Subscription.LIVE_STATUSES
-            ).exists()
-        ):
+    for key_id in key_list(status="active").order_by("id").values_list("pk", flat=True):
+        key = key_snapshot_load_by_id(key_id)
+        if key is None or key.group is None or not key.user.is_enabled:
+            continue
+        if key.group.is_subscription and not (key.subscription and key.subscription.is_live(now)):
             continue  # the gateway would refuse this key
-        if UsageLog.objects.filter(api_key=key, request_id__startswith="demo-").exists():
+        if UsageLog.objects.filter(api_key_id=key.id, request_id__startswith="demo-").exists():
             continue  # seeded before (replaying would change nothing), so skip the work
         added += _seed_key(key, now=now)
     return added
 
 
-def _seed_key(key: APIKey, *, now: datetime) -> int:
+def _seed_key(key: KeySnapshot, *, now: datetime) -> int:
+    assert key.group is not None  # seed_usage skips keys without a group; narrows the type
     rng = random.Random(f"tollgate-demo-{key.key_hash}")  # noqa: S311 - demo data, not security
-    account_ids = list(
-        GroupAccount.objects.filter(group_id=key.group_id)
-        .order_by("priority", "id")
-        .values_list("account_id", flat=True)
-    ) or [None]
-    contexts = {aid: billing_context(api_key_id=key.pk, account_id=aid) for aid in account_ids}
+    account_ids = [member.account_id for member in key.group.members]  # in the group's order
+    accounts = upstream_account_snapshots_load(account_ids)
+    channel = channel_snapshot_for_group(key.group_id)
+    contexts = {
+        account_id: billing_context_from(key=key, channel=channel, account=accounts.get(account_id))
+        for account_id in (account_ids or [None])
+    }
     models = PLATFORM_MODELS.get(key.group.platform, PLATFORM_MODELS["anthropic"])
     # In time order, as a gateway would see them: lazy window resets depend on it.
     moments = sorted(_business_hours_moment(rng, now) for _ in range(REQUESTS_PER_KEY))
     added = 0
+    balance = key.user.balance  # moved below by exactly what each recording charged it
     pays_from_balance = not key.group.is_subscription
     for n, created_at in enumerate(moments):
-        if pays_from_balance and User.objects.filter(pk=key.user_id, balance__lte=0).exists():
+        if pays_from_balance and balance <= 0:
             break  # out of credit: the gateway answers INSUFFICIENT_BALANCE from here on
         model = rng.choice(models[:-1]) if rng.random() > 0.02 else models[-1]
-        schedulable = [aid for aid in account_ids if aid is None or not _quota_exceeded(aid, created_at)]
+        schedulable = [aid for aid in contexts if aid is None or not _quota_exceeded(aid, created_at)]
         if not schedulable:
             continue  # every account of the group is at its quota: the gateway would refuse this one
         account_id = rng.choice(schedulable)
         status = rng.choices([200, 429, 500, 529], weights=[94, 3, 2, 1])[0]
         result = usage_record(
-            request_id=_request_id(key, n),
-            api_key_id=key.pk,
+            request_id=f"demo-{key.key_hash[:8]}-{n:04d}",
+            api_key_id=key.id,
             account_id=account_id,
             requested_model=model,
             usage=_usage(rng, model, failed=status >= 400),
@@ -113,18 +111,16 @@ def _seed_key(key: APIKey, *, now: datetime) -> int:
             created_at=created_at,
         )
         added += not result.duplicate
+        if result.charged_to == "balance":
+            balance -= result.charged_usd
         if result.key_became_exhausted:
             break  # the key just used up its quota: the gateway refuses it from here on
     return added
 
 
 def _quota_exceeded(account_id: int, at: datetime) -> bool:
-    account = UpstreamAccount.objects.get(pk=account_id)
-    return windows.is_quota_exceeded(windows.QuotaState.from_obj(account), at)
-
-
-def _request_id(key: APIKey, n: int) -> str:
-    return f"demo-{key.key_prefix}-{n:04d}"
+    # Read afresh: every key of the group charges this account's quota.
+    return upstream_account_snapshots_load([account_id])[account_id].is_quota_exceeded(at)
 
 
 def _business_hours_moment(rng: random.Random, now: datetime) -> datetime:

@@ -5,10 +5,10 @@ from django.forms.utils import flatatt
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
-from accounts.forms.base import ConsoleForm
 from accounts.models import APIKey, Group, UpstreamAccount, User
-from billing.models import PricingSource
 from billing.selectors import DEFAULT_PERIOD, UsageFilters, period_range
+from channels.pricing import PricingSource
+from common.forms import ConsoleForm
 
 
 class DateInput(forms.DateInput):

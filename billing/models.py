@@ -17,6 +17,7 @@ from django.utils import timezone
 
 from accounts.models import MONEY, APIKey, Group, Subscription, UpstreamAccount, User
 from billing.cost import CostBreakdown
+from channels.pricing import BillingMode, BillingModelSource, PricingSource
 
 ZERO = Decimal("0")
 MULTIPLIER = {"max_digits": 12, "decimal_places": 6}
@@ -24,24 +25,6 @@ MULTIPLIER = {"max_digits": 12, "decimal_places": 6}
 
 def money_field(**kwargs) -> models.DecimalField:
     return models.DecimalField(**MONEY, default=ZERO, **kwargs)
-
-
-class PricingSource(models.TextChoices):
-    CHANNEL = "channel", "Channel"
-    CATALOG = "catalog", "Catalog"
-    MISSING = "missing", "Missing"
-
-
-class BillingMode(models.TextChoices):
-    TOKEN = "token", "Per token"
-    PER_REQUEST = "per_request", "Per request"
-    IMAGE = "image", "Per image"
-
-
-class BillingModelSource(models.TextChoices):
-    REQUESTED = "requested", "Requested model"
-    CHANNEL_MAPPED = "channel_mapped", "Channel-mapped model"
-    UPSTREAM = "upstream", "Upstream model"
 
 
 # CostBreakdown fields that are stored as columns of the same name; the breakdown JSON keeps

@@ -10,8 +10,9 @@ from decimal import Decimal
 from django.db.models import Count, Max, QuerySet, Sum
 from django.utils import timezone
 
-from accounts.money import quantize_usd
-from billing.models import PricingSource, UsageLog, UsageRollup
+from billing.models import UsageLog, UsageRollup
+from channels.pricing import PricingSource
+from common.money import quantize_usd
 
 ZERO = Decimal(0)
 MODEL_FIELDS = {"requested": "requested_model", "upstream": "upstream_model", "billing": "billing_model"}

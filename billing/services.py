@@ -151,7 +151,7 @@ def usage_record(
                 account_id=account_id,
                 amount_usd=breakdown.account_cost,
                 now=now,
-                rules=context.account_quota_rules,
+                rules=context.account_quota,
             )
 
     return UsageRecordResult(

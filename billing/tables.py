@@ -8,9 +8,9 @@ from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.safestring import mark_safe
 
-from billing.cost import format_multiplier, format_usd
 from billing.models import UsageLog
 from billing.selectors import UsageTotals
+from common.money import format_multiplier, format_usd_exact
 
 NUM = {"td": {"class": "num"}, "th": {"class": "num"}, "tf": {"class": "num"}}
 MONEY = {"td": {"class": "money num"}, "th": {"class": "num"}, "tf": {"class": "money num"}}
@@ -125,11 +125,11 @@ class UsageTable(tables.Table):
 
     def render_actual_cost(self, value, record: UsageLog):
         if record.rate_multiplier == 1:
-            return format_usd(value)
+            return format_usd_exact(value)
         return format_html(
             '{}<div class="small text-body-secondary" title="Cost × rate multiplier">{} × {}</div>',
-            format_usd(value),
-            format_usd(record.total_cost),
+            format_usd_exact(value),
+            format_usd_exact(record.total_cost),
             format_multiplier(record.rate_multiplier),
         )
 

@@ -1,4 +1,4 @@
-"""The usage log (list with filters and totals, a row's cost breakdown, CSV export) and the dashboard."""
+"""The usage log: list with filters and totals, a row's cost breakdown, CSV export."""
 
 from __future__ import annotations
 
@@ -11,14 +11,6 @@ from django.shortcuts import get_object_or_404, render
 from django.utils import timezone
 from django_tables2 import RequestConfig
 
-from accounts.htmx import render_page
-from billing.dashboard import (
-    DEFAULT_MODEL_SOURCE,
-    MODEL_SOURCE_CHOICES,
-    MODEL_SOURCES,
-    dashboard_overview,
-    top_models,
-)
 from billing.forms import UsageFilterForm
 from billing.models import UsageLog
 from billing.selectors import (
@@ -31,6 +23,7 @@ from billing.selectors import (
     usage_totals,
 )
 from billing.tables import CountedPaginator, UsageTable
+from common.htmx import render_page
 
 PER_PAGE = 50
 CSV_CHUNK_ROWS = 2000
@@ -104,17 +97,3 @@ def range_label(filters: UsageFilters) -> str:
     if filters.end:
         return f"Before {timezone.localtime(filters.end):{fmt}} ({tz})"
     return "All time"
-
-
-def dashboard(request: HttpRequest) -> HttpResponse:
-    """KPIs, the 7-day trend, top models and users, warnings. The model toggle swaps only its card."""
-    source = request.GET.get("models", "")
-    source = source if source in MODEL_SOURCES else DEFAULT_MODEL_SOURCE
-    context = {
-        "top_models": top_models(source=source),
-        "model_source": source,
-        "model_source_choices": MODEL_SOURCE_CHOICES,
-    }
-    if not request.htmx or request.htmx.history_restore_request:
-        context |= dashboard_overview()
-    return render_page(request, "billing/dashboard.html", context, partial="top_models")

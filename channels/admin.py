@@ -1,5 +1,6 @@
 from django.contrib import admin
 
+from accounts.admin import AnnouncesSnapshotChanges
 from channels.models import Channel, ChannelAuditLog, ChannelGroup, ModelPricing, PricingInterval
 
 
@@ -21,7 +22,10 @@ class PricingIntervalInline(admin.TabularInline):
 
 
 @admin.register(Channel)
-class ChannelAdmin(admin.ModelAdmin):
+class ChannelAdmin(AnnouncesSnapshotChanges, admin.ModelAdmin):
+    def changed(self, obj):
+        return {"channel_ids": [obj.pk], "group_ids": obj.group_links.values_list("group_id", flat=True)}
+
     list_display = ["name", "status", "billing_model_source", "restrict_models", "updated_at"]
     list_filter = ["status", "billing_model_source", "restrict_models"]
     search_fields = ["name", "description"]
@@ -29,7 +33,10 @@ class ChannelAdmin(admin.ModelAdmin):
 
 
 @admin.register(ModelPricing)
-class ModelPricingAdmin(admin.ModelAdmin):
+class ModelPricingAdmin(AnnouncesSnapshotChanges, admin.ModelAdmin):
+    def changed(self, obj):
+        return {"channel_ids": [obj.channel_id]}
+
     list_display = ["__str__", "channel", "platform", "billing_mode", "sort_order"]
     list_filter = ["platform", "billing_mode"]
     list_select_related = ["channel"]
@@ -37,13 +44,19 @@ class ModelPricingAdmin(admin.ModelAdmin):
 
 
 @admin.register(PricingInterval)
-class PricingIntervalAdmin(admin.ModelAdmin):
+class PricingIntervalAdmin(AnnouncesSnapshotChanges, admin.ModelAdmin):
+    def changed(self, obj):
+        return {"channel_ids": [obj.card.channel_id]}
+
     list_display = ["__str__", "card", "tier_label", "sort_order"]
     list_select_related = ["card"]
 
 
 @admin.register(ChannelGroup)
-class ChannelGroupAdmin(admin.ModelAdmin):
+class ChannelGroupAdmin(AnnouncesSnapshotChanges, admin.ModelAdmin):
+    def changed(self, obj):
+        return {"channel_ids": [obj.channel_id], "group_ids": [obj.group_id]}
+
     list_display = ["group", "channel"]
     list_select_related = ["group", "channel"]
     autocomplete_fields = ["group", "channel"]

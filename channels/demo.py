@@ -9,9 +9,11 @@ from __future__ import annotations
 from decimal import Decimal
 
 from accounts.models import Group, User
-from accounts.money import per_mtok_to_per_token
 from channels.models import Channel
-from channels.services import CardSpec, IntervalSpec, MappingRule, channel_create
+from channels.pricing import PriceInterval
+from channels.rules import CardSpec, MappingRule
+from channels.services import channel_create
+from common.money import per_mtok_to_per_token
 
 
 def mtok(price: str) -> Decimal:
@@ -20,7 +22,7 @@ def mtok(price: str) -> Decimal:
 
 
 def _token_card(
-    platform: str, models: tuple[str, ...], prices: tuple[str, ...], *intervals: IntervalSpec
+    platform: str, models: tuple[str, ...], prices: tuple[str, ...], *intervals: PriceInterval
 ) -> CardSpec:
     names = ("input_price", "output_price", "cache_write_price", "cache_write_1h_price", "cache_read_price")
     return CardSpec(
@@ -31,9 +33,9 @@ def _token_card(
     )
 
 
-def _long_context(*prices: str, above: int = 200_000) -> IntervalSpec:
+def _long_context(*prices: str, above: int = 200_000) -> PriceInterval:
     names = ("input_price", "output_price", "cache_write_price", "cache_read_price")
-    return IntervalSpec(
+    return PriceInterval(
         min_tokens=above,
         tier_label=f">{above // 1000}K",
         **{name: mtok(value) for name, value in zip(names, prices, strict=False) if value},
@@ -93,7 +95,7 @@ DEMO_CHANNELS = [
                 billing_mode="image",
                 per_request_price=Decimal("0.039"),
                 intervals=tuple(
-                    IntervalSpec(tier_label=label, per_request_price=Decimal(price))
+                    PriceInterval(tier_label=label, per_request_price=Decimal(price))
                     for label, price in (("1K", "0.039"), ("2K", "0.078"), ("4K", "0.156"))
                 ),
             ),

@@ -1,9 +1,9 @@
 """The channel form: channel fields, pricing cards with nested interval rows, and the mapping.
 
 Prices are typed and shown in $ per million tokens and converted to USD per token here, at the
-form boundary, with Decimal arithmetic (accounts.money). Cards are a formset (prefix ``card``);
+form boundary, with Decimal arithmetic (common.money). Cards are a formset (prefix ``card``);
 each card carries its own interval formset (prefix ``card-<n>-iv``); mapping rows are a formset
-(prefix ``map``). The rules (docs/pricing.md#card-validation) come from channels.services, and
+(prefix ``map``). The rules (docs/pricing.md#card-validation) come from channels.rules, and
 each problem is put on the card, interval row or mapping row (and field) it belongs to.
 """
 
@@ -15,18 +15,15 @@ from typing import Any
 from django import forms
 from django.forms import formset_factory
 
-from accounts.forms.base import ConsoleForm, ConsoleModelForm, MoneyField, SearchInput
 from accounts.models import Group, Platform
-from accounts.money import per_mtok_to_per_token, per_token_to_per_mtok
 from channels.catalog import CatalogPrice
-from channels.models import BillingMode, BillingModelSource, Channel, ModelPricing, PricingInterval
-from channels.selectors import channel_names_for_groups, groups_for_channel
-from channels.services import (
+from channels.models import Channel, ModelPricing, PricingInterval
+from channels.pricing import BillingMode, BillingModelSource, PriceInterval
+from channels.rules import (
     CARD_PRICES,
     MULTIPLIERS,
     TOKEN_PRICES,
     CardSpec,
-    IntervalSpec,
     MappingRule,
     Problem,
     card_problems,
@@ -35,6 +32,9 @@ from channels.services import (
     pattern_overlap_problems,
     split_models,
 )
+from channels.selectors import channel_names_for_groups, groups_for_channel
+from common.forms import ConsoleForm, ConsoleModelForm, MoneyField, SearchInput
+from common.money import per_mtok_to_per_token, per_token_to_per_mtok
 
 MAX_CARDS = 50
 MAX_INTERVALS = 50
@@ -172,9 +172,9 @@ class IntervalForm(ConsoleForm):
             **{name: _normal(getattr(interval, name)) for name in (*MULTIPLIERS, "per_request_price")},
         }
 
-    def to_spec(self) -> IntervalSpec:
+    def to_spec(self) -> PriceInterval:
         data = self.cleaned_data
-        return IntervalSpec(
+        return PriceInterval(
             min_tokens=data["min_tokens"] or 0,
             max_tokens=data["max_tokens"],
             tier_label=data["tier_label"].strip(),

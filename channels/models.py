@@ -1,10 +1,10 @@
 """Channels: pricing and model mapping shared by a set of groups (docs/entities.md#channels).
 
 Prices are stored in USD **per token** with 14 decimal places and shown in $ per million
-tokens; forms convert at their boundary (accounts.money). `per_request_price` is USD per
+tokens; forms convert at their boundary (common.money). `per_request_price` is USD per
 request (or per image). The price attributes of `ModelPricing` and `PricingInterval` carry
-the same names as billing.cost.Price / PriceInterval, so billing builds its pure card from
-them field by field.
+the same names as channels.pricing.Price / PriceInterval, so the channel snapshot builds its
+pure cards from them by name.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models.lookups import Exact
 
-from accounts.models import Group, Platform
-from channels.patterns import select_interval
+from accounts.models import Group, Platform, all_at_least_zero, row_rule
+from channels.pricing import BillingMode, BillingModelSource
 
 PRICE = {"max_digits": 24, "decimal_places": 14}
 MULTIPLIER = {"max_digits": 12, "decimal_places": 6}
@@ -88,18 +88,6 @@ def validate_audit_changes(value: object) -> None:
         )
 
 
-class BillingMode(models.TextChoices):
-    TOKEN = "token", "Per token"
-    PER_REQUEST = "per_request", "Per request"
-    IMAGE = "image", "Per image"
-
-
-class BillingModelSource(models.TextChoices):
-    CHANNEL_MAPPED = "channel_mapped", "Channel-mapped model"
-    REQUESTED = "requested", "Requested model"
-    UPSTREAM = "upstream", "Upstream model"
-
-
 class Channel(models.Model):
     """Pricing cards and a model mapping, applied to the groups assigned to the channel."""
 
@@ -121,7 +109,7 @@ class Channel(models.Model):
         default=False, help_text="Refuse requests for models that have no price in this channel."
     )
     # {platform: {source pattern: target model}}; a source may end in "*". An exact source
-    # beats a prefix (see channels.selectors.map_model).
+    # beats a prefix (see channels.snapshots.ChannelSnapshot.map_model).
     model_mapping = models.JSONField(default=dict, blank=True, validators=[validate_model_mapping])
     groups = models.ManyToManyField(Group, through="ChannelGroup", related_name="channels", blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -193,21 +181,25 @@ class ModelPricing(models.Model):
     class Meta:
         ordering = ["sort_order", "id"]
         verbose_name = "model pricing card"
+        constraints = [
+            row_rule(
+                all_at_least_zero(
+                    "input_price",
+                    "output_price",
+                    "cache_write_price",
+                    "cache_write_1h_price",
+                    "cache_read_price",
+                    "image_output_price",
+                    "per_request_price",
+                ),
+                "pricing_card_prices_non_negative",
+                "Prices cannot be negative.",
+            ),
+        ]
         indexes = [models.Index(fields=["channel", "platform", "sort_order"], name="pricing_card_lookup_idx")]
 
     def __str__(self) -> str:
         return f"{self.platform}: {', '.join(self.models[:3])}{'…' if len(self.models) > 3 else ''}"
-
-    def interval_for(self, context_tokens: int) -> PricingInterval | None:
-        """The first interval, in order, with ``min_tokens < context <= max_tokens`` (None: flat prices)."""
-        return select_interval(self.intervals.all(), context_tokens)
-
-    def interval_for_tier(self, tier_label: str | None) -> PricingInterval | None:
-        """The first interval whose tier label matches (case- and space-insensitive), for image sizes."""
-        if not tier_label or not tier_label.strip():
-            return None
-        wanted = tier_label.strip().casefold()
-        return next((i for i in self.intervals.all() if i.tier_label.strip().casefold() == wanted), None)
 
 
 class PricingInterval(models.Model):
@@ -234,6 +226,28 @@ class PricingInterval(models.Model):
 
     class Meta:
         ordering = ["sort_order", "id"]
+        constraints = [
+            row_rule(
+                models.Q(max_tokens__isnull=True) | models.Q(max_tokens__gt=models.F("min_tokens")),
+                "pricing_interval_max_above_min",
+                "An interval's max tokens must be above its min tokens.",
+            ),
+            row_rule(
+                all_at_least_zero(
+                    "input_price",
+                    "output_price",
+                    "cache_write_price",
+                    "cache_read_price",
+                    "per_request_price",
+                    "input_multiplier",
+                    "output_multiplier",
+                    "cache_write_multiplier",
+                    "cache_read_multiplier",
+                ),
+                "pricing_interval_prices_non_negative",
+                "Prices and multipliers cannot be negative.",
+            ),
+        ]
 
     def __str__(self) -> str:
         upper = "∞" if self.max_tokens is None else self.max_tokens
@@ -241,7 +255,7 @@ class PricingInterval(models.Model):
 
 
 class ChannelAuditLog(models.Model):
-    """Who changed a channel, when, and what: `changes` is a JSON diff of the channel's snapshot."""
+    """Who changed a channel, when, and what: `changes` is a JSON diff of two readable pictures of the channel."""
 
     class Action(models.TextChoices):
         CREATE = "create", "Created"

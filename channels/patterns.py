@@ -37,7 +37,9 @@ matches a model when the model's normalised name starts with the normalised pref
 Intervals
 ---------
 An interval ``(min_tokens, max_tokens]`` holds a context size when
-``min_tokens < context <= max_tokens``; ``max_tokens=None`` is unbounded.
+``min_tokens < context <= max_tokens``; ``max_tokens=None`` is unbounded. A card's intervals are
+tried in their ``sort_order`` (rows without one, and rows with equal ones, in the order given):
+token mode takes the first that holds the context, unit modes the first whose tier label matches.
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ __all__ = [
     "normalise_pattern",
     "pattern_matches",
     "select_interval",
+    "select_tier_interval",
     "validate_intervals",
 ]
 
@@ -242,7 +245,10 @@ def match_pattern(patterns: Iterable[str], model: str) -> str | None:
 
 
 class Interval(Protocol):
-    """An interval row: holds context sizes with ``min_tokens < context <= max_tokens``."""
+    """An interval row: holds context sizes with ``min_tokens < context <= max_tokens``.
+
+    It may also have a ``sort_order`` and a ``tier_label`` (a stored row and a PriceInterval do).
+    """
 
     @property
     def min_tokens(self) -> int: ...
@@ -257,12 +263,30 @@ def _contains(interval: Interval, context_tokens: int) -> bool:
     return interval.max_tokens is None or context_tokens <= interval.max_tokens
 
 
+def _in_card_order[IntervalT: Interval](intervals: Iterable[IntervalT]) -> list[IntervalT]:
+    # sorted() is stable, so rows without a sort order, or with equal ones, keep the given order.
+    return sorted(intervals, key=lambda interval: getattr(interval, "sort_order", 0))
+
+
 def select_interval[IntervalT: Interval](
     intervals: Iterable[IntervalT], context_tokens: int
 ) -> IntervalT | None:
-    """The first interval, in the order given, with ``min < context <= max``; None if none holds it."""
-    for interval in intervals:
+    """The first interval, in card order, with ``min < context <= max``; None if none holds it."""
+    for interval in _in_card_order(intervals):
         if _contains(interval, context_tokens):
+            return interval
+    return None
+
+
+def select_tier_interval[IntervalT: Interval](
+    intervals: Iterable[IntervalT], tier: str | None
+) -> IntervalT | None:
+    """The first interval, in card order, whose tier label matches (case- and space-insensitive)."""
+    if not tier or not tier.strip():
+        return None
+    wanted = tier.strip().casefold()
+    for interval in _in_card_order(intervals):
+        if getattr(interval, "tier_label", "").strip().casefold() == wanted:
             return interval
     return None
 

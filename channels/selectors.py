@@ -1,83 +1,15 @@
-"""Reads of channels: the price lookup billing calls, the model mapping, and the console's lists.
+"""Reads of channels for the console's pages.
 
-The lookup order (docs/pricing.md#price-lookup): the card of the group's (active) channel for
-the platform and model, an exact name before a wildcard, in card order, with the name
-normalisation of channels.patterns; otherwise the catalog default; otherwise "missing".
+What the gateway and billing read about a channel (its cards, mapping and groups) is the channel
+snapshot, channels/snapshots.py; the price lookup rule is channels.pricing.price_lookup.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
-
 from django.db.models import Prefetch, Q, QuerySet
 
 from accounts.models import Group
-from channels.catalog import CatalogPrice, lookup_default_prices
 from channels.models import Channel, ChannelAuditLog, ChannelGroup, ModelPricing
-from channels.patterns import match_card, match_pattern
-
-PricingSource = Literal["channel", "catalog", "missing"]
-
-
-@dataclass(frozen=True)
-class PricingMatch:
-    """Where a request's price comes from.
-
-    `channel` is the group's active channel whenever there is one, also when its cards do not
-    price the model; `card` is set only for source "channel" (its intervals are prefetched),
-    `catalog` only for source "catalog".
-    """
-
-    source: PricingSource
-    card: ModelPricing | None = None
-    channel: Channel | None = None
-    catalog: CatalogPrice | None = None
-
-
-def channel_for_group(group_id: int | None) -> Channel | None:
-    """The active channel the group is assigned to, or None (one query)."""
-    if group_id is None:
-        return None
-    return Channel.objects.filter(group_links__group_id=group_id, status=Channel.Status.ACTIVE).first()
-
-
-def channel_cards(*, channel: Channel, platform: str) -> list[ModelPricing]:
-    """The channel's cards for one platform, in card order, with their intervals (two queries)."""
-    return list(
-        ModelPricing.objects.filter(channel=channel, platform=platform)
-        .order_by("sort_order", "id")
-        .prefetch_related("intervals")
-    )
-
-
-def pricing_lookup(*, group_id: int | None, platform: str, model: str) -> PricingMatch:
-    """The card, catalog default or "missing" that prices `model` for a key's group.
-
-    The same rule as billing.pricing.resolve_price (docs/pricing.md#price-lookup).
-    """
-    channel = channel_for_group(group_id)
-    if channel is not None and model:
-        card = match_card(channel_cards(channel=channel, platform=platform), model)
-        if card is not None:
-            return PricingMatch(source="channel", card=card, channel=channel)
-    catalog = lookup_default_prices(model) if model else None
-    if catalog is not None:
-        return PricingMatch(source="catalog", channel=channel, catalog=catalog)
-    return PricingMatch(source="missing", channel=channel)
-
-
-def map_model(*, channel: Channel | None, platform: str, model: str) -> str:
-    """The model name after the channel's mapping for `platform`: an exact source beats a prefix.
-
-    Returns `model` unchanged when there is no channel or no source matches.
-    """
-    if channel is None or not model:
-        return model
-    rules = channel.mapping.get(platform) or {}
-    source = match_pattern(rules.keys(), model)
-    return rules[source] if source is not None else model
-
 
 # -- console reads ----------------------------------------------------------------------------------
 

@@ -2,297 +2,46 @@
 
 A channel is saved whole, in one transaction: its fields, its groups, its pricing cards (replaced
 by the ones given, in order) and its model mapping. The rules (docs/pricing.md#card-validation)
-are checked here by `pricing_problems` and `mapping_problems`, which the form also calls so that
-each problem can be shown next to the card, interval row or mapping row that causes it. Every change leaves an
-audit row with a JSON diff.
+are checked first by channels.rules, which the form also calls. Every change leaves an audit row
+with a JSON diff, and is announced to snapshot listeners after commit.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from decimal import Decimal
 from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 
-from accounts.models import Group, Platform, User
-from accounts.money import per_token_to_per_mtok
+from accounts.models import Group, User
+from accounts.snapshots import snapshots_changed
 from channels.models import (
-    BillingMode,
     Channel,
     ChannelAuditLog,
     ChannelGroup,
     ModelPricing,
     PricingInterval,
 )
-from channels.patterns import find_overlaps, interval_errors, is_wildcard, normalise_pattern
-from channels.selectors import channel_names_for_groups
-
-MAX_MODELS_PER_CARD = 100
-MAX_PATTERN_LENGTH = 200
-CHANNEL_FIELDS = ("name", "description", "status", "billing_model_source", "restrict_models")
-TOKEN_PRICES = ("input_price", "output_price", "cache_write_price", "cache_read_price")
-MULTIPLIERS = ("input_multiplier", "output_multiplier", "cache_write_multiplier", "cache_read_multiplier")
-CARD_PRICES = (
-    "input_price",
-    "output_price",
-    "cache_write_price",
-    "cache_write_1h_price",
-    "cache_read_price",
-    "image_output_price",
+from channels.patterns import normalise_pattern
+from channels.pricing import PriceInterval
+from channels.rules import (
+    CARD_PRICES,
+    MULTIPLIERS,
+    TOKEN_PRICES,
+    CardSpec,
+    ChannelInvalid,
+    MappingRule,
+    mapping_as_json,
+    mapping_problems,
+    pricing_problems,
 )
-UNIT_MODES = (BillingMode.PER_REQUEST, BillingMode.IMAGE)
+from channels.selectors import channel_names_for_groups
+from common.money import per_token_to_per_mtok
 
-
-@dataclass(frozen=True)
-class IntervalSpec:
-    """One interval row to save. Prices are USD per token; `per_request_price` USD per unit."""
-
-    min_tokens: int = 0
-    max_tokens: int | None = None
-    tier_label: str = ""
-    input_price: Decimal | None = None
-    output_price: Decimal | None = None
-    cache_write_price: Decimal | None = None
-    cache_read_price: Decimal | None = None
-    input_multiplier: Decimal | None = None
-    output_multiplier: Decimal | None = None
-    cache_write_multiplier: Decimal | None = None
-    cache_read_multiplier: Decimal | None = None
-    per_request_price: Decimal | None = None
-
-
-@dataclass(frozen=True)
-class CardSpec:
-    """One pricing card to save. Prices are USD per token; `per_request_price` USD per unit."""
-
-    platform: str
-    models: tuple[str, ...]
-    billing_mode: str = BillingMode.TOKEN
-    input_price: Decimal | None = None
-    output_price: Decimal | None = None
-    cache_write_price: Decimal | None = None
-    cache_write_1h_price: Decimal | None = None
-    cache_read_price: Decimal | None = None
-    image_output_price: Decimal | None = None
-    per_request_price: Decimal | None = None
-    intervals: tuple[IntervalSpec, ...] = ()
-
-
-@dataclass(frozen=True)
-class MappingRule:
-    platform: str
-    source: str
-    target: str
-
-
-@dataclass(frozen=True)
-class Problem:
-    """A broken rule, with where it belongs: a card (and maybe one of its intervals) or a mapping row."""
-
-    message: str
-    card: int | None = None
-    interval: int | None = None
-    rule: int | None = None
-    field: str | None = None
-
-
-class ChannelInvalid(ValidationError):
-    def __init__(self, problems: list[Problem]) -> None:
-        self.problems = problems
-        super().__init__([problem.message for problem in problems])
-
-
-# -- rules ----------------------------------------------------------------------------------------
-
-
-def split_models(text: str) -> list[str]:
-    """Model names typed into a card, one per comma or line, blanks dropped."""
-    return [name.strip() for line in text.splitlines() for name in line.split(",") if name.strip()]
-
-
-def pricing_problems(cards: Sequence[CardSpec]) -> list[Problem]:
-    """Every rule these cards break (docs/pricing.md#card-validation), the whole channel's, in order."""
-    problems = []
-    for index, card in enumerate(cards):
-        problems += card_problems(index, card)
-    problems += pattern_overlap_problems([(card.platform, card.models) for card in cards])
-    return problems
-
-
-def card_problems(index: int, card: CardSpec) -> list[Problem]:
-    """The rules one card must follow on its own: its model list, its prices, its intervals."""
-    return (
-        _model_list_problems(index, card)
-        + _card_price_problems(index, card)
-        + _interval_problems(index, card)
-    )
-
-
-def pattern_overlap_problems(
-    cards: Sequence[tuple[str, Sequence[str]]], *, labels: Sequence[str] | None = None
-) -> list[Problem]:
-    """Overlapping model patterns across all cards of each platform, reported on the later card.
-
-    `cards` are (platform, patterns) pairs; `labels` name them in messages (default "card 1"…).
-    """
-    by_platform: dict[str, list[tuple[int, str]]] = defaultdict(list)
-    for index, (platform, models) in enumerate(cards):
-        by_platform[platform] += [(index, model) for model in models]
-    problems = []
-    for entries in by_platform.values():
-        for overlap in find_overlaps(model for _, model in entries):
-            first_card, second_card = entries[overlap.first_index][0], entries[overlap.second_index][0]
-            label = labels[first_card] if labels else f"card {first_card + 1}"
-            where = "" if first_card == second_card else f" (in {label})"
-            problems.append(Problem(f"{overlap.message}{where}.", card=second_card, field="models"))
-    return problems
-
-
-def _model_list_problems(index: int, card: CardSpec) -> list[Problem]:
-    problems = []
-    if not card.models:
-        problems.append(Problem("List at least one model.", card=index, field="models"))
-    elif len(card.models) > MAX_MODELS_PER_CARD:
-        problems.append(
-            Problem(
-                f"A card holds at most {MAX_MODELS_PER_CARD} models; this one has {len(card.models)}.",
-                card=index,
-                field="models",
-            )
-        )
-    for model in card.models:
-        if len(model) > MAX_PATTERN_LENGTH:
-            problems.append(
-                Problem(
-                    f"`{model[:40]}…` is longer than {MAX_PATTERN_LENGTH} characters.",
-                    card=index,
-                    field="models",
-                )
-            )
-    return problems
-
-
-def _card_price_problems(index: int, card: CardSpec) -> list[Problem]:
-    problems = [
-        Problem("Prices cannot be negative.", card=index, field=name)
-        for name in (*CARD_PRICES, "per_request_price")
-        if getattr(card, name) is not None and getattr(card, name) < 0
-    ]
-    if card.billing_mode == BillingMode.TOKEN:
-        for name, label in (("input_price", "an input"), ("output_price", "an output")):
-            if getattr(card, name) is None:
-                problems.append(
-                    Problem(f"A per-token card needs {label} price (0 is allowed).", card=index, field=name)
-                )
-    elif card.per_request_price is None and not card.intervals:
-        unit = "image" if card.billing_mode == BillingMode.IMAGE else "request"
-        problems.append(
-            Problem(
-                f"A per-{unit} card needs a per-{unit} price or at least one interval.",
-                card=index,
-                field="per_request_price",
-            )
-        )
-    return problems
-
-
-def _interval_problems(index: int, card: CardSpec) -> list[Problem]:
-    problems = []
-    unit_mode = card.billing_mode in UNIT_MODES
-    seen_labels: dict[str, int] = {}
-    for row, interval in enumerate(card.intervals):
-        values = [getattr(interval, name) for name in (*TOKEN_PRICES, *MULTIPLIERS, "per_request_price")]
-        if any(value is not None and value < 0 for value in values):
-            problems.append(Problem("Prices and multipliers cannot be negative.", card=index, interval=row))
-        if unit_mode:
-            label = interval.tier_label.strip()
-            if not label:
-                problems.append(
-                    Problem(
-                        "Give this tier a label (e.g. 1K, 2K, 4K, HD).",
-                        card=index,
-                        interval=row,
-                        field="tier_label",
-                    )
-                )
-            elif label.casefold() in seen_labels:
-                problems.append(
-                    Problem(
-                        f"Tier `{label}` is already interval {seen_labels[label.casefold()] + 1}.",
-                        card=index,
-                        interval=row,
-                        field="tier_label",
-                    )
-                )
-            else:
-                seen_labels[label.casefold()] = row
-            if interval.per_request_price is None:
-                problems.append(
-                    Problem(
-                        f"Interval {row + 1} has no price: enter its per-unit price.",
-                        card=index,
-                        interval=row,
-                        field="per_request_price",
-                    )
-                )
-        elif all(value is None for value in values):
-            problems.append(
-                Problem(
-                    f"Interval {row + 1} has no price: enter at least one price or multiplier.",
-                    card=index,
-                    interval=row,
-                )
-            )
-    if not unit_mode:
-        problems += [
-            Problem(message, card=index, interval=row) for row, message in interval_errors(card.intervals)
-        ]
-    return problems
-
-
-def mapping_problems(rules: Sequence[MappingRule]) -> list[Problem]:
-    """Mapping rows with a missing target, a pattern target, or a source overlapping another's."""
-    problems = []
-    by_platform: dict[str, list[tuple[int, str]]] = defaultdict(list)
-    for row, rule in enumerate(rules):
-        if not rule.source.strip():
-            problems.append(Problem("Enter the model name (or prefix*) to map.", rule=row, field="source"))
-        else:
-            by_platform[rule.platform].append((row, rule.source))
-        if not rule.target.strip():
-            problems.append(Problem("Enter the model to send instead.", rule=row, field="target"))
-        elif is_wildcard(rule.target):
-            problems.append(
-                Problem("The target must be one model name, not a pattern.", rule=row, field="target")
-            )
-    for entries in by_platform.values():
-        for overlap in find_overlaps(source for _, source in entries):
-            problems.append(
-                Problem(f"{overlap.message}.", rule=entries[overlap.second_index][0], field="source")
-            )
-    return problems
-
-
-def mapping_as_json(rules: Sequence[MappingRule]) -> dict[str, dict[str, str]]:
-    mapping: dict[str, dict[str, str]] = {}
-    for rule in rules:
-        mapping.setdefault(rule.platform, {})[rule.source.strip()] = rule.target.strip()
-    return mapping
-
-
-def mapping_rules(channel: Channel) -> list[MappingRule]:
-    """The channel's mapping as rows, by platform order then source."""
-    order = {value: position for position, value in enumerate(Platform.values)}
-    mapping = channel.mapping
-    return [
-        MappingRule(platform=platform, source=source, target=target)
-        for platform in sorted(mapping, key=lambda p: (order.get(p, len(order)), p))
-        for source, target in sorted(mapping[platform].items())
-    ]
+CHANNEL_FIELDS = ("name", "description", "status", "billing_model_source", "restrict_models")
 
 
 # -- writes ---------------------------------------------------------------------------------------
@@ -309,7 +58,9 @@ def channel_create(
 ) -> Channel:
     channel = Channel()
     _save(channel, fields=fields, group_ids=group_ids, cards=cards, mapping=mapping)
-    _audit(channel, ChannelAuditLog.Action.CREATE, before=channel_snapshot(None), actor=actor)
+    _audit(channel, ChannelAuditLog.Action.CREATE, before=_audit_picture(None), actor=actor)
+    # The gateway finds a group's channel by the group, so the groups are named too.
+    snapshots_changed(channel_ids=[channel.pk], group_ids=group_ids)
     return channel
 
 
@@ -325,7 +76,14 @@ def channel_update(
 ) -> Channel:
     """Replace the channel's fields, groups, cards and mapping with these; audited when anything changed."""
     locked = Channel.objects.select_for_update().get(pk=channel.pk)
-    before = channel_snapshot(locked)
+    before = _audit_picture(locked)
+    snapshots_changed(
+        channel_ids=[locked.pk],
+        group_ids=[
+            *group_ids,
+            *ChannelGroup.objects.filter(channel=locked).values_list("group_id", flat=True),
+        ],
+    )
     _save(locked, fields=fields, group_ids=group_ids, cards=cards, mapping=mapping)
     _audit(locked, ChannelAuditLog.Action.UPDATE, before=before, actor=actor)
     return locked
@@ -334,13 +92,17 @@ def channel_update(
 @transaction.atomic
 def channel_delete(*, channel: Channel, actor: User | None = None) -> None:
     """Delete the channel; its groups fall back to catalog prices. The audit row keeps the name."""
-    before = channel_snapshot(channel)
+    before = _audit_picture(channel)
     ChannelAuditLog.objects.create(
         channel=None,
         channel_name=channel.name,
         action=ChannelAuditLog.Action.DELETE,
         actor=actor,
-        changes=snapshot_diff(before, channel_snapshot(None)),
+        changes=_audit_diff(before, _audit_picture(None)),
+    )
+    snapshots_changed(
+        channel_ids=[channel.pk],
+        group_ids=ChannelGroup.objects.filter(channel=channel).values_list("group_id", flat=True),
     )
     channel.delete()
 
@@ -418,15 +180,16 @@ def _replace_cards(channel: Channel, cards: Sequence[CardSpec]) -> None:
     )
 
 
-def _interval_values(interval: IntervalSpec) -> dict[str, Any]:
-    return {f.name: getattr(interval, f.name) for f in fields(IntervalSpec)}
+def _interval_values(interval: PriceInterval) -> dict[str, Any]:
+    # The row's sort order is its position on the card, not what the caller passed.
+    return {f.name: getattr(interval, f.name) for f in fields(PriceInterval) if f.name != "sort_order"}
 
 
 # -- audit ----------------------------------------------------------------------------------------
 
 
 def _audit(channel: Channel, action: str, *, before: dict, actor: User | None) -> None:
-    changes = snapshot_diff(before, channel_snapshot(channel))
+    changes = _audit_diff(before, _audit_picture(channel))
     if changes or action != ChannelAuditLog.Action.UPDATE:
         ChannelAuditLog.objects.create(
             channel=channel, channel_name=channel.name, action=action, actor=actor, changes=changes
@@ -440,7 +203,7 @@ def _price_text(value: Decimal | None, *, per_mtok: bool = True) -> str | None:
     return format(shown, "f")
 
 
-def _card_snapshot(card: ModelPricing) -> dict[str, Any]:
+def _card_picture(card: ModelPricing) -> dict[str, Any]:
     prices = {name: _price_text(getattr(card, name)) for name in CARD_PRICES}
     return {
         "platform": card.platform,
@@ -452,11 +215,11 @@ def _card_snapshot(card: ModelPricing) -> dict[str, Any]:
             if card.per_request_price is not None
             else {}
         ),
-        "intervals": [_interval_snapshot(interval) for interval in card.intervals.all()],
+        "intervals": [_interval_picture(interval) for interval in card.intervals.all()],
     }
 
 
-def _interval_snapshot(interval: PricingInterval) -> str:
+def _interval_picture(interval: PricingInterval) -> str:
     upper = "∞" if interval.max_tokens is None else f"{interval.max_tokens:,}"
     parts = [f"({interval.min_tokens:,}, {upper}]"]
     if interval.tier_label:
@@ -472,7 +235,7 @@ def _interval_snapshot(interval: PricingInterval) -> str:
     return " ".join(parts)
 
 
-def channel_snapshot(channel: Channel | None) -> dict[str, Any]:
+def _audit_picture(channel: Channel | None) -> dict[str, Any]:
     """A readable, JSON-safe picture of a channel (prices in $/MTok), for the audit diff."""
     if channel is None or channel.pk is None:
         return {"groups": [], "model_mapping": {}, "pricing": []}
@@ -493,7 +256,7 @@ def channel_snapshot(channel: Channel | None) -> dict[str, Any]:
             for platform, rules in sorted(channel.mapping.items())
             for source, target in sorted(rules.items())
         },
-        "pricing": [_card_snapshot(card) for card in cards],
+        "pricing": [_card_picture(card) for card in cards],
     }
 
 
@@ -501,8 +264,8 @@ def _card_key(card: dict[str, Any]) -> str:
     return f"{card['platform']}: {', '.join(normalise_pattern(m) for m in card['models'])}"
 
 
-def snapshot_diff(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
-    """What changed between two snapshots; {} when nothing did.
+def _audit_diff(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """What changed between two pictures; {} when nothing did.
 
     Scalars become {"from", "to"}; groups and mapping entries "added"/"removed"/"changed";
     cards are matched by platform and models (then by position within a platform) and report

@@ -4,8 +4,8 @@ import django_tables2 as tables
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
-from accounts.tables.columns import StatusColumn
 from channels.models import Channel
+from common.tables import StatusColumn
 
 NUM = {"td": {"class": "num"}, "th": {"class": "num"}}
 

@@ -12,8 +12,6 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods
 from django_tables2 import RequestConfig
 
-from accounts.forms.base import add_service_error
-from accounts.htmx import dialog_done, render_page
 from channels.catalog import default_prices_json, lookup_default_prices
 from channels.forms import (
     MAX_CARDS,
@@ -27,10 +25,13 @@ from channels.forms import (
     new_mapping_form,
 )
 from channels.models import Channel
+from channels.rules import split_models
 from channels.selectors import channel_audit_log, channel_for_edit
 from channels.selectors import channel_list as select_channels
-from channels.services import channel_create, channel_delete, channel_update, split_models
+from channels.services import channel_create, channel_delete, channel_update
 from channels.tables import ChannelTable
+from common.forms import add_service_error
+from common.htmx import dialog_done, render_page
 
 FORM = "channels/channel_form.html"
 CARD_PREFIX = re.compile(r"^card-\d{1,3}$")

@@ -10,7 +10,7 @@ from django.db import connection
 from django.http import HttpRequest, HttpResponsePermanentRedirect, JsonResponse
 from django.templatetags.static import static
 
-from accounts.access import public
+from console.access import public
 
 logger = logging.getLogger("tollgate.health")
 

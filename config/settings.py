@@ -111,10 +111,14 @@ INSTALLED_APPS = [
     "django.contrib.humanize",
     "django_htmx",
     "django_tables2",
+    # Dependencies point one way, down this list: console → gateway → billing → channels →
+    # accounts → common (tests/test_layout.py checks every import).
+    "common",
     "accounts",
     "channels",
     "billing",
     "gateway",
+    "console",
 ]
 
 MIDDLEWARE = [
@@ -127,7 +131,7 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django.middleware.csp.ContentSecurityPolicyMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
-    "accounts.middleware.StaffOnlyConsoleMiddleware",
+    "console.middleware.StaffOnlyConsoleMiddleware",
 ]
 
 if PRODUCTION:
@@ -149,7 +153,7 @@ TEMPLATES = [
                 "django.template.context_processors.csp",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
-                "accounts.context_processors.console",
+                "console.context_processors.console",
             ],
         },
     },
@@ -193,7 +197,7 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
 
-# Sign-in throttle (accounts.throttle). LOGIN_FAILURE_LIMIT failures for one email lock it,
+# Sign-in throttle (console.throttle). LOGIN_FAILURE_LIMIT failures for one email lock it,
 # from every address, for LOGIN_FAILURE_WINDOW_SECONDS after the last counted failure.
 # LOGIN_IP_FAILURE_LIMIT failures from one client address throttle that address: from then on
 # it may only try emails that have no failures, so it cannot lock every staff member out.

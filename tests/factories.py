@@ -11,10 +11,11 @@ from django.utils import timezone
 from factory.django import DjangoModelFactory
 
 from accounts.models import APIKey, BalanceHistory, Group, GroupAccount, Subscription, UpstreamAccount, User
-from billing.cost import Price, Usage, compute_cost
+from billing.cost import Usage, compute_cost
 from billing.models import UsageLog
 from billing.services import breakdown_extra, usage_rollup_add
 from channels.models import Channel, ChannelGroup, ModelPricing, PricingInterval
+from channels.pricing import Price
 
 STAFF_PASSWORD = "correct-horse-battery-staple"
 

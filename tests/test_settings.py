@@ -141,7 +141,7 @@ def test_without_redis_tasks_run_in_process(tmp_path):
 
 
 def test_the_server_error_page_renders_without_a_database(rf):
-    from accounts.views.errors import server_error
+    from console.views.errors import server_error
 
     response = server_error(rf.get("/"))
     assert response.status_code == 500

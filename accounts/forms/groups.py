@@ -3,10 +3,10 @@ from __future__ import annotations
 from django import forms
 from django.db.models import Case, When
 
-from accounts.forms.base import ConsoleForm, ConsoleModelForm, MoneyField
 from accounts.models import Group, UpstreamAccount
+from accounts.rules import is_valid_timezone
 from accounts.selectors.groups import group_choices
-from accounts.services.upstream import is_valid_timezone
+from common.forms import ConsoleForm, ConsoleModelForm, MoneyField
 
 LIMIT_HELP = "USD. Empty = unlimited; 0 = no usage allowed."
 IMAGE_HELP = "USD per image. Empty = the model's default price."

@@ -9,10 +9,10 @@ from django.core.exceptions import ValidationError
 from django.urls import reverse
 from django.utils.timezone import now as current_time
 
-from accounts.forms.base import ConsoleForm, ConsoleModelForm, MoneyField, SearchInput
 from accounts.models import APIKey, Group, User
+from accounts.rules import parse_ip_rules
 from accounts.selectors.keys import GroupChoice, key_group_choices
-from accounts.services.keys import parse_ip_rules
+from common.forms import ConsoleForm, ConsoleModelForm, MoneyField, SearchInput
 
 EXPIRY_QUICK_PICKS = (7, 30, 90)
 

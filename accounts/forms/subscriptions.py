@@ -2,9 +2,9 @@ from __future__ import annotations
 
 from django import forms
 
-from accounts.forms.base import ConsoleForm, SearchInput
 from accounts.models import Group, Subscription, User
 from accounts.services.subscriptions import MAX_DAYS
+from common.forms import ConsoleForm, SearchInput
 
 
 def subscription_groups():

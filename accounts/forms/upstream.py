@@ -5,15 +5,15 @@ from decimal import Decimal
 from django import forms
 from django.conf import settings
 
-from accounts.forms.base import ConsoleForm, ConsoleModelForm, MoneyField, SearchInput
 from accounts.models import Group, Platform, UpstreamAccount
-from accounts.services.upstream import (
+from accounts.rules import (
     BEDROCK_AUTH_MODES,
     CREDENTIAL_SECTIONS,
     credential_form_name,
     credential_section,
     is_valid_timezone,
 )
+from common.forms import ConsoleForm, ConsoleModelForm, MoneyField, SearchInput
 
 QUOTA_HELP = "Empty or 0 = no limit."
 QUOTA_LIMITS = ("quota_limit_usd", "quota_daily_limit_usd", "quota_weekly_limit_usd")

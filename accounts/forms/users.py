@@ -5,8 +5,8 @@ from decimal import Decimal
 from django import forms
 from django.contrib.auth import password_validation
 
-from accounts.forms.base import ConsoleForm, ConsoleModelForm, MoneyField, SearchInput
 from accounts.models import BalanceHistory, Group, User
+from common.forms import ConsoleForm, ConsoleModelForm, MoneyField, SearchInput
 
 USER_FIELDS = [
     "email",

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
-from django.conf import settings
 from django.db.models import Prefetch, Q, QuerySet
 
+from accounts.crypto import decrypt_credentials
 from accounts.models import Group, GroupAccount, UpstreamAccount
-from accounts.windows import QuotaState, is_quota_exceeded
+from accounts.snapshots import AccountQuota
 
 WARN_AT = Decimal("0.8")
 
@@ -94,7 +94,7 @@ def upstream_account_quota_badge(account: UpstreamAccount, *, now: datetime) -> 
             )
     if state.limit_usd > 0:
         meters.append(QuotaMeter("$", "Total", state.used_usd, state.limit_usd, None))
-    return QuotaBadge(meters=tuple(meters), exceeded=is_quota_exceeded(state, now), applies=account.has_quota)
+    return QuotaBadge(meters=tuple(meters), exceeded=state.is_exceeded(now), applies=account.has_quota)
 
 
 def upstream_account_quota_usage(account: UpstreamAccount, *, now: datetime) -> dict[str, Decimal]:
@@ -103,6 +103,10 @@ def upstream_account_quota_usage(account: UpstreamAccount, *, now: datetime) -> 
     return {"daily": state.used("daily", now), "weekly": state.used("weekly", now), "total": state.used_usd}
 
 
-def _quota_state(account: UpstreamAccount) -> QuotaState:
-    state = QuotaState.from_obj(account)
-    return state if state.timezone else replace(state, timezone=settings.TIME_ZONE)
+def _quota_state(account: UpstreamAccount) -> AccountQuota:
+    return AccountQuota.of(account)
+
+
+def upstream_account_credentials(account: UpstreamAccount) -> dict:
+    """The decrypted credentials. For the relay and for prefilling non-secret fields only."""
+    return decrypt_credentials(account.credentials_encrypted)

@@ -8,11 +8,12 @@ from collections.abc import Iterable
 
 from django.core.exceptions import ValidationError
 from django.db import models, transaction
-from django.db.models import Case, Max, Value, When
+from django.db.models import Case, Max, Q, Value, When
 from django.utils import timezone
 
 from accounts.models import APIKey, Group, GroupAccount
-from accounts.services.upstream import is_valid_timezone
+from accounts.rules import is_valid_timezone
+from accounts.snapshots import snapshots_changed
 
 SORT_STEP = 10
 MAX_ROUTES = 100
@@ -140,6 +141,7 @@ def group_update(*, group: Group, fields: dict) -> Group:
     _validate(group)
     group.full_clean()
     group.save(update_fields=[*fields.keys(), "model_routing", "updated_at"])
+    snapshots_changed(group_ids=[group.pk])
     return group
 
 
@@ -150,6 +152,14 @@ def group_delete(*, group: Group) -> None:
     subscription_count = group.subscriptions.count()
     if key_count or subscription_count:
         raise GroupInUseError(key_count=key_count, subscription_count=subscription_count)
+    # Groups falling back to this one lose that fallback, and its channel loses it.
+    falling_back = Group.objects.filter(
+        Q(fallback_group=group) | Q(fallback_group_on_invalid_request=group)
+    ).values_list("pk", flat=True)
+    snapshots_changed(
+        group_ids=[group.pk, *falling_back],
+        channel_ids=group.channel_links.values_list("channel_id", flat=True),
+    )
     group.delete()
 
 
@@ -190,7 +200,9 @@ def group_delete_rebinding_keys(*, group: Group, target_group_id: int) -> int:
                 f"use{'s' if subscription_count == 1 else ''} this group, so it cannot be deleted. "
                 "No keys were moved."
             )
-        moved = APIKey.objects.filter(group=group).update(group=target, updated_at=timezone.now())
+        keys = APIKey.objects.filter(group=group)
+        snapshots_changed(key_ids=keys.values_list("pk", flat=True), group_ids=[target.pk])
+        moved = keys.update(group=target, updated_at=timezone.now())
         group_delete(group=group)
     return moved
 
@@ -203,20 +215,10 @@ def group_set_account_priority(*, group: Group, account_id: int, priority: int) 
             raise ValidationError("That account is not in this group.")
         group = Group.objects.select_for_update().get(pk=group.pk)
         Group.objects.filter(pk=group.pk).update(model_routing=_clean_routing(group, group.model_routing))
+        snapshots_changed(group_ids=[group.pk])
 
 
 # --- Reordering ----------------------------------------------------------------------------------
-
-
-def group_order_move(ordered_ids: list[int], group_id: int, step: int) -> list[int]:
-    """The order with one group moved up (step -1) or down (+1); unchanged at either end."""
-    ids = list(ordered_ids)
-    if group_id not in ids:
-        return ids
-    at = ids.index(group_id)
-    to = max(0, min(len(ids) - 1, at + step))
-    ids.insert(to, ids.pop(at))
-    return ids
 
 
 @transaction.atomic
@@ -252,25 +254,3 @@ def group_reorder(*, ordered_ids: Iterable[int]) -> None:
             output_field=models.IntegerField(),
         )
     )
-
-
-# --- Routing lookup (for the gateway) ------------------------------------------------------------
-
-
-def group_routed_account_ids(group: Group, model: str) -> list[int] | None:
-    """The accounts the group routes `model` to, or None when no rule matches or routing is off.
-
-    An exact pattern beats a trailing-"*" prefix; among prefixes the longest wins. Case-insensitive.
-    """
-    if not group.model_routing_enabled or not group.model_routing:
-        return None
-    name = model.lower()
-    best: tuple[int, list[int]] | None = None
-    for pattern, ids in group.model_routing.items():
-        pattern = pattern.lower()
-        if pattern == name:
-            return list(ids)
-        prefix = pattern.endswith("*") and name.startswith(pattern[:-1])
-        if prefix and (best is None or len(pattern) > best[0]):
-            best = (len(pattern), list(ids))
-    return best[1] if best else None

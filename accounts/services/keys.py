@@ -14,8 +14,6 @@ conditional UPDATE.
 
 from __future__ import annotations
 
-import hashlib
-import ipaddress
 import logging
 import secrets
 from collections.abc import Iterable
@@ -32,8 +30,10 @@ from django.utils.timezone import now as current_time
 
 from accounts import windows
 from accounts.models import APIKey, Group, User, timezone_name
-from accounts.money import quantize_usd
+from accounts.rules import api_key_hash, key_status, parse_ip_rules
 from accounts.selectors.keys import DISPLAY_PREFIX_LENGTH, key_group_problem
+from accounts.snapshots import snapshots_changed
+from common.money import quantize_usd
 
 logger = logging.getLogger(__name__)
 
@@ -58,60 +58,8 @@ CONFIG_FIELDS = (
 MONEY_CONFIG_FIELDS = ("quota_usd", "rate_limit_5h_usd", "rate_limit_1d_usd", "rate_limit_7d_usd")
 
 
-def api_key_generate_secret() -> str:
+def _generate_secret() -> str:
     return SECRET_PREFIX + secrets.token_hex(32)
-
-
-def api_key_hash(secret: str) -> str:
-    """What is stored and looked up: the hex SHA-256 of the whole secret."""
-    return hashlib.sha256(secret.encode()).hexdigest()
-
-
-def parse_ip_rules(lines: Iterable[str]) -> list[str]:
-    """One IP or CIDR per line, normalised and de-duplicated; blank lines are skipped.
-
-    Errors name the line number and the value, so a long list is easy to fix.
-    """
-    rules: list[str] = []
-    errors: list[str] = []
-    for number, raw in enumerate(lines, start=1):
-        value = raw.strip()
-        if not value:
-            continue
-        try:
-            if "/" in value:
-                rule = str(ipaddress.ip_network(value, strict=False))
-            else:
-                rule = str(ipaddress.ip_address(value))
-        except ValueError:
-            errors.append(f"Line {number}: “{value}” is not an IP address or CIDR range.")
-            continue
-        if rule not in rules:
-            rules.append(rule)
-    if errors:
-        raise ValidationError(errors)
-    return rules
-
-
-def _resolved_status(key: APIKey, *, now: datetime, disabled: bool | None = None) -> str:
-    """The one status rule: disabled stays disabled; then expiry; then the quota; else active.
-
-    `disabled` overrides the key's current disabled-ness (enable / disable); None keeps it.
-    """
-    if disabled is None:
-        disabled = key.status == Status.DISABLED
-    if disabled:
-        return Status.DISABLED
-    if key.expires_at is not None and key.expires_at <= now:
-        return Status.EXPIRED
-    if key.quota_usd > 0 and key.quota_used_usd >= key.quota_usd:
-        return Status.QUOTA_EXHAUSTED
-    return Status.ACTIVE
-
-
-def api_key_resolved_status(key: APIKey, *, enabled: bool | None = None, now: datetime | None = None) -> str:
-    """The status `key` would have after a change, e.g. what enabling it would make it."""
-    return _resolved_status(key, now=now or current_time(), disabled=None if enabled is None else not enabled)
 
 
 def _validate(key: APIKey, *, check_group: bool, now: datetime) -> None:
@@ -175,12 +123,13 @@ def api_key_create(
         timezone=timezone.strip(),
     )
     _validate(key, check_group=True, now=now)
-    secret = api_key_generate_secret()
+    secret = _generate_secret()
     key.key_hash = api_key_hash(secret)
     key.key_prefix = secret[:DISPLAY_PREFIX_LENGTH]
     key.key_last4 = secret[-4:]
-    key.status = _resolved_status(key, now=now, disabled=False)
+    key.status = key_status(key, now=now, disabled=False)
     key.save()
+    snapshots_changed(key_ids=[key.pk])
     logger.info("API key %s (%s) created for %s", key.pk, key.masked, user.email)
     return key, secret
 
@@ -203,8 +152,9 @@ def api_key_update(*, key: APIKey, fields: dict, now: datetime | None = None) ->
     # A key already bound to a group keeps it even if, say, the subscription has since lapsed:
     # the gateway refuses such requests; the form only stops new bindings.
     _validate(locked, check_group=rebinding, now=now)
-    locked.status = _resolved_status(locked, now=now)
+    locked.status = key_status(locked, now=now)
     locked.save(update_fields=[*fields, "status", "updated_at"])
+    snapshots_changed(key_ids=[locked.pk])
     logger.info("API key %s updated (%s)", locked.pk, ", ".join(sorted(fields)))
     return locked
 
@@ -215,8 +165,9 @@ def _act(
     with transaction.atomic():
         key = APIKey.objects.select_for_update().get(pk=key_id)
         change(key)
-        key.status = _resolved_status(key, now=now or current_time(), disabled=disabled)
+        key.status = key_status(key, now=now or current_time(), disabled=disabled)
         key.save(update_fields=[*fields, "status", "updated_at"])
+        snapshots_changed(key_ids=[key.pk])
     return key
 
 
@@ -257,14 +208,18 @@ def api_key_set_enabled(*, key_id: int, enabled: bool, now: datetime | None = No
 def api_key_delete(*, key_id: int) -> None:
     deleted, _ = APIKey.objects.filter(pk=key_id).delete()
     if deleted:
+        snapshots_changed(key_ids=[key_id])
         logger.info("API key %s deleted", key_id)
 
 
 def api_key_expire_due(*, now: datetime | None = None) -> int:
     """Flip active keys past their expiry to expired (the tidy-up job; the gateway checks the time)."""
-    return APIKey.objects.filter(status=Status.ACTIVE, expires_at__lte=now or current_time()).update(
-        status=Status.EXPIRED
-    )
+    with transaction.atomic():
+        due = APIKey.objects.filter(status=Status.ACTIVE, expires_at__lte=now or current_time())
+        ids = list(due.values_list("pk", flat=True))
+        flipped = APIKey.objects.filter(pk__in=ids, status=Status.ACTIVE).update(status=Status.EXPIRED)
+        snapshots_changed(key_ids=ids)
+    return flipped
 
 
 # --- the counter engine ---------------------------------------------------------------------------

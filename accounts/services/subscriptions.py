@@ -21,7 +21,8 @@ from django.utils.timezone import now as current_time
 
 from accounts import windows
 from accounts.models import Group, Subscription, User, timezone_name
-from accounts.money import quantize_usd
+from accounts.snapshots import snapshots_changed
+from common.money import quantize_usd
 
 logger = logging.getLogger(__name__)
 
@@ -74,10 +75,17 @@ def _extend(subscription: Subscription, days: int, now: datetime) -> None:
         subscription.status = Status.ACTIVE
 
 
+def _changed(subscription: Subscription) -> None:
+    # A key snapshot holds its user's live (else latest) subscription of the group, so a change
+    # that can make another one the live one is also announced by user.
+    snapshots_changed(subscription_ids=[subscription.pk], user_ids=[subscription.user_id])
+
+
 def _save_extension(subscription: Subscription, fields: list[str]) -> None:
     try:
         with transaction.atomic():
             subscription.save(update_fields=[*fields, "updated_at"])
+            _changed(subscription)
     except IntegrityError as error:
         # Reviving an expired subscription while another one is live for the same user and group.
         raise ValidationError(
@@ -120,6 +128,7 @@ def subscription_assign(
                 # Another assignment of the same user and group won the race: extend that one.
                 live = Subscription.objects.select_for_update().get(user=user, group=group, status__in=LIVE)
             else:
+                _changed(created)
                 logger.info(
                     "Subscription %s: %s assigned %s for %s days", created.pk, user.email, group, days
                 )
@@ -173,6 +182,7 @@ def subscription_windows_reset(*, subscription_id: int, kinds: Iterable[str]) ->
         if kind in kinds:
             updates |= {used: ZERO, start: None}
     Subscription.objects.filter(pk=subscription_id).update(**updates)
+    snapshots_changed(subscription_ids=[subscription_id])
     return Subscription.objects.get(pk=subscription_id)
 
 
@@ -183,6 +193,7 @@ def _move(subscription_id: int, *, allowed_from: tuple[str, ...], to: str, verb:
             raise ValidationError(f"Only {' or '.join(allowed_from)} subscriptions can be {verb}.")
         subscription.status = to
         subscription.save(update_fields=["status", "updated_at"])
+        _changed(subscription)
     logger.info("Subscription %s %s", subscription_id, verb)
     return subscription
 
@@ -208,8 +219,14 @@ def subscription_revoke(*, subscription_id: int) -> Subscription:
 
 def subscription_expire_due(*, now: datetime | None = None) -> int:
     """Flip live subscriptions past their term to expired (the tidy-up job; charges need no job)."""
-    due = Subscription.objects.filter(status__in=LIVE, expires_at__lte=now or current_time())
-    return due.update(status=Status.EXPIRED)
+    with transaction.atomic():
+        due = Subscription.objects.filter(status__in=LIVE, expires_at__lte=now or current_time())
+        rows = list(due.values_list("pk", "user_id"))
+        expired = Subscription.objects.filter(pk__in=[pk for pk, _ in rows], status__in=LIVE).update(
+            status=Status.EXPIRED
+        )
+        snapshots_changed(subscription_ids=[pk for pk, _ in rows], user_ids=[user_id for _, user_id in rows])
+    return expired
 
 
 # --- the counter engine ---------------------------------------------------------------------------

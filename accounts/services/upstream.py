@@ -7,14 +7,10 @@ its own transaction, with the amount already multiplied by the account's rate mu
 
 from __future__ import annotations
 
-import re
-import zoneinfo
 from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from functools import cache
-from typing import ClassVar
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -24,84 +20,25 @@ from django.db.models import Case, F, Q, Value, When
 from django.db.models.functions import Coalesce, Greatest
 from django.utils import timezone
 
-from accounts.crypto import decrypt_credentials, encrypt_credentials
+from accounts.crypto import encrypt_credentials
 from accounts.models import Group, Platform, UpstreamAccount
-from accounts.money import quantize_usd
+from accounts.rules import (
+    ANTHROPIC_ONLY_TYPES,
+    AWS_REGION,
+    BEDROCK_AUTH_MODES,
+    CREDENTIAL_SECTIONS,
+    credential_form_name,
+    credential_section,
+    is_valid_timezone,
+)
+from accounts.selectors.upstream import upstream_account_credentials
+from accounts.snapshots import AccountQuota, snapshots_changed
 from accounts.windows import PERIOD_LENGTHS, _boundary_at_or_before, zone
+from common.money import quantize_usd
 
 Type = UpstreamAccount.Type
 
 # --- Credentials -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class CredentialField:
-    key: str
-    label: str
-    secret: bool = True
-    required: bool = True
-    help_text: str = ""
-
-
-BEDROCK_AUTH_MODES = (("sigv4", "Access key (SigV4)"), ("apikey", "Bedrock API key"))
-
-# One section per type (Bedrock: per auth mode). A form field is named "<section>__<key>", so the
-# sections can all live in one HTML form and only the chosen one is read.
-CREDENTIAL_SECTIONS: dict[str, tuple[CredentialField, ...]] = {
-    "oauth": (
-        CredentialField("access_token", "Access token"),
-        CredentialField("refresh_token", "Refresh token", required=False),
-    ),
-    "setup_token": (CredentialField("setup_token", "Setup token"),),
-    "apikey": (
-        CredentialField("api_key", "API key"),
-        CredentialField(
-            "base_url",
-            "Base URL",
-            secret=False,
-            required=False,
-            help_text="Empty = the provider's official endpoint.",
-        ),
-    ),
-    "upstream": (
-        CredentialField("base_url", "Base URL", secret=False, help_text="The relay's endpoint, https://…"),
-        CredentialField("api_key", "API key"),
-    ),
-    "bedrock_sigv4": (
-        CredentialField("aws_access_key_id", "Access key ID"),
-        CredentialField("aws_secret_access_key", "Secret access key"),
-        CredentialField(
-            "aws_session_token",
-            "Session token",
-            required=False,
-            help_text="Only for temporary (STS) credentials.",
-        ),
-        CredentialField("aws_region", "Region", secret=False, help_text="e.g. us-east-1"),
-    ),
-    "bedrock_apikey": (
-        CredentialField("api_key", "Bedrock API key"),
-        CredentialField("aws_region", "Region", secret=False, help_text="e.g. us-east-1"),
-    ),
-}
-
-# Types only the Anthropic platform has.
-ANTHROPIC_ONLY_TYPES = (Type.SETUP_TOKEN, Type.BEDROCK)
-AWS_REGION = re.compile(r"^[a-z]{2}(-gov)?-[a-z]+-\d{1,2}$")
-
-
-def credential_section(account_type: str, auth_mode: str = "") -> str:
-    if account_type == Type.BEDROCK:
-        return f"bedrock_{auth_mode or 'sigv4'}"
-    return account_type.replace("-", "_")
-
-
-def credential_form_name(section: str, key: str) -> str:
-    return f"{section}__{key}"
-
-
-def upstream_account_credentials(account: UpstreamAccount) -> dict:
-    """The decrypted credentials. For the relay and for prefilling non-secret fields only."""
-    return decrypt_credentials(account.credentials_encrypted)
 
 
 def _merge_credentials(
@@ -163,7 +100,7 @@ def _validate_account(account: UpstreamAccount, groups: Iterable[Group] | None) 
         errors["cache_ttl_override"] = (
             "The cache TTL override is only for Anthropic OAuth and setup-token accounts."
         )
-    if not account.quota_timezone or account.quota_timezone not in _zone_names():
+    if not account.quota_timezone or not is_valid_timezone(account.quota_timezone):
         errors["quota_timezone"] = (
             f"{account.quota_timezone!r} is not an IANA timezone name (e.g. Europe/Berlin)."
         )
@@ -175,20 +112,6 @@ def _validate_account(account: UpstreamAccount, groups: Iterable[Group] | None) 
             )
     if errors:
         raise ValidationError(errors)
-
-
-@cache
-def _zone_names() -> frozenset[str]:
-    return frozenset(zoneinfo.available_timezones())
-
-
-def timezone_names() -> list[str]:
-    """Every IANA zone name, for the forms' suggestions."""
-    return sorted(_zone_names())
-
-
-def is_valid_timezone(name: str) -> bool:
-    return bool(name) and name in _zone_names()
 
 
 @transaction.atomic
@@ -209,6 +132,7 @@ def upstream_account_create(
     account.save()
     if groups:
         account.groups.set(groups, through_defaults={"priority": account.priority})
+    snapshots_changed(account_ids=[account.pk], group_ids=[g.pk for g in groups or ()])
     return account
 
 
@@ -239,8 +163,11 @@ def upstream_account_update(
     )
     account.full_clean()
     account.save(update_fields=[*fields.keys(), "credentials_encrypted", "updated_at"])
+    member_of: set[int] = set()
     if groups is not None:
+        member_of = set(account.groups.values_list("pk", flat=True)) | {g.pk for g in groups}
         account.groups.set(groups, through_defaults={"priority": account.priority})
+    snapshots_changed(account_ids=[account.pk], group_ids=member_of)
     return account
 
 
@@ -249,13 +176,16 @@ def upstream_account_update(
 
 def upstream_account_set_schedulable(*, account_id: int, schedulable: bool) -> None:
     UpstreamAccount.objects.filter(pk=account_id).update(schedulable=schedulable, updated_at=timezone.now())
+    snapshots_changed(account_ids=[account_id])
 
 
 def upstream_account_clear_error(*, account_id: int) -> None:
     """Back to active with the message cleared; only an account in error is touched."""
-    UpstreamAccount.objects.filter(pk=account_id, status=UpstreamAccount.Status.ERROR).update(
+    cleared = UpstreamAccount.objects.filter(pk=account_id, status=UpstreamAccount.Status.ERROR).update(
         status=UpstreamAccount.Status.ACTIVE, error_message="", updated_at=timezone.now()
     )
+    if cleared:
+        snapshots_changed(account_ids=[account_id])
 
 
 def upstream_account_quota_reset(*, account_id: int) -> None:
@@ -268,17 +198,20 @@ def upstream_account_quota_reset(*, account_id: int) -> None:
         quota_weekly_start=None,
         updated_at=timezone.now(),
     )
+    snapshots_changed(account_ids=[account_id])
 
 
 @transaction.atomic
 def upstream_account_delete(*, account: UpstreamAccount) -> None:
     """Delete the account and take its id out of every group's model routing."""
-    for group in Group.objects.select_for_update().filter(memberships__account=account):
+    groups = list(Group.objects.select_for_update().filter(memberships__account=account))
+    for group in groups:
         routing = {
             pattern: [i for i in ids if i != account.pk] for pattern, ids in group.model_routing.items()
         }
         if routing != group.model_routing:
             Group.objects.filter(pk=group.pk).update(model_routing=routing)
+    snapshots_changed(account_ids=[account.pk], group_ids=[group.pk for group in groups])
     account.delete()
 
 
@@ -307,45 +240,6 @@ def _period_expired(
     return Q(**{f"{field}__isnull": True}) | Q(**{f"{field}__{compare}": threshold})
 
 
-@dataclass(frozen=True, slots=True)
-class QuotaResetRules:
-    """An account's quota reset settings: configuration the quota engine needs before its UPDATE.
-
-    Billing keeps them in its BillingContext, so a charge does not read them again.
-    """
-
-    daily_mode: str
-    daily_hour: int
-    weekly_mode: str
-    weekly_hour: int
-    weekly_weekday: int
-    timezone: str  # as configured; empty means settings.TIME_ZONE
-
-    FIELDS: ClassVar[tuple[str, ...]] = (
-        "quota_daily_reset_mode",
-        "quota_daily_reset_hour",
-        "quota_weekly_reset_mode",
-        "quota_weekly_reset_hour",
-        "quota_weekly_reset_weekday",
-        "quota_timezone",
-    )
-
-    @classmethod
-    def of(cls, account: UpstreamAccount) -> QuotaResetRules:
-        return cls(*(getattr(account, name) for name in cls.FIELDS))
-
-    @classmethod
-    def read(cls, account_id: int) -> QuotaResetRules:
-        """Raises UpstreamAccount.DoesNotExist for an unknown id."""
-        return cls(*UpstreamAccount.objects.values_list(*cls.FIELDS).get(pk=account_id))
-
-    def period(self, period: str) -> tuple[str, int, int]:
-        """(mode, hour, weekday) of the daily or weekly period; the daily one has no weekday."""
-        if period == "daily":
-            return self.daily_mode, self.daily_hour, 0
-        return self.weekly_mode, self.weekly_hour, self.weekly_weekday
-
-
 def _period_threshold(*, now: datetime, period: str, mode: str, hour: int, weekday: int, tz: str) -> datetime:
     """The instant _period_expired compares the stored start with (see there)."""
     if mode == UpstreamAccount.ResetMode.ROLLING:
@@ -358,7 +252,7 @@ def upstream_account_quota_charge(
     account_id: int,
     amount_usd: Decimal,
     now: datetime | None = None,
-    rules: QuotaResetRules | None = None,
+    rules: AccountQuota | None = None,
 ) -> None:
     """Add `amount_usd` to the account's total, daily and weekly quota usage in ONE atomic UPDATE.
 
@@ -374,15 +268,15 @@ def upstream_account_quota_charge(
     when the row lock is taken: concurrent charges serialise on the row and none is lost.
 
     The reset settings (mode, hour, weekday, timezone) are configuration, not counters: `rules`
-    is them as the caller last read them (billing's BillingContext carries them), and without it
-    they are read here first. A concurrent edit of them can at worst decide a request by the old
+    is the account's quota as the caller last read it (billing's BillingContext carries it; only
+    its reset settings are used, never its used amounts), and without it it is read here first. A concurrent edit of them can at worst decide a request by the old
     rule. Also records `last_used_at`. Raises UpstreamAccount.DoesNotExist for an unknown id.
     """
     now = now or timezone.now()
     amount = quantize_usd(amount_usd)
     if rules is None:
-        rules = QuotaResetRules.read(account_id)
-    tz = rules.timezone or settings.TIME_ZONE
+        rules = AccountQuota.read_rules(account_id)
+    tz = rules.zone
     if connection.vendor == "postgresql":
         changed = _quota_charge_sql(account_id=account_id, amount=amount, now=now, rules=rules, tz=tz)
     else:
@@ -397,7 +291,7 @@ def upstream_account_quota_charge(
 
 
 def _quota_charge_orm(
-    *, account_id: int, amount: Decimal, now: datetime, rules: QuotaResetRules, tz: str
+    *, account_id: int, amount: Decimal, now: datetime, rules: AccountQuota, tz: str
 ) -> int:
     money = models.DecimalField(max_digits=20, decimal_places=8)
     stamp = Value(now, output_field=models.DateTimeField())
@@ -448,7 +342,7 @@ def _quota_charge_statement(daily_mode: str, weekly_mode: str) -> str:
 
 
 def _quota_charge_sql(
-    *, account_id: int, amount: Decimal, now: datetime, rules: QuotaResetRules, tz: str
+    *, account_id: int, amount: Decimal, now: datetime, rules: AccountQuota, tz: str
 ) -> int:
     params = {"id": account_id, "amount": amount, "now": now}
     for period in ("daily", "weekly"):
@@ -457,7 +351,7 @@ def _quota_charge_sql(
             now=now, period=period, mode=mode, hour=hour, weekday=weekday, tz=tz
         )
     with connection.cursor() as cursor:
-        cursor.execute(_quota_charge_statement(rules.daily_mode, rules.weekly_mode), params)
+        cursor.execute(_quota_charge_statement(rules.daily_reset_mode, rules.weekly_reset_mode), params)
         return cursor.rowcount
 
 

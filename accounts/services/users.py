@@ -10,7 +10,8 @@ from django.db import connection, transaction
 from django.db.models import F
 
 from accounts.models import BalanceHistory, User, UserGroupRate
-from accounts.money import quantize_usd
+from accounts.snapshots import snapshots_changed
+from common.money import quantize_usd
 
 
 @transaction.atomic
@@ -40,6 +41,7 @@ def user_update(*, user: User, fields: dict) -> User:
     user.save(update_fields=[*fields.keys(), "updated_at"])
     if groups is not None:
         user.allowed_groups.set(groups)
+    snapshots_changed(user_ids=[user.pk])
     return user
 
 
@@ -47,6 +49,7 @@ def user_set_status(*, user: User, status: str) -> User:
     if status not in User.Status.values:
         raise ValidationError({"status": f"Unknown status {status!r}."})
     User.objects.filter(pk=user.pk).update(status=status, is_active=status == User.Status.ACTIVE)
+    snapshots_changed(user_ids=[user.pk])
     user.refresh_from_db(fields=["status", "is_active"])
     return user
 
@@ -87,6 +90,7 @@ def user_balance_adjust(
     else:
         raise ValidationError({"operation": f"Unknown operation {operation!r}."})
 
+    snapshots_changed(user_ids=[user_id])
     return BalanceHistory.objects.create(
         user_id=user_id,
         operation=operation,
@@ -105,11 +109,13 @@ def user_group_rate_set(*, user: User, group_id: int, rate_multiplier: Decimal) 
     rate, _ = UserGroupRate.objects.update_or_create(
         user=user, group_id=group_id, defaults={"rate_multiplier": rate_multiplier}
     )
+    snapshots_changed(user_ids=[user.pk])
     return rate
 
 
 def user_group_rate_remove(*, user: User, rate_id: int) -> None:
-    UserGroupRate.objects.filter(user=user, pk=rate_id).delete()
+    if UserGroupRate.objects.filter(user=user, pk=rate_id).delete()[0]:
+        snapshots_changed(user_ids=[user.pk])
 
 
 def user_balance_charge(*, user_id: int, amount_usd: Decimal) -> None:

@@ -6,7 +6,7 @@ from django.utils.html import format_html
 from django.utils.safestring import mark_safe
 
 from accounts.models import User
-from accounts.tables.columns import MoneyColumn, StatusColumn
+from common.tables import MoneyColumn, StatusColumn
 
 
 class UserTable(tables.Table):

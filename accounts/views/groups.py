@@ -13,7 +13,6 @@ from django.template.defaultfilters import pluralize
 from django.urls import reverse
 from django.views.decorators.http import require_http_methods, require_POST
 
-from accounts.forms.base import add_service_error
 from accounts.forms.groups import (
     GroupForm,
     MembershipPriorityForm,
@@ -21,8 +20,8 @@ from accounts.forms.groups import (
     RoutingFormSet,
     routing_initial,
 )
-from accounts.htmx import dialog_done, render_page
 from accounts.models import Group, UpstreamAccount
+from accounts.rules import group_order_move, timezone_names
 from accounts.selectors.groups import group_detail as select_group
 from accounts.selectors.groups import group_list as select_groups
 from accounts.selectors.groups import group_memberships
@@ -31,13 +30,13 @@ from accounts.services.groups import (
     group_create,
     group_delete,
     group_delete_rebinding_keys,
-    group_order_move,
     group_reorder,
     group_set_account_priority,
     group_update,
 )
-from accounts.services.upstream import timezone_names
 from accounts.tables.groups import GroupTable
+from common.forms import add_service_error
+from common.htmx import dialog_done, render_page
 
 
 def _list_page(request: HttpRequest, *, error: str = "", status: int = 200) -> HttpResponse:

@@ -10,14 +10,15 @@ from django.utils.cache import add_never_cache_headers
 from django.views.decorators.http import require_GET, require_http_methods
 from django_tables2 import RequestConfig
 
-from accounts.forms.base import add_service_error
 from accounts.forms.keys import EXPIRY_QUICK_PICKS, APIKeyForm, KeyFilterForm
-from accounts.htmx import dialog_done, render_page
 from accounts.models import APIKey
-from accounts.money import format_usd
+from accounts.rules import api_key_resolved_status
 from accounts.selectors.keys import key_list as select_keys
 from accounts.services import keys as services
 from accounts.tables.keys import APIKeyTable
+from common.forms import add_service_error
+from common.htmx import dialog_done, render_page
+from common.money import format_usd
 
 
 def key_list(request: HttpRequest) -> HttpResponse:
@@ -147,7 +148,7 @@ def key_status_dialog(request: HttpRequest, pk: int) -> HttpResponse:
     if request.method == "POST":
         key = services.api_key_set_enabled(key_id=key.pk, enabled=enabling)
         return _changed(key, f"{key.name} is {key.get_status_display().lower()}.")
-    target = services.api_key_resolved_status(key, enabled=True) if enabling else APIKey.Status.DISABLED
+    target = api_key_resolved_status(key, enabled=True) if enabling else APIKey.Status.DISABLED
     return _dialog(
         request,
         key,

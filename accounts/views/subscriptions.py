@@ -12,18 +12,18 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods
 from django_tables2 import RequestConfig
 
-from accounts.forms.base import add_service_error
 from accounts.forms.subscriptions import (
     SubscriptionAssignForm,
     SubscriptionExtendForm,
     SubscriptionFilterForm,
     SubscriptionResetWindowsForm,
 )
-from accounts.htmx import dialog_done, render_page
 from accounts.models import Subscription
 from accounts.selectors.subscriptions import subscription_list as select_subscriptions
 from accounts.services import subscriptions as services
 from accounts.tables.subscriptions import SubscriptionTable
+from common.forms import add_service_error
+from common.htmx import dialog_done, render_page
 
 CHANGED = "subscriptions:changed"
 

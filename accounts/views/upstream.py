@@ -13,26 +13,26 @@ from django.utils import timezone
 from django.views.decorators.http import require_http_methods, require_POST
 from django_tables2 import RequestConfig
 
-from accounts.forms.base import add_service_error
 from accounts.forms.upstream import UpstreamAccountFilterForm, UpstreamAccountForm
-from accounts.htmx import dialog_done, render_page
 from accounts.models import UpstreamAccount
+from accounts.rules import timezone_names
 from accounts.selectors.upstream import (
+    upstream_account_credentials,
     upstream_account_list,
     upstream_account_quota_badge,
     upstream_account_quota_usage,
 )
 from accounts.services.upstream import (
-    timezone_names,
     upstream_account_clear_error,
     upstream_account_create,
-    upstream_account_credentials,
     upstream_account_delete,
     upstream_account_quota_reset,
     upstream_account_set_schedulable,
     upstream_account_update,
 )
 from accounts.tables.upstream import UpstreamAccountTable
+from common.forms import add_service_error
+from common.htmx import dialog_done, render_page
 
 
 def changed(account: UpstreamAccount) -> str:

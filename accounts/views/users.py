@@ -10,7 +10,6 @@ from django.urls import reverse
 from django.views.decorators.http import require_http_methods
 from django_tables2 import RequestConfig
 
-from accounts.forms.base import add_service_error
 from accounts.forms.users import (
     BalanceAdjustForm,
     UserCreateForm,
@@ -18,9 +17,7 @@ from accounts.forms.users import (
     UserForm,
     UserGroupRateForm,
 )
-from accounts.htmx import dialog_done, render_page
 from accounts.models import BalanceHistory, User
-from accounts.money import format_usd
 from accounts.selectors.users import user_balance_history, user_group_rates
 from accounts.selectors.users import user_list as select_users
 from accounts.services.users import (
@@ -32,6 +29,9 @@ from accounts.services.users import (
     user_update,
 )
 from accounts.tables.users import UserTable
+from common.forms import add_service_error
+from common.htmx import dialog_done, render_page
+from common.money import format_usd
 
 
 def user_list(request: HttpRequest) -> HttpResponse:

@@ -6,7 +6,7 @@ from decimal import Decimal
 
 from django import template
 
-from billing.cost import format_usd
+from common.money import format_usd_exact
 
 register = template.Library()
 
@@ -14,4 +14,4 @@ register = template.Library()
 @register.filter
 def usd_exact(value: Decimal | None) -> str:
     """Every significant digit of a ledger amount ($0.0765, $1,234.5): what was billed, unrounded."""
-    return "—" if value is None else format_usd(Decimal(value))
+    return format_usd_exact(value)

@@ -6,9 +6,9 @@ from decimal import Decimal
 
 import pytest
 
-from accounts.models import BalanceHistory
+from accounts.models import BalanceHistory, User
 from accounts.services.users import user_balance_adjust
-from tests.concurrency import run_in_threads
+from tests.concurrency import run_in_threads, run_naive_increments
 from tests.factories import UserFactory
 
 THREADS = 20
@@ -41,3 +41,14 @@ def test_twenty_threads_adding_and_subtracting_lose_nothing():
     for earlier, later in zip(history, history[1:], strict=False):
         assert later.balance_before == earlier.balance_after
     assert history[-1].balance_after == expected
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_harness_sees_a_race_a_naive_read_modify_write_loses_balance_updates():
+    # The control: what user_balance_adjust must not do, on the same harness. If this ever
+    # stopped losing updates, the test above would prove nothing.
+    user = UserFactory(balance=Decimal("100"))
+    failures = run_naive_increments(THREADS, model=User, pk=user.pk, field="balance", amount=Decimal("1"))
+    assert failures == []
+    user.refresh_from_db()
+    assert user.balance == Decimal("101")  # every thread read 100: THREADS - 1 additions were lost

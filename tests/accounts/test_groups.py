@@ -10,7 +10,8 @@ from django.db import connection, connections, transaction
 from django.test.utils import CaptureQueriesContext
 
 from accounts.models import APIKey, Group, GroupAccount
-from accounts.services.groups import group_delete_rebinding_keys, group_reorder, group_routed_account_ids
+from accounts.rules import group_routed_account_ids
+from accounts.services.groups import group_delete_rebinding_keys, group_reorder
 from tests.factories import (
     APIKeyFactory,
     GroupAccountFactory,
@@ -137,7 +138,7 @@ def test_move_buttons_post_the_full_order_with_the_move(staff_client, move, expe
 
 def test_moving_the_first_group_up_keeps_the_order():
     a, b = GroupFactory(name="a"), GroupFactory(name="b")
-    from accounts.services.groups import group_order_move
+    from accounts.rules import group_order_move
 
     assert group_order_move([a.pk, b.pk], a.pk, -1) == [a.pk, b.pk]
     assert group_order_move([a.pk, b.pk], a.pk, 1) == [b.pk, a.pk]

@@ -14,17 +14,16 @@ from django.core.exceptions import ValidationError
 from django.utils import timezone
 
 from accounts.models import APIKey, Group
+from accounts.rules import api_key_hash, parse_ip_rules
 from accounts.services.keys import (
     api_key_create,
     api_key_expiration_clear,
     api_key_expire_due,
-    api_key_hash,
     api_key_quota_reset,
     api_key_set_enabled,
     api_key_update,
     api_key_usage_charge,
     api_key_windows_reset,
-    parse_ip_rules,
 )
 from tests.factories import (
     APIKeyFactory,

@@ -15,9 +15,9 @@ from hypothesis import strategies as st
 
 from accounts import windows
 from accounts.models import APIKey, timezone_name
-from accounts.money import quantize_usd
 from accounts.services.keys import _key_charge_orm, api_key_usage_charge
-from tests.concurrency import run_in_threads
+from common.money import quantize_usd
+from tests.concurrency import run_in_threads, run_naive_increments
 from tests.factories import APIKeyFactory
 
 pytestmark = pytest.mark.django_db
@@ -345,3 +345,15 @@ def test_twenty_threads_at_the_same_instant_share_every_window_and_flip_the_key_
     assert key.window_5h_start == NOW and key.window_1d_start == utc(2026, 5, 18)
     assert key.status == "quota_exhausted"
     assert len(flips) == 1  # exactly one charge crossed the quota
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_harness_sees_a_race_a_naive_read_modify_write_loses_key_charges():
+    # The control for the two tests above: the same harness and row, charged by reading the
+    # counter into Python (written here, never in the product). It must lose updates.
+    key = APIKeyFactory(timezone="UTC", quota_usd=Decimal("0"))
+    amount = Decimal("0.03")
+    failures = run_naive_increments(THREADS, model=APIKey, pk=key.pk, field="quota_used_usd", amount=amount)
+    assert failures == []
+    key.refresh_from_db()
+    assert key.quota_used_usd == amount < THREADS * amount

@@ -11,7 +11,8 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from accounts.models import APIKey
-from accounts.services.keys import api_key_hash, api_key_usage_charge
+from accounts.rules import api_key_hash
+from accounts.services.keys import api_key_usage_charge
 from tests.factories import GroupFactory, UserFactory
 
 pytestmark = pytest.mark.django_db

@@ -13,16 +13,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from accounts.models import UpstreamAccount
-from accounts.money import quantize_usd
 from accounts.selectors.upstream import upstream_account_quota_badge
 from accounts.services.upstream import (
-    QuotaResetRules,
     _quota_charge_orm,
     upstream_account_quota_charge,
     upstream_account_quota_reset,
 )
-from accounts.windows import QuotaState, is_period_expired, is_quota_exceeded, period_end
-from tests.concurrency import run_in_threads
+from accounts.snapshots import AccountQuota
+from accounts.windows import is_period_expired, period_end
+from common.money import quantize_usd
+from tests.concurrency import run_in_threads, run_naive_increments
 from tests.factories import UpstreamAccountFactory
 
 HOUR = timedelta(hours=1)
@@ -132,9 +132,9 @@ def test_a_daily_limit_is_exceeded_only_while_its_period_lasts_and_reads_zero_af
     account = UpstreamAccountFactory(quota_daily_limit_usd=Decimal("10"), quota_limit_usd=Decimal("100"))
     account = charge(account, "11", utc(2026, 5, 1, 8))
     inside = utc(2026, 5, 1, 20)
-    assert is_quota_exceeded(QuotaState.from_obj(account), inside)
+    assert AccountQuota.of(account).is_exceeded(inside)
     after = utc(2026, 5, 2, 8)
-    assert not is_quota_exceeded(QuotaState.from_obj(account), after)
+    assert not AccountQuota.of(account).is_exceeded(after)
     badge = upstream_account_quota_badge(account, now=after)
     daily = badge.meters[0]
     assert (daily.label, daily.used, daily.level) == ("D", Decimal(0), "neutral")
@@ -146,7 +146,7 @@ def test_a_daily_limit_is_exceeded_only_while_its_period_lasts_and_reads_zero_af
 @pytest.mark.django_db
 def test_the_total_quota_is_exceeded_at_its_limit():
     account = charge(UpstreamAccountFactory(quota_limit_usd=Decimal("3")), "3", utc(2026, 1, 1))
-    assert is_quota_exceeded(QuotaState.from_obj(account), utc(2027, 1, 1))
+    assert AccountQuota.of(account).is_exceeded(utc(2027, 1, 1))
 
 
 @pytest.mark.django_db
@@ -304,7 +304,7 @@ def test_a_charge_given_the_reset_rules_is_one_update_and_nothing_else():
     account = UpstreamAccountFactory(
         quota_daily_reset_mode="fixed", quota_daily_reset_hour=6, quota_timezone="UTC"
     )
-    rules = QuotaResetRules.read(account.pk)
+    rules = AccountQuota.read_rules(account.pk)
     with CaptureQueriesContext(connection) as queries:
         upstream_account_quota_charge(
             account_id=account.pk, amount_usd=Decimal("1"), now=utc(2026, 1, 1), rules=rules
@@ -316,7 +316,7 @@ def test_a_charge_given_the_reset_rules_is_one_update_and_nothing_else():
 
 @pytest.mark.django_db
 def test_charging_an_unknown_account_with_its_rules_given_still_raises():
-    rules = QuotaResetRules.of(UpstreamAccountFactory.build())
+    rules = AccountQuota.of(UpstreamAccountFactory.build())
     with pytest.raises(UpstreamAccount.DoesNotExist):
         upstream_account_quota_charge(account_id=999_999, amount_usd=Decimal("1"), rules=rules)
 
@@ -355,7 +355,7 @@ def test_passed_rules_and_the_portable_orm_statement_store_what_reading_the_rule
         "quota_timezone": rules["tz"],
     }
     read, passed, portable = (UpstreamAccountFactory(**config) for _ in range(3))
-    passed_rules = QuotaResetRules.of(passed)
+    passed_rules = AccountQuota.of(passed)
     at = near_boundary(near, offset, period=anchor, rule=rules[anchor], tz=rules["tz"])
     for n, (gap, amount) in enumerate(steps):
         at = at + gap if n else at
@@ -409,3 +409,15 @@ def test_twenty_threads_hitting_an_expired_period_restart_it_once_and_lose_nothi
     assert account.quota_daily_used_usd == account.quota_weekly_used_usd == Decimal("10")
     assert account.quota_daily_start == account.quota_weekly_start == now
     assert account.quota_used_usd == Decimal("10")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_harness_sees_a_race_a_naive_read_modify_write_loses_quota_charges():
+    # The control: the same harness adding to the account's quota by read-modify-write.
+    account = UpstreamAccountFactory(quota_used_usd=Decimal("1"))
+    failures = run_naive_increments(
+        THREADS, model=UpstreamAccount, pk=account.pk, field="quota_used_usd", amount=Decimal("0.5")
+    )
+    assert failures == []
+    account.refresh_from_db()
+    assert account.quota_used_usd == Decimal("1.5")  # THREADS - 1 charges were lost

@@ -15,9 +15,9 @@ from hypothesis import strategies as st
 
 from accounts import windows
 from accounts.models import Subscription, timezone_name
-from accounts.money import quantize_usd
 from accounts.services.subscriptions import WINDOW_KINDS, _charge_orm, subscription_usage_charge
-from tests.concurrency import run_in_threads
+from common.money import quantize_usd
+from tests.concurrency import run_in_threads, run_naive_increments
 from tests.factories import SubscriptionFactory, SubscriptionGroupFactory
 
 pytestmark = pytest.mark.django_db
@@ -277,3 +277,16 @@ def test_twenty_threads_charging_one_subscription_lose_nothing():
     assert sub.daily_usage_usd == sub.weekly_usage_usd == sub.monthly_usage_usd == total
     assert sub.daily_window_start == utc(2026, 5, 18, 22)  # midnight of the 19th in Berlin (CEST)
     assert sub.weekly_window_start == sub.monthly_window_start == STARTS
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_harness_sees_a_race_a_naive_read_modify_write_loses_window_charges():
+    # The control: the same harness adding to a window's usage by read-modify-write.
+    sub = subscription(tz="Europe/Berlin")
+    amount = Decimal("0.00123457")
+    failures = run_naive_increments(
+        THREADS, model=Subscription, pk=sub.pk, field="daily_usage_usd", amount=amount
+    )
+    assert failures == []
+    sub.refresh_from_db()
+    assert sub.daily_usage_usd == amount < THREADS * amount

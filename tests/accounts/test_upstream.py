@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from accounts.crypto import decrypt_credentials, encrypt_credentials
 from accounts.models import UpstreamAccount
-from accounts.services.upstream import upstream_account_credentials
+from accounts.selectors.upstream import upstream_account_credentials
 from tests.factories import GroupAccountFactory, GroupFactory, UpstreamAccountFactory
 
 pytestmark = pytest.mark.django_db

@@ -11,11 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from accounts.snapshots import AccountQuota
 from accounts.windows import (
-    QuotaState,
     effective_used,
     is_period_expired,
-    is_quota_exceeded,
     key_window_effective_usage,
     key_window_end,
     key_window_expired,
@@ -283,7 +282,7 @@ def test_bad_input_is_refused() -> None:
         period_end(utc(2024, 1, 1), **{**rolling("daily"), "mode": "monthly"})
 
 
-# --- QuotaState -------------------------------------------------------------------------------
+# --- AccountQuota -----------------------------------------------------------------------------
 
 
 def account(**overrides: object) -> SimpleNamespace:
@@ -310,7 +309,7 @@ NOW = utc(2024, 6, 5, 12)
 
 
 def test_quota_state_reads_the_model_attribute_names() -> None:
-    state = QuotaState.from_obj(
+    state = AccountQuota.of(
         account(quota_weekly_reset_mode="fixed", quota_weekly_reset_hour=7, quota_weekly_reset_weekday=3)
     )
     assert state.rule("weekly") == fixed("weekly", 7, 3, "UTC")
@@ -318,29 +317,27 @@ def test_quota_state_reads_the_model_attribute_names() -> None:
 
 
 def test_the_total_quota_is_exceeded_at_the_limit() -> None:
-    assert is_quota_exceeded(
-        QuotaState.from_obj(account(quota_limit_usd=Decimal(5), quota_used_usd=Decimal(5))), NOW
-    )
-    assert not is_quota_exceeded(
-        QuotaState.from_obj(account(quota_limit_usd=Decimal(5), quota_used_usd=Decimal("4.99999999"))), NOW
-    )
+    assert AccountQuota.of(account(quota_limit_usd=Decimal(5), quota_used_usd=Decimal(5))).is_exceeded(NOW)
+    assert not AccountQuota.of(
+        account(quota_limit_usd=Decimal(5), quota_used_usd=Decimal("4.99999999"))
+    ).is_exceeded(NOW)
 
 
 def test_a_zero_limit_means_no_limit() -> None:
     obj = account(quota_used_usd=Decimal(99), quota_daily_used_usd=Decimal(99), quota_daily_start=NOW - HOUR)
-    assert not is_quota_exceeded(QuotaState.from_obj(obj), NOW)
+    assert not AccountQuota.of(obj).is_exceeded(NOW)
 
 
 def test_a_daily_quota_counts_only_while_its_period_is_live() -> None:
     live = account(
         quota_daily_limit_usd=Decimal(3), quota_daily_used_usd=Decimal(3), quota_daily_start=NOW - HOUR
     )
-    assert is_quota_exceeded(QuotaState.from_obj(live), NOW)
+    assert AccountQuota.of(live).is_exceeded(NOW)
     stale = account(
         quota_daily_limit_usd=Decimal(3), quota_daily_used_usd=Decimal(3), quota_daily_start=NOW - DAY
     )
-    assert not is_quota_exceeded(QuotaState.from_obj(stale), NOW)
-    assert QuotaState.from_obj(stale).used("daily", NOW) == 0
+    assert not AccountQuota.of(stale).is_exceeded(NOW)
+    assert AccountQuota.of(stale).used("daily", NOW) == 0
 
 
 def test_a_weekly_quota_on_a_fixed_reset_counts_until_the_reset() -> None:
@@ -352,9 +349,9 @@ def test_a_weekly_quota_on_a_fixed_reset_counts_until_the_reset() -> None:
         quota_weekly_reset_hour=8,
         quota_weekly_reset_weekday=0,
     )
-    state = QuotaState.from_obj(obj)
-    assert is_quota_exceeded(state, utc(2024, 6, 10, 7, 59))
-    assert not is_quota_exceeded(state, utc(2024, 6, 10, 8))
+    state = AccountQuota.of(obj)
+    assert state.is_exceeded(utc(2024, 6, 10, 7, 59))
+    assert not state.is_exceeded(utc(2024, 6, 10, 8))
     assert state.next_reset("weekly", utc(2024, 6, 10, 7)) == utc(2024, 6, 10, 8)
     assert state.used("weekly", utc(2024, 6, 10, 8)) == 0
 

@@ -9,18 +9,13 @@ from decimal import Decimal
 import pytest
 
 from accounts.models import UpstreamAccount
-from billing.cost import Price, Usage
+from billing.cost import Usage
 from billing.models import UsageLog
-from billing.pricing import (
-    billing_context,
-    catalog_price,
-    pick_billing_model,
-    price_from_catalog,
-    resolve_price,
-)
+from billing.pricing import billing_context, pick_billing_model, resolve_price
 from billing.services import usage_record
 from channels.catalog import CatalogPrice, CatalogTier, TierPrices
 from channels.models import Channel, ChannelGroup, ModelPricing, PricingInterval
+from channels.pricing import Price, catalog_price, price_from_catalog
 from tests.factories import APIKeyFactory, GroupFactory, UpstreamAccountFactory
 
 pytestmark = pytest.mark.django_db

@@ -397,7 +397,7 @@ def test_with_a_context_a_subscription_recording_reads_nothing_either():
 
 
 def test_the_context_carries_the_counter_configuration_as_stored():
-    from accounts.services.upstream import QuotaResetRules
+    from accounts.snapshots import AccountQuota
     from billing.pricing import billing_context
 
     key = APIKeyFactory(group=GroupFactory(), timezone="Europe/Berlin")
@@ -411,6 +411,10 @@ def test_the_context_carries_the_counter_configuration_as_stored():
     )
     context = billing_context(api_key_id=key.pk, account_id=account.pk)
     assert context.key_timezone == "Europe/Berlin"
-    assert context.account_quota_rules == QuotaResetRules.read(account.pk)
-    assert context.account_quota_rules == QuotaResetRules("fixed", 6, "fixed", 3, 4, "America/New_York")
+    assert context.account_quota == AccountQuota.read(account.pk)
+    assert (
+        context.account_quota.period("daily"),
+        context.account_quota.period("weekly"),
+        context.account_quota.timezone,
+    ) == (("fixed", 6, 0), ("fixed", 3, 4), "America/New_York")
     assert context.subscription_starts_at is None and context.subscription_timezone is None

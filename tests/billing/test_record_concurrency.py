@@ -12,10 +12,11 @@ from decimal import Decimal
 import pytest
 from django.db.models import Count, Sum
 
+from accounts.models import User
 from billing.cost import Usage
 from billing.models import UsageLog, UsageRollup
 from billing.services import usage_record
-from tests.concurrency import run_in_threads
+from tests.concurrency import run_in_threads, run_naive_increments
 from tests.factories import (
     APIKeyFactory,
     GroupFactory,
@@ -122,3 +123,14 @@ def test_32_threads_on_one_subscription_lose_nothing():
     )
     assert user.balance == Decimal("3")
     assert_ledger_matches_rollups()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_harness_sees_a_race_a_naive_read_modify_write_loses_charges():
+    # The control: 32 threads on the harness above, taking money off one balance by reading it
+    # into Python first (written here, never in the product). It must lose charges.
+    user = UserFactory(balance=Decimal("100"))
+    failures = run_naive_increments(THREADS, model=User, pk=user.pk, field="balance", amount=Decimal("-1"))
+    assert failures == []
+    user.refresh_from_db()
+    assert user.balance == Decimal("99")  # 31 of the 32 charges were lost

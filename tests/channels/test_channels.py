@@ -11,8 +11,10 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection, transaction
 
 from channels.models import Channel, ChannelAuditLog, ChannelGroup, ModelPricing, PricingInterval
-from channels.selectors import map_model, pricing_lookup
-from channels.services import CardSpec, ChannelInvalid, IntervalSpec, MappingRule, channel_create
+from channels.pricing import PriceInterval
+from channels.rules import CardSpec, ChannelInvalid, MappingRule
+from channels.services import channel_create
+from channels.snapshots import channel_snapshot_for_group
 from tests.factories import (
     ChannelFactory,
     ChannelGroupFactory,
@@ -149,11 +151,11 @@ def test_creating_a_channel_stores_prices_per_token_and_shows_them_per_million(s
     )
     assert list(channel.groups.all()) == [group]
     assert channel.model_mapping == {"anthropic": {"claude-3-5-sonnet*": "claude-sonnet-4-5"}}
-    assert (
-        map_model(channel=channel, platform="anthropic", model="claude-3-5-sonnet-20241022")
-        == "claude-sonnet-4-5"
+    snapshot = channel_snapshot_for_group(group.pk)
+    assert snapshot.map_model(platform="anthropic", model="claude-3-5-sonnet-20241022") == "claude-sonnet-4-5"
+    assert snapshot.price_for(platform="anthropic", model="Claude-Sonnet-4.5").card.models == tuple(
+        card.models
     )
-    assert pricing_lookup(group_id=group.pk, platform="anthropic", model="Claude-Sonnet-4.5").card == card
 
     log = ChannelAuditLog.objects.get()
     assert (log.action, log.actor, log.channel) == ("create", staff_user, channel)
@@ -553,7 +555,7 @@ def test_the_service_refuses_invalid_cards_without_writing_anything():
             models=("claude-opus-4-1",),
             input_price=Decimal("0.000015"),
             output_price=Decimal("0.000075"),
-            intervals=(IntervalSpec(min_tokens=10, max_tokens=5, input_price=Decimal(1)),),
+            intervals=(PriceInterval(min_tokens=10, max_tokens=5, input_price=Decimal(1)),),
         ),
     ]
     with pytest.raises(ChannelInvalid) as raised:

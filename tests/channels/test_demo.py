@@ -9,7 +9,8 @@ import pytest
 from accounts import demo as accounts_demo
 from channels.demo import seed_channels
 from channels.models import Channel, ChannelGroup
-from channels.selectors import map_model, pricing_lookup
+from channels.patterns import select_interval, select_tier_interval
+from channels.snapshots import channel_snapshot_for_group
 
 pytestmark = pytest.mark.django_db
 
@@ -28,30 +29,30 @@ def test_seeding_twice_creates_each_channel_once_with_its_cards_and_groups():
 def test_the_demo_prices_claude_with_a_long_context_tier_and_one_hour_writes():
     seed_channels()
     group_id = ChannelGroup.objects.get(group__name="anthropic-standard").group_id
-    match = pricing_lookup(
-        group_id=group_id, platform="anthropic", model="anthropic/claude-sonnet-4-5-20250929"
-    )
+    channel = channel_snapshot_for_group(group_id)
+    match = channel.price_for(platform="anthropic", model="anthropic/claude-sonnet-4-5-20250929")
     assert match.source == "channel"
-    assert (match.card.cache_write_price, match.card.cache_write_1h_price) == (
+    assert (match.price.cache_write_price, match.price.cache_write_1h_price) == (
         Decimal("0.00000375"),
         Decimal("0.000006"),
     )
-    assert match.card.interval_for(200_001).input_price == Decimal("0.000006")
-    assert (
-        map_model(channel=match.channel, platform="anthropic", model="claude-3-5-sonnet-20241022")
-        == "claude-sonnet-4-5"
-    )
+    assert select_interval(match.price.intervals, 200_001).input_price == Decimal("0.000006")
+    assert channel.map_model(platform="anthropic", model="claude-3-5-sonnet-20241022") == "claude-sonnet-4-5"
 
 
 def test_the_demo_image_card_has_size_tiers_and_openai_uses_wildcards():
     seed_channels()
     gemini = ChannelGroup.objects.get(group__name="gemini-standard").group_id
-    card = pricing_lookup(group_id=gemini, platform="gemini", model="gemini-2.5-flash-image-preview").card
-    assert card.billing_mode == "image" and card.interval_for_tier("4K").per_request_price == Decimal("0.156")
+    price = (
+        channel_snapshot_for_group(gemini)
+        .price_for(platform="gemini", model="gemini-2.5-flash-image-preview")
+        .price
+    )
+    assert price.billing_mode == "image"
+    assert select_tier_interval(price.intervals, "4K").per_request_price == Decimal("0.156")
     openai = ChannelGroup.objects.get(group__name="openai-standard").group_id
-    assert pricing_lookup(group_id=openai, platform="openai", model="gpt-4o-mini-2024-07-18").card.models == [
-        "gpt-4o-mini*"
-    ]
+    match = channel_snapshot_for_group(openai).price_for(platform="openai", model="gpt-4o-mini-2024-07-18")
+    assert match.card.models == ("gpt-4o-mini*",)
 
 
 def test_the_channels_take_the_groups_the_accounts_demo_made():

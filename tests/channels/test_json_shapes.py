@@ -7,7 +7,7 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 
 from channels.models import Channel, ChannelAuditLog
-from channels.selectors import map_model
+from channels.snapshots import channel_snapshot_of
 from tests.channels.test_channels import channel_post
 from tests.factories import ChannelFactory
 
@@ -110,10 +110,10 @@ def test_saving_a_channel_with_a_malformed_stored_mapping_keeps_only_its_rules(s
 def test_the_price_lookup_uses_only_the_readable_rules():
     channel = ChannelFactory()
     Channel.objects.filter(pk=channel.pk).update(model_mapping=MALFORMED_MAPPING)
-    channel.refresh_from_db()
-    assert map_model(channel=channel, platform="anthropic", model="claude-old") == "claude-sonnet-4-5"
-    assert map_model(channel=channel, platform="anthropic", model="claude-x") == "claude-x"
-    assert map_model(channel=channel, platform="openai", model="gpt-4") == "gpt-4"
+    snapshot = channel_snapshot_of(Channel.objects.get(pk=channel.pk))
+    assert snapshot.map_model(platform="anthropic", model="claude-old") == "claude-sonnet-4-5"
+    assert snapshot.map_model(platform="anthropic", model="claude-x") == "claude-x"
+    assert snapshot.map_model(platform="openai", model="gpt-4") == "gpt-4"
 
 
 def test_audit_entries_of_an_unexpected_shape_are_shown_plainly(staff_client):

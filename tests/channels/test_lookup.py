@@ -1,18 +1,22 @@
 """The price lookup billing calls: channel card, else catalog default, else missing
-(docs/pricing.md#price-lookup)."""
+(docs/pricing.md#price-lookup). Driven as billing and the gateway use it: the group's channel
+snapshot, then its cards for the platform."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from decimal import Decimal
 
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from channels.catalog import CatalogPrice
 from channels.models import Channel
-from channels.patterns import pattern_matches
-from channels.selectors import channel_for_group, map_model, pricing_lookup
-from channels.services import CardSpec, pattern_overlap_problems
+from channels.patterns import pattern_matches, select_interval, select_tier_interval
+from channels.pricing import ChannelCard, Price, price_lookup
+from channels.rules import CardSpec, pattern_overlap_problems
+from channels.snapshots import channel_snapshot_for_group, channel_snapshot_of
 from tests.factories import (
     ChannelFactory,
     ChannelGroupFactory,
@@ -36,8 +40,30 @@ def channel(group):
     return channel
 
 
-def lookup(group, model, platform="anthropic"):
-    return pricing_lookup(group_id=group.pk, platform=platform, model=model)
+@dataclass(frozen=True)
+class Found:
+    source: str
+    card: ChannelCard | None  # the channel card that priced it
+    channel: int | None  # the group's active channel, also when its cards do not price the model
+    catalog: CatalogPrice | None
+    price: Price | None
+
+
+def lookup_by_id(group_id, model, platform="anthropic") -> Found:
+    channel = channel_snapshot_for_group(group_id)
+    match = (
+        channel.price_for(platform=platform, model=model) if channel else price_lookup(cards=(), model=model)
+    )
+    return Found(match.source, match.card, channel.id if channel else None, match.catalog, match.price)
+
+
+def lookup(group, model, platform="anthropic") -> Found:
+    return lookup_by_id(group.pk, model, platform)
+
+
+def models_of(card) -> tuple[str, ...]:
+    """A stored card's patterns, as the snapshot's card carries them."""
+    return tuple(card.models)
 
 
 @pytest.mark.parametrize(
@@ -54,47 +80,52 @@ def test_it_finds_the_exact_card_under_any_spelling_of_the_name(group, channel, 
         channel=channel, models=["claude-sonnet-4-5"], input_price=Decimal("0.0000033")
     )
     match = lookup(group, spelling)
-    assert (match.source, match.card, match.channel, match.catalog) == ("channel", card, channel, None)
-    assert match.card.input_price == Decimal("0.0000033")
+    assert (match.source, match.card.models, match.channel, match.catalog) == (
+        "channel",
+        models_of(card),
+        channel.pk,
+        None,
+    )
+    assert match.card.price.input_price == Decimal("0.0000033")
 
 
 def test_a_card_typed_with_a_dated_or_dotted_name_still_matches(group, channel):
     card = ModelPricingFactory(channel=channel, models=["anthropic/Claude-Sonnet-4.5-20250929"])
-    assert lookup(group, "claude-sonnet-4-5").card == card
+    assert lookup(group, "claude-sonnet-4-5").card.models == models_of(card)
 
 
 def test_it_falls_back_to_the_first_wildcard_in_card_order(group, channel):
     ModelPricingFactory(channel=channel, models=["claude-sonnet-4-5"], sort_order=0)
     first = ModelPricingFactory(channel=channel, models=["gpt-4o", "claude-opus-*"], sort_order=1)
     ModelPricingFactory(channel=channel, models=["claude-*"], sort_order=2)
-    assert lookup(group, "claude-opus-4-1-20250805").card == first
-    assert lookup(group, "claude-haiku-4-5").card.models == ["claude-*"]
+    assert lookup(group, "claude-opus-4-1-20250805").card.models == models_of(first)
+    assert lookup(group, "claude-haiku-4-5").card.models == ("claude-*",)
 
 
 def test_an_exact_name_beats_a_wildcard_in_an_earlier_card(group, channel):
     ModelPricingFactory(channel=channel, models=["claude-*"], sort_order=0)
     exact = ModelPricingFactory(channel=channel, models=["claude-sonnet-4-5"], sort_order=1)
-    assert lookup(group, "Claude-Sonnet-4.5").card == exact
+    assert lookup(group, "Claude-Sonnet-4.5").card.models == models_of(exact)
 
 
 def test_only_cards_of_the_requested_platform_count(group, channel):
     ModelPricingFactory(channel=channel, platform="openai", models=["claude-sonnet-4-5"])
     match = lookup(group, "claude-sonnet-4-5")
-    assert match.source == "catalog" and match.channel == channel
+    assert match.source == "catalog" and match.channel == channel.pk
     assert match.catalog.input_price == Decimal("0.000003")
 
 
 def test_a_model_the_channel_does_not_price_gets_the_catalog_default(group, channel):
     ModelPricingFactory(channel=channel, models=["claude-opus-4-1"])
     match = lookup(group, "anthropic/claude-sonnet-4-5-20250929")
-    assert (match.source, match.card, match.channel) == ("catalog", None, channel)
+    assert (match.source, match.card, match.channel) == ("catalog", None, channel.pk)
     assert match.catalog.matched_name == "claude-sonnet-4-5"
 
 
 def test_an_unknown_model_is_missing(group, channel):
     match = lookup(group, "totally-made-up-model-9000")
-    assert (match.source, match.card, match.catalog, match.channel) == ("missing", None, None, channel)
-    assert pricing_lookup(group_id=None, platform="anthropic", model="").source == "missing"
+    assert (match.source, match.card, match.catalog, match.channel) == ("missing", None, None, channel.pk)
+    assert lookup_by_id(None, "").source == "missing"
 
 
 def test_a_disabled_channel_prices_nothing(group, channel):
@@ -102,26 +133,27 @@ def test_a_disabled_channel_prices_nothing(group, channel):
     Channel.objects.filter(pk=channel.pk).update(status=Channel.Status.DISABLED)
     match = lookup(group, "claude-sonnet-4-5")
     assert (match.source, match.channel) == ("catalog", None)
-    assert channel_for_group(group.pk) is None
+    assert channel_snapshot_for_group(group.pk) is None
 
 
 def test_a_group_without_a_channel_or_no_group_gets_the_catalog(channel):
     ModelPricingFactory(channel=channel, models=["claude-sonnet-4-5"])
     other = GroupFactory()
     assert lookup(other, "claude-sonnet-4-5").source == "catalog"
-    assert pricing_lookup(group_id=None, platform="anthropic", model="claude-sonnet-4-5").source == "catalog"
+    assert lookup_by_id(None, "claude-sonnet-4-5").source == "catalog"
 
 
-def test_a_channel_card_needs_three_queries_and_its_intervals_come_prefetched(
+def test_a_channel_card_needs_four_queries_and_its_intervals_come_with_it(
     group, channel, django_assert_num_queries
 ):
     card = ModelPricingFactory(channel=channel, models=["claude-sonnet-4-5"])
     PricingIntervalFactory(card=card, min_tokens=200_000, max_tokens=None, input_price=Decimal("0.000006"))
-    with django_assert_num_queries(3):
+    # The channel snapshot's loader: channel, cards, intervals, groups.
+    with django_assert_num_queries(4):
         match = lookup(group, "claude-sonnet-4-5")
     with django_assert_num_queries(0):
-        assert match.card.interval_for(200_001).input_price == Decimal("0.000006")
-        assert match.card.interval_for(200_000) is None
+        assert select_interval(match.card.price.intervals, 200_001).input_price == Decimal("0.000006")
+        assert select_interval(match.card.price.intervals, 200_000) is None
 
 
 @pytest.mark.parametrize(
@@ -132,7 +164,7 @@ def test_the_interval_holds_min_exclusive_and_max_inclusive(group, channel, cont
     card = ModelPricingFactory(channel=channel, models=["claude-sonnet-4-5"])
     PricingIntervalFactory(card=card, min_tokens=1000, max_tokens=2000, tier_label="mid", sort_order=0)
     PricingIntervalFactory(card=card, min_tokens=2000, max_tokens=None, tier_label="top", sort_order=1)
-    interval = lookup(group, "claude-sonnet-4-5").card.interval_for(context)
+    interval = select_interval(lookup(group, "claude-sonnet-4-5").card.price.intervals, context)
     assert (interval.tier_label if interval else None) == expected
 
 
@@ -149,8 +181,11 @@ def test_an_image_card_finds_its_tier_by_label(group, channel):
             card=card, tier_label=label, per_request_price=Decimal(order + 1) / 10, sort_order=order
         )
     found = lookup(group, "gemini-2.5-flash-image").card
-    assert found.interval_for_tier(" 2k ").per_request_price == Decimal("0.2")
-    assert found.interval_for_tier("8K") is None and found.interval_for_tier(None) is None
+    assert select_tier_interval(found.price.intervals, " 2k ").per_request_price == Decimal("0.2")
+    assert (
+        select_tier_interval(found.price.intervals, "8K") is None
+        and select_tier_interval(found.price.intervals, None) is None
+    )
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -172,7 +207,7 @@ def test_the_stored_intervals_pick_the_first_band_holding_the_context(
         PricingIntervalFactory(
             card=card, min_tokens=low, max_tokens=high, tier_label=str(order), sort_order=order
         )
-    found = lookup(group, "claude-sonnet-4-5").card.interval_for(context)
+    found = select_interval(lookup(group, "claude-sonnet-4-5").card.price.intervals, context)
     holding = [
         str(i) for i, (low, high) in enumerate(bands) if low < context and (high is None or context <= high)
     ]
@@ -200,7 +235,7 @@ def test_cards_without_overlaps_price_a_model_the_same_in_any_order(group, chann
         matching = [p for p in patterns if pattern_matches(p, model)]
         assert len(matching) <= 1
         if matching:
-            assert match.source == "channel" and match.card.models == matching
+            assert match.source == "channel" and list(match.card.models) == matching
         else:
             assert match.source != "channel"
 
@@ -212,6 +247,11 @@ def test_overlapping_patterns_on_one_platform_are_reported_on_the_later_card():
     assert [(p.card, p.field, p.message) for p in problems] == [
         (2, "models", "`claude-*` already covers `claude-sonnet-4` (in card 1).")
     ]
+
+
+def map_model(*, channel, platform, model):
+    """The channel's mapping as the gateway applies it; with no channel a name passes through."""
+    return channel_snapshot_of(channel).map_model(platform=platform, model=model) if channel else model
 
 
 class TestModelMapping:

@@ -11,7 +11,8 @@ from django.utils import timezone
 from playwright.sync_api import expect
 
 from accounts.models import APIKey
-from accounts.services.keys import api_key_hash, api_key_usage_charge
+from accounts.rules import api_key_hash
+from accounts.services.keys import api_key_usage_charge
 from tests.factories import APIKeyFactory, GroupFactory, UserFactory
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]

@@ -11,7 +11,7 @@ from django.utils import timezone
 from playwright.sync_api import expect
 
 from accounts.models import APIKey, Group, Subscription, User
-from accounts.services.keys import api_key_hash
+from accounts.rules import api_key_hash
 from accounts.services.subscriptions import subscription_usage_charge
 from tests.factories import GroupFactory, SubscriptionFactory, SubscriptionGroupFactory, UserFactory
 

@@ -11,7 +11,8 @@ from django.utils import timezone
 from playwright.sync_api import expect
 
 from accounts.models import UpstreamAccount
-from accounts.services.upstream import upstream_account_credentials, upstream_account_quota_charge
+from accounts.selectors.upstream import upstream_account_credentials
+from accounts.services.upstream import upstream_account_quota_charge
 from tests.factories import GroupAccountFactory, GroupFactory, UpstreamAccountFactory
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]

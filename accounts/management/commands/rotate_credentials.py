@@ -7,6 +7,7 @@ from django.db import transaction
 
 from accounts.crypto import rotate_token
 from accounts.models import UpstreamAccount
+from accounts.snapshots import snapshots_changed
 
 
 class Command(BaseCommand):
@@ -16,12 +17,14 @@ class Command(BaseCommand):
     )
 
     def handle(self, *args, **options) -> None:
-        rotated = 0
+        rotated: list[int] = []
         with transaction.atomic():
             accounts = UpstreamAccount.objects.select_for_update().exclude(credentials_encrypted="")
             for pk, token in accounts.values_list("pk", "credentials_encrypted"):
                 # rotate_token decrypts with any known key and encrypts with the first: a wrong key
                 # list fails here (InvalidToken) and the transaction leaves every row as it was.
                 UpstreamAccount.objects.filter(pk=pk).update(credentials_encrypted=rotate_token(token))
-                rotated += 1
-        self.stdout.write(self.style.SUCCESS(f"Re-encrypted {rotated} account{'s' if rotated != 1 else ''}."))
+                rotated.append(pk)
+            snapshots_changed(account_ids=rotated)
+        count = len(rotated)
+        self.stdout.write(self.style.SUCCESS(f"Re-encrypted {count} account{'s' if count != 1 else ''}."))

@@ -212,7 +212,7 @@ def test_the_embedded_default_counts_and_locks_on_sqlite(tmp_path):
     env = {"TOLLGATE_VAR_DIR": str(tmp_path)}
     assert manage("migrate", "--noinput", env=env).returncode == 0
     script = (
-        "from accounts import throttle;"
+        "from console import throttle;"
         "tries = [throttle.attempt_begin(username='A@x.com', ip='10.0.0.1') for _ in range(7)];"
         "print(*[t.refused for t in tries], tries[-1].minutes_left, throttle.lockout_list().count());"
         "throttle.lockout_lift(kind='username', value='a@x.com');"

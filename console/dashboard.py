@@ -15,10 +15,10 @@ from django.db.models.functions import TruncDate
 from django.utils import timezone
 
 from accounts.models import APIKey, UpstreamAccount, User
-from accounts.money import format_usd, quantize_usd
 from accounts.selectors.upstream import WARN_AT, QuotaMeter, upstream_account_quota_badge
 from billing.models import UsageRollup
 from billing.selectors import period_range, unpriced_models_seen
+from common.money import format_usd, quantize_usd
 
 ZERO = Decimal(0)
 TREND_DAYS = 7

@@ -43,7 +43,7 @@ def test_the_health_check_is_left_alone(client):
     assert "Cache-Control" not in client.get("/healthz")
 
 
-@pytest.mark.urls("tests.accounts.gateway_urls")
+@pytest.mark.urls("tests.console.gateway_urls")
 def test_gateway_api_responses_are_left_alone(client, staff_user):
     client.force_login(staff_user)  # even with a console session cookie
     assert client.get("/v1/models")["Cache-Control"] == "max-age=60"

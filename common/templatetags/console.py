@@ -7,7 +7,7 @@ from decimal import Decimal
 from django import template
 from django.utils.html import format_html
 
-from accounts.money import format_usd, per_token_to_per_mtok
+from common.money import format_per_mtok, format_usd
 
 register = template.Library()
 
@@ -20,8 +20,7 @@ def usd(value: Decimal | None, places: int = 2) -> str:
 @register.filter
 def per_mtok(price_per_token: Decimal | None) -> str:
     """A per-token price shown as $/MTok."""
-    price = per_token_to_per_mtok(price_per_token)
-    return "—" if price is None else f"${price:,.4f}".rstrip("0").rstrip(".") + "/MTok"
+    return format_per_mtok(price_per_token)
 
 
 @register.simple_tag

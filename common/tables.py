@@ -5,7 +5,7 @@ from __future__ import annotations
 import django_tables2 as tables
 from django.utils.html import format_html
 
-from accounts.money import format_usd
+from common.money import format_usd
 
 
 class MoneyColumn(tables.Column):

@@ -7,8 +7,8 @@ import ipaddress
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
-from accounts import throttle
 from accounts.models import SignInCounter
+from console import throttle
 
 
 class Command(BaseCommand):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from django.urls import URLPattern, URLResolver, get_resolver
 
-from accounts.access import is_public
+from console.access import is_public
 
 # The only views anyone may reach without a staff session. Adding to this list
 # is a security decision: the test below fails if a view becomes public silently.

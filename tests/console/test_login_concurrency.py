@@ -8,8 +8,8 @@ from django.contrib.auth import authenticate
 from django.test import Client
 from django.utils import timezone
 
-from accounts import throttle
 from accounts.models import SignInCounter
+from console import throttle
 from tests.concurrency import run_in_threads
 from tests.hashers import COUNTING_HASHERS, CountingMD5PasswordHasher
 

@@ -2,7 +2,7 @@
 
 Every console URL is staff-only unless its view is explicitly marked public
 with @public. The rule is enforced by StaffOnlyConsoleMiddleware, so a new
-page is protected the moment it is routed; tests/accounts/test_staff_only.py
+page is protected the moment it is routed; tests/console/test_staff_only.py
 walks every URL pattern to prove it.
 """
 

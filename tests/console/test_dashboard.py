@@ -11,10 +11,10 @@ from django.db.models import Count, Sum
 from django.utils import timezone
 
 from billing.cost import Usage
-from billing.dashboard import bar_chart, dashboard_kpis, dashboard_trend, top_models
 from billing.models import UsageLog
 from billing.selectors import period_range
 from billing.services import usage_record
+from console.dashboard import bar_chart, dashboard_kpis, dashboard_trend, top_models
 from tests.factories import (
     APIKeyFactory,
     GroupFactory,

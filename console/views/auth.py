@@ -17,12 +17,12 @@ from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_POST
 
-from accounts import throttle
-from accounts.access import public
 from accounts.client_address import client_ip
-from accounts.forms.base import ConsoleFormMixin
-from accounts.htmx import hx_trigger_response, render_page
 from accounts.models import SignInCounter
+from common.forms import ConsoleFormMixin
+from common.htmx import hx_trigger_response, render_page
+from console import throttle
+from console.access import public
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ def lockout_message(minutes: int) -> str:
 
 
 class ThrottledAuthenticationForm(ConsoleFormMixin, AuthenticationForm):
-    """Counts the attempt first (accounts.throttle), then checks the password only if allowed."""
+    """Counts the attempt first (console.throttle), then checks the password only if allowed."""
 
     username = forms.EmailField(
         label="Email", widget=forms.EmailInput(attrs={"autofocus": True, "autocomplete": "email"})
@@ -114,7 +114,7 @@ def sign_in_lock_list(request: HttpRequest) -> HttpResponse:
         "address_limit": settings.LOGIN_IP_FAILURE_LIMIT,
         "window_minutes": settings.LOGIN_FAILURE_WINDOW_SECONDS // 60,
     }
-    return render_page(request, "accounts/sign_in_lock_list.html", context)
+    return render_page(request, "console/sign_in_lock_list.html", context)
 
 
 @require_POST

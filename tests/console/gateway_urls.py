@@ -3,8 +3,8 @@
 from django.http import JsonResponse
 from django.urls import path
 
-from accounts.access import public
 from config.urls import urlpatterns as console_urlpatterns
+from console.access import public
 
 
 @public

@@ -1,4 +1,5 @@
-"""Idempotent demo data for every model, and a staff login printed at the end."""
+"""seed_demo: idempotent demo data for every app, each built by its own demo module (accounts,
+then channels, then billing's week of usage through usage_record), and the staff login printed."""
 
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
 from django.utils.cache import patch_cache_control
 
-from accounts.access import is_public
+from console.access import is_public
 
 
 class StaffOnlyConsoleMiddleware:

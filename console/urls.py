@@ -1,0 +1,16 @@
+"""The console's own pages. The names stay un-namespaced ("login", "dashboard"): Django's auth
+views and settings.LOGIN_URL expect them so."""
+
+from django.urls import path
+
+from console.views import auth, home
+
+urlpatterns = [
+    path("", home.dashboard, name="dashboard"),
+    path("login/", auth.login, name="login"),
+    path("logout/", auth.logout, name="logout"),
+    path("password/", auth.password_change, name="password_change"),
+    path("password/done/", auth.password_change_done, name="password_change_done"),
+    path("sign-in-locks/", auth.sign_in_lock_list, name="sign-in-locks"),
+    path("sign-in-locks/<int:pk>/unlock", auth.sign_in_unlock, name="sign-in-unlock"),
+]

@@ -1,0 +1,194 @@
+"""Models own their one-row rules: the database refuses a row that breaks one, whoever writes it.
+
+Each case writes a violating value with a plain UPDATE (no form, no service, no full_clean) and
+expects PostgreSQL to name the constraint; the boundary value next to it is accepted.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
+from django.db.models import F
+
+from tests.factories import (
+    APIKeyFactory,
+    BalanceHistoryFactory,
+    GroupFactory,
+    ModelPricingFactory,
+    PricingIntervalFactory,
+    SubscriptionFactory,
+    UpstreamAccountFactory,
+    UserFactory,
+)
+
+pytestmark = pytest.mark.django_db
+
+D = Decimal
+
+
+def user_group_rate():
+    user = UserFactory()
+    return user.group_rates.create(group=GroupFactory(), rate_multiplier=D("1.5"))
+
+
+# (make a valid row, {field: refused value}, {field: accepted boundary value}, constraint)
+CASES = [
+    (
+        UserFactory,
+        {"total_recharged": D("-0.01")},
+        {"total_recharged": D(0)},
+        "user_total_recharged_non_negative",
+    ),
+    (BalanceHistoryFactory, {"amount": D("-1")}, {"amount": D(0)}, "balance_history_amount_non_negative"),
+    (
+        GroupFactory,
+        {"rate_multiplier": D(0)},
+        {"rate_multiplier": D("0.000001")},
+        "group_rate_multiplier_positive",
+    ),
+    (
+        GroupFactory,
+        {"image_price_2k": D("-0.1")},
+        {"image_price_2k": None},
+        "group_image_prices_non_negative",
+    ),
+    (
+        GroupFactory,
+        {"image_price_4k": D("-0.1")},
+        {"image_price_4k": D(0)},
+        "group_image_prices_non_negative",
+    ),
+    (GroupFactory, {"fallback_group": F("pk")}, {"fallback_group": None}, "group_fallback_not_itself"),
+    (
+        GroupFactory,
+        {"fallback_group_on_invalid_request": F("pk")},
+        {"fallback_group_on_invalid_request": None},
+        "group_fallback_not_itself",
+    ),
+    (user_group_rate, {"rate_multiplier": D(0)}, {"rate_multiplier": D("0.01")}, "user_group_rate_positive"),
+    (
+        UpstreamAccountFactory,
+        {"rate_multiplier": D("-0.5")},
+        {"rate_multiplier": D(0)},
+        "upstream_rate_multiplier_non_negative",
+    ),
+    *(
+        (UpstreamAccountFactory, {field: D("-1")}, {field: D(0)}, "upstream_quota_non_negative")
+        for field in (
+            "quota_limit_usd",
+            "quota_used_usd",
+            "quota_daily_limit_usd",
+            "quota_daily_used_usd",
+            "quota_weekly_limit_usd",
+            "quota_weekly_used_usd",
+        )
+    ),
+    (
+        UpstreamAccountFactory,
+        {"quota_daily_reset_hour": 24},
+        {"quota_daily_reset_hour": 23},
+        "upstream_quota_reset_in_range",
+    ),
+    (
+        UpstreamAccountFactory,
+        {"quota_weekly_reset_hour": 24},
+        {"quota_weekly_reset_hour": 0},
+        "upstream_quota_reset_in_range",
+    ),
+    (
+        UpstreamAccountFactory,
+        {"quota_weekly_reset_weekday": 7},
+        {"quota_weekly_reset_weekday": 6},
+        "upstream_quota_reset_in_range",
+    ),
+    *(
+        (APIKeyFactory, {field: D("-0.00000001")}, {field: D(0)}, "apikey_amounts_non_negative")
+        for field in (
+            "quota_usd",
+            "quota_used_usd",
+            "rate_limit_5h_usd",
+            "rate_limit_1d_usd",
+            "rate_limit_7d_usd",
+            "usage_5h_usd",
+            "usage_1d_usd",
+            "usage_7d_usd",
+        )
+    ),
+    (
+        SubscriptionFactory,
+        {"expires_at": F("starts_at")},
+        {"expires_at": F("starts_at") + timedelta(seconds=1)},
+        "subscription_ends_after_it_starts",
+    ),
+    *(
+        (SubscriptionFactory, {field: D("-1")}, {field: D(0)}, "subscription_usage_non_negative")
+        for field in ("daily_usage_usd", "weekly_usage_usd", "monthly_usage_usd")
+    ),
+    *(
+        (ModelPricingFactory, {field: D("-0.000001")}, {field: None}, "pricing_card_prices_non_negative")
+        for field in (
+            "input_price",
+            "output_price",
+            "cache_write_price",
+            "cache_write_1h_price",
+            "cache_read_price",
+            "image_output_price",
+            "per_request_price",
+        )
+    ),
+    (
+        PricingIntervalFactory,
+        {"min_tokens": 1000, "max_tokens": 1000},
+        {"min_tokens": 1000, "max_tokens": 1001},
+        "pricing_interval_max_above_min",
+    ),
+    (
+        PricingIntervalFactory,
+        {"min_tokens": 0, "max_tokens": 0},
+        {"min_tokens": 5000, "max_tokens": None},
+        "pricing_interval_max_above_min",
+    ),
+    *(
+        (PricingIntervalFactory, {field: D("-1")}, {field: D(0)}, "pricing_interval_prices_non_negative")
+        for field in (
+            "input_price",
+            "output_price",
+            "cache_write_price",
+            "cache_read_price",
+            "per_request_price",
+            "input_multiplier",
+            "output_multiplier",
+            "cache_write_multiplier",
+            "cache_read_multiplier",
+        )
+    ),
+]
+
+
+def case_id(case) -> str:
+    return f"{case[3]}:{','.join(case[1])}"
+
+
+@pytest.mark.parametrize(
+    ("make", "refused", "accepted", "constraint"), CASES, ids=[case_id(c) for c in CASES]
+)
+def test_the_database_refuses_a_row_that_breaks_a_one_row_rule(make, refused, accepted, constraint):
+    row = make()
+    rows = type(row).objects.filter(pk=row.pk)
+    with pytest.raises(IntegrityError, match=constraint), transaction.atomic():
+        rows.update(**refused)
+    assert rows.update(**accepted) == 1
+
+
+def test_full_clean_says_which_rule_a_row_breaks_before_the_database_has_to():
+    group = GroupFactory()
+    group.fallback_group = group
+    with pytest.raises(ValidationError, match="A group cannot fall back to itself."):
+        group.full_clean()
+    account = UpstreamAccountFactory.build(quota_limit_usd=D("-5"))
+    with pytest.raises(ValidationError, match="Quota limits and used amounts cannot be negative."):
+        account.full_clean()
