@@ -24,7 +24,11 @@ from gateway.app import application as gateway  # noqa: E402
 
 
 async def application(scope, receive, send):
-    if scope["type"] == "lifespan" or scope["type"] == "http" and (scope["path"].startswith("/v1/") or scope["path"] == "/v1"):
+    if (
+        scope["type"] == "lifespan"
+        or scope["type"] == "http"
+        and (scope["path"].startswith("/v1/") or scope["path"] == "/v1")
+    ):
         await gateway(scope, receive, send)
     else:
         await console(scope, receive, send)

@@ -29,6 +29,9 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import orjson
+from django.conf import settings
+
+from accounts.crypto import decrypt_credentials
 from accounts.snapshots import (
     KeySnapshot,
     SnapshotChange,
@@ -37,9 +40,6 @@ from accounts.snapshots import (
     upstream_account_snapshots_load,
 )
 from channels.snapshots import channel_snapshot_for_group
-from django.conf import settings
-
-from accounts.crypto import decrypt_credentials
 from gateway import invalidation
 
 logger = logging.getLogger("gateway")
@@ -195,11 +195,14 @@ class SnapshotCache:
             old_hash, (_, old) = self._keys.popitem(last=False)
             self._unindex(old_hash, old)
 
-    def replace(self, key_hash: str, snapshot: KeySnapshot) -> None:
-        """Keep a snapshot whose counters the recorder refreshed (same expiry)."""
-        entry = self._keys.get(key_hash)
-        if entry is not None:
-            self._keys[key_hash] = (entry[0], snapshot)
+    def refresh(self, admitted: KeySnapshot, fresh: KeySnapshot) -> None:
+        """Keep the counters a charge returned in place of the admitted snapshot's (same expiry),
+        unless the entry was dropped or reloaded since: a newer load knows better."""
+        if fresh is admitted:
+            return
+        entry = self._keys.get(admitted.key_hash)
+        if entry is not None and entry[1] is admitted:
+            self._keys[admitted.key_hash] = (entry[0], fresh)
 
     @staticmethod
     def _tags(snapshot: KeySnapshot) -> list[tuple[str, int]]:

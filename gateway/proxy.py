@@ -396,11 +396,11 @@ class Proxy:
 
     async def _settle(self, entry: recorder.Entry) -> None:
         try:
-            result = await self.db.run(recorder.record, entry)
+            _, fresh = await self.db.run(recorder.record, entry)
         except Exception:
             logger.exception("recording request %s failed", entry.request_id)
             return
-        self.auth.after_charge(entry, result)
+        self.auth.refresh(entry.key, fresh)
 
     def _background(self, work) -> None:
         task = asyncio.ensure_future(work)

@@ -111,7 +111,7 @@ def test_a_key_of_an_anthropic_group_on_an_openai_path_is_told_where_to_go(fake_
 def test_count_tokens_is_relayed_and_not_billed(fake_upstream, gateway_url):
     tenant = make_tenant(fake_upstream, platform="anthropic")
     counted = anthropic_sdk(gateway_url, tenant.secret).messages.count_tokens(
-        model="claude-sonnet-4-5", messages=[{"role": "user", "content": "Say hello to the toll gate."}]
+        model="claude-sonnet-4-6", messages=[{"role": "user", "content": "Say hello to the toll gate."}]
     )
     assert counted.input_tokens == 11
     assert ledger_rows(1, timeout=0.3) == []
@@ -126,7 +126,7 @@ def test_setup_token_and_oauth_accounts_send_bearer_tokens(fake_upstream, gatewa
     account = make_account(fake_upstream, platform="anthropic", type="setup-token", name="setup")
     GroupAccount.objects.create(group=tenant.group, account=account)
     anthropic_sdk(gateway_url, tenant.secret).messages.create(
-        model="claude-sonnet-4-5", max_tokens=20, messages=[{"role": "user", "content": "hi"}]
+        model="claude-sonnet-4-6", max_tokens=20, messages=[{"role": "user", "content": "hi"}]
     )
     from tests.fake_upstream import key_fingerprint
 
@@ -148,11 +148,11 @@ def test_models_lists_the_channels_priced_models_when_it_restricts_them(fake_ups
 def test_models_lists_the_accounts_models_otherwise(fake_upstream, gateway_url):
     tenant = make_tenant(fake_upstream, platform="anthropic")
     UpstreamAccount.objects.filter(pk=tenant.accounts[0].pk).update(
-        supported_models=["claude-sonnet-4-5", "claude-opus-*"],
+        supported_models=["claude-sonnet-4-6", "claude-opus-*"],
         model_mapping={"claude-haiku": "claude-haiku-4-5"},
     )
     listed = anthropic_sdk(gateway_url, tenant.secret).models.list()
-    assert [model.id for model in listed.data] == ["claude-sonnet-4-5", "claude-haiku"]
+    assert [model.id for model in listed.data] == ["claude-sonnet-4-6", "claude-haiku"]
 
 
 # --- GET /v1/usage ------------------------------------------------------------------------------------

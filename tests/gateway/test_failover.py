@@ -43,7 +43,7 @@ def test_a_429_moves_to_the_next_account_and_rests_the_first_until_its_retry_aft
 def test_a_5xx_moves_on_without_marking_the_account(fake_upstream, gateway_url):
     tenant = make_tenant(fake_upstream, platform="anthropic", scenarios=("status=500", ""))
     message = anthropic_sdk(gateway_url, tenant.secret).messages.create(
-        model="claude-sonnet-4-5", max_tokens=50, messages=QUESTION
+        model="claude-sonnet-4-6", max_tokens=50, messages=QUESTION
     )
     assert message.content[0].text
     first = UpstreamAccount.objects.get(pk=tenant.accounts[0].pk)
@@ -67,7 +67,7 @@ def test_when_every_account_fails_the_client_gets_the_last_error_in_its_shape(fa
     )
     with pytest.raises(anthropic.RateLimitError) as refused:
         anthropic_sdk(gateway_url, tenant.secret).messages.create(
-            model="claude-sonnet-4-5", max_tokens=50, messages=QUESTION
+            model="claude-sonnet-4-6", max_tokens=50, messages=QUESTION
         )
     error = refused.value.body["error"]
     assert error["code"] == "NO_ACCOUNT_AVAILABLE"
@@ -80,7 +80,7 @@ def test_a_request_error_is_passed_on_and_not_retried(fake_upstream, gateway_url
     tenant = make_tenant(fake_upstream, platform="anthropic", scenarios=("", ""))
     response = httpx.post(
         gateway_url + "/v1/messages",
-        json={"model": "claude-sonnet-4-5", "messages": QUESTION},  # no max_tokens
+        json={"model": "claude-sonnet-4-6", "messages": QUESTION},  # no max_tokens
         headers={"x-api-key": tenant.secret, "anthropic-version": "2023-06-01"},
     )
     assert response.status_code == 400
@@ -150,7 +150,7 @@ def test_a_conversation_sticks_to_its_account(fake_upstream, gateway_url):
     client = anthropic_sdk(gateway_url, tenant.secret)
     for _ in range(3):
         client.messages.create(
-            model="claude-sonnet-4-5",
+            model="claude-sonnet-4-6",
             max_tokens=50,
             messages=QUESTION,
             metadata={"user_id": "conversation-1"},
@@ -181,7 +181,7 @@ def test_a_bedrock_only_group_says_it_is_not_supported_yet(fake_upstream, gatewa
     GroupAccount.objects.create(group=tenant.group, account=bedrock)
     with pytest.raises(anthropic.APIStatusError) as refused:
         anthropic_sdk(gateway_url, tenant.secret).messages.create(
-            model="claude-sonnet-4-5", max_tokens=50, messages=QUESTION
+            model="claude-sonnet-4-6", max_tokens=50, messages=QUESTION
         )
     assert refused.value.status_code == 501
     assert refused.value.body["error"]["code"] == "ACCOUNT_TYPE_NOT_SUPPORTED"

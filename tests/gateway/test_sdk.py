@@ -7,7 +7,7 @@ text plus 4 per message, the system prompt or `instructions` counting as one; 24
     user   "Say hello to the toll gate."  27 characters → 7 + 4 = 11      input 19, output 24
     embeddings "hello world"              11 characters → 3 (no overhead)
 Prices ($ per million tokens): gpt-4o 2.50 in / 10 out; text-embedding-3-small 0.02;
-claude-sonnet-4-5 3 in / 15 out / 3.75 5m write / 6 1h write / 0.30 read.
+claude-sonnet-4-6 3 in / 15 out / 3.75 5m write / 6 1h write / 0.30 read.
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def priced_tenant(fake_upstream, *, platform: str, subscription: bool, rate: Dec
             channel=channel, platform="openai", models=["text-embedding-3-small"], **EMBEDDING
         )
     else:
-        ModelPricingFactory(channel=channel, platform="anthropic", models=["claude-sonnet-4-5"], **SONNET)
+        ModelPricingFactory(channel=channel, platform="anthropic", models=["claude-sonnet-4-6"], **SONNET)
     return tenant
 
 
@@ -111,12 +111,13 @@ def call(kind: str, stream: bool, url: str, secret: str):
             text = parsed.output_text
     elif kind == "embeddings":
         raw = openai_sdk(url, secret).embeddings.with_raw_response.create(
-            model="text-embedding-3-small", input="hello world"
+            # float: the SDK's default (base64) does not pass its own strict validation
+            model="text-embedding-3-small", input="hello world", encoding_format="float"
         )
         text = str(len(raw.parse().data[0].embedding))
     else:
         raw = anthropic_sdk(url, secret).messages.with_raw_response.create(
-            model="claude-sonnet-4-5",
+            model="claude-sonnet-4-6",
             max_tokens=100,
             system=SYSTEM,
             messages=[{"role": "user", "content": QUESTION}],
@@ -196,7 +197,7 @@ def test_anthropic_cache_writes_are_billed_in_their_5m_and_1h_buckets(fake_upstr
     client = anthropic_sdk(gateway_url, tenant.secret)
     for stream in (False, True):
         response = client.messages.create(
-            model="claude-sonnet-4-5", max_tokens=100, system=system, messages=messages, stream=stream
+            model="claude-sonnet-4-6", max_tokens=100, system=system, messages=messages, stream=stream
         )
         if stream:
             list(response)

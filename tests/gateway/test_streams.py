@@ -26,7 +26,7 @@ def test_an_anthropic_stream_of_many_events_makes_one_row(fake_upstream, gateway
     tenant = make_tenant(fake_upstream, platform="anthropic", scenarios=("words=60",))
     events = list(
         anthropic_sdk(gateway_url, tenant.secret).messages.create(
-            model="claude-sonnet-4-5", max_tokens=200, messages=QUESTION, stream=True
+            model="claude-sonnet-4-6", max_tokens=200, messages=QUESTION, stream=True
         )
     )
     assert sum(event.type == "content_block_delta" for event in events) == 60
@@ -97,7 +97,7 @@ def test_a_cut_anthropic_stream_records_the_input_reported_and_says_so(fake_upst
     tenant = make_tenant(fake_upstream, platform="anthropic", scenarios=("cut=10",))
     response = httpx.post(
         gateway_url + "/v1/messages",
-        json={"model": "claude-sonnet-4-5", "max_tokens": 100, "messages": QUESTION, "stream": True},
+        json={"model": "claude-sonnet-4-6", "max_tokens": 100, "messages": QUESTION, "stream": True},
         headers={"x-api-key": tenant.secret, "anthropic-version": "2023-06-01"},
     )
     events = stream_events(response)
@@ -130,7 +130,7 @@ def test_a_client_that_leaves_mid_stream_is_billed_what_the_provider_bills(fake_
     with httpx.stream(
         "POST",
         gateway_url + "/v1/messages",
-        json={"model": "claude-sonnet-4-5", "max_tokens": 100, "messages": QUESTION, "stream": True},
+        json={"model": "claude-sonnet-4-6", "max_tokens": 100, "messages": QUESTION, "stream": True},
         headers={"x-api-key": tenant.secret, "anthropic-version": "2023-06-01"},
     ) as response:
         received = b""
@@ -163,7 +163,7 @@ def test_a_client_that_leaves_before_the_first_byte_cancels_the_upstream(fake_up
 def test_an_upstream_without_usage_is_estimated_and_the_row_says_so(fake_upstream, gateway_url):
     tenant = make_tenant(fake_upstream, platform="anthropic", scenarios=("nousage",))
     anthropic_sdk(gateway_url, tenant.secret).messages.create(
-        model="claude-sonnet-4-5", max_tokens=100, messages=QUESTION
+        model="claude-sonnet-4-6", max_tokens=100, messages=QUESTION
     )
     (row,) = ledger_rows(1)
     assert row.usage_source == "estimated"
@@ -177,7 +177,7 @@ def test_chunks_reach_the_client_as_they_arrive(fake_upstream, gateway_url):
     with httpx.stream(
         "POST",
         gateway_url + "/v1/messages",
-        json={"model": "claude-sonnet-4-5", "max_tokens": 100, "messages": QUESTION, "stream": True},
+        json={"model": "claude-sonnet-4-6", "max_tokens": 100, "messages": QUESTION, "stream": True},
         headers={"x-api-key": tenant.secret, "anthropic-version": "2023-06-01"},
     ) as response:
         first_delta_at = None
