@@ -69,8 +69,13 @@ def gateway_server(django_db_setup) -> Iterator[ThreadedServer]:
 
 
 @pytest.fixture
-def gateway_url(gateway_server, transactional_db) -> str:
-    return gateway_server.url
+def gateway_url(gateway_server, transactional_db) -> Iterator[str]:
+    yield gateway_server.url
+    # Recordings finish just after their response: let them, before the test's rows are flushed.
+    proxy = gateway_app().proxy
+    deadline = time.monotonic() + 15
+    while proxy.recordings and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 def ledger_rows(count: int, *, timeout: float = 10.0, **filters) -> list:
@@ -91,19 +96,15 @@ def gateway_app():
     return application
 
 
-def openai_sdk(gateway_url: str, secret: str, **options) -> openai.OpenAI:
+def openai_sdk(gateway_url: str, secret: str, *, strict: bool = True) -> openai.OpenAI:
     return openai.OpenAI(
-        api_key=secret,
-        base_url=gateway_url + "/v1",
-        max_retries=0,
-        _strict_response_validation=True,
-        **options,
+        api_key=secret, base_url=gateway_url + "/v1", max_retries=0, _strict_response_validation=strict
     )
 
 
-def anthropic_sdk(gateway_url: str, secret: str, **options) -> anthropic.Anthropic:
+def anthropic_sdk(gateway_url: str, secret: str, *, strict: bool = True) -> anthropic.Anthropic:
     return anthropic.Anthropic(
-        api_key=secret, base_url=gateway_url, max_retries=0, _strict_response_validation=True, **options
+        api_key=secret, base_url=gateway_url, max_retries=0, _strict_response_validation=strict
     )
 
 

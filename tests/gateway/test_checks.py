@@ -14,7 +14,7 @@ import threading
 from datetime import timedelta
 from decimal import Decimal
 
-import httpx
+import httpx2 as httpx
 import pytest
 from django.utils import timezone
 

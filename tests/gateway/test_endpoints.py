@@ -7,7 +7,7 @@ import logging
 from datetime import timedelta
 from decimal import Decimal
 
-import httpx
+import httpx2 as httpx
 import pytest
 from django.utils import timezone
 

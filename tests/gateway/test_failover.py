@@ -6,7 +6,7 @@ import socket
 from datetime import timedelta
 
 import anthropic
-import httpx
+import httpx2 as httpx
 import openai
 import pytest
 from django.utils import timezone
@@ -136,6 +136,7 @@ def test_nothing_is_retried_after_the_first_byte(fake_upstream, gateway_url):
 
 def test_accounts_are_tried_by_priority_then_least_recently_used(fake_upstream, gateway_url):
     tenant = make_tenant(fake_upstream, platform="openai", scenarios=("words=1", "words=2", "words=3"))
+    GroupAccount.objects.filter(account__in=tenant.accounts[:2]).update(priority=10)
     GroupAccount.objects.filter(account=tenant.accounts[2]).update(priority=99)
     client = openai_sdk(gateway_url, tenant.secret)
     for index in range(4):

@@ -11,7 +11,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 
-import httpx
+import httpx2 as httpx
 import pytest
 import redis
 from django.conf import settings
