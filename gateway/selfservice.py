@@ -20,10 +20,11 @@ from decimal import Decimal
 from typing import Any
 
 import orjson
-from accounts.snapshots import key_snapshot_load_by_id
 
 from accounts import windows
+from accounts.snapshots import key_snapshot_load_by_id
 from channels.patterns import is_wildcard
+from common.money import quantize_usd
 from gateway.checks import ip_refused
 from gateway.errors import ANTHROPIC, GatewayError
 
@@ -93,7 +94,15 @@ async def models_payload(gateway: Any, key: Any, protocol: str) -> dict:
     names = list(dict.fromkeys(names))
     if protocol == ANTHROPIC:
         data = [
-            {"type": "model", "id": name, "display_name": name, "created_at": "1970-01-01T00:00:00Z"}
+            {
+                "type": "model",
+                "id": name,
+                "display_name": name,
+                "created_at": "1970-01-01T00:00:00Z",
+                "lifecycle": "active",
+                "deprecated_at": None,
+                "retires_at": None,
+            }
             for name in names
         ]
         return {
@@ -109,7 +118,8 @@ async def models_payload(gateway: Any, key: Any, protocol: str) -> dict:
 
 
 def _money(value: Decimal | None) -> str | None:
-    return None if value is None else str(value)
+    """USD with its 8 decimal places, as a string (never a float)."""
+    return None if value is None else f"{quantize_usd(value):f}"
 
 
 def _iso(value: datetime | None) -> str | None:

@@ -31,11 +31,16 @@ from tests.factories import GroupFactory, UserFactory
 
 class ThreadedServer:
     def __init__(self, app, *, access_log: bool = False) -> None:
+        # uvicorn's access lines are INFO: the log level must let them through when they are wanted.
         self.socket = socket.create_server(("127.0.0.1", 0))
         self.port = self.socket.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         config = uvicorn.Config(
-            app, log_level="warning", access_log=access_log, lifespan="on", timeout_graceful_shutdown=5
+            app,
+            log_level="info" if access_log else "warning",
+            access_log=access_log,
+            lifespan="on",
+            timeout_graceful_shutdown=5,
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True)

@@ -112,7 +112,9 @@ def call(kind: str, stream: bool, url: str, secret: str):
     elif kind == "embeddings":
         raw = openai_sdk(url, secret).embeddings.with_raw_response.create(
             # float: the SDK's default (base64) does not pass its own strict validation
-            model="text-embedding-3-small", input="hello world", encoding_format="float"
+            model="text-embedding-3-small",
+            input="hello world",
+            encoding_format="float",
         )
         text = str(len(raw.parse().data[0].embedding))
     else:

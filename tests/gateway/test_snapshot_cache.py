@@ -15,10 +15,10 @@ import httpx2 as httpx
 import pytest
 import redis
 from django.conf import settings
-from django.contrib.auth.hashers import make_password
+from django.contrib.auth.hashers import PBKDF2PasswordHasher
 from django.db import connection
 
-from accounts.models import APIKey, User
+from accounts.models import APIKey, UpstreamAccount, User
 from accounts.services.keys import api_key_set_enabled
 from accounts.services.users import user_balance_adjust
 from tests.factories import StaffFactory
@@ -99,7 +99,9 @@ def test_a_flood_of_unknown_keys_costs_one_query_per_distinct_key(gateway_url, q
 
 
 def test_concurrent_misses_for_one_key_load_it_once(fake_upstream, gateway_url):
-    tenant = make_tenant(fake_upstream, platform="openai")
+    # No concurrency limits in the way: 0 is unlimited for the user and the account.
+    tenant = make_tenant(fake_upstream, platform="openai", user_fields={"concurrency": 0})
+    UpstreamAccount.objects.filter(pk=tenant.accounts[0].pk).update(concurrency=0)
     stats = gateway_app().auth.stats
     loads = stats["db_loads"]
     with ThreadPoolExecutor(16) as pool:
@@ -127,7 +129,9 @@ def test_a_balance_spent_by_a_charge_refuses_the_next_request(fake_upstream, gat
     assert User.objects.get(pk=tenant.user.pk).balance < 0
     response = chat(gateway_url, tenant.secret)
     assert response.json()["error"]["code"] == "INSUFFICIENT_BALANCE"
-    user_balance_adjust(user=tenant.user, operation="add", amount=Decimal("5"), note="top-up")
+    user_balance_adjust(
+        user_id=tenant.user.pk, operation="add", amount=Decimal("5"), note="top-up", changed_by=None
+    )
     assert chat(gateway_url, tenant.secret).status_code == 200
 
 
@@ -203,9 +207,9 @@ def test_disabling_a_key_in_the_console_refuses_it_at_once_in_another_process(
     store.flushdb()
     tenant = make_tenant(fake_upstream, platform="openai")
     staff = StaffFactory()
-    User.objects.filter(pk=staff.pk).update(
-        password=make_password("s3cret-pass-phrase", hasher="pbkdf2_sha256")
-    )
+    # Hashed with the default hasher the worker processes know (this process's tests use MD5).
+    hasher = PBKDF2PasswordHasher()
+    User.objects.filter(pk=staff.pk).update(password=hasher.encode("s3cret-pass-phrase", hasher.salt()))
     console, gateway = Worker(free_port()), Worker(free_port())
     try:
         console.wait()
