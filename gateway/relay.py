@@ -308,14 +308,19 @@ async def relay_stream(
                     else "The upstream's stream stalled."
                 )
                 break
-    except aiohttp.ClientError as error:
-        broken = f"The upstream's stream broke off: {error}"
+            except aiohttp.ClientError as error:
+                broken = f"The upstream's stream broke off: {error}"
+                # What arrived before the connection dropped is still the client's (and may carry
+                # usage): aiohttp's readany raises before handing it over.
+                chunk = _buffered(response)
+                if not chunk:
+                    break
     finally:
         response.close()
     rest = framer.rest()
     if rest and strip_usage:
         await client.body(rest, more=True)
-    if meter.terminal and broken is None:
+    if meter.terminal:  # the answer is whole, whatever the connection did after it
         await client.body(b"", more=False)
         return Relayed(CLIENT_DISCONNECTED if client.disconnected else COMPLETED, first_byte_ms)
     if not client.disconnected:
@@ -323,6 +328,16 @@ async def relay_stream(
         await client.body(stream_error_event(protocol, message), more=False)
         return Relayed(UPSTREAM_CUT, first_byte_ms)
     return Relayed(CLIENT_DISCONNECTED, first_byte_ms)
+
+
+def _buffered(response: aiohttp.ClientResponse) -> bytes:
+    """Bytes aiohttp had received but not handed over when the payload failed (pinned aiohttp
+    3.14: StreamReader._read_nowait ignores the stored exception)."""
+    read = getattr(response.content, "_read_nowait", None)
+    try:
+        return read(-1) if read is not None else b""
+    except Exception:  # noqa: BLE001 - nothing more can be salvaged
+        return b""
 
 
 def _without_usage(data: bytes) -> bytes | None:

@@ -123,14 +123,15 @@ def test_a_timeout_before_the_first_byte_moves_on(fake_upstream, gateway_url, se
 
 
 def test_nothing_is_retried_after_the_first_byte(fake_upstream, gateway_url):
-    tenant = make_tenant(fake_upstream, platform="openai", scenarios=("drop_after=3", ""))
+    # Chunks 30 ms apart: the first reaches the client well before the connection drops.
+    tenant = make_tenant(fake_upstream, platform="openai", scenarios=("slow=30,drop_after=3", ""))
     response = httpx.post(
         gateway_url + "/v1/chat/completions",
         json={"model": "gpt-4o", "messages": QUESTION, "stream": True},
         headers={"authorization": f"Bearer {tenant.secret}"},
     )
     assert "UPSTREAM_STREAM_ERROR" in response.text
-    assert served_accounts(fake_upstream) == ["drop_after=3"]
+    assert served_accounts(fake_upstream) == ["slow=30,drop_after=3"]
     assert ledger_rows(1)[0].outcome == "upstream_cut"
 
 
