@@ -37,15 +37,21 @@ dev-deps: $(VENV)/.dev-deps
 migrate: deps
 	$(PY) manage.py migrate --noinput
 
-seed: migrate
-	$(PY) manage.py seed_demo --url http://$(HOST):$(PORT)/
+FAKE_UPSTREAM_URL = http://$(HOST):$(FAKE_UPSTREAM_PORT)
 
+seed: migrate
+	$(PY) manage.py seed_demo --url http://$(HOST):$(PORT)/ --upstream-url $(FAKE_UPSTREAM_URL)
+
+# The console and the gateway in one uvicorn process, the fake upstream beside it (README).
 run: seed
 	@echo ""
-	@echo "  Tollgate console: http://$(HOST):$(PORT)/   (Ctrl-C to stop)"
-	@echo "  Embedded default: SQLite in var/, in-process tasks. See README for production."
+	@echo "  Tollgate console and gateway: http://$(HOST):$(PORT)/  (API under /v1/; Ctrl-C to stop)"
+	@echo "  Fake upstream: $(FAKE_UPSTREAM_URL)   Embedded default: SQLite in var/. See README for production."
 	@echo ""
-	$(PY) manage.py runserver $(HOST):$(PORT)
+	@trap 'kill 0' INT TERM EXIT; \
+	$(PY) -m gateway.fake_upstream --host $(HOST) --port $(FAKE_UPSTREAM_PORT) > /dev/null & \
+	GATEWAY_OPENAI_BASE_URL=$(FAKE_UPSTREAM_URL) GATEWAY_ANTHROPIC_BASE_URL=$(FAKE_UPSTREAM_URL) \
+	$(PY) -m uvicorn config.asgi:application --host $(HOST) --port $(PORT) --lifespan on --no-proxy-headers
 
 # The fake OpenAI/Anthropic upstream on loopback (README: "A fake upstream for tests and the demo").
 fake-upstream: deps
