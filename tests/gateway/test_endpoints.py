@@ -206,3 +206,44 @@ def test_an_expired_key_can_still_read_its_usage_but_a_disabled_one_cannot(fake_
     other = make_tenant(fake_upstream, platform="openai")
     APIKey.objects.filter(pk=other.key.pk).update(status="disabled")
     assert httpx.get(gateway_url + "/v1/usage", headers={"x-api-key": other.secret}).status_code == 401
+
+
+def test_the_demo_prints_a_key_and_a_curl_line_that_work(fake_upstream, gateway_url, settings, tmp_path):
+    import shlex
+    import subprocess
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    from billing.models import UsageLog
+
+    settings.VAR_DIR = tmp_path  # a fresh checkout's var/
+    printed = StringIO()
+    call_command(
+        "seed_demo",
+        password="demo-pass-1",
+        url=gateway_url + "/",
+        upstream_url=fake_upstream.base_url(),
+        stdout=printed,
+    )
+    curl = next(line for line in printed.getvalue().splitlines() if line.strip().startswith("curl "))
+    secret = (tmp_path / "demo_api_key").read_text()
+    assert secret in curl
+    answer = subprocess.run(
+        shlex.split(curl) + ["--silent", "--fail"], capture_output=True, text=True, check=True
+    )
+    assert "toll gate" in answer.stdout.lower()
+    (row,) = ledger_rows(1, api_key__name="demo-gateway")
+    assert (row.requested_model, row.outcome, row.usage_source) == ("gpt-4o-mini", "completed", "reported")
+    assert row.total_cost > 0
+    assert UsageLog.objects.filter(api_key__name="demo-gateway").count() == 1
+
+    again = StringIO()
+    call_command(
+        "seed_demo",
+        password="demo-pass-1",
+        url=gateway_url + "/",
+        upstream_url=fake_upstream.base_url(),
+        stdout=again,
+    )
+    assert secret in again.getvalue(), "the same key on every run"
