@@ -485,9 +485,10 @@ def test_the_models_an_account_serves_and_their_mapping_are_saved_and_shown(staf
     assert "claude-sonnet-4-6\nclaude-opus-*</textarea>" in page
     mapping = page.split('id="id_model_mapping">')[1].split("</textarea>")[0]
     # jsonb keeps its own key order; the order of a mapping never matters (exact beats prefix).
-    assert sorted(mapping.split()) == sorted(
-        "claude-sonnet-4-6 → claude-sonnet-4-6-20260101 claude-opus-* → claude-opus-4-1".split()
-    )
+    assert sorted(mapping.strip().splitlines()) == [
+        "claude-opus-* → claude-opus-4-1",
+        "claude-sonnet-4-6 → claude-sonnet-4-6-20260101",
+    ]
 
 
 def test_bad_model_lines_are_named_and_nothing_is_saved(staff_client):
