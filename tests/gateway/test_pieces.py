@@ -453,3 +453,13 @@ def test_the_rpm_limit_says_when_to_retry():
     assert refused.code == "USER_RPM_EXCEEDED"
     assert 55 < refused.retry_after <= 60
     assert int(dict(refused.headers())[b"retry-after"]) == 60
+
+
+def test_the_readme_lists_every_code_with_its_status():
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    table = readme.split("**Error codes.**")[1].split("**`GET /v1/usage`**")[0]
+    listed = dict(re.findall(r"^\| `(\w+)` \| (\d{3}) \|", table, re.MULTILINE))
+    assert listed == {code: str(spec.status) for code, spec in CODES.items()}
