@@ -188,3 +188,26 @@ def test_chunks_reach_the_client_as_they_arrive(fake_upstream, gateway_url):
     served = fake_upstream.last_request()
     # Four chunks 150 ms apart, then 150 ms before the end: the first was here long before the last left.
     assert first_delta_at < served["ended_at"] - 0.3
+
+
+@pytest.mark.parametrize(
+    ("setting", "scenario"), [("GATEWAY_IDLE_TIMEOUT", "slow=1500"), ("GATEWAY_TOTAL_TIMEOUT", "slow=300")]
+)
+def test_a_stalled_or_overlong_stream_is_cut_and_billed_for_what_came(
+    fake_upstream, gateway_url, settings, setting, scenario
+):
+    setattr(settings, setting, 0.8)
+    # The first chunk arrives within the first-byte timeout; then chunks come too slowly.
+    settings.GATEWAY_FIRST_BYTE_TIMEOUT = 5
+    tenant = make_tenant(fake_upstream, platform="anthropic", scenarios=(scenario,))
+    response = httpx.post(
+        gateway_url + "/v1/messages",
+        json={"model": "claude-sonnet-4-6", "max_tokens": 100, "messages": QUESTION, "stream": True},
+        headers={"x-api-key": tenant.secret, "anthropic-version": "2023-06-01"},
+        timeout=30,
+    )
+    name, data = stream_events(response)[-1]
+    assert name == "error"
+    assert ("stalled" if setting == "GATEWAY_IDLE_TIMEOUT" else "total time") in data["error"]["message"]
+    (row,) = ledger_rows(1)
+    assert (row.outcome, row.usage_source, row.input_tokens) == ("upstream_cut", "partial", 11)
