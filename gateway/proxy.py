@@ -244,9 +244,16 @@ class Proxy:
         if failure.status == 429:
             limited = self.board.rate_limited_until.get(account.id)
             retry_after = (limited - datetime.now(UTC)).total_seconds() if limited else None
+        # A refused credential's message may quote the operator's own key or organisation: the
+        # client is told what happened, the operator reads the details on the account.
+        detail = (
+            f"the upstream refused the account's credential (HTTP {failure.status})"
+            if failure.status in (401, 403)
+            else failure.message
+        )
         raise GatewayError(
             "NO_ACCOUNT_AVAILABLE",
-            f"No account could serve the request; the last upstream error: {failure.message}",
+            f"No account could serve the request; the last upstream error: {detail}",
             status=failure.status,
             retry_after=retry_after,
         )

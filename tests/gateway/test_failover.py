@@ -196,3 +196,14 @@ def test_a_group_without_usable_accounts_answers_503(fake_upstream, gateway_url)
         openai_sdk(gateway_url, tenant.secret).chat.completions.create(model="gpt-4o", messages=QUESTION)
     assert refused.value.status_code == 503
     assert refused.value.response.json()["error"]["code"] == "NO_ACCOUNT_AVAILABLE"
+
+
+def test_a_refused_credentials_wording_stays_with_the_operator(fake_upstream, gateway_url):
+    tenant = make_tenant(fake_upstream, platform="openai", scenarios=("status=403",))
+    with pytest.raises(openai.PermissionDeniedError) as refused:
+        openai_sdk(gateway_url, tenant.secret).chat.completions.create(model="gpt-4o", messages=QUESTION)
+    error = refused.value.response.json()["error"]
+    assert error["code"] == "NO_ACCOUNT_AVAILABLE"
+    assert "refused the account's credential (HTTP 403)" in error["message"]
+    assert "may not use this resource" not in error["message"]
+    assert "may not use this resource" in UpstreamAccount.objects.get(pk=tenant.accounts[0].pk).error_message
