@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 from datetime import timedelta
 
 import anthropic
@@ -19,6 +20,16 @@ pytestmark = pytest.mark.django_db(transaction=True)
 QUESTION = [{"role": "user", "content": "Say hello to the toll gate."}]
 
 
+def marked(account_id: int, condition) -> UpstreamAccount:
+    """The account once `condition(account)` holds: marks are written beside the response."""
+    deadline = time.monotonic() + 5
+    while True:
+        account = UpstreamAccount.objects.get(pk=account_id)
+        if condition(account) or time.monotonic() > deadline:
+            return account
+        time.sleep(0.01)
+
+
 def served_accounts(fake_upstream) -> list[str]:
     return [served["scenario"] or "" for served in fake_upstream.requests()]
 
@@ -33,7 +44,7 @@ def test_a_429_moves_to_the_next_account_and_rests_the_first_until_its_retry_aft
 
     (row,) = ledger_rows(1)
     assert row.account_id == tenant.accounts[1].pk, "billed once, for the attempt that answered"
-    limited = UpstreamAccount.objects.get(pk=tenant.accounts[0].pk).rate_limited_until
+    limited = marked(tenant.accounts[0].pk, lambda account: account.rate_limited_until).rate_limited_until
     assert timedelta(seconds=25) < limited - timezone.now() <= timedelta(seconds=30)
 
     client.chat.completions.create(model="gpt-4o", messages=QUESTION)
@@ -54,7 +65,7 @@ def test_a_5xx_moves_on_without_marking_the_account(fake_upstream, gateway_url):
 def test_a_refused_credential_marks_the_account_in_error(fake_upstream, gateway_url):
     tenant = make_tenant(fake_upstream, platform="openai", scenarios=("status=401", ""))
     openai_sdk(gateway_url, tenant.secret).chat.completions.create(model="gpt-4o", messages=QUESTION)
-    first = UpstreamAccount.objects.get(pk=tenant.accounts[0].pk)
+    first = marked(tenant.accounts[0].pk, lambda account: account.status == "error")
     assert first.status == "error"
     assert "401" in first.error_message and "Invalid authentication" in first.error_message
 
@@ -206,4 +217,5 @@ def test_a_refused_credentials_wording_stays_with_the_operator(fake_upstream, ga
     assert error["code"] == "NO_ACCOUNT_AVAILABLE"
     assert "refused the account's credential (HTTP 403)" in error["message"]
     assert "may not use this resource" not in error["message"]
-    assert "may not use this resource" in UpstreamAccount.objects.get(pk=tenant.accounts[0].pk).error_message
+    account = marked(tenant.accounts[0].pk, lambda account: account.error_message)
+    assert "may not use this resource" in account.error_message
