@@ -84,9 +84,12 @@ def _group_form_page(request: HttpRequest, group: Group | None) -> HttpResponse:
     )
     data = request.POST if request.method == "POST" else None
     form = GroupForm(data, instance=group)
-    routing = RoutingFormSet(data, initial=routing_initial(group), accounts=accounts, prefix="routing")
-    if data is not None and form.is_valid() and routing.is_valid():
-        fields = {**form.cleaned_data, "model_routing": routing.routing()}
+    # A new group has no accounts yet, so its page offers no routing rows and posts none.
+    routing = RoutingFormSet(
+        None if creating else data, initial=routing_initial(group), accounts=accounts, prefix="routing"
+    )
+    if data is not None and form.is_valid() and (creating or routing.is_valid()):
+        fields = {**form.cleaned_data, "model_routing": {} if creating else routing.routing()}
         try:
             with transaction.atomic():
                 saved = group_create(fields=fields) if creating else group_update(group=group, fields=fields)

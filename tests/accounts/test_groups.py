@@ -163,6 +163,16 @@ def test_creating_a_group_puts_it_at_the_end_and_keeps_limits_as_typed(staff_cli
     assert group.rate_multiplier == Decimal("1.5") and group.timezone == "Asia/Tokyo"
 
 
+def test_creating_a_group_needs_no_routing_rows_as_the_create_page_posts_none(staff_client):
+    page = staff_client.get("/groups/new").content.decode()
+    assert "routing-TOTAL_FORMS" not in page
+    data = {k: v for k, v in form_data().items() if not k.startswith("routing-")}
+    response = staff_client.post("/groups/new", data)
+    group = Group.objects.get(name="claude-pool")
+    assert response.status_code == 302 and response["Location"] == f"/groups/{group.pk}/"
+    assert group.model_routing == {}
+
+
 def test_the_form_explains_empty_and_zero_limits(staff_client):
     page = staff_client.get("/groups/new").content.decode()
     assert "Empty = unlimited; 0 = no usage allowed." in page

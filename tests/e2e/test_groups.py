@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 import pytest
 from playwright.sync_api import expect
 
@@ -158,3 +160,28 @@ def test_the_group_list_is_usable_on_a_phone(staff_page, three_groups, screensho
     expect(page.get_by_role("button", name="Move gamma up")).to_be_visible()
     assert page.evaluate("document.documentElement.scrollWidth") <= 375  # only the table scrolls sideways
     screenshot(page, "phone")
+
+
+def test_a_new_group_is_created_from_the_form(staff_page, screenshot):
+    page = staff_page
+    page.goto("/groups/")
+    page.get_by_role("link", name="New group").first.click()
+    page.get_by_label("Name").fill("openai-standard")
+    page.get_by_label("Platform").select_option(label="OpenAI")
+    page.get_by_label("Rate multiplier").fill("1.25")
+    page.get_by_label("Billing").select_option(label="Subscription")
+    page.get_by_label("Daily limit (USD)").fill("10")
+    page.get_by_label("Weekly limit (USD)").fill("50")
+    page.get_by_label("Requests per minute").fill("60")
+    page.get_by_role("button", name="Create group").click()
+    expect(page.get_by_role("heading", level=1)).to_contain_text("openai-standard")
+    expect(page.get_by_role("status").first).to_contain_text("Group openai-standard created.")
+    group = Group.objects.get()
+    assert (group.name, group.platform, group.subscription_type) == ("openai-standard", "openai", "subscription")
+    assert (group.rate_multiplier, group.daily_limit_usd, group.weekly_limit_usd) == (
+        Decimal("1.25"),
+        Decimal("10"),
+        Decimal("50"),
+    )
+    assert group.monthly_limit_usd is None and group.rpm_limit == 60 and group.model_routing == {}
+    screenshot(page, "created")
