@@ -11,11 +11,9 @@ NUM = {"td": {"class": "num"}, "th": {"class": "num"}}
 
 
 class ChannelTable(tables.Table):
-    # hx-boost off: the table's container is boosted for sorting and paging, not for leaving the page.
     name = tables.Column(
         verbose_name="Name",
         linkify=lambda record: reverse("channels:channel-detail", args=[record.pk]),
-        attrs={"a": {"hx-boost": "false"}},
     )
     status = StatusColumn()
     groups = tables.Column(verbose_name="Groups", empty_values=(), orderable=False)

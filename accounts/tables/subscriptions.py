@@ -29,7 +29,6 @@ class SubscriptionTable(tables.Table):
         accessor="user__email",
         order_by="user__email",
         linkify=lambda record: reverse("accounts:subscription-detail", args=[record.pk]),
-        attrs={"a": {"hx-boost": "false"}},
     )
     group = tables.Column(verbose_name="Group", accessor="group__name", order_by="group__name")
     status = PartialColumn(f"{CELLS}#status", verbose_name="Status", orderable=True, order_by="status")

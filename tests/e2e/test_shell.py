@@ -117,3 +117,15 @@ def test_a_search_asks_for_the_table_once_even_when_the_box_loses_focus(staff_pa
     page.get_by_role("heading", name="Users").click()  # blur: fires `change`
     page.wait_for_timeout(800)
     assert len(asked) == 1
+
+
+def test_a_link_in_a_table_row_opens_its_page_rather_than_filling_the_table(staff_page):
+    user = UserFactory(email="zz@example.com")
+    page = staff_page
+    page.goto("/users/")
+    page.get_by_role("link", name="zz@example.com").click()
+    expect(page).to_have_url(re.compile(f"/users/{user.pk}/$"))
+    expect(page.get_by_role("heading", level=1)).to_have_count(1)
+    expect(page.get_by_role("navigation", name="Console sections")).to_have_count(1)
+    page.go_back()
+    expect(page.get_by_role("heading", level=1)).to_have_text("Users")

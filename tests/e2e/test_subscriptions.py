@@ -189,3 +189,50 @@ def test_extending_and_suspending_from_the_list_refreshes_the_table(staff_page, 
     page.set_viewport_size({"width": 1280, "height": 860})
     page.goto(f"/subscriptions/{heavy.pk}/")
     screenshot(page, "detail")
+
+
+def test_every_dialog_of_the_detail_page_opens_confirms_and_refreshes_the_page(staff_page, screenshot):
+    group = SubscriptionGroupFactory(name="Pro", daily_limit_usd=Decimal("10"), weekly_limit_usd=Decimal("40"))
+    now = timezone.now()
+    subscription = SubscriptionFactory(
+        group=group, user=UserFactory(email="dee@example.com"), starts_at=now - timedelta(days=2)
+    )
+    subscription_usage_charge(subscription_id=subscription.pk, amount_usd=Decimal("3"), now=now)
+    page = staff_page
+    page.goto(f"/subscriptions/{subscription.pk}/")
+    facts = page.locator("#subscription-facts")
+
+    page.get_by_role("button", name="Extend").click()
+    dialog = page.locator("dialog[open]")
+    dialog.get_by_label("Days (negative to shorten)").fill("10")
+    dialog.get_by_role("button", name="Extend").click()
+    expect(page.locator("dialog[open]")).to_have_count(0)
+    expires = timezone.localtime(subscription.expires_at + timedelta(days=10)).strftime("%Y-%m-%d %H:%M")
+    expect(facts.locator("[data-fact=expires]")).to_contain_text(expires)
+    expect(facts.locator("[data-fact=term]")).to_have_text("40 days")
+
+    page.get_by_role("button", name="Reset windows").click()
+    dialog = page.locator("dialog[open]")
+    dialog.get_by_label("Daily: $3.00 used of $10.00").check()
+    dialog.get_by_role("button", name="Reset").click()
+    expect(page.locator("dialog[open]")).to_have_count(0)
+    expect(page.locator("#subscription-windows tr[data-window=daily]")).to_contain_text("$0.00 / $10.00")
+    expect(page.locator("#subscription-windows tr[data-window=weekly]")).to_contain_text("$3.00 / $40.00")
+
+    page.get_by_role("button", name="Suspend").click()
+    page.locator("dialog[open]").get_by_role("button", name="Suspend").click()
+    expect(facts.locator("[data-fact=status]")).to_have_text("Suspended")
+    page.get_by_role("button", name="Resume").click()
+    page.locator("dialog[open]").get_by_role("button", name="Resume").click()
+    expect(facts.locator("[data-fact=status]")).to_have_text("Active")
+
+    page.get_by_role("button", name="Revoke").click()
+    page.locator("dialog[open]").get_by_role("button", name="Revoke").click()
+    expect(facts.locator("[data-fact=status]")).to_have_text("Revoked")
+    expect(page.get_by_role("button", name="Extend")).to_have_count(0)
+    subscription.refresh_from_db()
+    assert subscription.status == "revoked" and subscription.daily_usage_usd == 0
+    assert subscription.weekly_usage_usd == Decimal("3")
+    assert subscription.expires_at - subscription.starts_at == timedelta(days=40)
+    assert page.console_errors == []
+    screenshot(page, "revoked")
