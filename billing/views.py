@@ -24,6 +24,7 @@ from billing.models import UsageLog
 from billing.selectors import (
     CSV_COLUMNS,
     UsageFilters,
+    UsageTotals,
     usage_csv_rows,
     usage_logs,
     usage_models_seen,
@@ -33,18 +34,28 @@ from billing.selectors import (
 from billing.tables import CountedPaginator, UsageTable
 
 PER_PAGE = 50
+INVALID_FILTERS = "Nothing is shown: fix the filters marked above."
 CSV_CHUNK_ROWS = 2000
 
 
 def usage_list(request: HttpRequest) -> HttpResponse:
     form = UsageFilterForm(request.GET or None)
     filters = form.filters()
-    logs = usage_logs(filters=filters)
-    totals = usage_totals(filters=filters)
+    if filters is None:
+        logs, totals, label = UsageLog.objects.none(), UsageTotals(), INVALID_FILTERS
+    else:
+        logs, totals, label = usage_logs(filters=filters), usage_totals(filters=filters), range_label(filters)
     table = UsageTable(usage_page_rows(logs), totals=totals)
+    if filters is None:
+        table.empty_text = "The filters above need fixing"
     paginate = {"per_page": PER_PAGE, "paginator_class": CountedPaginator, "count": totals.requests}
     RequestConfig(request, paginate=paginate).configure(table)
-    context = {"table": table, "filter_form": form, "range_label": range_label(filters)}
+    context = {
+        "table": table,
+        "filter_form": form,
+        "range_label": label,
+        "filters_valid": filters is not None,
+    }
     return render_page(request, "billing/usage_list.html", context)
 
 
@@ -58,9 +69,17 @@ def usage_breakdown(request: HttpRequest, pk: int) -> HttpResponse:
     return render(request, "billing/usage_breakdown.html", {"log": log, "sentence": log.explain()})
 
 
-def usage_export(request: HttpRequest) -> StreamingHttpResponse:
+def usage_export(request: HttpRequest) -> HttpResponse:
     """The filtered set as CSV, streamed a chunk of rows at a time (a million rows fit)."""
-    logs = usage_logs(filters=UsageFilterForm(request.GET or None).filters())
+    form = UsageFilterForm(request.GET or None)
+    filters = form.filters()
+    if filters is None:
+        return HttpResponse(
+            f"Nothing was exported: {form.error_summary()}\n",
+            status=400,
+            content_type="text/plain; charset=utf-8",
+        )
+    logs = usage_logs(filters=filters)
     stamp = timezone.localtime().strftime("%Y%m%d-%H%M")
     response = StreamingHttpResponse(
         csv_lines(usage_csv_rows(logs, chunk_size=CSV_CHUNK_ROWS)), content_type="text/csv; charset=utf-8"

@@ -12,7 +12,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods
 from django_tables2 import RequestConfig
 
-from accounts.forms.base import add_service_error
+from accounts.forms.base import INVALID_FILTERS, add_service_error, filter_criteria
 from accounts.htmx import dialog_done, render_page
 from channels.catalog import default_prices_json, lookup_default_prices
 from channels.forms import (
@@ -38,13 +38,16 @@ CARD_PREFIX = re.compile(r"^card-\d{1,3}$")
 
 def channel_list(request: HttpRequest) -> HttpResponse:
     filters = ChannelFilterForm(request.GET or None)
-    criteria = filters.cleaned_data if filters.is_valid() else {}
-    channels = select_channels(
-        search=criteria.get("q", ""),
-        status=criteria.get("status", ""),
-        billing_model_source=criteria.get("billing_model_source", ""),
-    )
-    table = ChannelTable(channels)
+    criteria = filter_criteria(filters)
+    if criteria is None:
+        channels = Channel.objects.none()
+    else:
+        channels = select_channels(
+            search=criteria.get("q", ""),
+            status=criteria.get("status", ""),
+            billing_model_source=criteria.get("billing_model_source", ""),
+        )
+    table = ChannelTable(channels, empty_text=INVALID_FILTERS if criteria is None else None)
     RequestConfig(request, paginate={"per_page": 50}).configure(table)
     return render_page(request, "channels/channel_list.html", {"table": table, "filter_form": filters})
 

@@ -61,6 +61,19 @@ class MoneyField(forms.DecimalField):
         self.widget.attrs.setdefault("inputmode", "decimal")
 
 
+def filter_criteria(form: forms.Form) -> dict | None:
+    """A list's filters: {} when none were given, None when one is invalid (then show no rows).
+
+    Falling back to "no filter" would list everything while the form shows what was asked for.
+    """
+    if not form.is_bound:
+        return {}
+    return form.cleaned_data if form.is_valid() else None
+
+
+INVALID_FILTERS = "The filters above need fixing"
+
+
 class SearchInput(forms.TextInput):
     input_type = "search"
 

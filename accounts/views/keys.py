@@ -10,7 +10,7 @@ from django.utils.cache import add_never_cache_headers
 from django.views.decorators.http import require_GET, require_http_methods
 from django_tables2 import RequestConfig
 
-from accounts.forms.base import add_service_error
+from accounts.forms.base import INVALID_FILTERS, add_service_error, filter_criteria
 from accounts.forms.keys import EXPIRY_QUICK_PICKS, APIKeyForm, KeyFilterForm
 from accounts.htmx import dialog_done, render_page
 from accounts.models import APIKey
@@ -22,16 +22,19 @@ from accounts.tables.keys import APIKeyTable
 
 def key_list(request: HttpRequest) -> HttpResponse:
     filters = KeyFilterForm(request.GET or None)
-    criteria = filters.cleaned_data if filters.is_valid() else {}
-    keys = select_keys(
-        search=criteria.get("q", ""),
-        user=criteria.get("user"),
-        group=criteria.get("group"),
-        status=criteria.get("status", ""),
-        expiring_within_days=criteria.get("expiring"),
-        exhausted=criteria.get("exhausted", ""),
-    )
-    table = APIKeyTable(keys)
+    criteria = filter_criteria(filters)
+    if criteria is None:
+        keys = APIKey.objects.none()
+    else:
+        keys = select_keys(
+            search=criteria.get("q", ""),
+            user=criteria.get("user"),
+            group=criteria.get("group"),
+            status=criteria.get("status", ""),
+            expiring_within_days=criteria.get("expiring"),
+            exhausted=criteria.get("exhausted", ""),
+        )
+    table = APIKeyTable(keys, empty_text=INVALID_FILTERS if criteria is None else None)
     RequestConfig(request, paginate={"per_page": 50}).configure(table)
     return render_page(request, "accounts/key_list.html", {"table": table, "filter_form": filters})
 

@@ -12,7 +12,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods
 from django_tables2 import RequestConfig
 
-from accounts.forms.base import add_service_error
+from accounts.forms.base import INVALID_FILTERS, add_service_error, filter_criteria
 from accounts.forms.subscriptions import (
     SubscriptionAssignForm,
     SubscriptionExtendForm,
@@ -30,14 +30,17 @@ CHANGED = "subscriptions:changed"
 
 def subscription_list(request: HttpRequest) -> HttpResponse:
     filters = SubscriptionFilterForm(request.GET or None)
-    criteria = filters.cleaned_data if filters.is_valid() else {}
-    subscriptions = select_subscriptions(
-        search=criteria.get("q", ""),
-        group=criteria.get("group"),
-        status=criteria.get("status", ""),
-        expiring_within_days=criteria.get("expiring"),
-    )
-    table = SubscriptionTable(subscriptions)
+    criteria = filter_criteria(filters)
+    if criteria is None:
+        subscriptions = Subscription.objects.none()
+    else:
+        subscriptions = select_subscriptions(
+            search=criteria.get("q", ""),
+            group=criteria.get("group"),
+            status=criteria.get("status", ""),
+            expiring_within_days=criteria.get("expiring"),
+        )
+    table = SubscriptionTable(subscriptions, empty_text=INVALID_FILTERS if criteria is None else None)
     RequestConfig(request, paginate={"per_page": 50}).configure(table)
     return render_page(request, "accounts/subscription_list.html", {"table": table, "filter_form": filters})
 

@@ -13,7 +13,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_http_methods, require_POST
 from django_tables2 import RequestConfig
 
-from accounts.forms.base import add_service_error
+from accounts.forms.base import INVALID_FILTERS, add_service_error, filter_criteria
 from accounts.forms.upstream import UpstreamAccountFilterForm, UpstreamAccountForm
 from accounts.htmx import dialog_done, render_page
 from accounts.models import UpstreamAccount
@@ -42,16 +42,19 @@ def changed(account: UpstreamAccount) -> str:
 
 def account_list(request: HttpRequest) -> HttpResponse:
     filters = UpstreamAccountFilterForm(request.GET or None)
-    criteria = filters.cleaned_data if filters.is_valid() else {}
-    accounts = upstream_account_list(
-        search=criteria.get("q", ""),
-        platform=criteria.get("platform", ""),
-        type=criteria.get("type", ""),
-        status=criteria.get("status", ""),
-        group=criteria.get("group"),
-        schedulable=criteria.get("schedulable", ""),
-    )
-    table = UpstreamAccountTable(accounts)
+    criteria = filter_criteria(filters)
+    if criteria is None:
+        accounts = UpstreamAccount.objects.none()
+    else:
+        accounts = upstream_account_list(
+            search=criteria.get("q", ""),
+            platform=criteria.get("platform", ""),
+            type=criteria.get("type", ""),
+            status=criteria.get("status", ""),
+            group=criteria.get("group"),
+            schedulable=criteria.get("schedulable", ""),
+        )
+    table = UpstreamAccountTable(accounts, empty_text=INVALID_FILTERS if criteria is None else None)
     RequestConfig(request, paginate={"per_page": 50}).configure(table)
     return render_page(request, "accounts/account_list.html", {"table": table, "filter_form": filters})
 

@@ -10,7 +10,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_http_methods
 from django_tables2 import RequestConfig
 
-from accounts.forms.base import add_service_error
+from accounts.forms.base import INVALID_FILTERS, add_service_error, filter_criteria
 from accounts.forms.users import (
     BalanceAdjustForm,
     UserCreateForm,
@@ -36,14 +36,17 @@ from accounts.tables.users import UserTable
 
 def user_list(request: HttpRequest) -> HttpResponse:
     filters = UserFilterForm(request.GET or None)
-    criteria = filters.cleaned_data if filters.is_valid() else {}
-    users = select_users(
-        search=criteria.get("q", ""),
-        role=criteria.get("role", ""),
-        status=criteria.get("status", ""),
-        staff=criteria.get("staff", ""),
-    )
-    table = UserTable(users)
+    criteria = filter_criteria(filters)
+    if criteria is None:
+        users = User.objects.none()
+    else:
+        users = select_users(
+            search=criteria.get("q", ""),
+            role=criteria.get("role", ""),
+            status=criteria.get("status", ""),
+            staff=criteria.get("staff", ""),
+        )
+    table = UserTable(users, empty_text=INVALID_FILTERS if criteria is None else None)
     RequestConfig(request, paginate={"per_page": 50}).configure(table)
     return render_page(request, "accounts/user_list.html", {"table": table, "filter_form": filters})
 
