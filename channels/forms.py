@@ -15,7 +15,7 @@ from typing import Any
 from django import forms
 from django.forms import formset_factory
 
-from accounts.forms.base import ConsoleForm, ConsoleModelForm, MoneyField, SearchInput
+from accounts.forms.base import ConsoleForm, ConsoleModelForm, DecimalInputField, MoneyField, SearchInput
 from accounts.models import Group, Platform
 from accounts.money import per_mtok_to_per_token, per_token_to_per_mtok
 from channels.catalog import CatalogPrice
@@ -41,7 +41,7 @@ MAX_INTERVALS = 50
 MAX_MAPPING_ROWS = 200
 
 
-class PerMTokField(forms.DecimalField):
+class PerMTokField(DecimalInputField):
     """A price typed in USD per million tokens (converted to per token by the form, not here)."""
 
     def __init__(self, **kwargs) -> None:
@@ -49,14 +49,13 @@ class PerMTokField(forms.DecimalField):
         kwargs.setdefault("min_value", Decimal(0))
         # 8 places per MTok = 14 places per token, exactly what the model stores.
         super().__init__(max_digits=22, decimal_places=8, **kwargs)
-        self.widget.attrs.update({"step": "any", "inputmode": "decimal", "class": "price-input"})
+        self.widget.attrs["class"] = "price-input"
 
 
-class MultiplierField(forms.DecimalField):
+class MultiplierField(DecimalInputField):
     def __init__(self, **kwargs) -> None:
         kwargs.setdefault("required", False)
         super().__init__(max_digits=12, decimal_places=6, min_value=Decimal(0), **kwargs)
-        self.widget.attrs.update({"step": "any", "inputmode": "decimal"})
 
 
 def _mark_invalid(form: forms.Form, field: str | None, message: str) -> None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 from django import forms
 from django.db.models import Case, When
 
-from accounts.forms.base import ConsoleForm, ConsoleModelForm, MoneyField
+from accounts.forms.base import ConsoleForm, ConsoleModelForm, DecimalInputField, MoneyField
 from accounts.models import Group, UpstreamAccount
 from accounts.selectors.groups import group_choices
 from accounts.services.upstream import is_valid_timezone
@@ -61,6 +61,13 @@ GROUP_SECTIONS = [
 
 
 class GroupForm(ConsoleModelForm):
+    rate_multiplier = DecimalInputField(
+        label="Rate multiplier",
+        initial=Group._meta.get_field("rate_multiplier").default,
+        max_digits=12,
+        decimal_places=6,
+        help_text="Multiplies the cost users pay. Must be greater than 0.",
+    )
     daily_limit_usd = MoneyField(label="Daily limit (USD)", required=False, min_value=0, help_text=LIMIT_HELP)
     weekly_limit_usd = MoneyField(
         label="Weekly limit (USD)", required=False, min_value=0, help_text=LIMIT_HELP
@@ -76,7 +83,6 @@ class GroupForm(ConsoleModelForm):
         model = Group
         fields = GROUP_FIELDS
         labels = {
-            "rate_multiplier": "Rate multiplier",
             "is_exclusive": "Exclusive (only users allowed this group may bind keys to it)",
             "subscription_type": "Billing",
             "default_validity_days": "Default subscription length (days)",
@@ -89,7 +95,6 @@ class GroupForm(ConsoleModelForm):
             "model_routing_enabled": "Route models to specific accounts",
         }
         help_texts = {
-            "rate_multiplier": "Multiplies the cost users pay. Must be greater than 0.",
             "subscription_type": "Standard groups charge the user's balance; subscription groups charge a subscription's windows.",
             "timezone": "IANA name, e.g. Europe/Berlin. Empty = the server's timezone. Daily subscription windows reset at midnight here.",
             "fallback_group": "Where requests go when this group has no account available.",
@@ -99,7 +104,6 @@ class GroupForm(ConsoleModelForm):
         widgets = {
             "description": forms.Textarea(attrs={"rows": 2}),
             "timezone": forms.TextInput(attrs={"list": "timezones", "autocomplete": "off"}),
-            "rate_multiplier": forms.NumberInput(attrs={"step": "any", "min": "0"}),
         }
 
     def __init__(self, *args, **kwargs) -> None:

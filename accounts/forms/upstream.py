@@ -5,11 +5,13 @@ from decimal import Decimal
 from django import forms
 from django.conf import settings
 
-from accounts.forms.base import ConsoleForm, ConsoleModelForm, MoneyField, SearchInput
+from accounts.forms.base import ConsoleForm, ConsoleModelForm, DecimalInputField, MoneyField, SearchInput
 from accounts.models import Group, Platform, UpstreamAccount
 from accounts.services.upstream import (
     BEDROCK_AUTH_MODES,
     CREDENTIAL_SECTIONS,
+    MAX_PRIORITY,
+    MIN_PRIORITY,
     credential_form_name,
     credential_section,
     is_valid_timezone,
@@ -74,6 +76,20 @@ class UpstreamAccountForm(ConsoleModelForm):
         widget=forms.RadioSelect(attrs={"class": "form-check-input"}),
     )
     clear_session_token = forms.BooleanField(label="Remove the stored session token", required=False)
+    rate_multiplier = DecimalInputField(
+        label="Rate multiplier",
+        initial=UpstreamAccount._meta.get_field("rate_multiplier").default,
+        max_digits=12,
+        decimal_places=6,
+        help_text="Multiplies the upstream cost in this account's stats and quotas. Greater than 0.",
+    )
+    priority = forms.IntegerField(
+        label="Priority",
+        initial=UpstreamAccount._meta.get_field("priority").default,
+        min_value=MIN_PRIORITY,
+        max_value=MAX_PRIORITY,
+        help_text=f"A whole number from {MIN_PRIORITY} to {MAX_PRIORITY:,}; lower is preferred.",
+    )
     quota_limit_usd = MoneyField(
         label="Total quota (USD)", min_value=0, required=False, initial=0, help_text=QUOTA_HELP
     )
@@ -105,9 +121,7 @@ class UpstreamAccountForm(ConsoleModelForm):
             "quota_timezone": "Quota timezone",
         }
         help_texts = {
-            "priority": "Lower is preferred.",
             "concurrency": "Requests in flight at once.",
-            "rate_multiplier": "Multiplies the upstream cost in this account's stats and quotas.",
             "cache_ttl_override": "Bill every cache write of a response in this bucket.",
             "quota_daily_reset_mode": "Rolling: 24 hours from the first request. Fixed: at a set hour.",
             "quota_weekly_reset_mode": "Rolling: 168 hours from the first request. Fixed: a set weekday and hour.",
@@ -115,7 +129,6 @@ class UpstreamAccountForm(ConsoleModelForm):
         }
         widgets = {
             "notes": forms.Textarea(attrs={"rows": 2}),
-            "rate_multiplier": forms.NumberInput(attrs={"step": "any", "min": "0"}),
             "quota_timezone": forms.TextInput(attrs={"list": "timezones", "autocomplete": "off"}),
         }
 
@@ -163,6 +176,12 @@ class UpstreamAccountForm(ConsoleModelForm):
                     else self.stored.get(spec.key, ""),
                 )
         self.fields["clear_session_token"].widget.attrs["class"] = "form-check-input"
+
+    def clean_rate_multiplier(self) -> Decimal:
+        value = self.cleaned_data["rate_multiplier"]
+        if value <= 0:
+            raise forms.ValidationError("The rate multiplier must be greater than 0.")
+        return value
 
     def clean_quota_timezone(self) -> str:
         value = (self.cleaned_data.get("quota_timezone") or "").strip()

@@ -5,7 +5,7 @@ from decimal import Decimal
 from django import forms
 from django.contrib.auth import password_validation
 
-from accounts.forms.base import ConsoleForm, ConsoleModelForm, MoneyField, SearchInput
+from accounts.forms.base import ConsoleForm, ConsoleModelForm, DecimalInputField, MoneyField, SearchInput
 from accounts.models import BalanceHistory, Group, User
 
 USER_FIELDS = [
@@ -106,7 +106,7 @@ class UserFilterForm(ConsoleForm):
 
 class UserGroupRateForm(ConsoleForm):
     group = forms.ModelChoiceField(queryset=Group.objects.none(), label="Group")
-    rate_multiplier = forms.DecimalField(
+    rate_multiplier = DecimalInputField(
         label="Multiplier",
         max_digits=12,
         decimal_places=6,

@@ -83,6 +83,10 @@ CREDENTIAL_SECTIONS: dict[str, tuple[CredentialField, ...]] = {
     ),
 }
 
+# An account's priority (lower is preferred), as in a group's membership priorities.
+MIN_PRIORITY = 0
+MAX_PRIORITY = 10_000
+
 # Types only the Anthropic platform has.
 ANTHROPIC_ONLY_TYPES = (Type.SETUP_TOKEN, Type.BEDROCK)
 AWS_REGION = re.compile(r"^[a-z]{2}(-gov)?-[a-z]+-\d{1,2}$")
@@ -162,6 +166,10 @@ def _validate_account(account: UpstreamAccount, groups: Iterable[Group] | None) 
         errors["cache_ttl_override"] = (
             "The cache TTL override is only for Anthropic OAuth and setup-token accounts."
         )
+    if account.rate_multiplier is not None and account.rate_multiplier <= 0:
+        errors["rate_multiplier"] = "The rate multiplier must be greater than 0."
+    if account.priority is not None and not MIN_PRIORITY <= account.priority <= MAX_PRIORITY:
+        errors["priority"] = f"The priority is a whole number from {MIN_PRIORITY} to {MAX_PRIORITY:,}."
     if not account.quota_timezone or account.quota_timezone not in _zone_names():
         errors["quota_timezone"] = (
             f"{account.quota_timezone!r} is not an IANA timezone name (e.g. Europe/Berlin)."

@@ -460,3 +460,40 @@ def test_the_edit_form_shows_amounts_as_plain_numbers(staff_client):
         'value="10.5"' in page and 'value="100"' in page and 'name="quota_weekly_limit_usd" value="0"' in page
     )
     assert "E-8" not in page and "E+2" not in page
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("rate_multiplier", "0", "The rate multiplier must be greater than 0."),
+        ("rate_multiplier", "-1", "The rate multiplier must be greater than 0."),
+        ("priority", "-1", "Ensure this value is greater than or equal to 0."),
+        ("priority", "10001", "Ensure this value is less than or equal to 10000."),
+    ],
+)
+def test_a_rate_multiplier_must_be_above_zero_and_the_priority_in_its_range(
+    staff_client, field, value, message
+):
+    page = staff_client.post(
+        "/accounts/new", account_data(**{field: value, "apikey__api_key": "sk-ant-1"})
+    ).content.decode()
+    assert message in page
+    assert "A whole number from 0 to 10,000; lower is preferred." in page
+    assert not UpstreamAccount.objects.exists()
+
+
+def test_the_services_refuse_a_zero_multiplier_and_a_negative_priority_too():
+    from django.core.exceptions import ValidationError
+
+    from accounts.services.upstream import upstream_account_create
+
+    fields = {
+        "name": "x",
+        "platform": "anthropic",
+        "type": "apikey",
+        "rate_multiplier": Decimal(0),
+        "priority": -1,
+    }
+    with pytest.raises(ValidationError) as refused:
+        upstream_account_create(fields=fields, credentials={"api_key": "k"})
+    assert set(refused.value.message_dict) == {"rate_multiplier", "priority"}

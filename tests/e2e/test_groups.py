@@ -177,7 +177,11 @@ def test_a_new_group_is_created_from_the_form(staff_page, screenshot):
     expect(page.get_by_role("heading", level=1)).to_contain_text("openai-standard")
     expect(page.get_by_role("status").first).to_contain_text("Group openai-standard created.")
     group = Group.objects.get()
-    assert (group.name, group.platform, group.subscription_type) == ("openai-standard", "openai", "subscription")
+    assert (group.name, group.platform, group.subscription_type) == (
+        "openai-standard",
+        "openai",
+        "subscription",
+    )
     assert (group.rate_multiplier, group.daily_limit_usd, group.weekly_limit_usd) == (
         Decimal("1.25"),
         Decimal("10"),

@@ -192,7 +192,9 @@ def test_extending_and_suspending_from_the_list_refreshes_the_table(staff_page, 
 
 
 def test_every_dialog_of_the_detail_page_opens_confirms_and_refreshes_the_page(staff_page, screenshot):
-    group = SubscriptionGroupFactory(name="Pro", daily_limit_usd=Decimal("10"), weekly_limit_usd=Decimal("40"))
+    group = SubscriptionGroupFactory(
+        name="Pro", daily_limit_usd=Decimal("10"), weekly_limit_usd=Decimal("40")
+    )
     now = timezone.now()
     subscription = SubscriptionFactory(
         group=group, user=UserFactory(email="dee@example.com"), starts_at=now - timedelta(days=2)
