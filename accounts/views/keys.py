@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from django.contrib import messages
 from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.utils.cache import add_never_cache_headers
 from django.views.decorators.http import require_GET, require_http_methods
 from django_tables2 import RequestConfig
@@ -110,8 +113,19 @@ def _dialog(request: HttpRequest, key: APIKey, template: str, **context) -> Http
     return render(request, f"accounts/{template}", {"subject": key, "dialog_action": action, **context})
 
 
-def _changed(key: APIKey, message: str) -> HttpResponse:
-    return dialog_done(changed=f"key-{key.pk}-changed", message=message)
+def _from_key_page(request: HttpRequest, key: APIKey) -> bool:
+    """Was the dialog opened on the key's own page (rather than from a row of the list)?"""
+    current = urlsplit(request.htmx.current_url_abs_path or "").path if request.htmx else ""
+    return current == reverse("accounts:key-detail", args=[key.pk])
+
+
+def _changed(request: HttpRequest, key: APIKey, message: str) -> HttpResponse:
+    response = dialog_done(changed=f"key-{key.pk}-changed", message=message)
+    if _from_key_page(request, key):
+        # The key's page holds an edit form: reload it, or saving it would undo the action.
+        messages.success(request, message)
+        response["HX-Refresh"] = "true"
+    return response
 
 
 @require_http_methods(["GET", "POST"])
@@ -120,7 +134,9 @@ def key_reset_quota_dialog(request: HttpRequest, pk: int) -> HttpResponse:
     if request.method == "POST":
         key = services.api_key_quota_reset(key_id=key.pk)
         return _changed(
-            key, f"Quota of {key.name} reset to {format_usd(key.quota_used_usd)}; it is {key.status}."
+            request,
+            key,
+            f"Quota of {key.name} reset to {format_usd(key.quota_used_usd)}; it is {key.status}.",
         )
     return _dialog(request, key, "key_reset_quota_dialog.html")
 
@@ -130,7 +146,7 @@ def key_clear_expiration_dialog(request: HttpRequest, pk: int) -> HttpResponse:
     key = get_object_or_404(APIKey, pk=pk)
     if request.method == "POST":
         key = services.api_key_expiration_clear(key_id=key.pk)
-        return _changed(key, f"{key.name} no longer expires; it is {key.status}.")
+        return _changed(request, key, f"{key.name} no longer expires; it is {key.status}.")
     return _dialog(request, key, "key_clear_expiration_dialog.html")
 
 
@@ -139,7 +155,7 @@ def key_reset_windows_dialog(request: HttpRequest, pk: int) -> HttpResponse:
     key = get_object_or_404(APIKey, pk=pk)
     if request.method == "POST":
         key = services.api_key_windows_reset(key_id=key.pk)
-        return _changed(key, f"The 5h / 1d / 7d windows of {key.name} are back to $0.")
+        return _changed(request, key, f"The 5h / 1d / 7d windows of {key.name} are back to $0.")
     return _dialog(request, key, "key_reset_windows_dialog.html")
 
 
@@ -149,7 +165,7 @@ def key_status_dialog(request: HttpRequest, pk: int) -> HttpResponse:
     enabling = key.status == APIKey.Status.DISABLED
     if request.method == "POST":
         key = services.api_key_set_enabled(key_id=key.pk, enabled=enabling)
-        return _changed(key, f"{key.name} is {key.get_status_display().lower()}.")
+        return _changed(request, key, f"{key.name} is {key.get_status_display().lower()}.")
     target = services.api_key_resolved_status(key, enabled=True) if enabling else APIKey.Status.DISABLED
     return _dialog(
         request,
@@ -165,5 +181,10 @@ def key_delete_dialog(request: HttpRequest, pk: int) -> HttpResponse:
     key = get_object_or_404(APIKey.objects.select_related("user"), pk=pk)
     if request.method == "POST":
         services.api_key_delete(key_id=key.pk)
-        return dialog_done(changed="keys:changed", message=f"Deleted {key.name} ({key.masked}).")
+        message = f"Deleted {key.name} ({key.masked})."
+        response = dialog_done(changed="keys:changed", message=message)
+        if _from_key_page(request, key):
+            messages.success(request, message)
+            response["HX-Redirect"] = reverse("accounts:key-list")
+        return response
     return _dialog(request, key, "key_delete_dialog.html")

@@ -69,7 +69,10 @@ def test_the_list_shows_groups_in_sort_order_with_account_and_key_counts(staff_c
     assert page.index(">first<") < page.index(">second<")
     row = page[page.index(f'data-group-id="{second.pk}"') :]
     row = row[: row.index("</tr>")]
-    assert '<td class="num">2</td>' in row and '<td class="num">3</td>' in row
+    assert (
+        '<td class="num" data-label="Accounts">2</td>' in row
+        and '<td class="num" data-label="Keys">3</td>' in row
+    )
     assert f'name="ids" value="{first.pk}"' in page
     assert 'aria-label="Move first up"' in page
 

@@ -280,7 +280,8 @@ def test_assigning_one_user_through_the_page_opens_the_subscription(staff_client
     assert response.status_code == 302 and response["Location"] == f"/subscriptions/{sub.pk}/"
     assert sub.term_days == 30 and sub.assigned_by == staff_user
     page = staff_client.get(response["Location"]).content.decode()
-    assert page.count("not started: starts with the first request") == 3
+    assert page.count('data-cell="start">not started<') == 3
+    assert page.count('data-cell="reset">starts with the first request<') == 3
     assert "30 days" in page and "hello" in page and "1 new subscription, 0 extended" in page
 
 
@@ -350,3 +351,16 @@ def test_suspending_and_revoking_through_the_dialogs(staff_client):
     assert sub.status == "revoked"
     summary = staff_client.get(f"/subscriptions/{sub.pk}/summary").content.decode()
     assert "Revoked" in summary and "Extend" not in summary and "<nav" not in summary
+
+
+def test_an_ended_window_says_it_restarts_on_the_next_request_instead_of_a_reset_time(staff_client):
+    now = timezone.now()
+    group = SubscriptionGroupFactory(daily_limit_usd=Decimal("10"))
+    sub = SubscriptionFactory(group=group, starts_at=now - timedelta(days=3))
+    subscription_usage_charge(subscription_id=sub.pk, amount_usd=Decimal("2"), now=now - timedelta(days=2))
+    page = staff_client.get(f"/subscriptions/{sub.pk}/").content.decode()
+    daily = page[page.index('data-window="daily"') :]
+    daily = daily[: daily.index("</tr>")]
+    assert 'data-cell="start">ended<' in daily
+    assert 'data-cell="reset">restarts on the next request<' in daily
+    assert ">$0.00</span>" in daily

@@ -137,7 +137,7 @@ def test_an_expired_period_shows_zero_and_its_next_reset_in_the_viewers_zone_wit
     shown = datetime(midnight.year, midnight.month, midnight.day, tzinfo=UTC).astimezone(
         timezone.get_current_timezone()
     )
-    assert f"resets {shown:%Y-%m-%d %H:%M} {shown.tzname()}" in badge
+    assert f"resets {shown:%b %-d %H:%M} {shown.tzname()}" in badge
     assert shown.tzname() in ("EST", "EDT")
     account.refresh_from_db()
     assert account.quota_daily_used_usd == Decimal("11")

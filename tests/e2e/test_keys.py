@@ -182,3 +182,62 @@ def test_the_demo_keys_show_every_state(staff_page, staff_user, screenshot):
         expect(page.locator("#subscription-table")).to_contain_text(status)
     screenshot(page, "subscriptions")
     assert page.console_errors == []
+
+
+def test_the_key_page_offers_every_action_and_shows_each_result(staff_page, screenshot):
+    key = APIKeyFactory(
+        name="office",
+        quota_usd=Decimal("5"),
+        rate_limit_5h_usd=Decimal("3"),
+        expires_at=timezone.now() + timedelta(days=2),
+    )
+    api_key_usage_charge(key_id=key.pk, amount_usd=Decimal("2.5"))
+    page = staff_page
+    page.goto(f"/keys/{key.pk}/")
+    actions = page.locator("#key-actions")
+    screenshot(page, "page")
+
+    def confirm(action: str, button: str) -> None:
+        actions.get_by_role("button", name=action).click()
+        page.locator("dialog[open]").get_by_role("button", name=button).click()
+        expect(page.locator("dialog[open]")).to_have_count(0)
+
+    confirm("Reset quota", "Reset quota")
+    expect(page.get_by_role("status").first).to_contain_text("Quota of office reset")
+    expect(page.locator(f"#key-{key.pk}-quota")).to_have_text("$0.00 / $5.00")
+    confirm("Reset windows", "Reset windows")
+    expect(page.get_by_role("status").first).to_contain_text("windows of office are back to $0")
+    confirm("Clear expiration", "Clear expiration")
+    expect(page.get_by_label(re.compile("^Expires at"))).to_have_value("")  # the form shows it too
+    expect(actions.get_by_role("button", name="Clear expiration")).to_have_count(0)
+    confirm("Disable", "Disable")
+    expect(page.get_by_role("heading", level=1)).to_contain_text("Disabled")
+    confirm("Enable", "Enable")
+    expect(page.get_by_role("heading", level=1)).to_contain_text("Active")
+    key.refresh_from_db()
+    assert (key.quota_used_usd, key.usage_5h_usd, key.window_5h_start) == (0, 0, None)
+    assert (key.expires_at, key.status) == (None, "active")
+    confirm("Delete", "Delete key")
+    expect(page).to_have_url(re.compile(r"/keys/$"))
+    expect(page.get_by_role("status").first).to_contain_text("Deleted office")
+    assert not APIKey.objects.filter(pk=key.pk).exists()
+    assert page.console_errors == []
+
+
+def test_reset_windows_and_enable_from_the_list(staff_page):
+    key = APIKeyFactory(name="paused", status="disabled", rate_limit_5h_usd=Decimal("3"))
+    api_key_usage_charge(key_id=key.pk, amount_usd=Decimal("1.25"))
+    page = staff_page
+    page.goto("/keys/")
+    expect(page.locator(f"#key-{key.pk}-windows")).to_contain_text("$1.25")
+    dialog = open_action(page, key, "Reset window usage…")
+    expect(dialog).to_contain_text("$1.25")
+    dialog.get_by_role("button", name="Reset windows").click()
+    expect(page.locator(f"#key-{key.pk}-windows")).not_to_contain_text("$1.25")
+    dialog = open_action(page, key, "Enable…")
+    expect(dialog).to_contain_text("it becomes active")
+    dialog.get_by_role("button", name="Enable").click()
+    expect(page.locator(f"#key-{key.pk}-status")).to_contain_text("Active")
+    key.refresh_from_db()
+    assert (key.status, key.usage_5h_usd, key.window_5h_start) == ("active", 0, None)
+    assert page.console_errors == []

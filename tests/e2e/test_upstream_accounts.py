@@ -42,8 +42,11 @@ def test_daily_usage_shows_inside_the_period_then_zero_with_the_next_reset_and_t
     UpstreamAccount.objects.filter(pk=account.pk).update(quota_daily_start=timezone.now() - timedelta(days=2))
     page.reload()
     expect(daily).to_contain_text("$0.00/$10.00")
-    next_midnight = (timezone.now() + timedelta(days=1)).strftime("%Y-%m-%d")
-    expect(daily.locator(".quota-reset")).to_have_text(f"resets {next_midnight} 00:00 UTC")
+    next_midnight = (timezone.now() + timedelta(days=1)).strftime("%b %-d")
+    # The next reset is in the cell itself, not only in a tooltip.
+    reset = page.locator(f"#quota-badge-{account.pk} [data-reset=D]")
+    expect(reset).to_be_visible()
+    expect(reset).to_have_text(f"resets {next_midnight} 00:00 UTC")
     account.refresh_from_db()
     assert account.quota_daily_used_usd == Decimal("8.5")  # shown as 0, not written
 
