@@ -318,6 +318,19 @@ class UpstreamAccount(models.Model):
         return self.type == self.Type.BEDROCK
 
     @property
+    def is_expired(self) -> bool:
+        return self.expires_at is not None and self.expires_at <= timezone.now()
+
+    @property
+    def current_status(self) -> str:
+        """The stored status, except that an active account past its expiry reads as expired."""
+        return "expired" if self.status == self.Status.ACTIVE and self.is_expired else self.status
+
+    @property
+    def current_status_label(self) -> str:
+        return "Expired" if self.current_status == "expired" else self.get_status_display()
+
+    @property
     def platform_badge(self) -> str:
         if self.is_bedrock:
             return "Anthropic | AWS"

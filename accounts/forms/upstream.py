@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+from datetime import datetime
 from decimal import Decimal
 
 from django import forms
 from django.conf import settings
+from django.utils import timezone
 
 from accounts.forms.base import ConsoleForm, ConsoleModelForm, DecimalInputField, MoneyField, SearchInput
 from accounts.models import Group, Platform, UpstreamAccount
@@ -176,6 +178,17 @@ class UpstreamAccountForm(ConsoleModelForm):
                     else self.stored.get(spec.key, ""),
                 )
         self.fields["clear_session_token"].widget.attrs["class"] = "form-check-input"
+
+    def clean_expires_at(self) -> datetime | None:
+        expires_at = self.cleaned_data.get("expires_at")
+        current = self.instance.expires_at
+        if expires_at and current and expires_at == current.replace(second=0, microsecond=0):
+            return current  # the picker shows minutes only; an untouched expiry stays exact
+        if expires_at and expires_at <= timezone.now():
+            raise forms.ValidationError(
+                "Choose a time in the future, or leave it empty for an account that never expires."
+            )
+        return expires_at
 
     def clean_rate_multiplier(self) -> Decimal:
         value = self.cleaned_data["rate_multiplier"]

@@ -497,3 +497,25 @@ def test_the_services_refuse_a_zero_multiplier_and_a_negative_priority_too():
     with pytest.raises(ValidationError) as refused:
         upstream_account_create(fields=fields, credentials={"api_key": "k"})
     assert set(refused.value.message_dict) == {"rate_multiplier", "priority"}
+
+
+def test_an_expiry_in_the_past_is_refused_and_an_expired_account_reads_expired(staff_client):
+    past = (timezone.localtime() - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M")
+    page = staff_client.post(
+        "/accounts/new", account_data(expires_at=past, apikey__api_key="sk-ant-1")
+    ).content.decode()
+    assert "Choose a time in the future, or leave it empty for an account that never expires." in page
+    assert not UpstreamAccount.objects.exists()
+
+    account = UpstreamAccountFactory(name="lapsed", expires_at=timezone.now() - timedelta(hours=1))
+    listing = staff_client.get("/accounts/").content.decode()
+    status = listing[listing.index(f'id="account-status-{account.pk}"') :]
+    assert 'class="badge badge-status-expired"' in status[:400] and ">Expired<" in status[:400]
+    edit = staff_client.get(f"/accounts/{account.pk}/").content.decode()
+    assert ">Expired<" in edit[: edit.index("</h1>")]
+    # Saving it untouched keeps the stored (past) expiry rather than refusing the form.
+    stored = timezone.localtime(account.expires_at).strftime("%Y-%m-%dT%H:%M")
+    response = staff_client.post(
+        f"/accounts/{account.pk}/", account_data(name="lapsed", expires_at=stored, apikey__api_key="k")
+    )
+    assert response.status_code == 302
