@@ -8,7 +8,36 @@ from accounts.models import Group, UpstreamAccount
 from accounts.selectors.groups import group_choices
 from accounts.services.upstream import is_valid_timezone
 
-LIMIT_HELP = "USD. Empty = unlimited; 0 = no usage allowed."
+LIMIT_HELP = "USD. Empty = no limit. 0 = no usage at all: it blocks every request to this group."
+LIMITS = (("daily_limit_usd", "daily"), ("weekly_limit_usd", "weekly"), ("monthly_limit_usd", "monthly"))
+BLOCKS_ALL = "0 blocks all usage: subscribers of this group cannot make any request."
+
+
+def limit_warnings(limits: dict) -> dict[str, str]:
+    """What an operator should know about a set of subscription limits, by field.
+
+    0 is kept as "no usage allowed" (operators rely on it), so typing it gets said out loud;
+    a shorter window's limit above a longer one's can never be reached.
+    """
+    warnings: dict[str, str] = {}
+    for position, (field, period) in enumerate(LIMITS):
+        value = limits.get(field)
+        if value is None:
+            continue
+        if value == 0:
+            warnings[field] = BLOCKS_ALL
+            continue
+        for longer_field, longer in LIMITS[position + 1 :]:
+            cap = limits.get(longer_field)
+            if cap is not None and 0 < cap < value:
+                warnings[field] = (
+                    f"Higher than the {longer} limit (${cap:,f}), which is reached first: "
+                    f"the {period} limit never applies."
+                )
+                break
+    return warnings
+
+
 IMAGE_HELP = "USD per image. Empty = the model's default price."
 
 GROUP_FIELDS = [
@@ -108,10 +137,31 @@ class GroupForm(ConsoleModelForm):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        warnings = {} if self.is_bound else self.limit_warnings
+        for field, _ in LIMITS:
+            # A slot under each limit (components/form_field.html); groups.js updates it as you type.
+            self.fields[field].hint_slot = True
+            self.fields[field].hint = warnings.get(field, "")
+            self.fields[field].widget.attrs["data-limit"] = field.removesuffix("_limit_usd")
         others = group_choices(exclude=self.instance)
         for name in ("fallback_group", "fallback_group_on_invalid_request"):
             self.fields[name].queryset = others
             self.fields[name].empty_label = "None"
+
+    @property
+    def limit_warnings(self) -> dict[str, str]:
+        """limit_warnings() of the limits as submitted (or stored, before a submit)."""
+        if self.is_bound:
+            source = self.cleaned_data if hasattr(self, "cleaned_data") else {}
+        else:
+            source = {field: getattr(self.instance, field) for field, _ in LIMITS}
+        return limit_warnings({field: source.get(field) for field, _ in LIMITS})
+
+    def full_clean(self) -> None:
+        super().full_clean()
+        warnings = self.limit_warnings
+        for field, _ in LIMITS:
+            self.fields[field].hint = warnings.get(field, "")
 
     def clean_rate_multiplier(self):
         value = self.cleaned_data["rate_multiplier"]

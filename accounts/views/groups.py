@@ -97,6 +97,8 @@ def _group_form_page(request: HttpRequest, group: Group | None) -> HttpResponse:
             add_service_error(form, error)
         else:
             messages.success(request, f"Group {saved.name} {'created' if creating else 'saved'}.")
+            for warning in form.limit_warnings.values():
+                messages.warning(request, warning)
             return redirect("accounts:group-detail", saved.pk)
     context = {
         "form": form,

@@ -178,7 +178,29 @@ def test_creating_a_group_needs_no_routing_rows_as_the_create_page_posts_none(st
 
 def test_the_form_explains_empty_and_zero_limits(staff_client):
     page = staff_client.get("/groups/new").content.decode()
-    assert "Empty = unlimited; 0 = no usage allowed." in page
+    assert "Empty = no limit. 0 = no usage at all: it blocks every request to this group." in page
+
+
+def test_a_zero_limit_is_said_to_block_all_usage_and_an_unreachable_one_is_named(staff_client):
+    group = GroupFactory(name="plus", subscription_type="subscription", daily_limit_usd=Decimal("0"))
+    page = staff_client.get(f"/groups/{group.pk}/edit").content.decode()
+    hint = page[page.index('id="id_daily_limit_usd_hint"') :]
+    assert hint[: hint.index("</div>")].endswith(
+        "0 blocks all usage: subscribers of this group cannot make any request."
+    )
+    response = staff_client.post(
+        f"/groups/{group.pk}/edit",
+        form_data(name="plus", daily_limit_usd="20", weekly_limit_usd="10", monthly_limit_usd="0"),
+        follow=True,
+    )
+    page = response.content.decode()
+    group.refresh_from_db()
+    assert (group.daily_limit_usd, group.weekly_limit_usd, group.monthly_limit_usd) == (20, 10, 0)
+    assert "Group plus saved." in page
+    assert (
+        "Higher than the weekly limit ($10), which is reached first: the daily limit never applies." in page
+    )
+    assert "0 blocks all usage" in page
 
 
 def test_the_form_refuses_bad_values_and_keeps_what_was_typed(staff_client):

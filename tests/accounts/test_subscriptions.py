@@ -207,7 +207,7 @@ def test_the_list_shows_a_bar_per_window_with_expired_windows_as_zero(staff_clie
     assert "sam@example.com" in page and "plus" in page
     assert re.search(r'<meter min="0" max="10\.0+" value="8\.50+"', page)  # today only: yesterday reset
     assert "$8.50" in page and "$17.50" in page  # daily, and weekly (no limit: no bar)
-    assert "no usage allowed" in page  # a 0 limit
+    assert "0: blocks all usage" in page  # a 0 limit
     assert "next reset" in page
     assert 'style="' not in page
 

@@ -189,3 +189,24 @@ def test_a_new_group_is_created_from_the_form(staff_page, screenshot):
     )
     assert group.monthly_limit_usd is None and group.rpm_limit == 60 and group.model_routing == {}
     screenshot(page, "created")
+
+
+def test_the_limits_say_what_zero_and_an_unreachable_limit_do_as_they_are_typed(staff_page):
+    group = GroupFactory(name="plus", platform="openai", subscription_type="subscription")
+    page = staff_page
+    page.goto(f"/groups/{group.pk}/edit")
+    page.get_by_label("Daily limit (USD)").fill("0")
+    expect(page.locator("#id_daily_limit_usd_hint")).to_have_text(
+        "0 blocks all usage: subscribers of this group cannot make any request."
+    )
+    page.get_by_label("Daily limit (USD)").fill("60")
+    page.get_by_label("Weekly limit (USD)").fill("50")
+    expect(page.locator("#id_daily_limit_usd_hint")).to_contain_text("Higher than the weekly limit ($50)")
+    expect(page.locator("#id_weekly_limit_usd_hint")).to_have_text("")
+    page.get_by_label("Daily limit (USD)").fill("10")
+    expect(page.locator("#id_daily_limit_usd_hint")).to_have_text("")
+    page.get_by_role("button", name="Save changes").click()
+    expect(page.get_by_role("status").first).to_contain_text("Group plus saved.")
+    group.refresh_from_db()
+    assert (group.daily_limit_usd, group.weekly_limit_usd, group.monthly_limit_usd) == (10, 50, None)
+    assert page.console_errors == []
