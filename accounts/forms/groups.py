@@ -1,11 +1,11 @@
 from __future__ import annotations
 
 from django import forms
-from django.db.models import Case, When
 
 from accounts.forms.base import ConsoleForm, ConsoleModelForm, DecimalInputField, MoneyField
 from accounts.models import Group, UpstreamAccount
 from accounts.selectors.groups import group_choices
+from accounts.services.groups import fallback_platform_error
 from accounts.services.upstream import is_valid_timezone
 
 LIMIT_HELP = "USD. Empty = no limit. 0 = no usage at all: it blocks every request to this group."
@@ -89,6 +89,17 @@ GROUP_SECTIONS = [
 ]
 
 
+class PlatformGroupSelect(forms.Select):
+    """Group options carrying their platform, so groups.js can offer only the chosen platform's."""
+
+    def create_option(self, name, value, label, selected, index, subindex=None, attrs=None):
+        option = super().create_option(name, value, label, selected, index, subindex, attrs)
+        instance = getattr(value, "instance", None)
+        if instance is not None:
+            option["attrs"]["data-platform"] = instance.platform
+        return option
+
+
 class GroupForm(ConsoleModelForm):
     rate_multiplier = DecimalInputField(
         label="Rate multiplier",
@@ -133,6 +144,8 @@ class GroupForm(ConsoleModelForm):
         widgets = {
             "description": forms.Textarea(attrs={"rows": 2}),
             "timezone": forms.TextInput(attrs={"list": "timezones", "autocomplete": "off"}),
+            "fallback_group": PlatformGroupSelect,
+            "fallback_group_on_invalid_request": PlatformGroupSelect,
         }
 
     def __init__(self, *args, **kwargs) -> None:
@@ -147,6 +160,19 @@ class GroupForm(ConsoleModelForm):
         for name in ("fallback_group", "fallback_group_on_invalid_request"):
             self.fields[name].queryset = others
             self.fields[name].empty_label = "None"
+            self.fields[name].label_from_instance = lambda group: (
+                f"{group.name} ({group.get_platform_display()})"
+            )
+            self.fields[name].widget.attrs["data-platform-of"] = "id_platform"
+
+    def clean(self) -> dict:
+        cleaned = super().clean()
+        platform = cleaned.get("platform")
+        for name in ("fallback_group", "fallback_group_on_invalid_request"):
+            target = cleaned.get(name)
+            if platform and target is not None and target.platform != platform:
+                self.add_error(name, fallback_platform_error(target, platform))
+        return cleaned
 
     @property
     def limit_warnings(self) -> dict[str, str]:
@@ -262,7 +288,5 @@ class RebindKeysForm(ConsoleForm):
 
     def __init__(self, *args, group: Group, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        # Every other group, this group's platform first, so a wrong choice gets a clear field error.
-        self.fields["target_group"].queryset = group_choices(exclude=group).order_by(
-            Case(When(platform=group.platform, then=0), default=1), "sort_order", "id"
-        )
+        # Keys only work on groups of their own platform, so no other group is offered.
+        self.fields["target_group"].queryset = group_choices(exclude=group).filter(platform=group.platform)

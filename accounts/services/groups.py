@@ -11,7 +11,7 @@ from django.db import models, transaction
 from django.db.models import Case, Max, Value, When
 from django.utils import timezone
 
-from accounts.models import APIKey, Group, GroupAccount
+from accounts.models import APIKey, Group, GroupAccount, Platform
 from accounts.services.upstream import is_valid_timezone
 
 SORT_STEP = 10
@@ -99,12 +99,22 @@ def _clean_routing(group: Group, routing: dict) -> dict[str, list[int]]:
     return cleaned
 
 
+def fallback_platform_error(target: Group, platform: str) -> str:
+    return (
+        f"{target.name} is on {target.get_platform_display()}; a fallback must be on this group's "
+        f"platform ({Platform(platform).label})."
+    )
+
+
 def _validate(group: Group) -> None:
     errors: dict[str, str] = {}
     for field in ("fallback_group", "fallback_group_on_invalid_request"):
         target = getattr(group, field)
         if target is not None and group.pk and target.pk == group.pk:
             errors[field] = "A group cannot fall back to itself."
+        elif target is not None and target.platform != group.platform:
+            # A request falls back with its own protocol; another platform's accounts cannot serve it.
+            errors[field] = fallback_platform_error(target, group.platform)
         elif cycle := (_fallback_cycle(group, field, target) if group.pk else None):
             errors[field] = f"This fallback would make a cycle: {cycle}."
     if group.timezone and not is_valid_timezone(group.timezone):

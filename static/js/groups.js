@@ -109,3 +109,24 @@
     if (event.target.matches && event.target.matches("[data-limit]")) update(event.target.form);
   });
 })();
+
+// The group form: fallback groups are offered for the chosen platform only (the server refuses
+// another platform's group too); a fallback of the old platform is cleared when it changes.
+(function () {
+  "use strict";
+  function sync(select) {
+    var platform = document.getElementById(select.getAttribute("data-platform-of"));
+    if (!platform) return;
+    select.querySelectorAll("option[data-platform]").forEach(function (option) {
+      var other = option.getAttribute("data-platform") !== platform.value;
+      option.disabled = other;
+      option.hidden = other;
+      if (other && option.selected) select.value = "";
+    });
+  }
+  function syncAll() { document.querySelectorAll("select[data-platform-of]").forEach(sync); }
+  document.addEventListener("DOMContentLoaded", syncAll);
+  document.addEventListener("change", function (event) {
+    if (event.target.matches && event.target.matches("#id_platform")) syncAll();
+  });
+})();

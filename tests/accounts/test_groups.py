@@ -427,7 +427,8 @@ def test_the_refusal_offers_to_move_the_keys_to_another_group(staff_client):
     APIKeyFactory.create_batch(2, group=group)
     dialog = staff_client.get(f"/groups/{group.pk}/delete").content.decode()
     assert "Move the 2 keys and delete this group" in dialog
-    assert dialog.index("spare (Anthropic)") < dialog.index("elsewhere (OpenAI, exclusive)")
+    assert "spare (Anthropic)" in dialog
+    assert "elsewhere" not in dialog  # keys work on their own platform only
     assert ">busy (" not in dialog
     assert "the gateway may refuse a moved key" in dialog
 
@@ -456,6 +457,7 @@ def test_moving_the_keys_rebinds_them_all_and_deletes_the_group(staff_client):
 
 def test_a_target_on_another_platform_is_refused_and_nothing_changes(staff_client):
     group = GroupFactory(name="busy", platform="anthropic")
+    GroupFactory(name="spare", platform="anthropic")
     target = GroupFactory(name="gpt-pool", platform="openai")
     keys = APIKeyFactory.create_batch(2, group=group)
     response = staff_client.post(
@@ -465,8 +467,8 @@ def test_a_target_on_another_platform_is_refused_and_nothing_changes(staff_clien
     )
     dialog = response.content.decode()
     assert response.status_code == 200
-    assert "gpt-pool is on the OpenAI platform; these keys can only move to a group on Anthropic." in dialog
-    assert f'<option value="{target.pk}" selected>' in dialog
+    assert "Select a valid choice. That choice is not one of the available choices." in dialog
+    assert "gpt-pool" not in dialog
     assert Group.objects.filter(pk=group.pk).exists()
     assert bound_key_groups(keys) == {group.pk}
 
@@ -526,3 +528,16 @@ def test_a_target_deleted_while_the_move_waits_leaves_everything_as_it_was():
     assert "no longer exists" in refused.value.message_dict["target_group"][0]
     assert Group.objects.filter(pk=group.pk).exists() and not Group.objects.filter(pk=target.pk).exists()
     assert bound_key_groups(keys) == {group.pk}
+
+
+def test_a_fallback_on_another_platform_is_refused(staff_client):
+    gpt = GroupFactory(name="gpt", platform="openai")
+    page = staff_client.post("/groups/new", form_data(fallback_group=str(gpt.pk))).content.decode()
+    assert "gpt is on OpenAI; a fallback must be on this group&#x27;s platform (Anthropic)." in page
+    assert not Group.objects.filter(name="claude-pool").exists()
+    claude = GroupFactory(name="claude")
+    with pytest.raises(ValidationError) as refused:
+        from accounts.services.groups import group_update
+
+        group_update(group=claude, fields={"fallback_group_on_invalid_request": gpt})
+    assert "a fallback must be on this group's platform" in str(refused.value)

@@ -101,7 +101,7 @@ def test_the_group_form_adds_routing_rows_and_names_a_fallback_cycle(staff_page,
     page.goto("/groups/new")
     screenshot(page, "new")
     page.goto(f"/groups/{a.pk}/edit")
-    page.get_by_label("Fallback group", exact=True).select_option(label="B")
+    page.get_by_label("Fallback group", exact=True).select_option(label="B (Anthropic)")
     page.get_by_label("Route models to specific accounts").check()
     page.get_by_label("Model pattern").first.fill("claude-opus-*")
     page.locator("#id_routing-0-accounts").select_option(label="opus-account")
@@ -140,9 +140,12 @@ def test_the_detail_page_and_a_refused_delete_that_moves_the_keys(staff_page, sc
     )
     expect(dialog.get_by_role("button", name="Delete group")).to_be_hidden()
     screenshot(page, "delete-refused")
-    dialog.get_by_label("Move the keys to").select_option(label="gpt-pool (OpenAI)")
+    # Keys only work on their own platform: the OpenAI group is not offered.
+    expect(dialog.get_by_label("Move the keys to").locator("option")).to_have_text(
+        ["Choose a group…", "spare-pool (Anthropic, exclusive)"]
+    )
     dialog.get_by_role("button", name="Move the 2 keys and delete this group").click()
-    expect(dialog.get_by_text("these keys can only move to a group on Anthropic")).to_be_visible()
+    expect(dialog.get_by_text("This field is required.")).to_be_visible()
     screenshot(page, "rebind-refused")
     dialog.get_by_label("Move the keys to").select_option(label="spare-pool (Anthropic, exclusive)")
     dialog.get_by_role("button", name="Move the 2 keys and delete this group").click()
@@ -210,3 +213,24 @@ def test_the_limits_say_what_zero_and_an_unreachable_limit_do_as_they_are_typed(
     group.refresh_from_db()
     assert (group.daily_limit_usd, group.weekly_limit_usd, group.monthly_limit_usd) == (10, 50, None)
     assert page.console_errors == []
+
+
+def test_fallbacks_are_offered_and_accepted_on_the_groups_platform_only(staff_page):
+    claude = GroupFactory(name="claude-backup")
+    gpt = GroupFactory(name="gpt-backup", platform="openai")
+    page = staff_page
+    page.goto("/groups/new")
+    fallback = page.get_by_label("Fallback group", exact=True)
+    page.get_by_label("Name").fill("gpt-main")
+    page.get_by_label("Platform").select_option(label="OpenAI")
+    expect(fallback.locator("option:not([disabled])")).to_have_text(["None", "gpt-backup (OpenAI)"])
+    fallback.select_option(label="gpt-backup (OpenAI)")
+    page.get_by_label("Platform").select_option(label="Anthropic")
+    expect(fallback).to_have_value("")  # the OpenAI fallback no longer fits
+    expect(fallback.locator("option:not([disabled])")).to_have_text(["None", "claude-backup (Anthropic)"])
+    page.get_by_label("Platform").select_option(label="OpenAI")
+    fallback.select_option(label="gpt-backup (OpenAI)")
+    page.get_by_role("button", name="Create group").click()
+    expect(page.get_by_role("heading", level=1)).to_contain_text("gpt-main")
+    assert Group.objects.get(name="gpt-main").fallback_group == gpt
+    assert claude.pk
