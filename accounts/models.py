@@ -206,6 +206,14 @@ class Group(models.Model):
 
     class Meta:
         ordering = ["sort_order", "id"]
+        constraints = [
+            # "OPENAI-STANDARD" beside "openai-standard" would be two groups no operator can tell apart.
+            models.UniqueConstraint(
+                Lower("name"),
+                name="group_name_unique_ignoring_case",
+                violation_error_message="Another group already has this name (names ignore case).",
+            )
+        ]
 
     def __str__(self) -> str:
         return self.name

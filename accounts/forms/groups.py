@@ -189,6 +189,12 @@ class GroupForm(ConsoleModelForm):
         for field, _ in LIMITS:
             self.fields[field].hint = warnings.get(field, "")
 
+    def clean_name(self) -> str:
+        name = self.cleaned_data["name"].strip()
+        if Group.objects.filter(name__iexact=name).exclude(pk=self.instance.pk).exists():
+            raise forms.ValidationError("Another group already has this name (names ignore case).")
+        return name
+
     def clean_rate_multiplier(self):
         value = self.cleaned_data["rate_multiplier"]
         if value is not None and value <= 0:

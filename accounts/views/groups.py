@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 from django.contrib import messages
@@ -77,6 +78,7 @@ def group_sort_order(request: HttpRequest) -> HttpResponse:
 def _group_form_page(request: HttpRequest, group: Group | None) -> HttpResponse:
     creating = group is None
     group = group or Group()
+    stored = copy.copy(group)  # the form writes typed values into `group`; the page names the saved one
     accounts = (
         UpstreamAccount.objects.filter(memberships__group=group).order_by("memberships__priority", "id")
         if group.pk
@@ -104,7 +106,7 @@ def _group_form_page(request: HttpRequest, group: Group | None) -> HttpResponse:
         "form": form,
         "routing": routing,
         "creating": creating,
-        "subject": None if creating else group,
+        "subject": None if creating else stored,
         "timezones": timezone_names(),
     }
     return render(request, "accounts/group_form.html", context)

@@ -6,7 +6,7 @@ from decimal import Decimal
 
 import pytest
 from django.core.exceptions import ValidationError
-from django.db import connection, connections, transaction
+from django.db import IntegrityError, connection, connections, transaction
 from django.test.utils import CaptureQueriesContext
 
 from accounts.models import APIKey, Group, GroupAccount
@@ -541,3 +541,31 @@ def test_a_fallback_on_another_platform_is_refused(staff_client):
 
         group_update(group=claude, fields={"fallback_group_on_invalid_request": gpt})
     assert "a fallback must be on this group's platform" in str(refused.value)
+
+
+def test_group_names_are_unique_whatever_their_case(staff_client):
+    GroupFactory(name="openai-standard")
+    page = staff_client.post("/groups/new", form_data(name="OPENAI-STANDARD")).content.decode()
+    assert "Another group already has this name (names ignore case)." in page
+    assert Group.objects.count() == 1
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Group.objects.create(name="OpenAI-Standard", platform="openai")
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"name": "TAKEN"},
+        {"name": "renamed", "timezone": "Mars/Olympus"},
+        {"name": "renamed", "rate_multiplier": "0"},
+    ],
+)
+def test_after_a_refused_rename_the_page_still_names_the_saved_group(staff_client, change):
+    GroupFactory(name="taken")
+    group = GroupFactory(name="kept")
+    page = staff_client.post(f"/groups/{group.pk}/edit", form_data(**change)).content.decode()
+    assert "<title>Edit kept · Tollgate</title>" in page
+    assert "<h1>Edit kept</h1>" in page
+    assert f'value="{change["name"]}"' in page  # what was typed stays in the field
+    group.refresh_from_db()
+    assert group.name == "kept"
