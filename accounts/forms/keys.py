@@ -119,6 +119,12 @@ class APIKeyForm(ConsoleModelForm):
         self.fields["expires_at"].widget.attrs["data-timezone"] = settings.TIME_ZONE
         self.fields["timezone"].help_text = f"IANA name, e.g. Europe/Berlin. Empty = {settings.TIME_ZONE}."
         self.fields["name"].widget.attrs["autocomplete"] = "off"
+        if self.instance.pk:
+            # The secret stays the same, so a new owner would silently start paying for its use.
+            self.fields["user"].disabled = True
+            self.fields[
+                "user"
+            ].help_text = "The owner of a key is fixed. For another person, create a new key."
         self.chosen_user = self._chosen_user()
         self.group_choices = key_group_choices(user=self.chosen_user, now=self.now)
         group_widget = self.fields["group"].widget
@@ -132,22 +138,22 @@ class APIKeyForm(ConsoleModelForm):
             and chosen_group != group_widget.keep
         ):
             self.initial["group"] = None  # the user just chosen may not use it
-        options_url = reverse("accounts:key-group-options")
-        if self.instance.pk:
-            options_url += f"?key={self.instance.pk}"
-        # Choosing a user re-renders the group field with what that user may use (HTMX).
-        self.fields["user"].widget.attrs.update(
-            {
-                "hx-get": options_url,
-                "hx-trigger": "change",
-                "hx-target": "#group-field",
-                "hx-swap": "outerHTML",
-                "hx-include": "[name='group']",
-            }
-        )
+        if not self.instance.pk:
+            # Choosing a user re-renders the group field with what that user may use (HTMX).
+            self.fields["user"].widget.attrs.update(
+                {
+                    "hx-get": reverse("accounts:key-group-options"),
+                    "hx-trigger": "change",
+                    "hx-target": "#group-field",
+                    "hx-swap": "outerHTML",
+                    "hx-include": "[name='group']",
+                }
+            )
 
     def _chosen_user(self) -> User | None:
-        """The user the group choices are for: the one submitted, else the initial (or the key's) one."""
+        """The user the group choices are for: the key's, else the one submitted or first offered."""
+        if self.instance.pk:
+            return self.instance.user
         if self.is_bound:
             pk = _int_or_none(self.data.get(self.add_prefix("user")))
         else:

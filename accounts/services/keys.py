@@ -192,6 +192,11 @@ def api_key_update(*, key: APIKey, fields: dict, now: datetime | None = None) ->
     if unknown:
         raise ValueError(f"not configuration fields of a key: {sorted(unknown)}")
     locked = APIKey.objects.select_for_update(of=("self",)).select_related("user", "group").get(pk=key.pk)
+    if "user" in fields and getattr(fields["user"], "pk", fields["user"]) != locked.user_id:
+        # The same secret would start billing another person without anyone telling them.
+        raise ValidationError(
+            {"user": "The owner of a key cannot change. Create a new key for the other user."}
+        )
     rebinding = any(
         getattr(locked, f"{name}_id") != getattr(fields[name], "pk", fields[name])
         for name in ("user", "group")

@@ -93,11 +93,7 @@ def key_detail(request: HttpRequest, pk: int) -> HttpResponse:
 @require_GET
 def key_group_options(request: HttpRequest) -> HttpResponse:
     """The group field again, for the user just chosen: which groups they may use, and why not."""
-    key_id = request.GET.get("key", "")
-    key = APIKey.objects.filter(pk=key_id).first() if key_id.isdigit() else None
-    form = APIKeyForm(
-        initial={"user": request.GET.get("user"), "group": request.GET.get("group")}, instance=key
-    )
+    form = APIKeyForm(initial={"user": request.GET.get("user"), "group": request.GET.get("group")})
     return render(request, "accounts/key_form.html#group_field", {"form": form})
 
 

@@ -124,8 +124,22 @@ def test_a_bound_key_keeps_its_group_when_edited_after_the_subscription_lapsed()
     api_key_update(key=key, fields={"name": "renamed", "group": group})
     key.refresh_from_db()
     assert (key.name, key.group) == ("renamed", group)
-    with pytest.raises(ValidationError, match="no live subscription"):
-        api_key_update(key=key, fields={"user": UserFactory()})  # a new owner must qualify
+
+
+def test_the_owner_of_a_key_never_changes(staff_client):
+    owner, other = UserFactory(email="owner@example.com"), UserFactory(email="other@example.com")
+    key, _ = api_key_create(user=owner, group=None, name="laptop")
+    with pytest.raises(ValidationError, match="The owner of a key cannot change"):
+        api_key_update(key=key, fields={"user": other})
+    page = staff_client.get(f"/keys/{key.pk}/").content.decode()
+    assert "The owner of a key is fixed. For another person, create a new key." in page
+    assert re.search(r'<select name="user"[^>]*disabled', page)
+    data = {"user": other.pk, "name": "renamed", "quota_usd": "0", "rate_limit_5h_usd": "0"}
+    data |= {"rate_limit_1d_usd": "0", "rate_limit_7d_usd": "0", "timezone": "", "expires_at": ""}
+    response = staff_client.post(f"/keys/{key.pk}/", data)
+    assert response.status_code == 302  # the name is saved; the posted owner is ignored
+    key.refresh_from_db()
+    assert (key.user, key.name) == (owner, "renamed")
 
 
 # --- reactivation (SPEC §2.1) --------------------------------------------------------------------
