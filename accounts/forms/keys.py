@@ -12,13 +12,18 @@ from django.utils.timezone import now as current_time
 from accounts.forms.base import ConsoleForm, ConsoleModelForm, MoneyField, SearchInput
 from accounts.models import APIKey, Group, User
 from accounts.selectors.keys import GroupChoice, key_group_choices
-from accounts.services.keys import parse_ip_rules
+from accounts.services.keys import ip_rule_conflicts, normalise_ip_rules
 
 EXPIRY_QUICK_PICKS = (7, 30, 90)
 
 
 class IPRulesField(forms.CharField):
-    """One IP or CIDR per line in a textarea; a list of normalised rules in cleaned_data."""
+    """One IP or CIDR per line in a textarea; a list of normalised rules in cleaned_data.
+
+    A list that normalising would change (10.1.2.3/8 is the range 10.0.0.0/8; a repeated line
+    is dropped) is refused once, with the normalised list put in the field and each change
+    named, so what is saved is exactly what the operator saw.
+    """
 
     widget = forms.Textarea(attrs={"rows": 3, "spellcheck": "false", "autocomplete": "off"})
 
@@ -30,9 +35,24 @@ class IPRulesField(forms.CharField):
     def prepare_value(self, value):
         return "\n".join(value) if isinstance(value, list | tuple) else value
 
+    def bound_data(self, data, initial):
+        try:
+            rules, changes = normalise_ip_rules((data or "").splitlines())
+        except ValidationError:
+            return data
+        return "\n".join(rules) if changes else data
+
     def clean(self, value) -> list[str]:
         value = super().clean(value)
-        return parse_ip_rules((value or "").splitlines())
+        rules, changes = normalise_ip_rules((value or "").splitlines())
+        if changes:
+            raise ValidationError(
+                [
+                    "Nothing was saved: check the list as it will be stored (shown in the box) and save again.",
+                    *changes,
+                ]
+            )
+        return rules
 
 
 class GroupSelect(forms.Select):
@@ -174,6 +194,14 @@ class APIKeyForm(ConsoleModelForm):
                 "Choose a time in the future, or leave it empty for a key that never expires."
             )
         return expires_at
+
+    def clean(self) -> dict:
+        cleaned = super().clean()
+        allow, deny = cleaned.get("ip_allowlist"), cleaned.get("ip_denylist")
+        if allow is not None and deny is not None:
+            for conflict in ip_rule_conflicts(allow, deny):
+                self.add_error("ip_denylist", conflict)
+        return cleaned
 
     def clean_timezone(self) -> str:
         name = self.cleaned_data.get("timezone", "").strip()

@@ -235,6 +235,54 @@ def test_the_tidy_up_job_flips_active_keys_past_their_expiry():
     assert statuses == {due.pk: "expired", later.pk: "active", disabled.pk: "disabled"}
 
 
+def test_a_list_that_normalising_would_change_is_refused_once_showing_the_normalised_list(staff_client):
+    user = UserFactory()
+    typed = "10.1.2.3/8\n203.0.113.7\n 203.0.113.7\n2001:DB8::1"
+    page = staff_client.post("/keys/new", form_data(user, ip_allowlist=typed)).content.decode()
+    assert not APIKey.objects.exists()
+    assert "Nothing was saved: check the list as it will be stored" in page
+    assert (
+        "Line 1: 10.1.2.3/8 is the range 10.0.0.0/8 (the address part is cut to the range&#x27;s start)."
+        in page
+    )
+    assert "Line 3: 203.0.113.7 is listed already; the copy is dropped." in page
+    assert "Line 4: 2001:DB8::1 is written 2001:db8::1." in page
+    normalised = "10.0.0.0/8\n203.0.113.7\n2001:db8::1"
+    assert f">\n{normalised}</textarea>" in page  # the box now holds what would be stored
+    response = staff_client.post("/keys/new", form_data(user, ip_allowlist=normalised))
+    assert response.status_code == 200 and "Key created" in response.content.decode()
+    assert APIKey.objects.get().ip_allowlist == ["10.0.0.0/8", "203.0.113.7", "2001:db8::1"]
+
+
+@pytest.mark.parametrize(
+    ("allow", "deny", "message"),
+    [
+        ("203.0.113.7", "203.0.113.7", "203.0.113.7 is allowed but is also on the denylist"),
+        (
+            "203.0.113.0/28",
+            "203.0.113.0/24",
+            "203.0.113.0/28 is allowed but is inside the denied 203.0.113.0/24",
+        ),
+    ],
+)
+def test_an_address_both_allowed_and_denied_is_refused(staff_client, allow, deny, message):
+    page = staff_client.post("/keys/new", form_data(UserFactory(), ip_allowlist=allow, ip_denylist=deny))
+    assert message in page.content.decode() and not APIKey.objects.exists()
+    with pytest.raises(ValidationError, match="the denylist always wins"):
+        api_key_create(user=UserFactory(), group=None, name="x", ip_allowlist=[allow], ip_denylist=[deny])
+
+
+def test_a_denied_address_inside_an_allowed_range_is_an_exception_not_a_contradiction():
+    key, _ = api_key_create(
+        user=UserFactory(),
+        group=None,
+        name="x",
+        ip_allowlist=["203.0.113.0/24"],
+        ip_denylist=["203.0.113.66"],
+    )
+    assert (key.ip_allowlist, key.ip_denylist) == (["203.0.113.0/24"], ["203.0.113.66"])
+
+
 def test_ip_rules_are_normalised_and_bad_lines_are_named():
     assert parse_ip_rules(["203.0.113.7", "", " 10.1.2.3/8 ", "2001:db8::/32", "203.0.113.7"]) == [
         "203.0.113.7",
