@@ -19,6 +19,7 @@ from accounts.htmx import dialog_done, render_page
 from accounts.models import APIKey
 from accounts.money import format_usd
 from accounts.selectors.keys import key_list as select_keys
+from accounts.selectors.keys import key_name_warning
 from accounts.services import keys as services
 from accounts.tables.keys import APIKeyTable
 
@@ -63,7 +64,7 @@ def key_create_view(request: HttpRequest) -> HttpResponse:
         except ValidationError as error:
             add_service_error(form, error)
         else:
-            context = {"key": key, "secret": secret}
+            context = {"key": key, "secret": secret, "name_warning": key_name_warning(key=key)}
             if request.htmx:
                 response = render(request, "accounts/key_created.html#dialog", context)
                 response["HX-Retarget"] = "#dialog-host"
@@ -86,6 +87,9 @@ def key_detail(request: HttpRequest, pk: int) -> HttpResponse:
             add_service_error(form, error)
         else:
             messages.success(request, f"Saved {form.cleaned_data['name']}.")
+            key.refresh_from_db()
+            if warning := key_name_warning(key=key):
+                messages.warning(request, warning)
             return redirect("accounts:key-list")
     return _form_page(request, form, subject=key)
 

@@ -40,7 +40,7 @@ def test_create_a_key_for_30_days_with_a_quota_then_reset_it_and_clear_its_expir
     page.get_by_label("Group").select_option(label="Claude pool (Anthropic, standard)")
     page.get_by_label("Name").fill("ann-laptop")
     page.get_by_label("Quota (USD)").fill("5")
-    page.get_by_role("button", name="+30 days").click()
+    page.get_by_role("button", name="30 days from now").click()
     expected_day = (timezone.localtime() + timedelta(days=30)).strftime("%Y-%m-%d")
     expect(page.get_by_label(re.compile("^Expires at"))).to_have_value(re.compile(f"^{expected_day}T"))
     screenshot(page, "form")
@@ -241,3 +241,51 @@ def test_reset_windows_and_enable_from_the_list(staff_page):
     key.refresh_from_db()
     assert (key.status, key.usage_5h_usd, key.window_5h_start) == ("active", 0, None)
     assert page.console_errors == []
+
+
+def test_editing_a_key_saves_it_keeps_its_owner_and_warns_of_a_twin_name(staff_page, screenshot):
+    owner = UserFactory(email="ann@example.com")
+    UserFactory(email="bob@example.com")
+    APIKeyFactory(user=owner, name="laptop")
+    key = APIKeyFactory(user=owner, name="desktop", expires_at=timezone.now() + timedelta(days=60))
+    page = staff_page
+    page.goto(f"/keys/{key.pk}/")
+    expect(page.get_by_label("User")).to_be_disabled()
+    expect(page.get_by_text("The owner of a key is fixed.")).to_be_visible()
+    expect(
+        page.get_by_text("A quick pick replaces it, counting from now, even if that is sooner.")
+    ).to_be_visible()
+    page.get_by_role("button", name="7 days from now").click()
+    week = (timezone.localtime() + timedelta(days=7)).strftime("%Y-%m-%d")
+    expect(page.get_by_label(re.compile("^Expires at"))).to_have_value(re.compile(f"^{week}T"))
+    page.get_by_label("Name").fill("laptop")
+    page.get_by_label("Quota (USD)").fill("12.5")
+    page.get_by_label("1-day limit (USD)").fill("3")
+    page.get_by_label("IP denylist").fill("198.51.100.9")
+    page.get_by_role("button", name="Save changes").click()
+    expect(page).to_have_url(re.compile(r"/keys/$"))
+    expect(page.get_by_role("status").first).to_contain_text("Saved laptop.")
+    expect(page.get_by_role("status").nth(1)).to_contain_text(
+        "ann@example.com has another key named “laptop”"
+    )
+    key.refresh_from_db()
+    assert (key.user, key.name, key.quota_usd, key.rate_limit_1d_usd) == (owner, "laptop", Decimal("12.5"), 3)
+    assert key.ip_denylist == ["198.51.100.9"]
+    assert abs(key.expires_at - (timezone.now() + timedelta(days=7))) < timedelta(minutes=2)
+    screenshot(page, "saved")
+    assert page.console_errors == []
+
+
+def test_creating_a_key_with_a_name_the_user_already_has_warns_in_the_secret_dialog(staff_page):
+    owner = UserFactory(email="ann@example.com")
+    APIKeyFactory(user=owner, name="laptop")
+    page = staff_page
+    page.goto("/keys/new")
+    page.get_by_label("User").select_option(label="ann@example.com")
+    page.get_by_label("Name").fill("Laptop")
+    page.get_by_role("button", name="Create key").click()
+    dialog = page.locator("dialog[open]")
+    expect(dialog.locator("#key-name-warning")).to_contain_text(
+        "ann@example.com has another key named “Laptop”"
+    )
+    assert APIKey.objects.filter(user=owner).count() == 2
