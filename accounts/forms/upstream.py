@@ -158,12 +158,15 @@ class UpstreamAccountForm(ConsoleModelForm):
                 kept = spec.secret and section == stored_section and self.stored.get(spec.key)
                 if spec.secret:
                     placeholder = "Stored; leave blank to keep it" if kept else ""
+                    # A secret typed into a form that comes back with an error is kept (only
+                    # this response carries it, uncached), so nothing typed is lost.
                     widget = forms.PasswordInput(
                         attrs={
                             "autocomplete": "new-password",
                             "placeholder": placeholder,
                             "class": "form-control",
-                        }
+                        },
+                        render_value=True,
                     )
                 else:
                     widget = forms.TextInput(attrs={"class": "form-control"})

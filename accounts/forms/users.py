@@ -58,7 +58,8 @@ class UserCreateForm(UserForm):
         label="Password",
         required=False,
         strip=False,
-        widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}),
+        # Kept when the form comes back with an error (that response is not cached).
+        widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}, render_value=True),
         help_text="Leave empty for a user who only uses API keys and never signs in.",
     )
     initial_balance = MoneyField(label="Initial balance (USD)", required=False, min_value=0)

@@ -10,6 +10,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.cache import add_never_cache_headers
 from django.views.decorators.http import require_http_methods, require_POST
 from django_tables2 import RequestConfig
 
@@ -73,7 +74,13 @@ def account_create(request: HttpRequest) -> HttpResponse:
             messages.success(request, f"Account {account.name} created.")
             return redirect("accounts:account-list")
     context = {"form": form, "creating": True, "timezones": timezone_names()}
-    return render(request, "accounts/account_form.html", context)
+    return _form_response(request, context)
+
+
+def _form_response(request: HttpRequest, context: dict) -> HttpResponse:
+    response = render(request, "accounts/account_form.html", context)
+    add_never_cache_headers(response)  # a refused form carries the secrets typed into it
+    return response
 
 
 @require_http_methods(["GET", "POST"])
@@ -98,7 +105,7 @@ def account_edit(request: HttpRequest, pk: int) -> HttpResponse:
     account.refresh_from_db()  # a failed save must not show half-applied values in the side card
     badge = upstream_account_quota_badge(account, now=timezone.now())
     context = {"form": form, "subject": account, "badge": badge, "timezones": timezone_names()}
-    return render(request, "accounts/account_form.html", context)
+    return _form_response(request, context)
 
 
 def account_quota_badge(request: HttpRequest, pk: int) -> HttpResponse:

@@ -7,6 +7,7 @@ from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
+from django.utils.cache import add_never_cache_headers
 from django.views.decorators.http import require_http_methods
 from django_tables2 import RequestConfig
 
@@ -75,7 +76,9 @@ def user_create_view(request: HttpRequest) -> HttpResponse:
                 )
             messages.success(request, f"User {user.email} created.")
             return redirect("accounts:user-detail", user.pk)
-    return render(request, "accounts/user_form.html", {"form": form, "creating": True})
+    response = render(request, "accounts/user_form.html", {"form": form, "creating": True})
+    add_never_cache_headers(response)  # a refused form carries the password typed into it
+    return response
 
 
 @require_http_methods(["GET", "POST"])

@@ -519,3 +519,14 @@ def test_an_expiry_in_the_past_is_refused_and_an_expired_account_reads_expired(s
         f"/accounts/{account.pk}/", account_data(name="lapsed", expires_at=stored, apikey__api_key="k")
     )
     assert response.status_code == 302
+
+
+def test_a_refused_form_keeps_the_api_key_typed_into_it_and_is_not_cached(staff_client):
+    response = staff_client.post(
+        "/accounts/new", account_data(name="", apikey__api_key="sk-ant-typed-1234", rate_multiplier="2")
+    )
+    page = response.content.decode()
+    assert "This field is required." in page and not UpstreamAccount.objects.exists()
+    assert 'value="sk-ant-typed-1234"' in page
+    assert "no-store" in response["Cache-Control"]
+    assert 'value="sk-ant-typed-1234"' not in staff_client.get("/accounts/new").content.decode()
