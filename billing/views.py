@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Iterable, Iterator
+from decimal import Decimal
 
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, render
@@ -105,6 +106,8 @@ def csv_lines(rows: Iterable[tuple], *, batch: int = 500) -> Iterator[str]:
 def _cell(value):
     if value is None:
         return ""
+    if isinstance(value, Decimal):
+        return format(value, "f")  # fixed-point always: a stored zero is 0.00000000, never 0E-8
     if hasattr(value, "isoformat"):
         return value.isoformat()
     if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):

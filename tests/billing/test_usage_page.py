@@ -298,6 +298,14 @@ def test_the_csv_holds_the_filtered_set_with_exact_amounts(staff_client, spread)
     assert first["created_at"] == spread["a"].created_at.isoformat()
 
 
+def test_the_csv_writes_amounts_in_fixed_point_zero_included(staff_client):
+    UsageLogFactory(requested_model="acme", pricing_source="missing", rate_multiplier=D("0.5"))
+    row = read_csv(staff_client.get("/usage/export.csv"))[0]
+    assert (row["total_cost"], row["actual_cost"], row["input_cost"]) == ("0.00000000",) * 3
+    assert row["rate_multiplier"] == "0.500000"
+    assert not any("E-" in value or "E+" in value for value in row.values())
+
+
 def test_the_csv_defuses_spreadsheet_formulas(staff_client):
     UsageLogFactory(requested_model="=HYPERLINK(1)", user_agent="@evil")
     row = read_csv(staff_client.get("/usage/export.csv"))[0]
