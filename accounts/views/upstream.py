@@ -122,6 +122,8 @@ def account_quota_reset(request: HttpRequest, pk: int) -> HttpResponse:
         return dialog_done(changed=changed(account), message=f"Quota of {account.name} reset to $0.")
     context = {
         "subject": account,
+        # Only the quotas the account has: a daily figure without a daily quota means nothing.
+        "meters": upstream_account_quota_badge(account, now=timezone.now()).meters,
         "used": upstream_account_quota_usage(account, now=timezone.now()),
         "dialog_action": reverse("accounts:account-quota-reset", args=[account.pk]),
     }

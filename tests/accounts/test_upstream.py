@@ -362,6 +362,9 @@ def test_an_account_joins_only_groups_of_its_platform(staff_client):
 
 def test_the_reset_dialog_names_the_three_amounts_and_zeroes_them(staff_client):
     account = UpstreamAccountFactory(
+        quota_limit_usd=Decimal("100"),
+        quota_daily_limit_usd=Decimal("10"),
+        quota_weekly_limit_usd=Decimal("50"),
         quota_used_usd=Decimal("42.5"),
         quota_daily_used_usd=Decimal("3.25"),
         quota_daily_start=timezone.now(),
@@ -382,6 +385,8 @@ def test_the_reset_dialog_names_the_three_amounts_and_zeroes_them(staff_client):
 
 def test_the_reset_dialog_shows_an_expired_period_as_zero(staff_client):
     account = UpstreamAccountFactory(
+        quota_limit_usd=Decimal("20"),
+        quota_daily_limit_usd=Decimal("10"),
         quota_used_usd=Decimal("9"),
         quota_daily_used_usd=Decimal("9"),
         quota_daily_start=datetime(2020, 1, 1, tzinfo=UTC),
@@ -389,6 +394,27 @@ def test_the_reset_dialog_shows_an_expired_period_as_zero(staff_client):
     dialog = staff_client.get(f"/accounts/{account.pk}/reset-quota").content.decode()
     assert 'Daily used</dt><dd class="col-7 money">$0.00' in dialog
     assert 'Total used</dt><dd class="col-7 money">$9.00' in dialog
+
+
+def test_the_reset_dialog_lists_only_the_quotas_the_account_has(staff_client):
+    account = UpstreamAccountFactory(
+        quota_weekly_limit_usd=Decimal("50"),
+        quota_used_usd=Decimal("7"),
+        quota_weekly_used_usd=Decimal("7"),
+        quota_weekly_start=timezone.now(),
+    )
+    dialog = staff_client.get(f"/accounts/{account.pk}/reset-quota").content.decode()
+    assert (
+        'Weekly used</dt><dd class="col-7 money">$7.00 <span class="text-body-secondary">of $50.00' in dialog
+    )
+    assert "Daily" not in dialog and "Total used" not in dialog
+    bare = UpstreamAccountFactory(name="bare", quota_used_usd=Decimal("3"))
+    dialog = staff_client.get(f"/accounts/{bare.pk}/reset-quota").content.decode()
+    assert (
+        'bare has no quota set. Its running total, <span class="money">$3.00</span>, goes back to $0.'
+        in dialog
+    )
+    assert "Daily" not in dialog and "Weekly" not in dialog
 
 
 def test_toggling_schedulable_swaps_the_switch_and_refreshes_the_badge(staff_client):
