@@ -26,6 +26,7 @@ from django.utils import timezone
 from accounts.crypto import decrypt_credentials, encrypt_credentials
 from accounts.models import Group, Platform, UpstreamAccount
 from accounts.money import quantize_usd
+from accounts.upstream_urls import upstream_url_problem
 from accounts.windows import PERIOD_LENGTHS, _boundary_at_or_before, zone
 
 Type = UpstreamAccount.Type
@@ -137,6 +138,10 @@ def _merge_credentials(
                 URLValidator(schemes=["https", "http"])(value)
             except ValidationError:
                 errors[name] = "Enter an http(s) URL."
+            else:
+                allow_private = settings.UPSTREAM_ALLOW_PRIVATE_NETWORKS
+                if problem := upstream_url_problem(value, allow_private=allow_private):
+                    errors[name] = problem
         if value:
             result[spec.key] = value
     if errors:
