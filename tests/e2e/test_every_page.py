@@ -16,6 +16,7 @@ from playwright.sync_api import expect
 
 from accounts.access import is_public
 from tests.accounts.test_staff_only import console_patterns
+from tests.browser import watch_errors
 from tests.e2e.rows import ConsoleRows, console_rows
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -39,14 +40,6 @@ ID_OWNERS = {
     "channels:channel-": "channel",
     "billing:usage-": "usage",
 }
-
-CSP_LISTENER = """
-window.__csp = [];
-document.addEventListener("securitypolicyviolation", function (event) {
-  window.__csp.push(event.violatedDirective + " blocked " + (event.blockedURI || "inline") +
-    " at " + (event.sourceFile || "") + ":" + event.lineNumber + " " + (event.sample || ""));
-});
-"""
 
 # Visible buttons and amounts of money that the viewport, or a scrolling container around them, cuts off.
 BUTTONS_OFF_SCREEN = """
@@ -115,11 +108,8 @@ def walk(browser, live_server, staff_user, staff_password):
     def visit(width: int, height: int, screenshot) -> None:
         context = browser.new_context(viewport={"width": width, "height": height}, base_url=live_server.url)
         context.set_default_timeout(10_000)
-        context.add_init_script(CSP_LISTENER)
+        errors = watch_errors(context)  # console errors, exceptions and CSP violations
         page = context.new_page()
-        errors: list[str] = []
-        page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
-        page.on("pageerror", lambda error: errors.append(str(error)))
         page.goto("/login/")
         page.get_by_label("Email").fill(staff_user.email)
         page.get_by_label("Password").fill(staff_password)
@@ -131,7 +121,6 @@ def walk(browser, live_server, staff_user, staff_password):
             page.goto(path, wait_until="load")
             page.wait_for_load_state("networkidle")
             found = [f"console: {e}" for e in errors]
-            found += [f"CSP: {v}" for v in page.evaluate("window.__csp")]
             found += [f"off screen: {b}" for b in page.evaluate(BUTTONS_OFF_SCREEN)]
             scroll = page.evaluate("document.documentElement.scrollWidth")
             if scroll > width:
