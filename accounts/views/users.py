@@ -8,7 +8,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils.cache import add_never_cache_headers
-from django.views.decorators.http import require_http_methods
+from django.views.decorators.http import require_GET, require_http_methods
 from django_tables2 import RequestConfig
 
 from accounts.forms.base import INVALID_FILTERS, add_service_error, filter_criteria
@@ -22,7 +22,7 @@ from accounts.forms.users import (
 from accounts.htmx import dialog_done, render_page
 from accounts.models import BalanceHistory, User
 from accounts.money import format_usd
-from accounts.selectors.users import user_balance_history, user_group_rates
+from accounts.selectors.users import user_balance_history, user_group_rates, user_picker_matches
 from accounts.selectors.users import user_list as select_users
 from accounts.services.users import (
     user_balance_adjust,
@@ -183,3 +183,13 @@ def user_rate_remove(request: HttpRequest, pk: int, rate_id: int) -> HttpRespons
 
 def _rates_context(user: User, form: UserGroupRateForm) -> dict:
     return {"subject": user, "rate_form": form, "rates": user_group_rates(user=user)}
+
+
+@require_GET
+def user_picker(request: HttpRequest) -> HttpResponse:
+    """The user picker's matches for what was typed, leaving out the users already chosen."""
+    query = request.GET.get("users_search", "")[:100]
+    exclude = [int(pk) for pk in request.GET.getlist("users") if pk.isdigit()]
+    users, more = user_picker_matches(query=query, exclude=exclude)
+    context = {"users": users, "more": more, "query": query.strip()}
+    return render(request, "accounts/user_picker.html#results", context)

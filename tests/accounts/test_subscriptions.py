@@ -12,7 +12,7 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from accounts.models import Subscription
+from accounts.models import Subscription, User
 from accounts.services.subscriptions import (
     subscription_assign,
     subscription_assign_bulk,
@@ -364,3 +364,44 @@ def test_an_ended_window_says_it_restarts_on_the_next_request_instead_of_a_reset
     assert 'data-cell="start">ended<' in daily
     assert 'data-cell="reset">restarts on the next request<' in daily
     assert ">$0.00</span>" in daily
+
+
+@pytest.fixture
+def ten_thousand_users(db):
+    User.objects.bulk_create(
+        User(email=f"customer{n:05d}@example.com", username=f"Customer {n}", password="!")
+        for n in range(10_000)
+    )
+
+
+def test_the_assign_page_never_lists_every_user(
+    staff_client, ten_thousand_users, django_assert_max_num_queries
+):
+    SubscriptionGroupFactory(name="Plus")
+    # session, staff user, the subscription groups (twice: the select and the "none yet" check)
+    with django_assert_max_num_queries(5):
+        response = staff_client.get("/subscriptions/assign")
+    page = response.content.decode()
+    assert response.status_code == 200
+    assert "customer0" not in page and len(page) < 30_000
+    chosen = User.objects.get(email="customer04242@example.com")
+    page = staff_client.get("/subscriptions/assign", {"user": chosen.pk}).content.decode()
+    assert f'<input type="hidden" name="users" value="{chosen.pk}">' in page  # a preselected user
+
+
+def test_the_user_picker_finds_users_among_ten_thousand_in_one_query(
+    staff_client, ten_thousand_users, django_assert_max_num_queries
+):
+    chosen = User.objects.get(email="customer04242@example.com")
+    with django_assert_max_num_queries(3):  # session, staff user, the matches
+        body = staff_client.get("/users/picker", {"users_search": "customer0424"}).content.decode()
+    assert body.count("data-pick-user=") == 10  # customer04240 … customer04249
+    with django_assert_max_num_queries(3):
+        body = staff_client.get(
+            "/users/picker", {"users_search": "CUSTOMER04242", "users": [chosen.pk]}
+        ).content.decode()
+    assert "No user matches “CUSTOMER04242”." in body  # the chosen one is not offered twice
+    body = staff_client.get("/users/picker", {"users_search": "customer"}).content.decode()
+    assert body.count("data-pick-user=") == 20 and "More users match: type more of the email or name." in body
+    body = staff_client.get("/users/picker", {"users_search": "Customer 77"}).content.decode()
+    assert 'data-user-email="customer00077@example.com"' in body  # by name too

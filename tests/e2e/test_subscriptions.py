@@ -59,7 +59,8 @@ def test_seed_000_a_subscription_and_a_key_bound_to_its_group(
     # The 30-day subscription, through the assign page.
     page.goto("/subscriptions/")
     page.get_by_role("link", name="Assign").click()
-    page.get_by_label("Users").select_option(label=SEED_EMAIL)
+    page.get_by_label("Users").fill("relay-sub")
+    page.get_by_role("button", name=f"Add {SEED_EMAIL}").click()
     page.get_by_label("Subscription group").select_option(label=f"{SEED_GROUP} (OpenAI, 30 days)")
     page.get_by_label("Days").fill("30")
     page.get_by_label("Notes").fill("hermes subscription validation")
@@ -239,3 +240,40 @@ def test_every_dialog_of_the_detail_page_opens_confirms_and_refreshes_the_page(s
     assert subscription.expires_at - subscription.starts_at == timedelta(days=40)
     assert page.console_errors == []
     screenshot(page, "revoked")
+
+
+def test_assigning_several_users_found_by_typing(staff_page, screenshot):
+    group = SubscriptionGroupFactory(name="Team", default_validity_days=14)
+    User.objects.bulk_create(
+        User(email=f"member{n:04d}@example.com", username=f"Member {n}", password="!") for n in range(2_000)
+    )
+    existing = SubscriptionFactory(group=group, user=User.objects.get(email="member0007@example.com"))
+    page = staff_page
+    page.goto("/subscriptions/assign")
+    search = page.get_by_label("Users")
+    search.fill("member000")
+    results = page.locator("#id_users-results [data-pick-user]")
+    expect(results).to_have_count(10)
+    page.get_by_role("button", name="Add member0003@example.com").click()
+    page.get_by_role("button", name="Add member0007@example.com").click()
+    expect(results).to_have_count(8)  # chosen users leave the results
+    search.fill("Member 1999")
+    search.press("Enter")  # adds the first match rather than submitting the form
+    chosen = page.locator("#id_users-picked .picked-user")
+    expect(chosen).to_have_text(
+        ["member0003@example.com×", "member0007@example.com×", "member1999@example.com×"]
+    )
+    page.get_by_role("button", name="Remove member0003@example.com").click()
+    expect(chosen).to_have_count(2)
+    page.get_by_label("Subscription group").select_option(label="Team (OpenAI, 14 days)")
+    page.get_by_label("Notes").fill("team plan")
+    screenshot(page, "picker")
+    page.get_by_role("button", name="Assign", exact=True).click()
+    expect(page).to_have_url(re.compile(rf"/subscriptions/\?group={group.pk}$"))
+    expect(page.get_by_role("status").first).to_contain_text("Team: 1 new subscription, 1 extended.")
+    live = Subscription.objects.filter(group=group).order_by("user__email")
+    assert [s.user.email for s in live] == ["member0007@example.com", "member1999@example.com"]
+    existing.refresh_from_db()
+    assert existing.term_days == 30 + 14
+    assert live.get(user__email="member1999@example.com").notes == "team plan"
+    assert page.console_errors == []
