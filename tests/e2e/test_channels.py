@@ -289,3 +289,19 @@ def test_a_new_card_takes_its_platform_from_the_models_vendor_and_a_saved_one_wa
     cards = list(channel.pricing_cards.order_by("sort_order").values_list("platform", "models"))
     assert cards == [("openai", ["gpt-4o"]), ("gemini", ["gemini-2.5-pro"])]
     assert page.console_errors == []
+
+
+def test_a_channel_is_deleted_from_its_page(staff_page):
+    channel = ChannelFactory(name="Old prices")
+    ChannelGroupFactory(channel=channel, group=GroupFactory(name="pool"))
+    ModelPricingFactory(channel=channel)
+    page = staff_page
+    page.goto(f"/channels/{channel.pk}/")
+    page.get_by_role("button", name="Delete").click()
+    dialog = page.locator("dialog[open]")
+    expect(dialog).to_contain_text("Its 1 group (pool) will be billed at the catalog's default prices")
+    dialog.get_by_role("button", name="Delete channel").click()
+    expect(page).to_have_url(re.compile(r"/channels/$"))
+    expect(page.get_by_role("status").first).to_contain_text("Channel Old prices deleted.")
+    assert not Channel.objects.filter(pk=channel.pk).exists()
+    assert page.console_errors == []

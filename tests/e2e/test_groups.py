@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal
 
 import pytest
 from playwright.sync_api import expect
 
-from accounts.models import APIKey, Group
+from accounts.models import APIKey, Group, GroupAccount
 from tests.factories import APIKeyFactory, GroupAccountFactory, GroupFactory, UpstreamAccountFactory
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -131,6 +132,7 @@ def test_the_detail_page_and_a_refused_delete_that_moves_the_keys(staff_page, sc
     page.get_by_label("Priority of acc-2 in this group").fill("1")
     page.locator("#member-table tbody tr").nth(1).get_by_role("button", name="Save").click()
     expect(page.locator("#member-table tbody tr").first).to_contain_text("acc-2")
+    assert GroupAccount.objects.get(group=group, account__name="acc-2").priority == 1
     screenshot(page, "detail")
     page.get_by_role("button", name="Delete").click()
     dialog = page.locator("dialog[open]")
@@ -234,3 +236,18 @@ def test_fallbacks_are_offered_and_accepted_on_the_groups_platform_only(staff_pa
     expect(page.get_by_role("heading", level=1)).to_contain_text("gpt-main")
     assert Group.objects.get(name="gpt-main").fallback_group == gpt
     assert claude.pk
+
+
+def test_an_unused_group_is_deleted_from_its_page(staff_page):
+    group = GroupFactory(name="retired")
+    GroupAccountFactory(group=group)
+    page = staff_page
+    page.goto(f"/groups/{group.pk}/")
+    page.get_by_role("button", name="Delete").click()
+    dialog = page.locator("dialog[open]")
+    expect(dialog).to_contain_text("retired and its 1 account membership will be deleted")
+    dialog.get_by_role("button", name="Delete group").click()
+    expect(page).to_have_url(re.compile(r"/groups/$"))
+    expect(page.get_by_role("status").first).to_contain_text("Group retired deleted.")
+    assert not Group.objects.filter(pk=group.pk).exists()
+    assert page.console_errors == []

@@ -277,3 +277,37 @@ def test_assigning_several_users_found_by_typing(staff_page, screenshot):
     assert existing.term_days == 30 + 14
     assert live.get(user__email="member1999@example.com").notes == "team plan"
     assert page.console_errors == []
+
+
+def test_reset_windows_resume_and_revoke_from_the_list(staff_page):
+    group = SubscriptionGroupFactory(name="Plus", daily_limit_usd=Decimal("10"))
+    now = timezone.now()
+    paused = SubscriptionFactory(
+        group=group, user=UserFactory(email="paused@example.com"), status="suspended"
+    )
+    subscription_usage_charge(subscription_id=paused.pk, amount_usd=Decimal("4"), now=now)
+    page = staff_page
+    page.goto("/subscriptions/")
+    row = page.locator("#subscription-table tbody tr", has_text="paused@example.com")
+
+    def act(action: str, button: str):
+        row.get_by_role("button", name=re.compile("^Actions")).click()
+        row.get_by_role("button", name=action).click()
+        dialog = page.locator("dialog[open]")
+        expect(dialog).to_be_visible()
+        return dialog, button
+
+    dialog, _ = act("Reset windows…", "Reset")
+    dialog.get_by_label("Daily: $4.00 used of $10.00").check()
+    dialog.get_by_role("button", name="Reset").click()
+    expect(page.locator("dialog[open]")).to_have_count(0)
+    expect(row).to_contain_text("$0.00")
+    dialog, _ = act("Resume…", "Resume")
+    dialog.get_by_role("button", name="Resume").click()
+    expect(row).to_contain_text("Active")
+    dialog, _ = act("Revoke…", "Revoke")
+    dialog.get_by_role("button", name="Revoke").click()
+    expect(row).to_contain_text("Revoked")
+    paused.refresh_from_db()
+    assert (paused.status, paused.daily_usage_usd, paused.daily_window_start) == ("revoked", 0, None)
+    assert page.console_errors == []
