@@ -280,8 +280,8 @@ def test_assigning_one_user_through_the_page_opens_the_subscription(staff_client
     assert response.status_code == 302 and response["Location"] == f"/subscriptions/{sub.pk}/"
     assert sub.term_days == 30 and sub.assigned_by == staff_user
     page = staff_client.get(response["Location"]).content.decode()
-    assert page.count('data-cell="start">not started<') == 3
-    assert page.count('data-cell="reset">starts with the first request<') == 3
+    assert page.count('data-cell="start" data-label="Window start">not started<') == 3
+    assert page.count('data-cell="reset" data-label="Next reset">starts with the first request<') == 3
     assert "30 days" in page and "hello" in page and "1 new subscription, 0 extended" in page
 
 
@@ -361,8 +361,8 @@ def test_an_ended_window_says_it_restarts_on_the_next_request_instead_of_a_reset
     page = staff_client.get(f"/subscriptions/{sub.pk}/").content.decode()
     daily = page[page.index('data-window="daily"') :]
     daily = daily[: daily.index("</tr>")]
-    assert 'data-cell="start">ended<' in daily
-    assert 'data-cell="reset">restarts on the next request<' in daily
+    assert 'data-cell="start" data-label="Window start">ended<' in daily
+    assert 'data-cell="reset" data-label="Next reset">restarts on the next request<' in daily
     assert ">$0.00</span>" in daily
 
 
