@@ -556,3 +556,13 @@ def test_a_refused_form_keeps_the_api_key_typed_into_it_and_is_not_cached(staff_
     assert 'value="sk-ant-typed-1234"' in page
     assert "no-store" in response["Cache-Control"]
     assert 'value="sk-ant-typed-1234"' not in staff_client.get("/accounts/new").content.decode()
+
+
+def test_last_used_names_its_timezone_and_breaks_only_between_date_and_time(staff_client, settings):
+    settings.TIME_ZONE = "Asia/Tokyo"
+    UpstreamAccountFactory(name="busy", last_used_at=datetime(2026, 11, 25, 5, 4, tzinfo=UTC))
+    page = staff_client.get("/accounts/").content.decode()
+    assert (
+        '<time datetime="2026-11-25T05:04:00+00:00"><span class="text-nowrap">2026-11-25</span> '
+        '<span class="text-nowrap">14:04 JST</span></time>'
+    ) in page
