@@ -1,8 +1,9 @@
 """The accounts app's rules that read nothing and write nothing: pure functions and tables.
 
 Services (writes), selectors (reads), forms and the gateway share them, so each rule is written
-once: timezone names, IP allow/deny lines, the key's hash and status, a group's model routing
-and its move-up/down order, and which credential fields each kind of upstream account has.
+once: timezone names, IP allow/deny lines (and what normalising them changes), the key's hash
+and status, a group's model routing, its move-up/down order and its fallbacks' platform, and an
+upstream account's priority range and the credential fields of each kind of account.
 """
 
 from __future__ import annotations
