@@ -250,6 +250,12 @@ class Group(models.Model):
                 "group_fallback_not_itself",
                 "A group cannot fall back to itself.",
             ),
+            # "OPENAI-STANDARD" beside "openai-standard" would be two groups no operator can tell apart.
+            models.UniqueConstraint(
+                Lower("name"),
+                name="group_name_unique_ignoring_case",
+                violation_error_message="Another group already has this name (names ignore case).",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -397,6 +403,19 @@ class UpstreamAccount(models.Model):
     @property
     def is_bedrock(self) -> bool:
         return self.type == self.Type.BEDROCK
+
+    @property
+    def is_expired(self) -> bool:
+        return self.expires_at is not None and self.expires_at <= timezone.now()
+
+    @property
+    def current_status(self) -> str:
+        """The stored status, except that an active account past its expiry reads as expired."""
+        return "expired" if self.status == self.Status.ACTIVE and self.is_expired else self.status
+
+    @property
+    def current_status_label(self) -> str:
+        return "Expired" if self.current_status == "expired" else self.get_status_display()
 
     @property
     def platform_badge(self) -> str:

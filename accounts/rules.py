@@ -1,8 +1,9 @@
 """The accounts app's rules that read nothing and write nothing: pure functions and tables.
 
 Services (writes), selectors (reads), forms and the gateway share them, so each rule is written
-once: timezone names, IP allow/deny lines, the key's hash and status, a group's model routing
-and its move-up/down order, and which credential fields each kind of upstream account has.
+once: timezone names, IP allow/deny lines (and what normalising them changes), the key's hash
+and status, a group's model routing, its move-up/down order and its fallbacks' platform, and an
+upstream account's priority range and the credential fields of each kind of account.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 from django.core.exceptions import ValidationError
 from django.utils.timezone import now as current_time
 
-from accounts.models import APIKey, UpstreamAccount
+from accounts.models import APIKey, Platform, UpstreamAccount
 
 KeyStatus = APIKey.Status
 Type = UpstreamAccount.Type
@@ -50,30 +51,65 @@ def api_key_hash(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def parse_ip_rules(lines: Iterable[str]) -> list[str]:
-    """One IP or CIDR per line, normalised and de-duplicated; blank lines are skipped.
+def _ip_rule(
+    value: str,
+) -> ipaddress.IPv4Network | ipaddress.IPv6Network | ipaddress.IPv4Address | ipaddress.IPv6Address:
+    return ipaddress.ip_network(value, strict=False) if "/" in value else ipaddress.ip_address(value)
 
-    Errors name the line number and the value, so a long list is easy to fix.
+
+def normalise_ip_rules(lines: Iterable[str]) -> tuple[list[str], list[str]]:
+    """One IP or CIDR per line: the normalised, de-duplicated rules, and what normalising changed.
+
+    Blank lines and surrounding spaces are not changes. Errors name the line number and the
+    value, so a long list is easy to fix.
     """
     rules: list[str] = []
+    changes: list[str] = []
     errors: list[str] = []
     for number, raw in enumerate(lines, start=1):
         value = raw.strip()
         if not value:
             continue
         try:
-            if "/" in value:
-                rule = str(ipaddress.ip_network(value, strict=False))
-            else:
-                rule = str(ipaddress.ip_address(value))
+            rule = str(_ip_rule(value))
         except ValueError:
             errors.append(f"Line {number}: “{value}” is not an IP address or CIDR range.")
             continue
-        if rule not in rules:
-            rules.append(rule)
+        if rule in rules:
+            changes.append(f"Line {number}: {value} is listed already; the copy is dropped.")
+            continue
+        if rule != value:
+            network = ipaddress.ip_network(value, strict=False) if "/" in value else None
+            if network is not None and str(network.network_address) != value.split("/")[0]:
+                changes.append(
+                    f"Line {number}: {value} is the range {rule} (the address part is cut to the range's start)."
+                )
+            else:
+                changes.append(f"Line {number}: {value} is written {rule}.")
+        rules.append(rule)
     if errors:
         raise ValidationError(errors)
-    return rules
+    return rules, changes
+
+
+def parse_ip_rules(lines: Iterable[str]) -> list[str]:
+    """The normalised, de-duplicated rules of `lines` (see normalise_ip_rules)."""
+    return normalise_ip_rules(lines)[0]
+
+
+def ip_rule_conflicts(allowlist: Iterable[str], denylist: Iterable[str]) -> list[str]:
+    """Allowlist rules that a denylist rule refuses whole: the key could never be used from them."""
+    denied = [ipaddress.ip_network(rule, strict=False) for rule in denylist]
+    conflicts = []
+    for rule in allowlist:
+        allowed = ipaddress.ip_network(rule, strict=False)
+        blocker = next((d for d in denied if d.version == allowed.version and allowed.subnet_of(d)), None)
+        if blocker is not None:
+            same = "is also on the denylist" if blocker == allowed else f"is inside the denied {blocker}"
+            conflicts.append(
+                f"{rule} is allowed but {same}; the denylist always wins. Remove it from one list."
+            )
+    return conflicts
 
 
 def key_status(key: Any, *, now: datetime, disabled: bool | None = None) -> str:
@@ -132,6 +168,15 @@ def group_order_move(ordered_ids: list[int], group_id: int, step: int) -> list[i
     return ids
 
 
+def fallback_platform_error(target: Any, platform: str) -> str:
+    """Why `target` cannot be the fallback of a group on `platform`: a request falls back with its
+    own protocol, and another platform's accounts cannot serve it."""
+    return (
+        f"{target.name} is on {target.get_platform_display()}; a fallback must be on this group's "
+        f"platform ({Platform(platform).label})."
+    )
+
+
 # --- Upstream account credentials (docs/entities.md#credentials) -----------------------------------
 
 
@@ -184,6 +229,10 @@ CREDENTIAL_SECTIONS: dict[str, tuple[CredentialField, ...]] = {
         CredentialField("aws_region", "Region", secret=False, help_text="e.g. us-east-1"),
     ),
 }
+
+# An account's priority (lower is preferred), as in a group's membership priorities.
+MIN_PRIORITY = 0
+MAX_PRIORITY = 10_000
 
 # Types only the Anthropic platform has.
 ANTHROPIC_ONLY_TYPES = (Type.SETUP_TOKEN, Type.BEDROCK)

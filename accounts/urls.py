@@ -7,6 +7,7 @@ app_name = "accounts"
 urlpatterns = [
     path("users/", users.user_list, name="user-list"),
     path("users/new", users.user_create_view, name="user-create"),
+    path("users/picker", users.user_picker, name="user-picker"),
     path("users/<int:pk>/", users.user_detail, name="user-detail"),
     path("users/<int:pk>/summary", users.user_summary, name="user-summary"),
     path("users/<int:pk>/balance", users.user_balance_dialog, name="user-balance"),

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from datetime import date
+
 from django import forms
 from django.forms.utils import flatatt
 from django.utils.html import format_html, format_html_join
@@ -10,9 +12,16 @@ from billing.selectors import DEFAULT_PERIOD, UsageFilters, period_range
 from channels.pricing import PricingSource
 from common.forms import ConsoleForm
 
+# The date filters' range. Usage older than 2000 does not exist, and earlier dates would
+# overflow when moved across timezones; 9999-12-31 as the last day means "no end".
+FIRST_DAY = date(2000, 1, 1)
+
 
 class DateInput(forms.DateInput):
     input_type = "date"
+
+    def __init__(self, attrs=None) -> None:
+        super().__init__({"min": FIRST_DAY.isoformat(), "max": date.max.isoformat(), **(attrs or {})})
 
 
 class FastSelect(forms.Select):
@@ -114,6 +123,18 @@ class UsageFilterForm(ConsoleForm):
         self.fields["account"].queryset = UpstreamAccount.objects.only("id", "name").order_by("name", "id")
         self.fields["group"].queryset = Group.objects.only("id", "name").order_by("sort_order", "id")
 
+    def _clean_day(self, name: str) -> date | None:
+        day = self.cleaned_data.get(name)
+        if day and day < FIRST_DAY:
+            raise forms.ValidationError(f"Choose a date from {FIRST_DAY:%Y-%m-%d} on.")
+        return day
+
+    def clean_date_from(self) -> date | None:
+        return self._clean_day("date_from")
+
+    def clean_date_to(self) -> date | None:
+        return self._clean_day("date_to")
+
     def clean(self) -> dict:
         cleaned = super().clean()
         start, end = cleaned.get("date_from"), cleaned.get("date_to")
@@ -121,9 +142,15 @@ class UsageFilterForm(ConsoleForm):
             self.add_error("date_to", "The end date is before the start date.")
         return cleaned
 
-    def filters(self) -> UsageFilters:
-        """The filters to apply; an invalid form falls back to the default period alone."""
-        data = self.cleaned_data if self.is_bound and self.is_valid() else {}
+    def filters(self) -> UsageFilters | None:
+        """The filters to apply, or None when one is invalid: then nothing is shown or exported.
+
+        Falling back to defaults instead would show (and export) every customer's usage while
+        the form still shows the one customer that was asked for.
+        """
+        if self.is_bound and not self.is_valid():
+            return None
+        data = self.cleaned_data if self.is_bound else {}
         # A preset ignores the dates; usage.js switches the select to "custom" when a date is typed.
         period = data.get("period") or DEFAULT_PERIOD
         start, end = period_range(period, date_from=data.get("date_from"), date_to=data.get("date_to"))
@@ -138,4 +165,11 @@ class UsageFilterForm(ConsoleForm):
             model_field=data.get("model_field") or "requested",
             pricing_source=data.get("pricing_source") or "",
             status=data.get("status") or "",
+        )
+
+    def error_summary(self) -> str:
+        """Every field's errors on one line, for answers that are not a page (the CSV export)."""
+        return " ".join(
+            f"{self.fields[name].label if name in self.fields else 'Filters'}: {' '.join(errors)}"
+            for name, errors in self.errors.items()
         )

@@ -70,7 +70,8 @@ def period_range(
         today = timezone.localdate(now or timezone.now())
         return local_midnight(today - timedelta(days=PERIOD_DAYS[period])), None
     start = local_midnight(date_from) if date_from else None
-    end = local_midnight(date_to + timedelta(days=1)) if date_to else None
+    # The calendar's last day has no next midnight: a range that ends there has no end.
+    end = local_midnight(date_to + timedelta(days=1)) if date_to and date_to < date.max else None
     return start, end
 
 

@@ -11,6 +11,7 @@ from django.utils.safestring import mark_safe
 from billing.models import UsageLog
 from billing.selectors import UsageTotals
 from common.money import format_multiplier, format_usd_exact
+from common.tables import ACTIONS, clipped
 
 NUM = {"td": {"class": "num"}, "th": {"class": "num"}, "tf": {"class": "num"}}
 MONEY = {"td": {"class": "money num"}, "th": {"class": "num"}, "tf": {"class": "money num"}}
@@ -55,9 +56,7 @@ class UsageTable(tables.Table):
     status_code = tables.Column(
         verbose_name="Status", orderable=False, attrs={"td": {"class": "text-nowrap"}}
     )
-    details = tables.Column(
-        verbose_name="", accessor="pk", orderable=False, attrs={"td": {"class": "text-end"}}
-    )
+    details = tables.Column(verbose_name="", accessor="pk", orderable=False, attrs=ACTIONS)
 
     class Meta:
         model = UsageLog
@@ -98,16 +97,17 @@ class UsageTable(tables.Table):
         key = record.api_key
         key_text = f"{key.name} …{key.key_last4}" if key else "deleted key"
         return format_html(
-            '<a href="{}">{}</a><div class="small text-body-secondary">{}</div>',
-            reverse("accounts:user-detail", args=[record.user_id]),
-            record.user.email,
-            key_text,
+            '{}<div class="small text-body-secondary">{}</div>',
+            clipped(record.user.email, url=reverse("accounts:user-detail", args=[record.user_id])),
+            clipped(key_text),
         )
 
     def render_account(self, record: UsageLog):
         account = record.account.name if record.account else "—"
         group = record.group.name if record.group else "no group"
-        return format_html('{}<div class="small text-body-secondary">{}</div>', account, group)
+        return format_html(
+            '{}<div class="small text-body-secondary">{}</div>', clipped(account), clipped(group)
+        )
 
     def render_requested_model(self, record: UsageLog):
         upstream = ""

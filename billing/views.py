@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Iterable, Iterator
+from decimal import Decimal
 
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, render
@@ -16,6 +17,7 @@ from billing.models import UsageLog
 from billing.selectors import (
     CSV_COLUMNS,
     UsageFilters,
+    UsageTotals,
     usage_csv_rows,
     usage_logs,
     usage_models_seen,
@@ -26,18 +28,28 @@ from billing.tables import CountedPaginator, UsageTable
 from common.htmx import render_page
 
 PER_PAGE = 50
+INVALID_FILTERS = "Nothing is shown: fix the filters marked above."
 CSV_CHUNK_ROWS = 2000
 
 
 def usage_list(request: HttpRequest) -> HttpResponse:
     form = UsageFilterForm(request.GET or None)
     filters = form.filters()
-    logs = usage_logs(filters=filters)
-    totals = usage_totals(filters=filters)
+    if filters is None:
+        logs, totals, label = UsageLog.objects.none(), UsageTotals(), INVALID_FILTERS
+    else:
+        logs, totals, label = usage_logs(filters=filters), usage_totals(filters=filters), range_label(filters)
     table = UsageTable(usage_page_rows(logs), totals=totals)
+    if filters is None:
+        table.empty_text = "The filters above need fixing"
     paginate = {"per_page": PER_PAGE, "paginator_class": CountedPaginator, "count": totals.requests}
     RequestConfig(request, paginate=paginate).configure(table)
-    context = {"table": table, "filter_form": form, "range_label": range_label(filters)}
+    context = {
+        "table": table,
+        "filter_form": form,
+        "range_label": label,
+        "filters_valid": filters is not None,
+    }
     return render_page(request, "billing/usage_list.html", context)
 
 
@@ -51,9 +63,17 @@ def usage_breakdown(request: HttpRequest, pk: int) -> HttpResponse:
     return render(request, "billing/usage_breakdown.html", {"log": log, "sentence": log.explain()})
 
 
-def usage_export(request: HttpRequest) -> StreamingHttpResponse:
+def usage_export(request: HttpRequest) -> HttpResponse:
     """The filtered set as CSV, streamed a chunk of rows at a time (a million rows fit)."""
-    logs = usage_logs(filters=UsageFilterForm(request.GET or None).filters())
+    form = UsageFilterForm(request.GET or None)
+    filters = form.filters()
+    if filters is None:
+        return HttpResponse(
+            f"Nothing was exported: {form.error_summary()}\n",
+            status=400,
+            content_type="text/plain; charset=utf-8",
+        )
+    logs = usage_logs(filters=filters)
     stamp = timezone.localtime().strftime("%Y%m%d-%H%M")
     response = StreamingHttpResponse(
         csv_lines(usage_csv_rows(logs, chunk_size=CSV_CHUNK_ROWS)), content_type="text/csv; charset=utf-8"
@@ -79,6 +99,8 @@ def csv_lines(rows: Iterable[tuple], *, batch: int = 500) -> Iterator[str]:
 def _cell(value):
     if value is None:
         return ""
+    if isinstance(value, Decimal):
+        return format(value, "f")  # fixed-point always: a stored zero is 0.00000000, never 0E-8
     if hasattr(value, "isoformat"):
         return value.isoformat()
     if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):

@@ -55,6 +55,17 @@ __all__ = [
 
 PER_MILLION = Decimal(1_000_000)
 
+# Which catalog the defaults come from, named where the form fills prices in. The version must be
+# the one pinned in requirements.txt (a test checks it); its PyPI release date is the date of the
+# prices it carries. Upgrading the pin means updating both.
+CATALOG_PACKAGE = "genai-prices"
+CATALOG_VERSION = "0.2.3"
+CATALOG_RELEASED = dt.date(2026, 11, 10)
+CATALOG_NAME = f"{CATALOG_PACKAGE} {CATALOG_VERSION}, prices as of {CATALOG_RELEASED:%Y-%m-%d}"
+
+# The catalog's vendors that are one of our platforms (accounts.models.Platform values).
+VENDOR_PLATFORMS = {"anthropic": "anthropic", "openai": "openai", "google": "gemini"}
+
 # Our field name -> the genai-prices price key (USD per million tokens).
 _TOKEN_PRICE_KEYS = {
     "input_price": "input_mtok",
@@ -102,6 +113,11 @@ class CatalogPrice:
     def source(self) -> str:
         return f"catalog default for {self.matched_name}"
 
+    @property
+    def platform(self) -> str | None:
+        """The platform of the model's vendor, when it is one of ours."""
+        return VENDOR_PLATFORMS.get(self.provider)
+
     def as_json_dict(self) -> dict[str, Any]:
         """The ``GET /channels/model-pricing`` answer: prices as plain decimal strings.
 
@@ -124,6 +140,8 @@ class CatalogPrice:
             "image_output_price": _as_str(self.image_output_price),
             "tiers": tiers,
             "source": self.source,
+            "platform": self.platform,
+            "catalog": CATALOG_NAME,
         }
 
 
@@ -152,6 +170,8 @@ def default_prices_json(model: str) -> dict[str, Any]:
         "image_output_price": None,
         "tiers": [],
         "source": None,
+        "platform": None,
+        "catalog": CATALOG_NAME,
     }
 
 

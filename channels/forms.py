@@ -33,7 +33,7 @@ from channels.rules import (
     split_models,
 )
 from channels.selectors import channel_names_for_groups, groups_for_channel
-from common.forms import ConsoleForm, ConsoleModelForm, MoneyField, SearchInput
+from common.forms import ConsoleForm, ConsoleModelForm, DecimalInputField, MoneyField, SearchInput
 from common.money import per_mtok_to_per_token, per_token_to_per_mtok
 
 MAX_CARDS = 50
@@ -41,7 +41,7 @@ MAX_INTERVALS = 50
 MAX_MAPPING_ROWS = 200
 
 
-class PerMTokField(forms.DecimalField):
+class PerMTokField(DecimalInputField):
     """A price typed in USD per million tokens (converted to per token by the form, not here)."""
 
     def __init__(self, **kwargs) -> None:
@@ -49,14 +49,13 @@ class PerMTokField(forms.DecimalField):
         kwargs.setdefault("min_value", Decimal(0))
         # 8 places per MTok = 14 places per token, exactly what the model stores.
         super().__init__(max_digits=22, decimal_places=8, **kwargs)
-        self.widget.attrs.update({"step": "any", "inputmode": "decimal", "class": "price-input"})
+        self.widget.attrs["class"] = "price-input"
 
 
-class MultiplierField(forms.DecimalField):
+class MultiplierField(DecimalInputField):
     def __init__(self, **kwargs) -> None:
         kwargs.setdefault("required", False)
         super().__init__(max_digits=12, decimal_places=6, min_value=Decimal(0), **kwargs)
-        self.widget.attrs.update({"step": "any", "inputmode": "decimal"})
 
 
 def _mark_invalid(form: forms.Form, field: str | None, message: str) -> None:

@@ -5,23 +5,18 @@ from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
 from channels.models import Channel
-from common.tables import StatusColumn
+from common.tables import LocalTimeColumn, StatusColumn, clipped
 
 NUM = {"td": {"class": "num"}, "th": {"class": "num"}}
 
 
 class ChannelTable(tables.Table):
-    # hx-boost off: the table's container is boosted for sorting and paging, not for leaving the page.
-    name = tables.Column(
-        verbose_name="Name",
-        linkify=lambda record: reverse("channels:channel-detail", args=[record.pk]),
-        attrs={"a": {"hx-boost": "false"}},
-    )
+    name = tables.Column(verbose_name="Name")
     status = StatusColumn()
     groups = tables.Column(verbose_name="Groups", empty_values=(), orderable=False)
     priced_models = tables.Column(verbose_name="Priced models", empty_values=(), orderable=False, attrs=NUM)
     billing_model_source = tables.Column(verbose_name="Bill by")
-    updated_at = tables.DateTimeColumn(verbose_name="Updated", format="Y-m-d H:i")
+    updated_at = LocalTimeColumn(verbose_name="Updated")
 
     class Meta:
         model = Channel
@@ -31,13 +26,14 @@ class ChannelTable(tables.Table):
         attrs = {"class": "table table-hover align-middle mb-0", "id": "channel-table"}
 
     def render_name(self, value, record):
+        name = clipped(value, url=reverse("channels:channel-detail", args=[record.pk]))
         if record.restrict_models:
             return format_html(
                 '{} <span class="badge text-bg-light border" title="Only models priced here may be used">'
                 "priced models only</span>",
-                value,
+                name,
             )
-        return value
+        return name
 
     def render_status(self, record):
         # django-tables2 hands choice columns their label, so the badge class comes from the record.
@@ -49,7 +45,11 @@ class ChannelTable(tables.Table):
         groups = list(record.groups.all())
         if not groups:
             return format_html('<span class="text-body-secondary">{}</span>', "none")
-        return format_html_join(" ", '<span class="badge group-chip">{}</span>', ((g.name,) for g in groups))
+        return format_html_join(
+            " ",
+            '<span class="badge group-chip cell-name" title="{0}">{0}</span>',
+            ((g.name,) for g in groups),
+        )
 
     def render_priced_models(self, record):
         # Cards are prefetched with only their model lists (channels.selectors.channel_list).

@@ -30,7 +30,7 @@ from channels.selectors import channel_audit_log, channel_for_edit
 from channels.selectors import channel_list as select_channels
 from channels.services import channel_create, channel_delete, channel_update
 from channels.tables import ChannelTable
-from common.forms import add_service_error
+from common.forms import INVALID_FILTERS, add_service_error, filter_criteria
 from common.htmx import dialog_done, render_page
 
 FORM = "channels/channel_form.html"
@@ -39,13 +39,16 @@ CARD_PREFIX = re.compile(r"^card-\d{1,3}$")
 
 def channel_list(request: HttpRequest) -> HttpResponse:
     filters = ChannelFilterForm(request.GET or None)
-    criteria = filters.cleaned_data if filters.is_valid() else {}
-    channels = select_channels(
-        search=criteria.get("q", ""),
-        status=criteria.get("status", ""),
-        billing_model_source=criteria.get("billing_model_source", ""),
-    )
-    table = ChannelTable(channels)
+    criteria = filter_criteria(filters)
+    if criteria is None:
+        channels = Channel.objects.none()
+    else:
+        channels = select_channels(
+            search=criteria.get("q", ""),
+            status=criteria.get("status", ""),
+            billing_model_source=criteria.get("billing_model_source", ""),
+        )
+    table = ChannelTable(channels, empty_text=INVALID_FILTERS if criteria is None else None)
     RequestConfig(request, paginate={"per_page": 50}).configure(table)
     return render_page(request, "channels/channel_list.html", {"table": table, "filter_form": filters})
 

@@ -41,11 +41,53 @@ class ConsoleForm(ConsoleFormMixin, forms.Form):
     pass
 
 
+DECIMAL_ONE_SEPARATOR = "Use one decimal separator and no thousands separators, e.g. 1234.5."
+
+
+def decimal_text(value: str) -> str:
+    """A typed decimal with a comma read as the decimal point: "2,50" is 2.50.
+
+    Money must never change magnitude silently, so what could be a thousands separator is
+    refused rather than guessed: "1,000" (one thousand, or 1.000?), and "1.000,5" or "1,000.5".
+    """
+    value = value.strip()
+    if "," not in value:
+        return value
+    if "." in value or value.count(",") > 1:
+        raise forms.ValidationError(f"“{value}”: {DECIMAL_ONE_SEPARATOR}")
+    whole, _, fraction = value.partition(",")
+    if len(fraction) == 3 and whole.strip("+-").isdigit() and fraction.isdigit():
+        raise forms.ValidationError(
+            f"“{value}” could mean {whole}{fraction} or {whole}.{fraction}: type it without the comma, "
+            "or with a point as the decimal separator."
+        )
+    return f"{whole}.{fraction}"
+
+
+class DecimalInputField(forms.DecimalField):
+    """A decimal typed into a text box, where a decimal comma reaches the server intact.
+
+    A number input would not do: Chromium drops the comma of "2,50" and sends "250".
+    """
+
+    widget = forms.TextInput
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.widget.attrs.setdefault("inputmode", "decimal")
+        self.widget.attrs.setdefault("autocomplete", "off")
+
+    def to_python(self, value):
+        if isinstance(value, str):
+            value = decimal_text(value)
+        return super().to_python(value)
+
+
 class ConsoleModelForm(ConsoleFormMixin, forms.ModelForm):
     pass
 
 
-class MoneyField(forms.DecimalField):
+class MoneyField(DecimalInputField):
     """A USD amount with 8 decimal places (docs/money.md#precision), shown as typed (8, not 8.00000000)."""
 
     def prepare_value(self, value):
@@ -57,8 +99,19 @@ class MoneyField(forms.DecimalField):
         kwargs.setdefault("max_digits", 20)
         kwargs.setdefault("decimal_places", 8)
         super().__init__(**kwargs)
-        self.widget.attrs.setdefault("step", "any")
-        self.widget.attrs.setdefault("inputmode", "decimal")
+
+
+def filter_criteria(form: forms.Form) -> dict | None:
+    """A list's filters: {} when none were given, None when one is invalid (then show no rows).
+
+    Falling back to "no filter" would list everything while the form shows what was asked for.
+    """
+    if not form.is_bound:
+        return {}
+    return form.cleaned_data if form.is_valid() else None
+
+
+INVALID_FILTERS = "The filters above need fixing"
 
 
 class SearchInput(forms.TextInput):

@@ -101,6 +101,13 @@ if PRODUCTION:
     if _weak := weak_keys(CREDENTIALS_KEYS):
         raise RuntimeError("CREDENTIALS_KEYS is too weak for production: " + " ".join(_weak))
 
+# Upstream base URLs: link-local and cloud metadata addresses are always refused; loopback and
+# private networks only while this is on. The embedded default allows them (a local fake
+# upstream, a relay on the LAN); production refuses them unless it is set.
+UPSTREAM_ALLOW_PRIVATE_NETWORKS = envbool(
+    "UPSTREAM_ALLOW_PRIVATE_NETWORKS", "false" if PRODUCTION else "true"
+)
+
 INSTALLED_APPS = [
     "django.contrib.admin",
     "django.contrib.auth",

@@ -52,13 +52,31 @@ def browser():
         browser.close()
 
 
+# Every Content-Security-Policy violation is reported to the test, whatever Chromium logs.
+CSP_REPORTER = """
+document.addEventListener("securitypolicyviolation", function (event) {
+  window.reportCspViolation(event.violatedDirective + " blocked " + (event.blockedURI || "inline") +
+    " at " + (event.sourceFile || "") + ":" + event.lineNumber + " " + (event.sample || ""));
+});
+"""
+
+
+def watch_errors(context) -> list[str]:
+    """Console errors, uncaught exceptions and CSP violations of every page of `context`."""
+    errors: list[str] = []
+    context.expose_binding("reportCspViolation", lambda _source, text: errors.append(f"CSP: {text}"))
+    context.add_init_script(CSP_REPORTER)
+    context.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    context.on("weberror", lambda error: errors.append(str(error.error)))
+    return errors
+
+
 @pytest.fixture
 def page(browser, live_server):
     context = browser.new_context(viewport={"width": 1280, "height": 860}, base_url=live_server.url)
     context.set_default_timeout(10_000)
+    errors = watch_errors(context)
     page = context.new_page()
-    errors: list[str] = []
-    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
     page.console_errors = errors
     yield page
     context.close()

@@ -174,3 +174,27 @@ def test_kept_database_connections_are_checked_before_reuse(max_age, health_chec
     }
     result = manage("shell", "--no-imports", "-c", script, env=env)
     assert result.stdout.split() == [max_age, health_checks], result.stderr
+
+
+@pytest.mark.parametrize(
+    ("env", "allowed"),
+    [
+        ({}, "True"),  # the embedded default: a local fake upstream on 127.0.0.1 works
+        ({"TOLLGATE_ENV": "production"}, "False"),
+        ({"TOLLGATE_ENV": "production", "UPSTREAM_ALLOW_PRIVATE_NETWORKS": "true"}, "True"),
+        ({"UPSTREAM_ALLOW_PRIVATE_NETWORKS": "false"}, "False"),
+    ],
+)
+def test_private_upstreams_are_allowed_by_the_embedded_default_and_refused_in_production(
+    tmp_path, env, allowed
+):
+    env = {
+        "TOLLGATE_VAR_DIR": str(tmp_path),
+        "SECRET_KEY": "x" * 50,
+        "CREDENTIALS_KEYS": "a-long-credentials-passphrase-for-the-test",
+        **env,
+    }
+    script = "from django.conf import settings; print(settings.UPSTREAM_ALLOW_PRIVATE_NETWORKS)"
+    result = manage("shell", "--no-imports", "-c", script, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [allowed]

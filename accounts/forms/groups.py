@@ -1,14 +1,42 @@
 from __future__ import annotations
 
 from django import forms
-from django.db.models import Case, When
 
 from accounts.models import Group, UpstreamAccount
-from accounts.rules import is_valid_timezone
+from accounts.rules import fallback_platform_error, is_valid_timezone
 from accounts.selectors.groups import group_choices
-from common.forms import ConsoleForm, ConsoleModelForm, MoneyField
+from common.forms import ConsoleForm, ConsoleModelForm, DecimalInputField, MoneyField
 
-LIMIT_HELP = "USD. Empty = unlimited; 0 = no usage allowed."
+LIMIT_HELP = "USD. Empty = no limit. 0 = no usage at all: it blocks every request to this group."
+LIMITS = (("daily_limit_usd", "daily"), ("weekly_limit_usd", "weekly"), ("monthly_limit_usd", "monthly"))
+BLOCKS_ALL = "0 blocks all usage: subscribers of this group cannot make any request."
+
+
+def limit_warnings(limits: dict) -> dict[str, str]:
+    """What an operator should know about a set of subscription limits, by field.
+
+    0 is kept as "no usage allowed" (operators rely on it), so typing it gets said out loud;
+    a shorter window's limit above a longer one's can never be reached.
+    """
+    warnings: dict[str, str] = {}
+    for position, (field, period) in enumerate(LIMITS):
+        value = limits.get(field)
+        if value is None:
+            continue
+        if value == 0:
+            warnings[field] = BLOCKS_ALL
+            continue
+        for longer_field, longer in LIMITS[position + 1 :]:
+            cap = limits.get(longer_field)
+            if cap is not None and 0 < cap < value:
+                warnings[field] = (
+                    f"Higher than the {longer} limit (${cap:,f}), which is reached first: "
+                    f"the {period} limit never applies."
+                )
+                break
+    return warnings
+
+
 IMAGE_HELP = "USD per image. Empty = the model's default price."
 
 GROUP_FIELDS = [
@@ -60,7 +88,25 @@ GROUP_SECTIONS = [
 ]
 
 
+class PlatformGroupSelect(forms.Select):
+    """Group options carrying their platform, so groups.js can offer only the chosen platform's."""
+
+    def create_option(self, name, value, label, selected, index, subindex=None, attrs=None):
+        option = super().create_option(name, value, label, selected, index, subindex, attrs)
+        instance = getattr(value, "instance", None)
+        if instance is not None:
+            option["attrs"]["data-platform"] = instance.platform
+        return option
+
+
 class GroupForm(ConsoleModelForm):
+    rate_multiplier = DecimalInputField(
+        label="Rate multiplier",
+        initial=Group._meta.get_field("rate_multiplier").default,
+        max_digits=12,
+        decimal_places=6,
+        help_text="Multiplies the cost users pay. Must be greater than 0.",
+    )
     daily_limit_usd = MoneyField(label="Daily limit (USD)", required=False, min_value=0, help_text=LIMIT_HELP)
     weekly_limit_usd = MoneyField(
         label="Weekly limit (USD)", required=False, min_value=0, help_text=LIMIT_HELP
@@ -76,7 +122,6 @@ class GroupForm(ConsoleModelForm):
         model = Group
         fields = GROUP_FIELDS
         labels = {
-            "rate_multiplier": "Rate multiplier",
             "is_exclusive": "Exclusive (only users allowed this group may bind keys to it)",
             "subscription_type": "Billing",
             "default_validity_days": "Default subscription length (days)",
@@ -89,7 +134,6 @@ class GroupForm(ConsoleModelForm):
             "model_routing_enabled": "Route models to specific accounts",
         }
         help_texts = {
-            "rate_multiplier": "Multiplies the cost users pay. Must be greater than 0.",
             "subscription_type": "Standard groups charge the user's balance; subscription groups charge a subscription's windows.",
             "timezone": "IANA name, e.g. Europe/Berlin. Empty = the server's timezone. Daily subscription windows reset at midnight here.",
             "fallback_group": "Where requests go when this group has no account available.",
@@ -99,15 +143,56 @@ class GroupForm(ConsoleModelForm):
         widgets = {
             "description": forms.Textarea(attrs={"rows": 2}),
             "timezone": forms.TextInput(attrs={"list": "timezones", "autocomplete": "off"}),
-            "rate_multiplier": forms.NumberInput(attrs={"step": "any", "min": "0"}),
+            "fallback_group": PlatformGroupSelect,
+            "fallback_group_on_invalid_request": PlatformGroupSelect,
         }
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        warnings = {} if self.is_bound else self.limit_warnings
+        for field, _ in LIMITS:
+            # A slot under each limit (components/form_field.html); groups.js updates it as you type.
+            self.fields[field].hint_slot = True
+            self.fields[field].hint = warnings.get(field, "")
+            self.fields[field].widget.attrs["data-limit"] = field.removesuffix("_limit_usd")
         others = group_choices(exclude=self.instance)
         for name in ("fallback_group", "fallback_group_on_invalid_request"):
             self.fields[name].queryset = others
             self.fields[name].empty_label = "None"
+            self.fields[name].label_from_instance = lambda group: (
+                f"{group.name} ({group.get_platform_display()})"
+            )
+            self.fields[name].widget.attrs["data-platform-of"] = "id_platform"
+
+    def clean(self) -> dict:
+        cleaned = super().clean()
+        platform = cleaned.get("platform")
+        for name in ("fallback_group", "fallback_group_on_invalid_request"):
+            target = cleaned.get(name)
+            if platform and target is not None and target.platform != platform:
+                self.add_error(name, fallback_platform_error(target, platform))
+        return cleaned
+
+    @property
+    def limit_warnings(self) -> dict[str, str]:
+        """limit_warnings() of the limits as submitted (or stored, before a submit)."""
+        if self.is_bound:
+            source = self.cleaned_data if hasattr(self, "cleaned_data") else {}
+        else:
+            source = {field: getattr(self.instance, field) for field, _ in LIMITS}
+        return limit_warnings({field: source.get(field) for field, _ in LIMITS})
+
+    def full_clean(self) -> None:
+        super().full_clean()
+        warnings = self.limit_warnings
+        for field, _ in LIMITS:
+            self.fields[field].hint = warnings.get(field, "")
+
+    def clean_name(self) -> str:
+        name = self.cleaned_data["name"].strip()
+        if Group.objects.filter(name__iexact=name).exclude(pk=self.instance.pk).exists():
+            raise forms.ValidationError("Another group already has this name (names ignore case).")
+        return name
 
     def clean_rate_multiplier(self):
         value = self.cleaned_data["rate_multiplier"]
@@ -208,7 +293,5 @@ class RebindKeysForm(ConsoleForm):
 
     def __init__(self, *args, group: Group, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        # Every other group, this group's platform first, so a wrong choice gets a clear field error.
-        self.fields["target_group"].queryset = group_choices(exclude=group).order_by(
-            Case(When(platform=group.platform, then=0), default=1), "sort_order", "id"
-        )
+        # Keys only work on groups of their own platform, so no other group is offered.
+        self.fields["target_group"].queryset = group_choices(exclude=group).filter(platform=group.platform)

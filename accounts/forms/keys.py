@@ -10,7 +10,7 @@ from django.urls import reverse
 from django.utils.timezone import now as current_time
 
 from accounts.models import APIKey, Group, User
-from accounts.rules import parse_ip_rules
+from accounts.rules import ip_rule_conflicts, normalise_ip_rules
 from accounts.selectors.keys import GroupChoice, key_group_choices
 from common.forms import ConsoleForm, ConsoleModelForm, MoneyField, SearchInput
 
@@ -18,7 +18,12 @@ EXPIRY_QUICK_PICKS = (7, 30, 90)
 
 
 class IPRulesField(forms.CharField):
-    """One IP or CIDR per line in a textarea; a list of normalised rules in cleaned_data."""
+    """One IP or CIDR per line in a textarea; a list of normalised rules in cleaned_data.
+
+    A list that normalising would change (10.1.2.3/8 is the range 10.0.0.0/8; a repeated line
+    is dropped) is refused once, with the normalised list put in the field and each change
+    named, so what is saved is exactly what the operator saw.
+    """
 
     widget = forms.Textarea(attrs={"rows": 3, "spellcheck": "false", "autocomplete": "off"})
 
@@ -30,9 +35,24 @@ class IPRulesField(forms.CharField):
     def prepare_value(self, value):
         return "\n".join(value) if isinstance(value, list | tuple) else value
 
+    def bound_data(self, data, initial):
+        try:
+            rules, changes = normalise_ip_rules((data or "").splitlines())
+        except ValidationError:
+            return data
+        return "\n".join(rules) if changes else data
+
     def clean(self, value) -> list[str]:
         value = super().clean(value)
-        return parse_ip_rules((value or "").splitlines())
+        rules, changes = normalise_ip_rules((value or "").splitlines())
+        if changes:
+            raise ValidationError(
+                [
+                    "Nothing was saved: check the list as it will be stored (shown in the box) and save again.",
+                    *changes,
+                ]
+            )
+        return rules
 
 
 class GroupSelect(forms.Select):
@@ -119,6 +139,12 @@ class APIKeyForm(ConsoleModelForm):
         self.fields["expires_at"].widget.attrs["data-timezone"] = settings.TIME_ZONE
         self.fields["timezone"].help_text = f"IANA name, e.g. Europe/Berlin. Empty = {settings.TIME_ZONE}."
         self.fields["name"].widget.attrs["autocomplete"] = "off"
+        if self.instance.pk:
+            # The secret stays the same, so a new owner would silently start paying for its use.
+            self.fields["user"].disabled = True
+            self.fields[
+                "user"
+            ].help_text = "The owner of a key is fixed. For another person, create a new key."
         self.chosen_user = self._chosen_user()
         self.group_choices = key_group_choices(user=self.chosen_user, now=self.now)
         group_widget = self.fields["group"].widget
@@ -132,22 +158,22 @@ class APIKeyForm(ConsoleModelForm):
             and chosen_group != group_widget.keep
         ):
             self.initial["group"] = None  # the user just chosen may not use it
-        options_url = reverse("accounts:key-group-options")
-        if self.instance.pk:
-            options_url += f"?key={self.instance.pk}"
-        # Choosing a user re-renders the group field with what that user may use (HTMX).
-        self.fields["user"].widget.attrs.update(
-            {
-                "hx-get": options_url,
-                "hx-trigger": "change",
-                "hx-target": "#group-field",
-                "hx-swap": "outerHTML",
-                "hx-include": "[name='group']",
-            }
-        )
+        if not self.instance.pk:
+            # Choosing a user re-renders the group field with what that user may use (HTMX).
+            self.fields["user"].widget.attrs.update(
+                {
+                    "hx-get": reverse("accounts:key-group-options"),
+                    "hx-trigger": "change",
+                    "hx-target": "#group-field",
+                    "hx-swap": "outerHTML",
+                    "hx-include": "[name='group']",
+                }
+            )
 
     def _chosen_user(self) -> User | None:
-        """The user the group choices are for: the one submitted, else the initial (or the key's) one."""
+        """The user the group choices are for: the key's, else the one submitted or first offered."""
+        if self.instance.pk:
+            return self.instance.user
         if self.is_bound:
             pk = _int_or_none(self.data.get(self.add_prefix("user")))
         else:
@@ -168,6 +194,14 @@ class APIKeyForm(ConsoleModelForm):
                 "Choose a time in the future, or leave it empty for a key that never expires."
             )
         return expires_at
+
+    def clean(self) -> dict:
+        cleaned = super().clean()
+        allow, deny = cleaned.get("ip_allowlist"), cleaned.get("ip_denylist")
+        if allow is not None and deny is not None:
+            for conflict in ip_rule_conflicts(allow, deny):
+                self.add_error("ip_denylist", conflict)
+        return cleaned
 
     def clean_timezone(self) -> str:
         name = self.cleaned_data.get("timezone", "").strip()

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 from django import forms
+from django.template.loader import render_to_string
+from django.urls import reverse
 
 from accounts.models import Group, Subscription, User
 from accounts.services.subscriptions import MAX_DAYS
@@ -13,12 +15,38 @@ def subscription_groups():
     )
 
 
+class UserPicker(forms.Widget):
+    """Many users, found by typing: only the chosen ones are rendered, never the whole list.
+
+    The search box asks accounts:user-picker for matches; the chosen users are hidden inputs.
+    """
+
+    def value_from_datadict(self, data, files, name):
+        return data.getlist(name) if hasattr(data, "getlist") else data.get(name, [])
+
+    def value_omitted_from_data(self, data, files, name) -> bool:
+        return False  # an empty list is "nobody chosen", not "field absent"
+
+    def render(self, name, value, attrs=None, renderer=None) -> str:
+        ids = [int(v) for v in (value or []) if str(v).isdigit()]
+        picked = list(User.objects.filter(pk__in=ids).only("id", "email").order_by("email")) if ids else []
+        attrs = {**self.build_attrs(self.attrs, attrs)}
+        attrs["aria_describedby"] = attrs.pop("aria-describedby", "")
+        widget = {
+            "name": name,
+            "attrs": attrs,
+            "picked": picked,
+            "search_url": reverse("accounts:user-picker"),
+        }
+        return render_to_string("accounts/user_picker.html", {"widget": widget})
+
+
 class SubscriptionAssignForm(ConsoleForm):
     users = forms.ModelMultipleChoiceField(
         label="Users",
-        queryset=User.objects.order_by("email"),
-        widget=forms.SelectMultiple(attrs={"size": 8}),
-        help_text="Pick one, or several (Ctrl/⌘-click) to assign them all at once. "
+        queryset=User.objects.all(),
+        widget=UserPicker,
+        help_text="Find users by email or name and add one, or several to assign them all at once. "
         "A user who already has a live subscription to the group has it extended instead.",
     )
     group = forms.ModelChoiceField(label="Subscription group", queryset=subscription_groups())
@@ -33,7 +61,6 @@ class SubscriptionAssignForm(ConsoleForm):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["users"].label_from_instance = lambda user: user.email
         self.fields["group"].label_from_instance = lambda group: (
             f"{group.name} ({group.get_platform_display()}, {group.default_validity_days} days)"
         )

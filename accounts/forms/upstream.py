@@ -1,14 +1,18 @@
 from __future__ import annotations
 
+from datetime import datetime
 from decimal import Decimal
 
 from django import forms
 from django.conf import settings
+from django.utils import timezone
 
 from accounts.models import Group, Platform, UpstreamAccount
 from accounts.rules import (
     BEDROCK_AUTH_MODES,
     CREDENTIAL_SECTIONS,
+    MAX_PRIORITY,
+    MIN_PRIORITY,
     credential_form_name,
     credential_section,
     is_valid_timezone,
@@ -16,7 +20,7 @@ from accounts.rules import (
     parse_model_list,
     parse_model_mapping,
 )
-from common.forms import ConsoleForm, ConsoleModelForm, MoneyField, SearchInput
+from common.forms import ConsoleForm, ConsoleModelForm, DecimalInputField, MoneyField, SearchInput
 
 QUOTA_HELP = "Empty or 0 = no limit."
 QUOTA_LIMITS = ("quota_limit_usd", "quota_daily_limit_usd", "quota_weekly_limit_usd")
@@ -79,6 +83,20 @@ class UpstreamAccountForm(ConsoleModelForm):
         widget=forms.RadioSelect(attrs={"class": "form-check-input"}),
     )
     clear_session_token = forms.BooleanField(label="Remove the stored session token", required=False)
+    rate_multiplier = DecimalInputField(
+        label="Rate multiplier",
+        initial=UpstreamAccount._meta.get_field("rate_multiplier").default,
+        max_digits=12,
+        decimal_places=6,
+        help_text="Multiplies the upstream cost in this account's stats and quotas. Greater than 0.",
+    )
+    priority = forms.IntegerField(
+        label="Priority",
+        initial=UpstreamAccount._meta.get_field("priority").default,
+        min_value=MIN_PRIORITY,
+        max_value=MAX_PRIORITY,
+        help_text=f"A whole number from {MIN_PRIORITY} to {MAX_PRIORITY:,}; lower is preferred.",
+    )
     quota_limit_usd = MoneyField(
         label="Total quota (USD)", min_value=0, required=False, initial=0, help_text=QUOTA_HELP
     )
@@ -126,9 +144,7 @@ class UpstreamAccountForm(ConsoleModelForm):
             "quota_timezone": "Quota timezone",
         }
         help_texts = {
-            "priority": "Lower is preferred.",
             "concurrency": "Requests in flight at once.",
-            "rate_multiplier": "Multiplies the upstream cost in this account's stats and quotas.",
             "cache_ttl_override": "Bill every cache write of a response in this bucket.",
             "quota_daily_reset_mode": "Rolling: 24 hours from the first request. Fixed: at a set hour.",
             "quota_weekly_reset_mode": "Rolling: 168 hours from the first request. Fixed: a set weekday and hour.",
@@ -136,7 +152,6 @@ class UpstreamAccountForm(ConsoleModelForm):
         }
         widgets = {
             "notes": forms.Textarea(attrs={"rows": 2}),
-            "rate_multiplier": forms.NumberInput(attrs={"step": "any", "min": "0"}),
             "quota_timezone": forms.TextInput(attrs={"list": "timezones", "autocomplete": "off"}),
         }
 
@@ -164,12 +179,15 @@ class UpstreamAccountForm(ConsoleModelForm):
                 kept = spec.secret and section == stored_section and self.stored.get(spec.key)
                 if spec.secret:
                     placeholder = "Stored; leave blank to keep it" if kept else ""
+                    # A secret typed into a form that comes back with an error is kept (only
+                    # this response carries it, uncached), so nothing typed is lost.
                     widget = forms.PasswordInput(
                         attrs={
                             "autocomplete": "new-password",
                             "placeholder": placeholder,
                             "class": "form-control",
-                        }
+                        },
+                        render_value=True,
                     )
                 else:
                     widget = forms.TextInput(attrs={"class": "form-control"})
@@ -193,6 +211,23 @@ class UpstreamAccountForm(ConsoleModelForm):
 
     def clean_model_mapping(self) -> dict[str, str]:
         return parse_model_mapping((self.cleaned_data.get("model_mapping") or "").splitlines())
+
+    def clean_expires_at(self) -> datetime | None:
+        expires_at = self.cleaned_data.get("expires_at")
+        current = self.instance.expires_at
+        if expires_at and current and expires_at == current.replace(second=0, microsecond=0):
+            return current  # the picker shows minutes only; an untouched expiry stays exact
+        if expires_at and expires_at <= timezone.now():
+            raise forms.ValidationError(
+                "Choose a time in the future, or leave it empty for an account that never expires."
+            )
+        return expires_at
+
+    def clean_rate_multiplier(self) -> Decimal:
+        value = self.cleaned_data["rate_multiplier"]
+        if value <= 0:
+            raise forms.ValidationError("The rate multiplier must be greater than 0.")
+        return value
 
     def clean_quota_timezone(self) -> str:
         value = (self.cleaned_data.get("quota_timezone") or "").strip()

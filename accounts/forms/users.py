@@ -6,7 +6,7 @@ from django import forms
 from django.contrib.auth import password_validation
 
 from accounts.models import BalanceHistory, Group, User
-from common.forms import ConsoleForm, ConsoleModelForm, MoneyField, SearchInput
+from common.forms import ConsoleForm, ConsoleModelForm, DecimalInputField, MoneyField, SearchInput
 
 USER_FIELDS = [
     "email",
@@ -58,7 +58,8 @@ class UserCreateForm(UserForm):
         label="Password",
         required=False,
         strip=False,
-        widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}),
+        # Kept when the form comes back with an error (that response is not cached).
+        widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}, render_value=True),
         help_text="Leave empty for a user who only uses API keys and never signs in.",
     )
     initial_balance = MoneyField(label="Initial balance (USD)", required=False, min_value=0)
@@ -106,7 +107,7 @@ class UserFilterForm(ConsoleForm):
 
 class UserGroupRateForm(ConsoleForm):
     group = forms.ModelChoiceField(queryset=Group.objects.none(), label="Group")
-    rate_multiplier = forms.DecimalField(
+    rate_multiplier = DecimalInputField(
         label="Multiplier",
         max_digits=12,
         decimal_places=6,

@@ -100,3 +100,17 @@ def key_group_problem(*, user: User, group: Group, now: datetime | None = None) 
     allowed = set(user.allowed_groups.filter(pk=group.pk).values_list("pk", flat=True))
     subscribed = live_subscription_group_ids(user=user, now=now) if group.is_subscription else set()
     return _problem(group, user, allowed, subscribed)
+
+
+def key_name_twins(*, key: APIKey) -> int:
+    """How many other keys of the same user carry this key's name (ignoring case)."""
+    return APIKey.objects.filter(user_id=key.user_id, name__iexact=key.name).exclude(pk=key.pk).count()
+
+
+def key_name_warning(*, key: APIKey) -> str:
+    """Said after a save when the name does not tell this key from the user's others."""
+    twins = key_name_twins(key=key)
+    if not twins:
+        return ""
+    others = "another key" if twins == 1 else f"{twins} other keys"
+    return f"{key.user.email} has {others} named “{key.name}”: give each key its own name to tell them apart."

@@ -26,3 +26,20 @@ def user_balance_history(*, user: User, limit: int = 50) -> QuerySet[BalanceHist
 
 def user_group_rates(*, user: User) -> QuerySet[UserGroupRate]:
     return user.group_rates.select_related("group").order_by("group__sort_order", "group__name")
+
+
+PICKER_MATCHES = 20
+
+
+def user_picker_matches(
+    *, query: str, exclude: list[int], limit: int = PICKER_MATCHES
+) -> tuple[list[User], bool]:
+    """The first users whose email or name contains `query`, and whether more match. One query."""
+    users = User.objects.only("id", "email", "username").order_by("email")
+    query = query.strip()
+    if query:
+        users = users.filter(Q(email__icontains=query) | Q(username__icontains=query))
+    if exclude:
+        users = users.exclude(pk__in=exclude)
+    found = list(users[: limit + 1])
+    return found[:limit], len(found) > limit

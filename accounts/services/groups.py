@@ -12,7 +12,7 @@ from django.db.models import Case, Max, Q, Value, When
 from django.utils import timezone
 
 from accounts.models import APIKey, Group, GroupAccount
-from accounts.rules import is_valid_timezone
+from accounts.rules import fallback_platform_error, is_valid_timezone
 from accounts.snapshots import snapshots_changed
 
 SORT_STEP = 10
@@ -106,6 +106,9 @@ def _validate(group: Group) -> None:
         target = getattr(group, field)
         if target is not None and group.pk and target.pk == group.pk:
             errors[field] = "A group cannot fall back to itself."
+        elif target is not None and target.platform != group.platform:
+            # A request falls back with its own protocol; another platform's accounts cannot serve it.
+            errors[field] = fallback_platform_error(target, group.platform)
         elif cycle := (_fallback_cycle(group, field, target) if group.pk else None):
             errors[field] = f"This fallback would make a cycle: {cycle}."
     if group.timezone and not is_valid_timezone(group.timezone):

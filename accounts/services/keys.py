@@ -32,7 +32,7 @@ from django.utils.timezone import now as current_time
 
 from accounts import windows
 from accounts.models import APIKey, Group, User, timezone_name
-from accounts.rules import api_key_hash, key_status, parse_ip_rules
+from accounts.rules import api_key_hash, ip_rule_conflicts, key_status, parse_ip_rules
 from accounts.selectors.keys import DISPLAY_PREFIX_LENGTH, key_group_problem
 from accounts.snapshots import snapshots_changed
 from common.money import quantize_usd
@@ -85,6 +85,10 @@ def _validate(key: APIKey, *, check_group: bool, now: datetime) -> None:
             setattr(key, field, parse_ip_rules(getattr(key, field) or []))
         except ValidationError as error:
             errors[field] = " ".join(error.messages)
+    if "ip_allowlist" not in errors and "ip_denylist" not in errors:
+        conflicts = ip_rule_conflicts(key.ip_allowlist, key.ip_denylist)
+        if conflicts:
+            errors["ip_denylist"] = " ".join(conflicts)
     if check_group and key.group_id is not None:
         problem = key_group_problem(user=key.user, group=key.group, now=now)
         if problem:
@@ -144,6 +148,11 @@ def api_key_update(*, key: APIKey, fields: dict, now: datetime | None = None) ->
     if unknown:
         raise ValueError(f"not configuration fields of a key: {sorted(unknown)}")
     locked = APIKey.objects.select_for_update(of=("self",)).select_related("user", "group").get(pk=key.pk)
+    if "user" in fields and getattr(fields["user"], "pk", fields["user"]) != locked.user_id:
+        # The same secret would start billing another person without anyone telling them.
+        raise ValidationError(
+            {"user": "The owner of a key cannot change. Create a new key for the other user."}
+        )
     rebinding = any(
         getattr(locked, f"{name}_id") != getattr(fields[name], "pk", fields[name])
         for name in ("user", "group")

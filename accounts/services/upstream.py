@@ -28,6 +28,8 @@ from accounts.rules import (
     AWS_REGION,
     BEDROCK_AUTH_MODES,
     CREDENTIAL_SECTIONS,
+    MAX_PRIORITY,
+    MIN_PRIORITY,
     credential_form_name,
     credential_section,
     is_valid_timezone,
@@ -36,6 +38,7 @@ from accounts.rules import (
 )
 from accounts.selectors.upstream import upstream_account_credentials
 from accounts.snapshots import AccountQuota, snapshots_changed
+from accounts.upstream_urls import upstream_url_problem
 from accounts.windows import PERIOD_LENGTHS, _boundary_at_or_before, zone
 from common.money import quantize_usd
 
@@ -74,6 +77,10 @@ def _merge_credentials(
                 URLValidator(schemes=["https", "http"])(value)
             except ValidationError:
                 errors[name] = "Enter an http(s) URL."
+            else:
+                allow_private = settings.UPSTREAM_ALLOW_PRIVATE_NETWORKS
+                if problem := upstream_url_problem(value, allow_private=allow_private):
+                    errors[name] = problem
         if value:
             result[spec.key] = value
     if errors:
@@ -103,6 +110,10 @@ def _validate_account(account: UpstreamAccount, groups: Iterable[Group] | None) 
         errors["cache_ttl_override"] = (
             "The cache TTL override is only for Anthropic OAuth and setup-token accounts."
         )
+    if account.rate_multiplier is not None and account.rate_multiplier <= 0:
+        errors["rate_multiplier"] = "The rate multiplier must be greater than 0."
+    if account.priority is not None and not MIN_PRIORITY <= account.priority <= MAX_PRIORITY:
+        errors["priority"] = f"The priority is a whole number from {MIN_PRIORITY} to {MAX_PRIORITY:,}."
     if not account.quota_timezone or not is_valid_timezone(account.quota_timezone):
         errors["quota_timezone"] = (
             f"{account.quota_timezone!r} is not an IANA timezone name (e.g. Europe/Berlin)."

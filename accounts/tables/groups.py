@@ -6,6 +6,7 @@ from django.urls import reverse
 from django.utils.html import format_html
 
 from accounts.models import Group
+from common.tables import clipped
 
 NUM = {"td": {"class": "num"}, "th": {"class": "num"}}
 
@@ -19,7 +20,7 @@ class GroupTable(tables.Table):
         orderable=False,
         attrs={"td": {"class": "drag-cell text-nowrap"}},
     )
-    name = tables.Column(linkify=lambda record: reverse("accounts:group-detail", args=[record.pk]))
+    name = tables.Column()
     platform = tables.Column()
     subscription_type = tables.Column(verbose_name="Billing")
     rate_multiplier = tables.Column(verbose_name="Rate", attrs=NUM)
@@ -62,6 +63,9 @@ class GroupTable(tables.Table):
             "accounts/group_move_buttons.html",
             {"group": record, "first": record.pk == first, "last": record.pk == last},
         )
+
+    def render_name(self, record):
+        return clipped(record.name, url=reverse("accounts:group-detail", args=[record.pk]))
 
     def render_status(self, record):
         # tables2 hands choice columns their display label; the CSS class needs the stored value.

@@ -5,6 +5,7 @@ from django.template.loader import get_template
 from django.urls import reverse
 
 from accounts.models import APIKey
+from common.tables import ACTIONS
 
 
 class PartialColumn(tables.Column):
@@ -42,7 +43,7 @@ class APIKeyTable(tables.Table):
     last_used_at = PartialColumn(
         f"{CELLS}#last_used", verbose_name="Last used", orderable=True, order_by="last_used_at"
     )
-    actions = PartialColumn(f"{CELLS}#actions", verbose_name="", attrs={"td": {"class": "text-end"}})
+    actions = PartialColumn(f"{CELLS}#actions", verbose_name="", attrs=ACTIONS)
 
     class Meta:
         model = APIKey

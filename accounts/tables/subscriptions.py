@@ -6,6 +6,7 @@ from django.urls import reverse
 
 from accounts.models import Subscription
 from accounts.tables.keys import PartialColumn
+from common.tables import ACTIONS, clipped
 
 CELLS = "accounts/subscription_cells.html"
 
@@ -24,13 +25,7 @@ class WindowColumn(PartialColumn):
 
 
 class SubscriptionTable(tables.Table):
-    user = tables.Column(
-        verbose_name="User",
-        accessor="user__email",
-        order_by="user__email",
-        linkify=lambda record: reverse("accounts:subscription-detail", args=[record.pk]),
-        attrs={"a": {"hx-boost": "false"}},
-    )
+    user = tables.Column(verbose_name="User", accessor="user__email", order_by="user__email")
     group = tables.Column(verbose_name="Group", accessor="group__name", order_by="group__name")
     status = PartialColumn(f"{CELLS}#status", verbose_name="Status", orderable=True, order_by="status")
     expires_at = PartialColumn(
@@ -39,7 +34,7 @@ class SubscriptionTable(tables.Table):
     daily = WindowColumn("daily", verbose_name="Daily")
     weekly = WindowColumn("weekly", verbose_name="Weekly")
     monthly = WindowColumn("monthly", verbose_name="Monthly")
-    actions = PartialColumn(f"{CELLS}#actions", verbose_name="", attrs={"td": {"class": "text-end"}})
+    actions = PartialColumn(f"{CELLS}#actions", verbose_name="", attrs=ACTIONS)
 
     class Meta:
         model = Subscription
@@ -47,3 +42,9 @@ class SubscriptionTable(tables.Table):
         sequence = ("user", "group", "status", "expires_at", "daily", "weekly", "monthly", "actions")
         empty_text = "No subscriptions match these filters"
         attrs = {"class": "table table-hover align-middle mb-0", "id": "subscription-table"}
+
+    def render_user(self, record):
+        return clipped(record.user.email, url=reverse("accounts:subscription-detail", args=[record.pk]))
+
+    def render_group(self, record):
+        return clipped(record.group.name)

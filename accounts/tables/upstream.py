@@ -8,25 +8,20 @@ from django.utils.html import format_html, format_html_join
 
 from accounts.models import UpstreamAccount
 from accounts.selectors.upstream import upstream_account_quota_badge
+from common.tables import ACTIONS, LocalTimeColumn, clipped
 
 NUM = {"td": {"class": "num"}, "th": {"class": "num"}}
 
 
 class UpstreamAccountTable(tables.Table):
-    name = tables.Column(
-        verbose_name="Account", linkify=lambda record: reverse("accounts:account-edit", args=[record.pk])
-    )
+    name = tables.Column(verbose_name="Account")
     platform = tables.Column(verbose_name="Platform / type")
     groups = tables.Column(verbose_name="Groups", empty_values=(), orderable=False)
-    priority = tables.Column(attrs=NUM)
-    concurrency = tables.Column(verbose_name="Conc.", attrs=NUM)
+    priority = tables.Column(verbose_name="Priority", attrs=NUM)
     status = tables.Column()
-    schedulable = tables.Column(verbose_name="Sched.")
     quota = tables.Column(verbose_name="Quota", empty_values=(), orderable=False)
-    last_used_at = tables.DateTimeColumn(verbose_name="Last used", format="Y-m-d H:i", default="never")
-    actions = tables.Column(
-        verbose_name="", empty_values=(), orderable=False, attrs={"td": {"class": "text-end text-nowrap"}}
-    )
+    last_used_at = LocalTimeColumn(verbose_name="Last used", default="never")
+    actions = tables.Column(verbose_name="", empty_values=(), orderable=False, attrs=ACTIONS)
 
     class Meta:
         model = UpstreamAccount
@@ -35,9 +30,7 @@ class UpstreamAccountTable(tables.Table):
             "platform",
             "groups",
             "priority",
-            "concurrency",
             "status",
-            "schedulable",
             "quota",
             "last_used_at",
             "actions",
@@ -51,9 +44,19 @@ class UpstreamAccountTable(tables.Table):
         super().__init__(*args, **kwargs)
         self.now = timezone.now()
 
+    def render_name(self, record):
+        return clipped(record.name, url=reverse("accounts:account-edit", args=[record.pk]))
+
+    def render_priority(self, record):
+        return format_html(
+            '{}<div class="small text-body-secondary" title="Requests in flight at once">{} at once</div>',
+            record.priority,
+            record.concurrency,
+        )
+
     def render_platform(self, record):
         return format_html(
-            '<span class="badge platform-badge platform-{}">{}</span> <span class="small text-body-secondary">{}</span>',
+            '<span class="badge platform-badge platform-{}">{}</span><div class="small text-body-secondary">{}</div>',
             "aws" if record.is_bedrock else record.platform,
             record.platform_badge,
             record.get_type_display(),
@@ -63,13 +66,15 @@ class UpstreamAccountTable(tables.Table):
         names = [(m.group.name,) for m in record.memberships.all()]
         if not names:
             return format_html('<span class="text-body-tertiary">{}</span>', "none")
-        return format_html_join(" ", '<span class="badge text-bg-light border">{}</span>', names)
+        return format_html_join(
+            " ", '<span class="badge text-bg-light border cell-name" title="{0}">{0}</span>', names
+        )
 
     def render_status(self, record):
-        return render_to_string("accounts/account_status.html", {"account": record})
-
-    def render_schedulable(self, record):
-        return render_to_string("accounts/account_schedulable.html", {"account": record})
+        # The schedulable switch sits under the status: one column fewer keeps Quota in view.
+        return render_to_string("accounts/account_status.html", {"account": record}) + render_to_string(
+            "accounts/account_schedulable.html", {"account": record, "labelled": True}
+        )
 
     def render_quota(self, record):
         badge = upstream_account_quota_badge(record, now=self.now)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 from django.contrib import messages
@@ -76,6 +77,7 @@ def group_sort_order(request: HttpRequest) -> HttpResponse:
 def _group_form_page(request: HttpRequest, group: Group | None) -> HttpResponse:
     creating = group is None
     group = group or Group()
+    stored = copy.copy(group)  # the form writes typed values into `group`; the page names the saved one
     accounts = (
         UpstreamAccount.objects.filter(memberships__group=group).order_by("memberships__priority", "id")
         if group.pk
@@ -83,9 +85,12 @@ def _group_form_page(request: HttpRequest, group: Group | None) -> HttpResponse:
     )
     data = request.POST if request.method == "POST" else None
     form = GroupForm(data, instance=group)
-    routing = RoutingFormSet(data, initial=routing_initial(group), accounts=accounts, prefix="routing")
-    if data is not None and form.is_valid() and routing.is_valid():
-        fields = {**form.cleaned_data, "model_routing": routing.routing()}
+    # A new group has no accounts yet, so its page offers no routing rows and posts none.
+    routing = RoutingFormSet(
+        None if creating else data, initial=routing_initial(group), accounts=accounts, prefix="routing"
+    )
+    if data is not None and form.is_valid() and (creating or routing.is_valid()):
+        fields = {**form.cleaned_data, "model_routing": {} if creating else routing.routing()}
         try:
             with transaction.atomic():
                 saved = group_create(fields=fields) if creating else group_update(group=group, fields=fields)
@@ -93,12 +98,14 @@ def _group_form_page(request: HttpRequest, group: Group | None) -> HttpResponse:
             add_service_error(form, error)
         else:
             messages.success(request, f"Group {saved.name} {'created' if creating else 'saved'}.")
+            for warning in form.limit_warnings.values():
+                messages.warning(request, warning)
             return redirect("accounts:group-detail", saved.pk)
     context = {
         "form": form,
         "routing": routing,
         "creating": creating,
-        "subject": None if creating else group,
+        "subject": None if creating else stored,
         "timezones": timezone_names(),
     }
     return render(request, "accounts/group_form.html", context)

@@ -22,7 +22,7 @@ from accounts.models import Subscription
 from accounts.selectors.subscriptions import subscription_list as select_subscriptions
 from accounts.services import subscriptions as services
 from accounts.tables.subscriptions import SubscriptionTable
-from common.forms import add_service_error
+from common.forms import INVALID_FILTERS, add_service_error, filter_criteria
 from common.htmx import dialog_done, render_page
 
 CHANGED = "subscriptions:changed"
@@ -30,14 +30,17 @@ CHANGED = "subscriptions:changed"
 
 def subscription_list(request: HttpRequest) -> HttpResponse:
     filters = SubscriptionFilterForm(request.GET or None)
-    criteria = filters.cleaned_data if filters.is_valid() else {}
-    subscriptions = select_subscriptions(
-        search=criteria.get("q", ""),
-        group=criteria.get("group"),
-        status=criteria.get("status", ""),
-        expiring_within_days=criteria.get("expiring"),
-    )
-    table = SubscriptionTable(subscriptions)
+    criteria = filter_criteria(filters)
+    if criteria is None:
+        subscriptions = Subscription.objects.none()
+    else:
+        subscriptions = select_subscriptions(
+            search=criteria.get("q", ""),
+            group=criteria.get("group"),
+            status=criteria.get("status", ""),
+            expiring_within_days=criteria.get("expiring"),
+        )
+    table = SubscriptionTable(subscriptions, empty_text=INVALID_FILTERS if criteria is None else None)
     RequestConfig(request, paginate={"per_page": 50}).configure(table)
     return render_page(request, "accounts/subscription_list.html", {"table": table, "filter_form": filters})
 

@@ -10,6 +10,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.cache import add_never_cache_headers
 from django.views.decorators.http import require_http_methods, require_POST
 from django_tables2 import RequestConfig
 
@@ -31,7 +32,7 @@ from accounts.services.upstream import (
     upstream_account_update,
 )
 from accounts.tables.upstream import UpstreamAccountTable
-from common.forms import add_service_error
+from common.forms import INVALID_FILTERS, add_service_error, filter_criteria
 from common.htmx import dialog_done, render_page
 
 
@@ -42,16 +43,19 @@ def changed(account: UpstreamAccount) -> str:
 
 def account_list(request: HttpRequest) -> HttpResponse:
     filters = UpstreamAccountFilterForm(request.GET or None)
-    criteria = filters.cleaned_data if filters.is_valid() else {}
-    accounts = upstream_account_list(
-        search=criteria.get("q", ""),
-        platform=criteria.get("platform", ""),
-        type=criteria.get("type", ""),
-        status=criteria.get("status", ""),
-        group=criteria.get("group"),
-        schedulable=criteria.get("schedulable", ""),
-    )
-    table = UpstreamAccountTable(accounts)
+    criteria = filter_criteria(filters)
+    if criteria is None:
+        accounts = UpstreamAccount.objects.none()
+    else:
+        accounts = upstream_account_list(
+            search=criteria.get("q", ""),
+            platform=criteria.get("platform", ""),
+            type=criteria.get("type", ""),
+            status=criteria.get("status", ""),
+            group=criteria.get("group"),
+            schedulable=criteria.get("schedulable", ""),
+        )
+    table = UpstreamAccountTable(accounts, empty_text=INVALID_FILTERS if criteria is None else None)
     RequestConfig(request, paginate={"per_page": 50}).configure(table)
     return render_page(request, "accounts/account_list.html", {"table": table, "filter_form": filters})
 
@@ -70,7 +74,13 @@ def account_create(request: HttpRequest) -> HttpResponse:
             messages.success(request, f"Account {account.name} created.")
             return redirect("accounts:account-list")
     context = {"form": form, "creating": True, "timezones": timezone_names()}
-    return render(request, "accounts/account_form.html", context)
+    return _form_response(request, context)
+
+
+def _form_response(request: HttpRequest, context: dict) -> HttpResponse:
+    response = render(request, "accounts/account_form.html", context)
+    add_never_cache_headers(response)  # a refused form carries the secrets typed into it
+    return response
 
 
 @require_http_methods(["GET", "POST"])
@@ -95,7 +105,7 @@ def account_edit(request: HttpRequest, pk: int) -> HttpResponse:
     account.refresh_from_db()  # a failed save must not show half-applied values in the side card
     badge = upstream_account_quota_badge(account, now=timezone.now())
     context = {"form": form, "subject": account, "badge": badge, "timezones": timezone_names()}
-    return render(request, "accounts/account_form.html", context)
+    return _form_response(request, context)
 
 
 def account_quota_badge(request: HttpRequest, pk: int) -> HttpResponse:
@@ -112,6 +122,8 @@ def account_quota_reset(request: HttpRequest, pk: int) -> HttpResponse:
         return dialog_done(changed=changed(account), message=f"Quota of {account.name} reset to $0.")
     context = {
         "subject": account,
+        # Only the quotas the account has: a daily figure without a daily quota means nothing.
+        "meters": upstream_account_quota_badge(account, now=timezone.now()).meters,
         "used": upstream_account_quota_usage(account, now=timezone.now()),
         "dialog_action": reverse("accounts:account-quota-reset", args=[account.pk]),
     }

@@ -7,7 +7,8 @@ from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
-from django.views.decorators.http import require_http_methods
+from django.utils.cache import add_never_cache_headers
+from django.views.decorators.http import require_GET, require_http_methods
 from django_tables2 import RequestConfig
 
 from accounts.forms.users import (
@@ -18,7 +19,7 @@ from accounts.forms.users import (
     UserGroupRateForm,
 )
 from accounts.models import BalanceHistory, User
-from accounts.selectors.users import user_balance_history, user_group_rates
+from accounts.selectors.users import user_balance_history, user_group_rates, user_picker_matches
 from accounts.selectors.users import user_list as select_users
 from accounts.services.users import (
     user_balance_adjust,
@@ -29,21 +30,24 @@ from accounts.services.users import (
     user_update,
 )
 from accounts.tables.users import UserTable
-from common.forms import add_service_error
+from common.forms import INVALID_FILTERS, add_service_error, filter_criteria
 from common.htmx import dialog_done, render_page
 from common.money import format_usd
 
 
 def user_list(request: HttpRequest) -> HttpResponse:
     filters = UserFilterForm(request.GET or None)
-    criteria = filters.cleaned_data if filters.is_valid() else {}
-    users = select_users(
-        search=criteria.get("q", ""),
-        role=criteria.get("role", ""),
-        status=criteria.get("status", ""),
-        staff=criteria.get("staff", ""),
-    )
-    table = UserTable(users)
+    criteria = filter_criteria(filters)
+    if criteria is None:
+        users = User.objects.none()
+    else:
+        users = select_users(
+            search=criteria.get("q", ""),
+            role=criteria.get("role", ""),
+            status=criteria.get("status", ""),
+            staff=criteria.get("staff", ""),
+        )
+    table = UserTable(users, empty_text=INVALID_FILTERS if criteria is None else None)
     RequestConfig(request, paginate={"per_page": 50}).configure(table)
     return render_page(request, "accounts/user_list.html", {"table": table, "filter_form": filters})
 
@@ -72,7 +76,9 @@ def user_create_view(request: HttpRequest) -> HttpResponse:
                 )
             messages.success(request, f"User {user.email} created.")
             return redirect("accounts:user-detail", user.pk)
-    return render(request, "accounts/user_form.html", {"form": form, "creating": True})
+    response = render(request, "accounts/user_form.html", {"form": form, "creating": True})
+    add_never_cache_headers(response)  # a refused form carries the password typed into it
+    return response
 
 
 @require_http_methods(["GET", "POST"])
@@ -177,3 +183,13 @@ def user_rate_remove(request: HttpRequest, pk: int, rate_id: int) -> HttpRespons
 
 def _rates_context(user: User, form: UserGroupRateForm) -> dict:
     return {"subject": user, "rate_form": form, "rates": user_group_rates(user=user)}
+
+
+@require_GET
+def user_picker(request: HttpRequest) -> HttpResponse:
+    """The user picker's matches for what was typed, leaving out the users already chosen."""
+    query = request.GET.get("users_search", "")[:100]
+    exclude = [int(pk) for pk in request.GET.getlist("users") if pk.isdigit()]
+    users, more = user_picker_matches(query=query, exclude=exclude)
+    context = {"users": users, "more": more, "query": query.strip()}
+    return render(request, "accounts/user_picker.html#results", context)

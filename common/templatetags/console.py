@@ -28,3 +28,15 @@ def status_badge(value: str, label: str | None = None) -> str:
     return format_html(
         '<span class="badge badge-status-{}">{}</span>', value, label or value.replace("_", " ")
     )
+
+
+@register.simple_tag
+def active_filters(form) -> int:
+    """How many filters other than the search box are set, for the folded filter button."""
+    if not form.is_bound:
+        return 0
+    return sum(
+        1
+        for field in form
+        if field.field.widget.input_type != "search" and form.data.get(field.html_name) not in (None, "")
+    )

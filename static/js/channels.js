@@ -75,6 +75,29 @@
     }
   }
 
+  var PLATFORM_NAMES = { anthropic: "Anthropic", openai: "OpenAI", gemini: "Gemini", antigravity: "Antigravity" };
+
+  // A new card takes its platform from the model's vendor until the operator picks one; any
+  // other card says when the model's vendor is not the card's platform.
+  function matchPlatform(card, name, data) {
+    var select = field(card, "platform");
+    var warning = card.querySelector("[data-platform-warning]");
+    if (!select || !warning) return "";
+    var vendor = data.found ? data.platform : null;
+    if (!vendor || vendor === select.value) {
+      warning.textContent = "";
+      return "";
+    }
+    if (card.hasAttribute("data-new") && !select.dataset.chosen) {
+      select.value = vendor;
+      warning.textContent = "";
+      return " Platform set to " + (PLATFORM_NAMES[vendor] || vendor) + ", the model's vendor.";
+    }
+    warning.textContent = "\u201c" + name + "\u201d is " + (PLATFORM_NAMES[vendor] || vendor) +
+      "'s model, but this card is for " + (PLATFORM_NAMES[select.value] || select.value) + ".";
+    return "";
+  }
+
   function apply(card, name, data) {
     var filled = 0;
     var kept = 0;
@@ -96,12 +119,14 @@
       input.classList.add("autofilled");
       filled += 1;
     });
+    var platform = matchPlatform(card, name, data);
+    var catalog = " (" + data.catalog + ")";
     if (!data.found) {
-      say(card, "No catalog default for \u201c" + name + "\u201d: enter the prices yourself.", "missing");
+      say(card, "No catalog default for \u201c" + name + "\u201d in " + data.catalog + ": enter the prices yourself.", "missing");
     } else if (filled === 0) {
-      say(card, "Found the " + data.source + "; the prices you typed were kept.", "found");
+      say(card, "Found the " + data.source + catalog + "; the prices you typed were kept." + platform, "found");
     } else {
-      say(card, "Prices filled in from the " + data.source + (kept ? "; the prices you typed were kept." : "."), "found");
+      say(card, "Prices filled in from the " + data.source + catalog + (kept ? "; the prices you typed were kept." : ".") + platform, "found");
     }
     showTiersButton(card, data.found ? data.tiers || [] : []);
   }
@@ -161,6 +186,11 @@
   document.addEventListener("change", function (event) {
     var card = event.target.closest && event.target.closest(".pricing-card");
     if (card && event.target.matches(".billing-mode")) {
+      card.dataset.lookedUp = "";
+      lookup(card);
+    }
+    if (card && event.target === field(card, "platform")) {
+      event.target.dataset.chosen = "yes"; // the operator's choice: never changed for them again
       card.dataset.lookedUp = "";
       lookup(card);
     }

@@ -61,6 +61,20 @@
     if (event.target.matches(".filter-form input[type=search]")) event.stopPropagation();
   }, true);
 
+  // Filter messages arrive out of band with the table (components/filter_errors.html):
+  // mark each input invalid while its message slot has text, valid again when it is empty.
+  document.addEventListener("htmx:afterSettle", function () {
+    document.querySelectorAll("[data-errors-for]").forEach(function (slot) {
+      var input = document.getElementById(slot.getAttribute("data-errors-for"));
+      var invalid = slot.textContent.trim() !== "";
+      slot.classList.toggle("d-block", invalid);
+      if (!input) return;
+      input.classList.toggle("is-invalid", invalid);
+      if (invalid) input.setAttribute("aria-invalid", "true");
+      else input.removeAttribute("aria-invalid");
+    });
+  });
+
   // Copy buttons: <button data-copy-target="#id">.
   document.addEventListener("click", function (event) {
     var button = event.target.closest("[data-copy-target]");

@@ -67,3 +67,66 @@
     if (first) first.focus();
   });
 })();
+
+// The group form: say under each subscription limit what it does as it is typed: 0 blocks all
+// usage; a limit above a longer window's is never reached. The server says the same on save.
+(function () {
+  "use strict";
+  var ORDER = ["daily", "weekly", "monthly"];
+
+  function amount(input) {
+    var text = input.value.trim().replace(",", ".");
+    if (text === "" || isNaN(Number(text))) return null;
+    return Number(text);
+  }
+
+  function update(form) {
+    var inputs = {};
+    ORDER.forEach(function (period) { inputs[period] = form.querySelector("[data-limit=" + period + "]"); });
+    ORDER.forEach(function (period, position) {
+      var input = inputs[period];
+      var hint = input && document.getElementById(input.id + "_hint");
+      if (!hint) return;
+      var value = amount(input);
+      var text = "";
+      if (value === 0) {
+        text = "0 blocks all usage: subscribers of this group cannot make any request.";
+      } else if (value !== null) {
+        for (var i = position + 1; i < ORDER.length; i++) {
+          var cap = inputs[ORDER[i]] ? amount(inputs[ORDER[i]]) : null;
+          if (cap !== null && cap > 0 && cap < value) {
+            text = "Higher than the " + ORDER[i] + " limit ($" + inputs[ORDER[i]].value.trim() +
+              "), which is reached first: the " + period + " limit never applies.";
+            break;
+          }
+        }
+      }
+      hint.textContent = text;
+    });
+  }
+
+  document.addEventListener("input", function (event) {
+    if (event.target.matches && event.target.matches("[data-limit]")) update(event.target.form);
+  });
+})();
+
+// The group form: fallback groups are offered for the chosen platform only (the server refuses
+// another platform's group too); a fallback of the old platform is cleared when it changes.
+(function () {
+  "use strict";
+  function sync(select) {
+    var platform = document.getElementById(select.getAttribute("data-platform-of"));
+    if (!platform) return;
+    select.querySelectorAll("option[data-platform]").forEach(function (option) {
+      var other = option.getAttribute("data-platform") !== platform.value;
+      option.disabled = other;
+      option.hidden = other;
+      if (other && option.selected) select.value = "";
+    });
+  }
+  function syncAll() { document.querySelectorAll("select[data-platform-of]").forEach(sync); }
+  document.addEventListener("DOMContentLoaded", syncAll);
+  document.addEventListener("change", function (event) {
+    if (event.target.matches && event.target.matches("#id_platform")) syncAll();
+  });
+})();

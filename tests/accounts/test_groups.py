@@ -6,7 +6,7 @@ from decimal import Decimal
 
 import pytest
 from django.core.exceptions import ValidationError
-from django.db import connection, connections, transaction
+from django.db import IntegrityError, connection, connections, transaction
 from django.test.utils import CaptureQueriesContext
 
 from accounts.models import APIKey, Group, GroupAccount
@@ -70,7 +70,10 @@ def test_the_list_shows_groups_in_sort_order_with_account_and_key_counts(staff_c
     assert page.index(">first<") < page.index(">second<")
     row = page[page.index(f'data-group-id="{second.pk}"') :]
     row = row[: row.index("</tr>")]
-    assert '<td class="num">2</td>' in row and '<td class="num">3</td>' in row
+    assert (
+        '<td class="num" data-label="Accounts">2</td>' in row
+        and '<td class="num" data-label="Keys">3</td>' in row
+    )
     assert f'name="ids" value="{first.pk}"' in page
     assert 'aria-label="Move first up"' in page
 
@@ -164,9 +167,41 @@ def test_creating_a_group_puts_it_at_the_end_and_keeps_limits_as_typed(staff_cli
     assert group.rate_multiplier == Decimal("1.5") and group.timezone == "Asia/Tokyo"
 
 
+def test_creating_a_group_needs_no_routing_rows_as_the_create_page_posts_none(staff_client):
+    page = staff_client.get("/groups/new").content.decode()
+    assert "routing-TOTAL_FORMS" not in page
+    data = {k: v for k, v in form_data().items() if not k.startswith("routing-")}
+    response = staff_client.post("/groups/new", data)
+    group = Group.objects.get(name="claude-pool")
+    assert response.status_code == 302 and response["Location"] == f"/groups/{group.pk}/"
+    assert group.model_routing == {}
+
+
 def test_the_form_explains_empty_and_zero_limits(staff_client):
     page = staff_client.get("/groups/new").content.decode()
-    assert "Empty = unlimited; 0 = no usage allowed." in page
+    assert "Empty = no limit. 0 = no usage at all: it blocks every request to this group." in page
+
+
+def test_a_zero_limit_is_said_to_block_all_usage_and_an_unreachable_one_is_named(staff_client):
+    group = GroupFactory(name="plus", subscription_type="subscription", daily_limit_usd=Decimal("0"))
+    page = staff_client.get(f"/groups/{group.pk}/edit").content.decode()
+    hint = page[page.index('id="id_daily_limit_usd_hint"') :]
+    assert hint[: hint.index("</div>")].endswith(
+        "0 blocks all usage: subscribers of this group cannot make any request."
+    )
+    response = staff_client.post(
+        f"/groups/{group.pk}/edit",
+        form_data(name="plus", daily_limit_usd="20", weekly_limit_usd="10", monthly_limit_usd="0"),
+        follow=True,
+    )
+    page = response.content.decode()
+    group.refresh_from_db()
+    assert (group.daily_limit_usd, group.weekly_limit_usd, group.monthly_limit_usd) == (20, 10, 0)
+    assert "Group plus saved." in page
+    assert (
+        "Higher than the weekly limit ($10), which is reached first: the daily limit never applies." in page
+    )
+    assert "0 blocks all usage" in page
 
 
 def test_the_form_refuses_bad_values_and_keeps_what_was_typed(staff_client):
@@ -393,7 +428,8 @@ def test_the_refusal_offers_to_move_the_keys_to_another_group(staff_client):
     APIKeyFactory.create_batch(2, group=group)
     dialog = staff_client.get(f"/groups/{group.pk}/delete").content.decode()
     assert "Move the 2 keys and delete this group" in dialog
-    assert dialog.index("spare (Anthropic)") < dialog.index("elsewhere (OpenAI, exclusive)")
+    assert "spare (Anthropic)" in dialog
+    assert "elsewhere" not in dialog  # keys work on their own platform only
     assert ">busy (" not in dialog
     assert "the gateway may refuse a moved key" in dialog
 
@@ -422,6 +458,7 @@ def test_moving_the_keys_rebinds_them_all_and_deletes_the_group(staff_client):
 
 def test_a_target_on_another_platform_is_refused_and_nothing_changes(staff_client):
     group = GroupFactory(name="busy", platform="anthropic")
+    GroupFactory(name="spare", platform="anthropic")
     target = GroupFactory(name="gpt-pool", platform="openai")
     keys = APIKeyFactory.create_batch(2, group=group)
     response = staff_client.post(
@@ -431,8 +468,8 @@ def test_a_target_on_another_platform_is_refused_and_nothing_changes(staff_clien
     )
     dialog = response.content.decode()
     assert response.status_code == 200
-    assert "gpt-pool is on the OpenAI platform; these keys can only move to a group on Anthropic." in dialog
-    assert f'<option value="{target.pk}" selected>' in dialog
+    assert "Select a valid choice. That choice is not one of the available choices." in dialog
+    assert "gpt-pool" not in dialog
     assert Group.objects.filter(pk=group.pk).exists()
     assert bound_key_groups(keys) == {group.pk}
 
@@ -492,3 +529,44 @@ def test_a_target_deleted_while_the_move_waits_leaves_everything_as_it_was():
     assert "no longer exists" in refused.value.message_dict["target_group"][0]
     assert Group.objects.filter(pk=group.pk).exists() and not Group.objects.filter(pk=target.pk).exists()
     assert bound_key_groups(keys) == {group.pk}
+
+
+def test_a_fallback_on_another_platform_is_refused(staff_client):
+    gpt = GroupFactory(name="gpt", platform="openai")
+    page = staff_client.post("/groups/new", form_data(fallback_group=str(gpt.pk))).content.decode()
+    assert "gpt is on OpenAI; a fallback must be on this group&#x27;s platform (Anthropic)." in page
+    assert not Group.objects.filter(name="claude-pool").exists()
+    claude = GroupFactory(name="claude")
+    with pytest.raises(ValidationError) as refused:
+        from accounts.services.groups import group_update
+
+        group_update(group=claude, fields={"fallback_group_on_invalid_request": gpt})
+    assert "a fallback must be on this group's platform" in str(refused.value)
+
+
+def test_group_names_are_unique_whatever_their_case(staff_client):
+    GroupFactory(name="openai-standard")
+    page = staff_client.post("/groups/new", form_data(name="OPENAI-STANDARD")).content.decode()
+    assert "Another group already has this name (names ignore case)." in page
+    assert Group.objects.count() == 1
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Group.objects.create(name="OpenAI-Standard", platform="openai")
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"name": "TAKEN"},
+        {"name": "renamed", "timezone": "Mars/Olympus"},
+        {"name": "renamed", "rate_multiplier": "0"},
+    ],
+)
+def test_after_a_refused_rename_the_page_still_names_the_saved_group(staff_client, change):
+    GroupFactory(name="taken")
+    group = GroupFactory(name="kept")
+    page = staff_client.post(f"/groups/{group.pk}/edit", form_data(**change)).content.decode()
+    assert "<title>Edit kept · Tollgate</title>" in page
+    assert "<h1>Edit kept</h1>" in page
+    assert f'value="{change["name"]}"' in page  # what was typed stays in the field
+    group.refresh_from_db()
+    assert group.name == "kept"

@@ -124,8 +124,22 @@ def test_a_bound_key_keeps_its_group_when_edited_after_the_subscription_lapsed()
     api_key_update(key=key, fields={"name": "renamed", "group": group})
     key.refresh_from_db()
     assert (key.name, key.group) == ("renamed", group)
-    with pytest.raises(ValidationError, match="no live subscription"):
-        api_key_update(key=key, fields={"user": UserFactory()})  # a new owner must qualify
+
+
+def test_the_owner_of_a_key_never_changes(staff_client):
+    owner, other = UserFactory(email="owner@example.com"), UserFactory(email="other@example.com")
+    key, _ = api_key_create(user=owner, group=None, name="laptop")
+    with pytest.raises(ValidationError, match="The owner of a key cannot change"):
+        api_key_update(key=key, fields={"user": other})
+    page = staff_client.get(f"/keys/{key.pk}/").content.decode()
+    assert "The owner of a key is fixed. For another person, create a new key." in page
+    assert re.search(r'<select name="user"[^>]*disabled', page)
+    data = {"user": other.pk, "name": "renamed", "quota_usd": "0", "rate_limit_5h_usd": "0"}
+    data |= {"rate_limit_1d_usd": "0", "rate_limit_7d_usd": "0", "timezone": "", "expires_at": ""}
+    response = staff_client.post(f"/keys/{key.pk}/", data)
+    assert response.status_code == 302  # the name is saved; the posted owner is ignored
+    key.refresh_from_db()
+    assert (key.user, key.name) == (owner, "renamed")
 
 
 # --- reactivation (docs/windows.md#key-quota) -------------------------------------------------
@@ -221,6 +235,54 @@ def test_the_tidy_up_job_flips_active_keys_past_their_expiry():
     assert statuses == {due.pk: "expired", later.pk: "active", disabled.pk: "disabled"}
 
 
+def test_a_list_that_normalising_would_change_is_refused_once_showing_the_normalised_list(staff_client):
+    user = UserFactory()
+    typed = "10.1.2.3/8\n203.0.113.7\n 203.0.113.7\n2001:DB8::1"
+    page = staff_client.post("/keys/new", form_data(user, ip_allowlist=typed)).content.decode()
+    assert not APIKey.objects.exists()
+    assert "Nothing was saved: check the list as it will be stored" in page
+    assert (
+        "Line 1: 10.1.2.3/8 is the range 10.0.0.0/8 (the address part is cut to the range&#x27;s start)."
+        in page
+    )
+    assert "Line 3: 203.0.113.7 is listed already; the copy is dropped." in page
+    assert "Line 4: 2001:DB8::1 is written 2001:db8::1." in page
+    normalised = "10.0.0.0/8\n203.0.113.7\n2001:db8::1"
+    assert f">\n{normalised}</textarea>" in page  # the box now holds what would be stored
+    response = staff_client.post("/keys/new", form_data(user, ip_allowlist=normalised))
+    assert response.status_code == 200 and "Key created" in response.content.decode()
+    assert APIKey.objects.get().ip_allowlist == ["10.0.0.0/8", "203.0.113.7", "2001:db8::1"]
+
+
+@pytest.mark.parametrize(
+    ("allow", "deny", "message"),
+    [
+        ("203.0.113.7", "203.0.113.7", "203.0.113.7 is allowed but is also on the denylist"),
+        (
+            "203.0.113.0/28",
+            "203.0.113.0/24",
+            "203.0.113.0/28 is allowed but is inside the denied 203.0.113.0/24",
+        ),
+    ],
+)
+def test_an_address_both_allowed_and_denied_is_refused(staff_client, allow, deny, message):
+    page = staff_client.post("/keys/new", form_data(UserFactory(), ip_allowlist=allow, ip_denylist=deny))
+    assert message in page.content.decode() and not APIKey.objects.exists()
+    with pytest.raises(ValidationError, match="the denylist always wins"):
+        api_key_create(user=UserFactory(), group=None, name="x", ip_allowlist=[allow], ip_denylist=[deny])
+
+
+def test_a_denied_address_inside_an_allowed_range_is_an_exception_not_a_contradiction():
+    key, _ = api_key_create(
+        user=UserFactory(),
+        group=None,
+        name="x",
+        ip_allowlist=["203.0.113.0/24"],
+        ip_denylist=["203.0.113.66"],
+    )
+    assert (key.ip_allowlist, key.ip_denylist) == (["203.0.113.0/24"], ["203.0.113.66"])
+
+
 def test_ip_rules_are_normalised_and_bad_lines_are_named():
     assert parse_ip_rules(["203.0.113.7", "", " 10.1.2.3/8 ", "2001:db8::/32", "203.0.113.7"]) == [
         "203.0.113.7",
@@ -253,13 +315,16 @@ def test_the_key_list_shows_the_badge_windows_and_expiry(staff_client):
     assert "never" in page  # the free key never expires and was never used
 
 
-def test_an_expired_window_shows_zero_and_when_it_reset(staff_client):
+def test_an_ended_window_shows_zero_and_that_it_restarts_on_the_next_request(staff_client):
     key = APIKeyFactory(rate_limit_5h_usd=Decimal("10"))
     api_key_usage_charge(key_id=key.pk, amount_usd=Decimal("3"), now=NOW() - timedelta(hours=6))
     page = staff_client.get("/keys/").content.decode()
     windows = re.search(r'id="key-\d+-windows".*?</div>\s*</div>', page, re.S).group(0)
-    assert "$3.00" not in windows.split("1d")[0]  # the 5h window has ended: it reads $0.00 …
-    assert "$0.00" in windows and "reset " in windows.split("1d")[0]  # … and says when it reset
+    five_hours = windows.split("1d")[0]
+    assert "$3.00" not in five_hours and "$0.00" in five_hours  # the 5h window has ended: it reads $0.00 …
+    # … and says what happens next, not a reset time that has already passed.
+    assert '<span class="window-reset">ended; restarts on the next request</span>' in five_hours
+    assert "reset " not in five_hours.split('class="window-kind"')[1]
     assert "$3.00" in windows.split("7d")[1]  # the 7-day window still holds the charge
 
 
@@ -285,7 +350,9 @@ def test_the_key_list_filters(staff_client, query, expected):
         name="epsilon", quota_usd=Decimal("1"), quota_used_usd=Decimal("1"), status="quota_exhausted"
     )
     response = staff_client.get("/keys/", query)
-    names = set(re.findall(r'class="fw-medium text-nowrap">([a-z]+)</a>', response.content.decode()))
+    names = set(
+        re.findall(r'class="fw-medium cell-name" title="[a-z]+">([a-z]+)</a>', response.content.decode())
+    )
     assert names == expected
 
 

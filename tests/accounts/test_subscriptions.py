@@ -12,7 +12,7 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from accounts.models import Subscription
+from accounts.models import Subscription, User
 from accounts.services.subscriptions import (
     subscription_assign,
     subscription_assign_bulk,
@@ -207,7 +207,7 @@ def test_the_list_shows_a_bar_per_window_with_expired_windows_as_zero(staff_clie
     assert "sam@example.com" in page and "plus" in page
     assert re.search(r'<meter min="0" max="10\.0+" value="8\.50+"', page)  # today only: yesterday reset
     assert "$8.50" in page and "$17.50" in page  # daily, and weekly (no limit: no bar)
-    assert "no usage allowed" in page  # a 0 limit
+    assert "0: blocks all usage" in page  # a 0 limit
     assert "next reset" in page
     assert 'style="' not in page
 
@@ -280,7 +280,8 @@ def test_assigning_one_user_through_the_page_opens_the_subscription(staff_client
     assert response.status_code == 302 and response["Location"] == f"/subscriptions/{sub.pk}/"
     assert sub.term_days == 30 and sub.assigned_by == staff_user
     page = staff_client.get(response["Location"]).content.decode()
-    assert page.count("not started: starts with the first request") == 3
+    assert page.count('data-cell="start" data-label="Window start">not started<') == 3
+    assert page.count('data-cell="reset" data-label="Next reset">starts with the first request<') == 3
     assert "30 days" in page and "hello" in page and "1 new subscription, 0 extended" in page
 
 
@@ -350,3 +351,57 @@ def test_suspending_and_revoking_through_the_dialogs(staff_client):
     assert sub.status == "revoked"
     summary = staff_client.get(f"/subscriptions/{sub.pk}/summary").content.decode()
     assert "Revoked" in summary and "Extend" not in summary and "<nav" not in summary
+
+
+def test_an_ended_window_says_it_restarts_on_the_next_request_instead_of_a_reset_time(staff_client):
+    now = timezone.now()
+    group = SubscriptionGroupFactory(daily_limit_usd=Decimal("10"))
+    sub = SubscriptionFactory(group=group, starts_at=now - timedelta(days=3))
+    subscription_usage_charge(subscription_id=sub.pk, amount_usd=Decimal("2"), now=now - timedelta(days=2))
+    page = staff_client.get(f"/subscriptions/{sub.pk}/").content.decode()
+    daily = page[page.index('data-window="daily"') :]
+    daily = daily[: daily.index("</tr>")]
+    assert 'data-cell="start" data-label="Window start">ended<' in daily
+    assert 'data-cell="reset" data-label="Next reset">restarts on the next request<' in daily
+    assert ">$0.00</span>" in daily
+
+
+@pytest.fixture
+def ten_thousand_users(db):
+    User.objects.bulk_create(
+        User(email=f"customer{n:05d}@example.com", username=f"Customer {n}", password="!")
+        for n in range(10_000)
+    )
+
+
+def test_the_assign_page_never_lists_every_user(
+    staff_client, ten_thousand_users, django_assert_max_num_queries
+):
+    SubscriptionGroupFactory(name="Plus")
+    # session, staff user, the subscription groups (twice: the select and the "none yet" check)
+    with django_assert_max_num_queries(5):
+        response = staff_client.get("/subscriptions/assign")
+    page = response.content.decode()
+    assert response.status_code == 200
+    assert "customer0" not in page and len(page) < 30_000
+    chosen = User.objects.get(email="customer04242@example.com")
+    page = staff_client.get("/subscriptions/assign", {"user": chosen.pk}).content.decode()
+    assert f'<input type="hidden" name="users" value="{chosen.pk}">' in page  # a preselected user
+
+
+def test_the_user_picker_finds_users_among_ten_thousand_in_one_query(
+    staff_client, ten_thousand_users, django_assert_max_num_queries
+):
+    chosen = User.objects.get(email="customer04242@example.com")
+    with django_assert_max_num_queries(3):  # session, staff user, the matches
+        body = staff_client.get("/users/picker", {"users_search": "customer0424"}).content.decode()
+    assert body.count("data-pick-user=") == 10  # customer04240 … customer04249
+    with django_assert_max_num_queries(3):
+        body = staff_client.get(
+            "/users/picker", {"users_search": "CUSTOMER04242", "users": [chosen.pk]}
+        ).content.decode()
+    assert "No user matches “CUSTOMER04242”." in body  # the chosen one is not offered twice
+    body = staff_client.get("/users/picker", {"users_search": "customer"}).content.decode()
+    assert body.count("data-pick-user=") == 20 and "More users match: type more of the email or name." in body
+    body = staff_client.get("/users/picker", {"users_search": "Customer 77"}).content.decode()
+    assert 'data-user-email="customer00077@example.com"' in body  # by name too

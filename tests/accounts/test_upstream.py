@@ -137,7 +137,7 @@ def test_an_expired_period_shows_zero_and_its_next_reset_in_the_viewers_zone_wit
     shown = datetime(midnight.year, midnight.month, midnight.day, tzinfo=UTC).astimezone(
         timezone.get_current_timezone()
     )
-    assert f"resets {shown:%Y-%m-%d %H:%M} {shown.tzname()}" in badge
+    assert f"resets {shown:%b %-d %H:%M} {shown.tzname()}" in badge
     assert shown.tzname() in ("EST", "EDT")
     account.refresh_from_db()
     assert account.quota_daily_used_usd == Decimal("11")
@@ -362,6 +362,9 @@ def test_an_account_joins_only_groups_of_its_platform(staff_client):
 
 def test_the_reset_dialog_names_the_three_amounts_and_zeroes_them(staff_client):
     account = UpstreamAccountFactory(
+        quota_limit_usd=Decimal("100"),
+        quota_daily_limit_usd=Decimal("10"),
+        quota_weekly_limit_usd=Decimal("50"),
         quota_used_usd=Decimal("42.5"),
         quota_daily_used_usd=Decimal("3.25"),
         quota_daily_start=timezone.now(),
@@ -382,6 +385,8 @@ def test_the_reset_dialog_names_the_three_amounts_and_zeroes_them(staff_client):
 
 def test_the_reset_dialog_shows_an_expired_period_as_zero(staff_client):
     account = UpstreamAccountFactory(
+        quota_limit_usd=Decimal("20"),
+        quota_daily_limit_usd=Decimal("10"),
         quota_used_usd=Decimal("9"),
         quota_daily_used_usd=Decimal("9"),
         quota_daily_start=datetime(2020, 1, 1, tzinfo=UTC),
@@ -389,6 +394,27 @@ def test_the_reset_dialog_shows_an_expired_period_as_zero(staff_client):
     dialog = staff_client.get(f"/accounts/{account.pk}/reset-quota").content.decode()
     assert 'Daily used</dt><dd class="col-7 money">$0.00' in dialog
     assert 'Total used</dt><dd class="col-7 money">$9.00' in dialog
+
+
+def test_the_reset_dialog_lists_only_the_quotas_the_account_has(staff_client):
+    account = UpstreamAccountFactory(
+        quota_weekly_limit_usd=Decimal("50"),
+        quota_used_usd=Decimal("7"),
+        quota_weekly_used_usd=Decimal("7"),
+        quota_weekly_start=timezone.now(),
+    )
+    dialog = staff_client.get(f"/accounts/{account.pk}/reset-quota").content.decode()
+    assert (
+        'Weekly used</dt><dd class="col-7 money">$7.00 <span class="text-body-secondary">of $50.00' in dialog
+    )
+    assert "Daily" not in dialog and "Total used" not in dialog
+    bare = UpstreamAccountFactory(name="bare", quota_used_usd=Decimal("3"))
+    dialog = staff_client.get(f"/accounts/{bare.pk}/reset-quota").content.decode()
+    assert (
+        'bare has no quota set. Its running total, <span class="money">$3.00</span>, goes back to $0.'
+        in dialog
+    )
+    assert "Daily" not in dialog and "Weekly" not in dialog
 
 
 def test_toggling_schedulable_swaps_the_switch_and_refreshes_the_badge(staff_client):
@@ -508,3 +534,83 @@ def test_bad_model_lines_are_named_and_nothing_is_saved(staff_client):
     assert "Line 4: “claude-c” is mapped twice." in page
     assert 'value="kept"' in page and "claude-*-x</textarea>" in page
     assert not UpstreamAccount.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("rate_multiplier", "0", "The rate multiplier must be greater than 0."),
+        ("rate_multiplier", "-1", "The rate multiplier must be greater than 0."),
+        ("priority", "-1", "Ensure this value is greater than or equal to 0."),
+        ("priority", "10001", "Ensure this value is less than or equal to 10000."),
+    ],
+)
+def test_a_rate_multiplier_must_be_above_zero_and_the_priority_in_its_range(
+    staff_client, field, value, message
+):
+    page = staff_client.post(
+        "/accounts/new", account_data(**{field: value, "apikey__api_key": "sk-ant-1"})
+    ).content.decode()
+    assert message in page
+    assert "A whole number from 0 to 10,000; lower is preferred." in page
+    assert not UpstreamAccount.objects.exists()
+
+
+def test_the_services_refuse_a_zero_multiplier_and_a_negative_priority_too():
+    from django.core.exceptions import ValidationError
+
+    from accounts.services.upstream import upstream_account_create
+
+    fields = {
+        "name": "x",
+        "platform": "anthropic",
+        "type": "apikey",
+        "rate_multiplier": Decimal(0),
+        "priority": -1,
+    }
+    with pytest.raises(ValidationError) as refused:
+        upstream_account_create(fields=fields, credentials={"api_key": "k"})
+    assert set(refused.value.message_dict) == {"rate_multiplier", "priority"}
+
+
+def test_an_expiry_in_the_past_is_refused_and_an_expired_account_reads_expired(staff_client):
+    past = (timezone.localtime() - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M")
+    page = staff_client.post(
+        "/accounts/new", account_data(expires_at=past, apikey__api_key="sk-ant-1")
+    ).content.decode()
+    assert "Choose a time in the future, or leave it empty for an account that never expires." in page
+    assert not UpstreamAccount.objects.exists()
+
+    account = UpstreamAccountFactory(name="lapsed", expires_at=timezone.now() - timedelta(hours=1))
+    listing = staff_client.get("/accounts/").content.decode()
+    status = listing[listing.index(f'id="account-status-{account.pk}"') :]
+    assert 'class="badge badge-status-expired"' in status[:400] and ">Expired<" in status[:400]
+    edit = staff_client.get(f"/accounts/{account.pk}/").content.decode()
+    assert ">Expired<" in edit[: edit.index("</h1>")]
+    # Saving it untouched keeps the stored (past) expiry rather than refusing the form.
+    stored = timezone.localtime(account.expires_at).strftime("%Y-%m-%dT%H:%M")
+    response = staff_client.post(
+        f"/accounts/{account.pk}/", account_data(name="lapsed", expires_at=stored, apikey__api_key="k")
+    )
+    assert response.status_code == 302
+
+
+def test_a_refused_form_keeps_the_api_key_typed_into_it_and_is_not_cached(staff_client):
+    response = staff_client.post(
+        "/accounts/new", account_data(name="", apikey__api_key="sk-ant-typed-1234", rate_multiplier="2")
+    )
+    page = response.content.decode()
+    assert "This field is required." in page and not UpstreamAccount.objects.exists()
+    assert 'value="sk-ant-typed-1234"' in page
+    assert "no-store" in response["Cache-Control"]
+    assert 'value="sk-ant-typed-1234"' not in staff_client.get("/accounts/new").content.decode()
+
+
+def test_last_used_names_its_timezone_and_breaks_only_between_date_and_time(staff_client, settings):
+    settings.TIME_ZONE = "Asia/Tokyo"
+    UpstreamAccountFactory(name="busy", last_used_at=datetime(2026, 11, 25, 5, 4, tzinfo=UTC))
+    page = staff_client.get("/accounts/").content.decode()
+    assert (
+        '<time datetime="2026-11-25T05:04:00+00:00"><span class="text-nowrap">2026-11-25</span> '
+        '<span class="text-nowrap">14:04 JST</span></time>'
+    ) in page

@@ -249,3 +249,21 @@ def test_the_status_badge_carries_the_stored_value_as_its_class(staff_client):
     UserFactory(status=User.Status.DISABLED)
     page = staff_client.get("/users/", {"status": "disabled"}).content.decode()
     assert '<span class="badge badge-status-disabled">Disabled</span>' in page
+
+
+def test_a_refused_new_user_form_keeps_the_password_typed_into_it(staff_client):
+    response = staff_client.post(
+        "/users/new",
+        {
+            "email": "not-an-email",
+            "password": "a-long-enough-password-1",
+            "concurrency": "5",
+            "rpm_limit": "0",
+            "role": "user",
+            "status": "active",
+        },
+    )
+    page = response.content.decode()
+    assert "Enter a valid email address." in page
+    assert 'value="a-long-enough-password-1"' in page
+    assert "no-store" in response["Cache-Control"]

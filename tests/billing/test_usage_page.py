@@ -163,9 +163,51 @@ def test_the_period_select_shows_the_period_that_applies(staff_client):
     assert form["period"].value() == "custom"
 
 
-def test_a_range_that_ends_before_it_starts_is_refused(staff_client, spread):
-    # An invalid filter falls back to the default period instead of showing an error page.
-    assert shown(staff_client, date_from="2026-05-02", date_to="2026-05-01") == {"row-a", "row-b"}
+@pytest.mark.parametrize(
+    ("params", "field", "message"),
+    [
+        (
+            {"date_from": "2026-05-02", "date_to": "2026-05-01"},
+            "date_to",
+            "The end date is before the start date.",
+        ),
+        ({"date_from": "abc"}, "date_from", "Enter a valid date."),
+        ({"date_from": "2026-02-30"}, "date_from", "Enter a valid date."),
+        ({"date_from": "1999-12-31"}, "date_from", "Choose a date from 2000-01-01 on."),
+        ({"user": "999999"}, "user", "Select a valid choice."),
+        ({"period": "fortnight"}, "period", "Select a valid choice."),
+    ],
+)
+def test_an_invalid_filter_says_so_next_to_its_field_shows_nothing_and_exports_nothing(
+    staff_client, spread, params, field, message
+):
+    response = staff_client.get("/usage/", params)
+    page = rows_of(response)
+    assert shown(staff_client, **params) == set()
+    errors = page[page.index(f'id="id_{field}_errors"') :]
+    assert errors[: errors.index("</div>")].count(message) == 1
+    assert "0 requests" in page and "Nothing is shown: fix the filters marked above." in page
+    assert "Download CSV" in page and "/usage/export.csv" not in page
+    # An htmx swap of the table brings the field's message along, out of band.
+    body = rows_of(staff_client.get("/usage/", params, headers={"HX-Request": "true"}))
+    assert f'id="id_{field}_errors" data-errors-for="id_{field}" hx-swap-oob="true"' in body
+    export = staff_client.get("/usage/export.csv", params)
+    assert export.status_code == 400 and export["Content-Type"].startswith("text/plain")
+    assert "Nothing was exported" in export.content.decode() and message in export.content.decode()
+
+
+def test_a_valid_filter_clears_the_messages_of_an_earlier_invalid_one(staff_client, spread):
+    body = rows_of(staff_client.get("/usage/", {"period": "30d"}, headers={"HX-Request": "true"}))
+    assert 'id="id_date_to_errors" data-errors-for="id_date_to" hx-swap-oob="true"></div>' in body
+
+
+def test_the_last_day_of_the_calendar_is_an_open_end_not_a_server_error(staff_client, spread):
+    everything = {"row-a", "row-b", "row-old", "row-ancient"}
+    assert shown(staff_client, date_to="9999-12-31") == everything
+    assert shown(staff_client, date_from="2000-01-01", date_to="9999-12-30") == everything
+    assert shown(staff_client, date_from="9999-12-31") == set()
+    rows = read_csv(staff_client.get("/usage/export.csv", {"date_to": "9999-12-31"}))
+    assert {row["request_id"] for row in rows} == everything
 
 
 def test_totals_follow_the_filters(staff_client, spread):
@@ -254,6 +296,14 @@ def test_the_csv_holds_the_filtered_set_with_exact_amounts(staff_client, spread)
         "0.00600000",
     )
     assert first["created_at"] == spread["a"].created_at.isoformat()
+
+
+def test_the_csv_writes_amounts_in_fixed_point_zero_included(staff_client):
+    UsageLogFactory(requested_model="acme", pricing_source="missing", rate_multiplier=D("0.5"))
+    row = read_csv(staff_client.get("/usage/export.csv"))[0]
+    assert (row["total_cost"], row["actual_cost"], row["input_cost"]) == ("0.00000000",) * 3
+    assert row["rate_multiplier"] == "0.500000"
+    assert not any("E-" in value or "E+" in value for value in row.values())
 
 
 def test_the_csv_defuses_spreadsheet_formulas(staff_client):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import socket
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 from genai_prices import data as genai_data
@@ -156,6 +157,8 @@ def test_the_json_answer_uses_plain_decimal_strings():
             }
         ],
         "source": "catalog default for claude-sonnet-4-5",
+        "platform": "anthropic",
+        "catalog": "genai-prices 0.2.3, prices as of 2026-11-10",
     }
 
 
@@ -195,3 +198,24 @@ def test_it_works_offline_and_ignores_a_custom_snapshot(no_network):
     finally:
         data_snapshot.set_custom_snapshot(None)
     assert price.input_price == Decimal("0.000003")
+
+
+@pytest.mark.parametrize(
+    ("model", "platform"),
+    [
+        ("gpt-4o", "openai"),
+        ("claude-opus-4-1", "anthropic"),
+        ("gemini-2.5-flash", "gemini"),
+        ("deepseek-chat", None),
+    ],
+)
+def test_a_models_vendor_names_its_platform_when_it_is_one_of_ours(model, platform):
+    assert catalog.default_prices_json(model)["platform"] == platform
+
+
+def test_the_catalog_named_on_the_form_is_the_installed_one():
+    from importlib.metadata import version
+
+    assert version(catalog.CATALOG_PACKAGE) == catalog.CATALOG_VERSION
+    requirements = (Path(__file__).resolve().parents[2] / "requirements.txt").read_text()
+    assert f"{catalog.CATALOG_PACKAGE}=={catalog.CATALOG_VERSION}" in requirements

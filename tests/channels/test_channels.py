@@ -80,7 +80,7 @@ def test_the_list_shows_status_groups_priced_models_and_billing_source(staff_cli
     page = staff_client.get("/channels/").content.decode()
     assert "Claude retail" in page and "claude-pool" in page and "Requested model" in page
     row = page[page.index("Claude retail") : page.index("Dormant")]
-    assert '<td class="num">3</td>' in row.replace("\n", "")
+    assert '<td class="num" data-label="Priced models">3</td>' in row.replace("\n", "")
 
     page = staff_client.get("/channels/", {"status": "disabled"}).content.decode()
     assert "Dormant" in page and "Claude retail" not in page
@@ -95,7 +95,7 @@ def test_the_list_runs_a_fixed_number_of_queries(staff_client, django_assert_max
     with django_assert_max_num_queries(7):
         response = staff_client.get("/channels/", {"per_page": 100})
     assert response.status_code == 200
-    assert response.content.decode().count('<td class="num">4</td>') == 100
+    assert response.content.decode().count('<td class="num" data-label="Priced models">4</td>') == 100
 
 
 # -- create and edit --------------------------------------------------------------------------------

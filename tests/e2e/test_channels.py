@@ -37,7 +37,7 @@ def test_create_a_channel_with_catalog_prices_and_an_interval_then_reopen_it(
 
     card.get_by_label("Models").press_sequentially("claude-sonnet-4-5", delay=15)
     expect(card.locator("[data-catalog-source]")).to_have_text(
-        "Prices filled in from the catalog default for claude-sonnet-4-5."
+        "Prices filled in from the catalog default for claude-sonnet-4-5 (genai-prices 0.2.3, prices as of 2026-11-10)."
     )
     for name, value in (
         ("input_price", "3"),
@@ -91,7 +91,7 @@ def test_typed_prices_are_never_overwritten_and_filled_ones_follow_the_model(sta
     price(card, 0, "input_price").fill("2.5")
     card.get_by_label("Models").fill("claude-sonnet-4-5")
     expect(card.locator("[data-catalog-source]")).to_have_text(
-        "Prices filled in from the catalog default for claude-sonnet-4-5; the prices you typed were kept."
+        "Prices filled in from the catalog default for claude-sonnet-4-5 (genai-prices 0.2.3, prices as of 2026-11-10); the prices you typed were kept."
     )
     expect(price(card, 0, "input_price")).to_have_value("2.5")
     expect(price(card, 0, "output_price")).to_have_value("15")
@@ -106,7 +106,7 @@ def test_typed_prices_are_never_overwritten_and_filled_ones_follow_the_model(sta
 
     card.get_by_label("Models").fill("house-model-7")
     expect(card.locator("[data-catalog-source]")).to_have_text(
-        "No catalog default for “house-model-7”: enter the prices yourself."
+        "No catalog default for “house-model-7” in genai-prices 0.2.3, prices as of 2026-11-10: enter the prices yourself."
     )
     expect(price(card, 0, "output_price")).to_have_value("")
     expect(price(card, 0, "input_price")).to_have_value("2.5")
@@ -152,7 +152,7 @@ def test_cards_are_added_and_removed_in_place_and_errors_keep_every_card(staff_p
     price(first, 0, "input_price").fill("3")
     price(first, 0, "output_price").fill("15")
     second = add_card(page, 1)
-    second.get_by_label("Models").fill("gpt-4o, claude-sonnet-4")
+    second.get_by_label("Models").fill("claude-sonnet-4, claude-sonnet-4-5")
     price(second, 1, "input_price").fill("2.5")
     price(second, 1, "output_price").fill("10")
     third = add_card(page, 2)
@@ -166,7 +166,7 @@ def test_cards_are_added_and_removed_in_place_and_errors_keep_every_card(staff_p
     expect(page.get_by_role("alert").first).to_contain_text("Nothing was saved")
     second = page.locator("#card-1")
     expect(second).to_contain_text("`claude-*` already covers `claude-sonnet-4` (in card 1).")
-    expect(second.get_by_label("Models")).to_have_value("gpt-4o, claude-sonnet-4")
+    expect(second.get_by_label("Models")).to_have_value("claude-sonnet-4, claude-sonnet-4-5")
     expect(price(second, 1, "input_price")).to_have_value("2.5")
     expect(price(page.locator("#card-0"), 0, "input_price")).to_have_value("3")
     screenshot(page, "error")
@@ -222,6 +222,7 @@ def test_an_image_card_shows_tiers_and_the_mapping_editor_adds_rows(staff_page, 
     ]
     assert channel.model_mapping == {"gemini": {"nano-banana": "gemini-2.5-flash-image"}}
     assert card.input_price is None and card.image_output_price is None
+    assert page.console_errors == []  # adding rows broke no Content-Security-Policy rule
 
 
 def test_the_list_and_the_form_at_desktop_and_phone_widths(staff_page, screenshot):
@@ -248,4 +249,59 @@ def test_the_list_and_the_form_at_desktop_and_phone_widths(staff_page, screensho
     screenshot(page, "phone")
     page.goto("/channels/")
     screenshot(page, "list-phone")
+    assert page.console_errors == []
+
+
+def test_a_new_card_takes_its_platform_from_the_models_vendor_and_a_saved_one_warns(staff_page, screenshot):
+    channel = ChannelFactory(name="Mixed")
+    ModelPricingFactory(channel=channel, platform="anthropic", models=["claude-sonnet-4-5"])
+    page = staff_page
+    page.goto(f"/channels/{channel.pk}/")
+    saved = page.locator("#card-0")
+    saved.get_by_label("Models").fill("gpt-4o")
+    expect(saved.locator("[data-platform-warning]")).to_have_text(
+        "“gpt-4o” is OpenAI's model, but this card is for Anthropic."
+    )
+    expect(saved.get_by_label("Platform")).to_have_value("anthropic")  # a saved card is never changed
+    saved.get_by_label("Platform").select_option("openai")
+    expect(saved.locator("[data-platform-warning]")).to_have_text("")
+
+    card = add_card(page, 1)
+    expect(card.get_by_label("Platform")).to_have_value("anthropic")
+    card.get_by_label("Models").fill("gemini-2.5-flash")
+    expect(card.get_by_label("Platform")).to_have_value("gemini")
+    expect(card.locator("[data-catalog-source]")).to_contain_text(
+        "Platform set to Gemini, the model's vendor."
+    )
+    expect(card.locator("[data-catalog-source]")).to_contain_text(
+        "(genai-prices 0.2.3, prices as of 2026-11-10)"
+    )
+    # Once the operator picks the platform, the vendor no longer moves it.
+    card.get_by_label("Platform").select_option("antigravity")
+    card.get_by_label("Models").fill("gpt-4o")
+    expect(card.get_by_label("Platform")).to_have_value("antigravity")
+    expect(card.locator("[data-platform-warning]")).to_contain_text("“gpt-4o” is OpenAI's model")
+    card.get_by_label("Models").fill("gemini-2.5-pro")
+    card.get_by_label("Platform").select_option("gemini")
+    screenshot(page, "platforms")
+    page.get_by_role("button", name="Save changes").click()
+    expect(page.get_by_role("status").first).to_contain_text("Saved Mixed.")
+    cards = list(channel.pricing_cards.order_by("sort_order").values_list("platform", "models"))
+    assert cards == [("openai", ["gpt-4o"]), ("gemini", ["gemini-2.5-pro"])]
+    assert page.console_errors == []
+
+
+def test_a_channel_is_deleted_from_its_page(staff_page):
+    channel = ChannelFactory(name="Old prices")
+    ChannelGroupFactory(channel=channel, group=GroupFactory(name="pool"))
+    ModelPricingFactory(channel=channel)
+    page = staff_page
+    page.goto(f"/channels/{channel.pk}/")
+    page.get_by_role("button", name="Delete").click()
+    dialog = page.locator("dialog[open]")
+    expect(dialog).to_contain_text("Its 1 group (pool) will be billed at the catalog's default prices")
+    dialog.get_by_role("button", name="Delete channel").click()
+    expect(page).to_have_url(re.compile(r"/channels/$"))
+    expect(page.get_by_role("status").first).to_contain_text("Channel Old prices deleted.")
+    assert not Channel.objects.filter(pk=channel.pk).exists()
     assert page.console_errors == []

@@ -41,7 +41,7 @@ def test_create_a_key_for_30_days_with_a_quota_then_reset_it_and_clear_its_expir
     page.get_by_label("Group").select_option(label="Claude pool (Anthropic, standard)")
     page.get_by_label("Name").fill("ann-laptop")
     page.get_by_label("Quota (USD)").fill("5")
-    page.get_by_role("button", name="+30 days").click()
+    page.get_by_role("button", name="30 days from now").click()
     expected_day = (timezone.localtime() + timedelta(days=30)).strftime("%Y-%m-%d")
     expect(page.get_by_label(re.compile("^Expires at"))).to_have_value(re.compile(f"^{expected_day}T"))
     screenshot(page, "form")
@@ -183,3 +183,110 @@ def test_the_demo_keys_show_every_state(staff_page, staff_user, screenshot):
         expect(page.locator("#subscription-table")).to_contain_text(status)
     screenshot(page, "subscriptions")
     assert page.console_errors == []
+
+
+def test_the_key_page_offers_every_action_and_shows_each_result(staff_page, screenshot):
+    key = APIKeyFactory(
+        name="office",
+        quota_usd=Decimal("5"),
+        rate_limit_5h_usd=Decimal("3"),
+        expires_at=timezone.now() + timedelta(days=2),
+    )
+    api_key_usage_charge(key_id=key.pk, amount_usd=Decimal("2.5"))
+    page = staff_page
+    page.goto(f"/keys/{key.pk}/")
+    actions = page.locator("#key-actions")
+    screenshot(page, "page")
+
+    def confirm(action: str, button: str) -> None:
+        actions.get_by_role("button", name=action).click()
+        page.locator("dialog[open]").get_by_role("button", name=button).click()
+        expect(page.locator("dialog[open]")).to_have_count(0)
+
+    confirm("Reset quota", "Reset quota")
+    expect(page.get_by_role("status").first).to_contain_text("Quota of office reset")
+    expect(page.locator(f"#key-{key.pk}-quota")).to_have_text("$0.00 / $5.00")
+    confirm("Reset windows", "Reset windows")
+    expect(page.get_by_role("status").first).to_contain_text("windows of office are back to $0")
+    confirm("Clear expiration", "Clear expiration")
+    expect(page.get_by_label(re.compile("^Expires at"))).to_have_value("")  # the form shows it too
+    expect(actions.get_by_role("button", name="Clear expiration")).to_have_count(0)
+    confirm("Disable", "Disable")
+    expect(page.get_by_role("heading", level=1)).to_contain_text("Disabled")
+    confirm("Enable", "Enable")
+    expect(page.get_by_role("heading", level=1)).to_contain_text("Active")
+    key.refresh_from_db()
+    assert (key.quota_used_usd, key.usage_5h_usd, key.window_5h_start) == (0, 0, None)
+    assert (key.expires_at, key.status) == (None, "active")
+    confirm("Delete", "Delete key")
+    expect(page).to_have_url(re.compile(r"/keys/$"))
+    expect(page.get_by_role("status").first).to_contain_text("Deleted office")
+    assert not APIKey.objects.filter(pk=key.pk).exists()
+    assert page.console_errors == []
+
+
+def test_reset_windows_and_enable_from_the_list(staff_page):
+    key = APIKeyFactory(name="paused", status="disabled", rate_limit_5h_usd=Decimal("3"))
+    api_key_usage_charge(key_id=key.pk, amount_usd=Decimal("1.25"))
+    page = staff_page
+    page.goto("/keys/")
+    expect(page.locator(f"#key-{key.pk}-windows")).to_contain_text("$1.25")
+    dialog = open_action(page, key, "Reset window usage…")
+    expect(dialog).to_contain_text("$1.25")
+    dialog.get_by_role("button", name="Reset windows").click()
+    expect(page.locator(f"#key-{key.pk}-windows")).not_to_contain_text("$1.25")
+    dialog = open_action(page, key, "Enable…")
+    expect(dialog).to_contain_text("it becomes active")
+    dialog.get_by_role("button", name="Enable").click()
+    expect(page.locator(f"#key-{key.pk}-status")).to_contain_text("Active")
+    key.refresh_from_db()
+    assert (key.status, key.usage_5h_usd, key.window_5h_start) == ("active", 0, None)
+    assert page.console_errors == []
+
+
+def test_editing_a_key_saves_it_keeps_its_owner_and_warns_of_a_twin_name(staff_page, screenshot):
+    owner = UserFactory(email="ann@example.com")
+    UserFactory(email="bob@example.com")
+    APIKeyFactory(user=owner, name="laptop")
+    key = APIKeyFactory(user=owner, name="desktop", expires_at=timezone.now() + timedelta(days=60))
+    page = staff_page
+    page.goto(f"/keys/{key.pk}/")
+    expect(page.get_by_label("User")).to_be_disabled()
+    expect(page.get_by_text("The owner of a key is fixed.")).to_be_visible()
+    expect(
+        page.get_by_text("A quick pick replaces it, counting from now, even if that is sooner.")
+    ).to_be_visible()
+    page.get_by_role("button", name="7 days from now").click()
+    week = (timezone.localtime() + timedelta(days=7)).strftime("%Y-%m-%d")
+    expect(page.get_by_label(re.compile("^Expires at"))).to_have_value(re.compile(f"^{week}T"))
+    page.get_by_label("Name").fill("laptop")
+    page.get_by_label("Quota (USD)").fill("12.5")
+    page.get_by_label("1-day limit (USD)").fill("3")
+    page.get_by_label("IP denylist").fill("198.51.100.9")
+    page.get_by_role("button", name="Save changes").click()
+    expect(page).to_have_url(re.compile(r"/keys/$"))
+    expect(page.get_by_role("status").first).to_contain_text("Saved laptop.")
+    expect(page.get_by_role("status").nth(1)).to_contain_text(
+        "ann@example.com has another key named “laptop”"
+    )
+    key.refresh_from_db()
+    assert (key.user, key.name, key.quota_usd, key.rate_limit_1d_usd) == (owner, "laptop", Decimal("12.5"), 3)
+    assert key.ip_denylist == ["198.51.100.9"]
+    assert abs(key.expires_at - (timezone.now() + timedelta(days=7))) < timedelta(minutes=2)
+    screenshot(page, "saved")
+    assert page.console_errors == []
+
+
+def test_creating_a_key_with_a_name_the_user_already_has_warns_in_the_secret_dialog(staff_page):
+    owner = UserFactory(email="ann@example.com")
+    APIKeyFactory(user=owner, name="laptop")
+    page = staff_page
+    page.goto("/keys/new")
+    page.get_by_label("User").select_option(label="ann@example.com")
+    page.get_by_label("Name").fill("Laptop")
+    page.get_by_role("button", name="Create key").click()
+    dialog = page.locator("dialog[open]")
+    expect(dialog.locator("#key-name-warning")).to_contain_text(
+        "ann@example.com has another key named “Laptop”"
+    )
+    assert APIKey.objects.filter(user=owner).count() == 2

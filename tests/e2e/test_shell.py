@@ -8,7 +8,7 @@ from decimal import Decimal
 import pytest
 from playwright.sync_api import expect
 
-from tests.factories import UserFactory
+from tests.factories import GroupFactory, UserFactory
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -117,3 +117,79 @@ def test_a_search_asks_for_the_table_once_even_when_the_box_loses_focus(staff_pa
     page.get_by_role("heading", name="Users").click()  # blur: fires `change`
     page.wait_for_timeout(800)
     assert len(asked) == 1
+
+
+def test_a_link_in_a_table_row_opens_its_page_rather_than_filling_the_table(staff_page):
+    user = UserFactory(email="zz@example.com")
+    page = staff_page
+    page.goto("/users/")
+    page.get_by_role("link", name="zz@example.com").click()
+    expect(page).to_have_url(re.compile(f"/users/{user.pk}/$"))
+    expect(page.get_by_role("heading", level=1)).to_have_count(1)
+    expect(page.get_by_role("navigation", name="Console sections")).to_have_count(1)
+    page.go_back()
+    expect(page.get_by_role("heading", level=1)).to_have_text("Users")
+
+
+def test_editing_a_user_saves_every_field_and_a_rate_override(staff_page, screenshot):
+    vip = GroupFactory(name="vip-lane", is_exclusive=True)
+    pool = GroupFactory(name="claude-pool", rate_multiplier=Decimal("1.5"))
+    user = UserFactory(email="kim@example.com", username="kim")
+    page = staff_page
+    page.goto(f"/users/{user.pk}/")
+    page.get_by_label("Email address").fill("Kim.Lee@Example.com")
+    page.get_by_label("Username").fill("kim lee")
+    page.get_by_label("Concurrency").fill("9")
+    page.get_by_label("Requests per minute").fill("120")
+    page.get_by_label("Allowed groups").select_option(label="vip-lane")
+    page.get_by_label("Notes").fill("reseller, invoices monthly")
+    page.get_by_role("button", name="Save changes").click()
+    expect(page.get_by_role("status").first).to_contain_text("Saved kim.lee@example.com.")
+    user.refresh_from_db()
+    assert (user.email, user.username, user.concurrency, user.rpm_limit) == (
+        "kim.lee@example.com",
+        "kim lee",
+        9,
+        120,
+    )
+    assert list(user.allowed_groups.all()) == [vip] and user.notes == "reseller, invoices monthly"
+
+    rates = page.locator("#rates-card")
+    rates.get_by_label("Group").select_option(label="claude-pool")
+    rates.get_by_label("Multiplier").fill("1,2")  # a decimal comma is a decimal point
+    rates.get_by_role("button", name="Set").click()
+    expect(rates.locator("#group-rates")).to_contain_text("×1.2")
+    assert user.group_rates.get().rate_multiplier == Decimal("1.2") and user.group_rates.get().group == pool
+    rates.get_by_role("button", name="Remove the override for claude-pool").click()
+    expect(rates.locator("#group-rates")).to_have_count(0)
+    assert not user.group_rates.exists()
+    screenshot(page, "saved")
+    assert page.console_errors == []
+
+
+def test_a_disabled_user_is_enabled_through_the_confirm_dialog(staff_page):
+    user = UserFactory(email="off@example.com", status="disabled", is_active=False)
+    page = staff_page
+    page.goto(f"/users/{user.pk}/")
+    page.get_by_role("button", name="Enable").click()
+    dialog = page.locator("dialog[open]")
+    expect(dialog).to_contain_text("will be able to use their API keys again")
+    dialog.get_by_role("button", name="Enable").click()
+    expect(page.get_by_role("heading", level=1)).to_contain_text("Active")
+    user.refresh_from_db()
+    assert (user.status, user.is_active) == ("active", True)
+    assert page.console_errors == []
+
+
+def test_a_staff_member_changes_their_password(staff_page, staff_user, staff_password):
+    page = staff_page
+    page.get_by_role("button", name=staff_user.email).click()
+    page.get_by_role("link", name="Change password").click()
+    page.get_by_label("Old password").fill(staff_password)
+    page.locator("#id_new_password1").fill("a-brand-new-passphrase-42")
+    page.get_by_label("New password confirmation").fill("a-brand-new-passphrase-42")
+    page.get_by_role("button", name="Change password").click()
+    expect(page.get_by_role("heading", level=1)).to_contain_text("Password changed")
+    staff_user.refresh_from_db()
+    assert staff_user.check_password("a-brand-new-passphrase-42")
+    assert page.console_errors == []

@@ -59,7 +59,8 @@ def test_seed_000_a_subscription_and_a_key_bound_to_its_group(
     # The 30-day subscription, through the assign page.
     page.goto("/subscriptions/")
     page.get_by_role("link", name="Assign").click()
-    page.get_by_label("Users").select_option(label=SEED_EMAIL)
+    page.get_by_label("Users").fill("relay-sub")
+    page.get_by_role("button", name=f"Add {SEED_EMAIL}").click()
     page.get_by_label("Subscription group").select_option(label=f"{SEED_GROUP} (OpenAI, 30 days)")
     page.get_by_label("Days").fill("30")
     page.get_by_label("Notes").fill("hermes subscription validation")
@@ -86,7 +87,8 @@ def test_seed_000_a_subscription_and_a_key_bound_to_its_group(
         window = page.locator(f"#subscription-windows tr[data-window={kind}]")
         expect(window).to_contain_text("$0.00")
         expect(window).to_contain_text("no limit")  # the seed's limits are null
-        expect(window).to_contain_text("not started: starts with the first request")
+        expect(window.locator("[data-cell=start]")).to_have_text("not started")
+        expect(window.locator("[data-cell=reset]")).to_have_text("starts with the first request")
     screenshot(page, "subscription")
     assert (sub.user, sub.group, sub.status, sub.assigned_by) == (user, group, "active", staff_user)
     assert sub.expires_at - sub.starts_at == timedelta(days=30)
@@ -189,3 +191,123 @@ def test_extending_and_suspending_from_the_list_refreshes_the_table(staff_page, 
     page.set_viewport_size({"width": 1280, "height": 860})
     page.goto(f"/subscriptions/{heavy.pk}/")
     screenshot(page, "detail")
+
+
+def test_every_dialog_of_the_detail_page_opens_confirms_and_refreshes_the_page(staff_page, screenshot):
+    group = SubscriptionGroupFactory(
+        name="Pro", daily_limit_usd=Decimal("10"), weekly_limit_usd=Decimal("40")
+    )
+    now = timezone.now()
+    subscription = SubscriptionFactory(
+        group=group, user=UserFactory(email="dee@example.com"), starts_at=now - timedelta(days=2)
+    )
+    subscription_usage_charge(subscription_id=subscription.pk, amount_usd=Decimal("3"), now=now)
+    page = staff_page
+    page.goto(f"/subscriptions/{subscription.pk}/")
+    facts = page.locator("#subscription-facts")
+
+    page.get_by_role("button", name="Extend").click()
+    dialog = page.locator("dialog[open]")
+    dialog.get_by_label("Days (negative to shorten)").fill("10")
+    dialog.get_by_role("button", name="Extend").click()
+    expect(page.locator("dialog[open]")).to_have_count(0)
+    expires = timezone.localtime(subscription.expires_at + timedelta(days=10)).strftime("%Y-%m-%d %H:%M")
+    expect(facts.locator("[data-fact=expires]")).to_contain_text(expires)
+    expect(facts.locator("[data-fact=term]")).to_have_text("40 days")
+
+    page.get_by_role("button", name="Reset windows").click()
+    dialog = page.locator("dialog[open]")
+    dialog.get_by_label("Daily: $3.00 used of $10.00").check()
+    dialog.get_by_role("button", name="Reset").click()
+    expect(page.locator("dialog[open]")).to_have_count(0)
+    expect(page.locator("#subscription-windows tr[data-window=daily]")).to_contain_text("$0.00 / $10.00")
+    expect(page.locator("#subscription-windows tr[data-window=weekly]")).to_contain_text("$3.00 / $40.00")
+
+    page.get_by_role("button", name="Suspend").click()
+    page.locator("dialog[open]").get_by_role("button", name="Suspend").click()
+    expect(facts.locator("[data-fact=status]")).to_have_text("Suspended")
+    page.get_by_role("button", name="Resume").click()
+    page.locator("dialog[open]").get_by_role("button", name="Resume").click()
+    expect(facts.locator("[data-fact=status]")).to_have_text("Active")
+
+    page.get_by_role("button", name="Revoke").click()
+    page.locator("dialog[open]").get_by_role("button", name="Revoke").click()
+    expect(facts.locator("[data-fact=status]")).to_have_text("Revoked")
+    expect(page.get_by_role("button", name="Extend")).to_have_count(0)
+    subscription.refresh_from_db()
+    assert subscription.status == "revoked" and subscription.daily_usage_usd == 0
+    assert subscription.weekly_usage_usd == Decimal("3")
+    assert subscription.expires_at - subscription.starts_at == timedelta(days=40)
+    assert page.console_errors == []
+    screenshot(page, "revoked")
+
+
+def test_assigning_several_users_found_by_typing(staff_page, screenshot):
+    group = SubscriptionGroupFactory(name="Team", default_validity_days=14)
+    User.objects.bulk_create(
+        User(email=f"member{n:04d}@example.com", username=f"Member {n}", password="!") for n in range(2_000)
+    )
+    existing = SubscriptionFactory(group=group, user=User.objects.get(email="member0007@example.com"))
+    page = staff_page
+    page.goto("/subscriptions/assign")
+    search = page.get_by_label("Users")
+    search.fill("member000")
+    results = page.locator("#id_users-results [data-pick-user]")
+    expect(results).to_have_count(10)
+    page.get_by_role("button", name="Add member0003@example.com").click()
+    page.get_by_role("button", name="Add member0007@example.com").click()
+    expect(results).to_have_count(8)  # chosen users leave the results
+    search.fill("Member 1999")
+    search.press("Enter")  # adds the first match rather than submitting the form
+    chosen = page.locator("#id_users-picked .picked-user")
+    expect(chosen).to_have_text(
+        ["member0003@example.com×", "member0007@example.com×", "member1999@example.com×"]
+    )
+    page.get_by_role("button", name="Remove member0003@example.com").click()
+    expect(chosen).to_have_count(2)
+    page.get_by_label("Subscription group").select_option(label="Team (OpenAI, 14 days)")
+    page.get_by_label("Notes").fill("team plan")
+    screenshot(page, "picker")
+    page.get_by_role("button", name="Assign", exact=True).click()
+    expect(page).to_have_url(re.compile(rf"/subscriptions/\?group={group.pk}$"))
+    expect(page.get_by_role("status").first).to_contain_text("Team: 1 new subscription, 1 extended.")
+    live = Subscription.objects.filter(group=group).order_by("user__email")
+    assert [s.user.email for s in live] == ["member0007@example.com", "member1999@example.com"]
+    existing.refresh_from_db()
+    assert existing.term_days == 30 + 14
+    assert live.get(user__email="member1999@example.com").notes == "team plan"
+    assert page.console_errors == []
+
+
+def test_reset_windows_resume_and_revoke_from_the_list(staff_page):
+    group = SubscriptionGroupFactory(name="Plus", daily_limit_usd=Decimal("10"))
+    now = timezone.now()
+    paused = SubscriptionFactory(
+        group=group, user=UserFactory(email="paused@example.com"), status="suspended"
+    )
+    subscription_usage_charge(subscription_id=paused.pk, amount_usd=Decimal("4"), now=now)
+    page = staff_page
+    page.goto("/subscriptions/")
+    row = page.locator("#subscription-table tbody tr", has_text="paused@example.com")
+
+    def act(action: str, button: str):
+        row.get_by_role("button", name=re.compile("^Actions")).click()
+        row.get_by_role("button", name=action).click()
+        dialog = page.locator("dialog[open]")
+        expect(dialog).to_be_visible()
+        return dialog, button
+
+    dialog, _ = act("Reset windows…", "Reset")
+    dialog.get_by_label("Daily: $4.00 used of $10.00").check()
+    dialog.get_by_role("button", name="Reset").click()
+    expect(page.locator("dialog[open]")).to_have_count(0)
+    expect(row).to_contain_text("$0.00")
+    dialog, _ = act("Resume…", "Resume")
+    dialog.get_by_role("button", name="Resume").click()
+    expect(row).to_contain_text("Active")
+    dialog, _ = act("Revoke…", "Revoke")
+    dialog.get_by_role("button", name="Revoke").click()
+    expect(row).to_contain_text("Revoked")
+    paused.refresh_from_db()
+    assert (paused.status, paused.daily_usage_usd, paused.daily_window_start) == ("revoked", 0, None)
+    assert page.console_errors == []

@@ -43,8 +43,11 @@ def test_daily_usage_shows_inside_the_period_then_zero_with_the_next_reset_and_t
     UpstreamAccount.objects.filter(pk=account.pk).update(quota_daily_start=timezone.now() - timedelta(days=2))
     page.reload()
     expect(daily).to_contain_text("$0.00/$10.00")
-    next_midnight = (timezone.now() + timedelta(days=1)).strftime("%Y-%m-%d")
-    expect(daily.locator(".quota-reset")).to_have_text(f"resets {next_midnight} 00:00 UTC")
+    next_midnight = (timezone.now() + timedelta(days=1)).strftime("%b %-d")
+    # The next reset is in the cell itself, not only in a tooltip.
+    reset = page.locator(f"#quota-badge-{account.pk} [data-reset=D]")
+    expect(reset).to_be_visible()
+    expect(reset).to_have_text(f"resets {next_midnight} 00:00 UTC")
     account.refresh_from_db()
     assert account.quota_daily_used_usd == Decimal("8.5")  # shown as 0, not written
 
@@ -167,3 +170,107 @@ def test_the_models_section_saves_what_the_gateway_reads(staff_page, screenshot)
     expect(page.get_by_label("Model mapping")).to_have_value("gpt-4o → gpt-4o-2024-11-20")
     page.set_viewport_size({"width": 375, "height": 900})
     screenshot(page, "models-phone")
+
+
+def test_an_api_key_account_with_quotas_is_created_then_edited(staff_page, screenshot):
+    pool = GroupFactory(name="claude-pool")
+    GroupFactory(name="gpt-pool", platform="openai")
+    page = staff_page
+    page.goto("/accounts/")
+    page.get_by_role("link", name="New account").click()
+    page.get_by_label("Name").fill("anthropic-main")
+    page.get_by_label("Groups").select_option(label="claude-pool")
+    page.locator("#id_apikey__api_key").fill("sk-ant-api03-secret")
+    page.locator("#id_apikey__base_url").fill("https://relay.example.eu/v1")
+    page.get_by_label("Priority").fill("10")
+    page.get_by_label("Rate multiplier").fill("0,85")
+    page.get_by_label("Total quota (USD)").fill("500")
+    page.get_by_label("Daily quota (USD)").fill("25,5")
+    page.get_by_label("Daily period").select_option("fixed")
+    page.get_by_label("Daily reset at").select_option(label="06:00")
+    page.get_by_label("Quota timezone").fill("Europe/Berlin")
+    screenshot(page, "new")
+    page.get_by_role("button", name="Create account").click()
+    expect(page).to_have_url(re.compile(r"/accounts/$"))
+    account = UpstreamAccount.objects.get(name="anthropic-main")
+    assert (account.priority, account.rate_multiplier, account.quota_limit_usd) == (10, Decimal("0.85"), 500)
+    assert (account.quota_daily_limit_usd, account.quota_daily_reset_mode) == (Decimal("25.5"), "fixed")
+    assert (account.quota_daily_reset_hour, account.quota_timezone) == (6, "Europe/Berlin")
+    assert list(account.groups.all()) == [pool]
+    assert upstream_account_credentials(account) == {
+        "api_key": "sk-ant-api03-secret",
+        "base_url": "https://relay.example.eu/v1",
+    }
+
+    page.get_by_role("link", name="anthropic-main", exact=True).click()
+    page.get_by_label("Weekly quota (USD)").fill("100")
+    page.get_by_label("Notes").fill("main production key")
+    page.get_by_label("Status").select_option("inactive")
+    page.get_by_role("button", name="Save changes").click()
+    expect(page.get_by_role("status").first).to_contain_text("Saved anthropic-main.")
+    account.refresh_from_db()
+    assert (account.quota_weekly_limit_usd, account.notes, account.status) == (
+        100,
+        "main production key",
+        "inactive",
+    )
+    assert upstream_account_credentials(account)["api_key"] == "sk-ant-api03-secret"  # blank kept it
+    assert page.console_errors == []
+
+
+def test_a_bedrock_account_with_a_bedrock_api_key_is_created(staff_page):
+    page = staff_page
+    page.goto("/accounts/new")
+    page.get_by_label("Name").fill("bedrock-key")
+    page.get_by_label("Type").select_option("bedrock")
+    page.get_by_role("radio", name="Bedrock API key").check()
+    page.locator("#id_bedrock_apikey__api_key").fill("bedrock-api-key-1")
+    page.locator("#id_bedrock_apikey__aws_region").fill("eu-west-3")
+    page.get_by_role("button", name="Create account").click()
+    expect(page).to_have_url(re.compile(r"/accounts/$"))
+    account = UpstreamAccount.objects.get(name="bedrock-key")
+    assert (account.platform, account.type) == ("anthropic", "bedrock")
+    assert upstream_account_credentials(account) == {
+        "auth_mode": "apikey",
+        "api_key": "bedrock-api-key-1",
+        "aws_region": "eu-west-3",
+    }
+    assert page.console_errors == []
+
+
+def test_the_account_page_resets_the_quota_and_deletes_the_account(staff_page):
+    account = UpstreamAccountFactory(name="metered", quota_limit_usd=Decimal("50"))
+    GroupAccountFactory(account=account)
+    upstream_account_quota_charge(account_id=account.pk, amount_usd=Decimal("12"))
+    page = staff_page
+    page.goto(f"/accounts/{account.pk}/")
+    expect(page.locator(f"#quota-badge-{account.pk} [data-quota='$']")).to_contain_text("$12.00/$50.00")
+    page.get_by_role("button", name="Reset quota").click()
+    dialog = page.locator("dialog[open]")
+    expect(dialog.locator("#reset-amounts")).to_contain_text("Total used$12.00 of $50.00")
+    dialog.get_by_role("button", name="Reset quota").click()
+    expect(page.locator(f"#quota-badge-{account.pk} [data-quota='$']")).to_contain_text("$0.00/$50.00")
+    account.refresh_from_db()
+    assert account.quota_used_usd == 0
+
+    page.get_by_role("button", name="Delete").click()
+    dialog = page.locator("dialog[open]")
+    expect(dialog).to_contain_text("The account leaves 1 group")
+    dialog.get_by_role("button", name="Delete account").click()
+    expect(page).to_have_url(re.compile(r"/accounts/$"))
+    expect(page.get_by_role("status").first).to_contain_text("Account metered deleted.")
+    assert not UpstreamAccount.objects.filter(pk=account.pk).exists()
+    assert page.console_errors == []
+
+
+def test_an_account_is_deleted_from_the_list(staff_page):
+    UpstreamAccountFactory(name="keep-me")
+    gone = UpstreamAccountFactory(name="old-relay")
+    page = staff_page
+    page.goto("/accounts/")
+    page.get_by_role("button", name="Delete old-relay").click()
+    page.locator("dialog[open]").get_by_role("button", name="Delete account").click()
+    expect(page.get_by_role("status").first).to_contain_text("Account old-relay deleted.")
+    expect(page.locator("#account-table tbody tr")).to_have_count(1)
+    assert not UpstreamAccount.objects.filter(pk=gone.pk).exists()
+    assert page.console_errors == []

@@ -103,8 +103,13 @@ def test_the_usage_log_is_usable_on_a_phone(staff_page, usage, screenshot):
     page = staff_page
     page.set_viewport_size({"width": 375, "height": 800})
     page.goto("/usage/")
-    expect(page.locator("#usage-table tbody:not(.usage-totals) tr")).to_have_count(7)
+    rows = page.locator("#usage-table tbody:not(.usage-totals) tr")
+    expect(rows).to_have_count(7)
+    # The filters fold behind a button, so the first screen shows the log itself.
+    expect(page.get_by_label("Price from")).to_be_hidden()
+    assert rows.first.bounding_box()["y"] < 800
     screenshot(page, "usage-phone")
+    page.get_by_role("button", name="Filters").click()
     page.get_by_label("Price from").select_option("missing")
     expect(page.locator("#usage-table tbody:not(.usage-totals) tr")).to_have_count(1)
     expect(page.locator("#usage-table")).to_contain_text("acme-llm-9000")
@@ -125,3 +130,31 @@ def test_typing_a_date_makes_the_range_custom_and_a_preset_clears_it(staff_page,
     page.get_by_label("Period").select_option("today")
     expect(page.get_by_label("To", exact=True)).to_have_value("")
     expect(page).to_have_url(re.compile(r"period=today&date_from=&date_to=&"))
+
+
+def test_an_invalid_range_shows_its_message_and_no_rows_until_it_is_fixed(staff_page, usage, screenshot):
+    page = staff_page
+    page.goto("/usage/")
+    rows = page.locator("#usage-table tbody:not(.usage-totals) tr")
+    today = timezone.localdate()
+    page.get_by_label("From", exact=True).fill(today.isoformat())
+    page.get_by_label("To", exact=True).fill((today - timedelta(days=3)).isoformat())
+    date_to = page.get_by_label("To", exact=True)
+    expect(page.locator("#id_date_to_errors")).to_have_text("The end date is before the start date.")
+    expect(date_to).to_have_class(re.compile("is-invalid"))
+    expect(page.locator("#usage-range")).to_have_text("Nothing is shown: fix the filters marked above.")
+    expect(rows).to_have_count(1)
+    expect(page.locator(".usage-totals")).to_contain_text("0 requests")
+    expect(page.get_by_role("link", name="Download CSV")).to_have_attribute("aria-disabled", "true")
+    screenshot(page, "refused")
+
+    page.get_by_label("To", exact=True).fill("9999-12-31")  # the date picker's last day: no end
+    expect(page.locator("#id_date_to_errors")).to_have_text("")
+    expect(date_to).not_to_have_class(re.compile("is-invalid"))
+    expect(rows).to_have_count(7)
+    expect(page.locator("#usage-range")).to_contain_text("Since")
+    with page.expect_download() as download_info:
+        page.get_by_role("link", name="Download CSV").click()
+    exported = list(csv.DictReader(io.StringIO(Path(download_info.value.path()).read_text(encoding="utf-8"))))
+    assert len(exported) == 7
+    assert page.console_errors == []

@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('accounts', '0003_one_row_rules'),
+        ('accounts', '0004_group_name_unique_ignoring_case'),
     ]
 
     operations = [
