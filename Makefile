@@ -14,7 +14,7 @@ FAKE_UPSTREAM_PORT ?= 9100
 # Python 3.12: from PATH (pyenv's shim honours .python-version), or pyenv's install dir.
 PYTHON312 := $(shell command -v python3.12 2>/dev/null || ls -d $$HOME/.pyenv/versions/3.12*/bin/python3.12 2>/dev/null | tail -1)
 
-.PHONY: run test venv deps dev-deps migrate seed lint check-services fake-upstream bench bench-record-usage bench-usage-page bench-fake-upstream clean
+.PHONY: run test venv deps dev-deps migrate seed lint check-services fake-upstream bench bench-record-usage bench-usage-page bench-fake-upstream bench-gateway-request clean
 
 $(VENV)/.created:
 	@if [ -z "$(PYTHON312)" ]; then echo "Python 3.12 is required (pyenv install 3.12, or put python3.12 on PATH)."; exit 1; fi
@@ -37,15 +37,21 @@ dev-deps: $(VENV)/.dev-deps
 migrate: deps
 	$(PY) manage.py migrate --noinput
 
-seed: migrate
-	$(PY) manage.py seed_demo --url http://$(HOST):$(PORT)/
+FAKE_UPSTREAM_URL = http://$(HOST):$(FAKE_UPSTREAM_PORT)
 
+seed: migrate
+	$(PY) manage.py seed_demo --url http://$(HOST):$(PORT)/ --upstream-url $(FAKE_UPSTREAM_URL)
+
+# The console and the gateway in one uvicorn process, the fake upstream beside it (README).
 run: seed
 	@echo ""
-	@echo "  Tollgate console: http://$(HOST):$(PORT)/   (Ctrl-C to stop)"
-	@echo "  Embedded default: SQLite in var/, in-process tasks. See README for production."
+	@echo "  Tollgate console and gateway: http://$(HOST):$(PORT)/  (API under /v1/; Ctrl-C to stop)"
+	@echo "  Fake upstream: $(FAKE_UPSTREAM_URL)   Embedded default: SQLite in var/. See README for production."
 	@echo ""
-	$(PY) manage.py runserver $(HOST):$(PORT)
+	@trap 'kill 0' INT TERM EXIT; \
+	$(PY) -m gateway.fake_upstream --host $(HOST) --port $(FAKE_UPSTREAM_PORT) > /dev/null & \
+	GATEWAY_OPENAI_BASE_URL=$(FAKE_UPSTREAM_URL) GATEWAY_ANTHROPIC_BASE_URL=$(FAKE_UPSTREAM_URL) \
+	$(PY) -m uvicorn config.asgi:application --host $(HOST) --port $(PORT) --lifespan on --no-proxy-headers
 
 # The fake OpenAI/Anthropic upstream on loopback (README: "A fake upstream for tests and the demo").
 fake-upstream: deps
@@ -63,13 +69,16 @@ test: check-services
 	DATABASE_URL=$(TEST_DATABASE_URL) $(PY) -m pytest $(PYTEST_ARGS)
 
 # Benchmarks print their figures; each works in a scratch database it drops afterwards.
-bench: bench-record-usage bench-usage-page bench-fake-upstream
+bench: bench-record-usage bench-usage-page bench-fake-upstream bench-gateway-request
 
 bench-record-usage: check-services
 	DATABASE_URL=$(TEST_DATABASE_URL) $(PY) -m bench.record_usage
 
 bench-usage-page: check-services
 	DATABASE_URL=$(TEST_DATABASE_URL) $(PY) -m bench.usage_page
+
+bench-gateway-request: check-services
+	DATABASE_URL=$(TEST_DATABASE_URL) $(PY) -m bench.gateway_request
 
 bench-fake-upstream: dev-deps
 	$(PY) -m bench.fake_upstream

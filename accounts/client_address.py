@@ -41,11 +41,16 @@ def is_trusted_proxy(address: Address | None) -> bool:
 
 def client_ip(request: HttpRequest) -> str:
     """The client's address as a string (REMOTE_ADDR unless it is a trusted proxy)."""
-    remote = request.META.get("REMOTE_ADDR", "")
+    return client_ip_from(request.META.get("REMOTE_ADDR", ""), request.META.get("HTTP_X_FORWARDED_FOR", ""))
+
+
+def client_ip_from(remote: str, forwarded_for: str) -> str:
+    """The same rule over plain values: the peer's address and the X-Forwarded-For header (the
+    gateway's ASGI app has no HttpRequest)."""
     nearest = _address(remote)
     if not is_trusted_proxy(nearest):
         return remote
-    hops = [hop for hop in request.META.get("HTTP_X_FORWARDED_FOR", "").split(",") if hop.strip()]
+    hops = [hop for hop in forwarded_for.split(",") if hop.strip()]
     for hop in reversed(hops):
         address = _address(hop)
         if address is None:

@@ -324,3 +324,48 @@ def finish_demo_states() -> None:
         if then == "disable":
             for key in APIKey.objects.filter(user__email=email, name=name, status=APIKey.Status.ACTIVE):
                 api_key_set_enabled(key_id=key.pk, enabled=False)
+
+
+# --- The gateway demo (`make run`) ---------------------------------------------------------------
+
+DEMO_GATEWAY_KEY = ("alice@example.com", "demo-gateway", "openai-standard")
+RELAYED_TYPES = ("apikey", "upstream")
+
+
+def point_demo_accounts_at(url: str) -> int:
+    """Give the demo's API-key and relay accounts `url` as their base URL (the fake upstream of
+    `make run`); OAuth and setup-token accounts follow GATEWAY_*_BASE_URL. The number changed."""
+    from accounts.selectors.upstream import upstream_account_credentials
+    from accounts.services.upstream import upstream_account_update
+
+    changed = 0
+    names = [row[0] for row in DEMO_ACCOUNTS]
+    for account in UpstreamAccount.objects.filter(name__in=names, type__in=RELAYED_TYPES):
+        stored = upstream_account_credentials(account)
+        if stored.get("base_url") == url:
+            continue
+        upstream_account_update(account=account, fields={}, credentials={**stored, "base_url": url})
+        changed += 1
+    return changed
+
+
+def demo_api_key() -> str:
+    """The secret of the demo's gateway key: created once, kept in var/ like the admin password, so
+    the printed curl line works on every `make run` (a key's secret is otherwise shown only once)."""
+    from accounts.models import APIKey
+    from accounts.rules import api_key_hash
+    from accounts.services.keys import api_key_create, api_key_delete
+
+    path = Path(settings.VAR_DIR) / "demo_api_key"
+    secret = path.read_text().strip() if path.exists() else ""
+    if secret and APIKey.objects.filter(key_hash=api_key_hash(secret), status=APIKey.Status.ACTIVE).exists():
+        return secret
+    email, name, group_name = DEMO_GATEWAY_KEY
+    user = User.objects.get(email=email)
+    for stale in APIKey.objects.filter(user=user, name=name):
+        api_key_delete(key_id=stale.pk)
+    _, secret = api_key_create(user=user, group=Group.objects.get(name=group_name), name=name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(secret)
+    path.chmod(0o600)
+    return secret

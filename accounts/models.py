@@ -335,6 +335,11 @@ class UpstreamAccount(models.Model):
     auto_pause_on_expired = models.BooleanField(default=True)
     last_used_at = models.DateTimeField(null=True, blank=True, db_index=True)
     cache_ttl_override = models.CharField(max_length=4, choices=CacheTTL, default=CacheTTL.OFF, blank=True)
+    # The gateway's view of the account (docs/gateway.md#account-choice): the models it serves
+    # (empty = every model; a pattern may end in one "*") and the name each is sent upstream as,
+    # {source pattern: upstream model}, applied after the channel's mapping.
+    supported_models = models.JSONField(default=list, blank=True)
+    model_mapping = models.JSONField(default=dict, blank=True)
 
     # Quotas (apikey, bedrock, upstream types). 0 = no limit.
     quota_limit_usd = money_field()

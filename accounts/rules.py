@@ -247,3 +247,72 @@ def credential_section(account_type: str, auth_mode: str = "") -> str:
 
 def credential_form_name(section: str, key: str) -> str:
     return f"{section}__{key}"
+
+
+# --- An account's models (docs/gateway.md#account-choice) ----------------------------------------
+
+MODEL_NAME_MAX_LENGTH = 200
+_MAPPING_ARROWS = ("→", "->", "=")
+
+
+def _model_name_problem(value: str, *, pattern: bool) -> str | None:
+    if len(value) > MODEL_NAME_MAX_LENGTH:
+        return f"is longer than {MODEL_NAME_MAX_LENGTH} characters"
+    if any(character.isspace() for character in value):
+        return "contains a space"
+    if "*" in value and not (pattern and value.endswith("*") and value.count("*") == 1):
+        return "may only end in one * (a prefix)" if pattern else "is a pattern, not a model name"
+    return None
+
+
+def parse_model_list(lines: Iterable[str]) -> list[str]:
+    """Model names or prefixes ending in `*`, one per line, de-duplicated; errors name the line."""
+    models: list[str] = []
+    errors: list[str] = []
+    for number, raw in enumerate(lines, start=1):
+        value = raw.strip()
+        if not value:
+            continue
+        problem = _model_name_problem(value, pattern=True)
+        if problem:
+            errors.append(f"Line {number}: “{value}” {problem}.")
+        elif value not in models:
+            models.append(value)
+    if errors:
+        raise ValidationError(errors)
+    return models
+
+
+def parse_model_mapping(lines: Iterable[str]) -> dict[str, str]:
+    """`source → target` lines (or `->`, `=`): a source name or prefix ending in `*`, a target name."""
+    mapping: dict[str, str] = {}
+    errors: list[str] = []
+    for number, raw in enumerate(lines, start=1):
+        value = raw.strip()
+        if not value:
+            continue
+        arrow = next((arrow for arrow in _MAPPING_ARROWS if arrow in value), None)
+        if arrow is None:
+            errors.append(f"Line {number}: “{value}” needs an arrow: source → target.")
+            continue
+        source, _, target = (part.strip() for part in value.partition(arrow))
+        problem = (
+            "has no source"
+            if not source
+            else "has no target"
+            if not target
+            else _model_name_problem(source, pattern=True) or _model_name_problem(target, pattern=False)
+        )
+        if problem:
+            errors.append(f"Line {number}: “{value}” {problem}.")
+        elif source in mapping:
+            errors.append(f"Line {number}: “{source}” is mapped twice.")
+        else:
+            mapping[source] = target
+    if errors:
+        raise ValidationError(errors)
+    return mapping
+
+
+def model_mapping_lines(mapping: dict[str, str]) -> str:
+    return "\n".join(f"{source} → {target}" for source, target in mapping.items())

@@ -487,7 +487,7 @@ def _over(used: Decimal, limit: Decimal) -> bool:
 class UpstreamAccountSnapshot(JSONSnapshot):
     """What scheduling, relaying and quota charging read about one upstream account."""
 
-    SCHEMA: ClassVar[int] = 1
+    SCHEMA: ClassVar[int] = 2
 
     id: int
     name: str
@@ -506,6 +506,8 @@ class UpstreamAccountSnapshot(JSONSnapshot):
     quota_applies: bool  # quotas count only for the types billed per token at the provider
     credentials_encrypted: str  # ciphertext: whoever relays decrypts in-process and keeps no plaintext
     base_url: str  # "" = the provider's official endpoint
+    supported_models: tuple[str, ...]  # empty = every model; a pattern may end in one "*"
+    model_mapping: dict[str, str]  # {source pattern: upstream model}, after the channel's mapping
     loaded_at: datetime
 
     def is_quota_exceeded(self, now: datetime) -> bool:
@@ -530,6 +532,8 @@ _ACCOUNT_FIELDS = (
     *_ACCOUNT_SETTINGS,
     "cache_ttl_override",
     "credentials_encrypted",
+    "supported_models",
+    "model_mapping",
     *AccountQuota.COLUMNS.values(),
 )
 
@@ -555,6 +559,12 @@ def _account_snapshot(account: UpstreamAccount, now: datetime) -> UpstreamAccoun
         quota_applies=account.has_quota,
         credentials_encrypted=account.credentials_encrypted,
         base_url=_base_url(account),
+        supported_models=tuple(model for model in account.supported_models or () if isinstance(model, str)),
+        model_mapping={
+            str(source): str(target)
+            for source, target in (account.model_mapping or {}).items()
+            if isinstance(target, str) and target
+        },
         loaded_at=now,
     )
 

@@ -27,6 +27,24 @@ def money_field(**kwargs) -> models.DecimalField:
     return models.DecimalField(**MONEY, default=ZERO, **kwargs)
 
 
+class RequestOutcome(models.TextChoices):
+    """How the request ended (docs/gateway.md#stream-accounting)."""
+
+    COMPLETED = "completed", "Completed"
+    UPSTREAM_CUT = "upstream_cut", "Upstream stopped early"
+    CLIENT_DISCONNECTED = "client_disconnected", "Client disconnected"
+    UPSTREAM_ERROR = "upstream_error", "Upstream error"
+
+
+class UsageSource(models.TextChoices):
+    """Where the token counts came from."""
+
+    REPORTED = "reported", "Reported by the upstream"
+    PARTIAL = "partial", "Input reported, output estimated"
+    ESTIMATED = "estimated", "Estimated from the text"
+    NONE = "none", "None (an error answer)"
+
+
 # CostBreakdown fields that are stored as columns of the same name; the breakdown JSON keeps
 # only the others, which keeps a million-row ledger narrow enough to total in under a second.
 BREAKDOWN_COLUMNS = (
@@ -121,6 +139,8 @@ class UsageLog(models.Model):
     client_ip = models.GenericIPAddressField(null=True, blank=True)
     user_agent = models.CharField(max_length=512, blank=True)
     cache_ttl_overridden = models.BooleanField(default=False)
+    outcome = models.CharField(max_length=24, choices=RequestOutcome, default=RequestOutcome.COMPLETED)
+    usage_source = models.CharField(max_length=16, choices=UsageSource, default=UsageSource.REPORTED)
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
@@ -181,7 +201,12 @@ class UsageLog(models.Model):
         return CostBreakdown.from_dict(data)
 
     def explain(self) -> str:
-        return self.cost_breakdown().explain()
+        sentence = self.cost_breakdown().explain()
+        if self.usage_source == UsageSource.ESTIMATED:
+            return "Usage estimated from the text (the upstream reported none): " + sentence
+        if self.usage_source == UsageSource.PARTIAL:
+            return "Input as reported, output estimated from the text received: " + sentence
+        return sentence
 
 
 class UsageRollup(models.Model):

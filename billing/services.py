@@ -6,16 +6,18 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from functools import cache
+from typing import Any
 
 from django.db import connection, transaction
 from django.utils import timezone
 
-from accounts.services.keys import api_key_usage_charge
+from accounts.services.keys import KeyChargeResult, api_key_usage_charge
 from accounts.services.subscriptions import subscription_usage_charge
 from accounts.services.upstream import upstream_account_quota_charge
 from accounts.services.users import user_balance_charge
+from accounts.snapshots import AccountQuota
 from billing.cost import CostBreakdown, Usage, compute_cost
-from billing.models import BREAKDOWN_COLUMNS, UsageLog, UsageRollup
+from billing.models import BREAKDOWN_COLUMNS, RequestOutcome, UsageLog, UsageRollup, UsageSource
 from billing.pricing import BillingContext, billing_context, pick_billing_model, resolve_price
 
 ZERO = Decimal(0)
@@ -33,6 +35,12 @@ class UsageRecordResult:
     account_charged_usd: Decimal
     key_became_exhausted: bool = False
     key_status: str = ""
+    # Each counter as this recording's charge left it (None: not charged), from the UPDATEs'
+    # RETURNING: what the gateway refreshes its cached snapshots with.
+    key_charge: KeyChargeResult | None = None
+    balance_usd: Decimal | None = None
+    subscription_windows: dict[str, Any] | None = None
+    account_quota: AccountQuota | None = None
 
 
 def usage_record(
@@ -52,12 +60,16 @@ def usage_record(
     client_ip: str | None = None,
     user_agent: str = "",
     created_at: datetime | None = None,
+    outcome: str = RequestOutcome.COMPLETED,
+    usage_source: str = UsageSource.REPORTED,
 ) -> UsageRecordResult:
     """Price one finished request and record it, in one transaction (docs/pricing.md,
     docs/recording.md#one-transaction).
 
     `mapped_model` is the name after the channel's mapping and `upstream_model` what was sent
-    upstream; either may be empty when no mapping applied. `context` is the gateway's cached
+    upstream; either may be empty when no mapping applied. `outcome` says how the request ended
+    and `usage_source` where its counts came from (the gateway's stream accounting); both are
+    stored on the row, and the source in its breakdown too. `context` is the gateway's cached
     BillingContext for (key, account); without it, it is loaded here.
 
     A second call with the same (request_id, key) changes nothing and returns duplicate=True.
@@ -99,7 +111,9 @@ def usage_record(
         requested_model=requested_model,
         upstream_model=upstream_model or mapped_model or requested_model,
         billing_model_source=context.billing_model_source,
-        breakdown=breakdown_extra(breakdown),
+        breakdown={**breakdown_extra(breakdown), "usage_source": str(usage_source)},
+        outcome=outcome,
+        usage_source=usage_source,
         stream=stream,
         duration_ms=duration_ms,
         first_token_ms=first_token_ms,
@@ -126,7 +140,7 @@ def usage_record(
         # Rows are locked from their UPDATE to the commit, so the most widely shared row goes
         # last: a key is one client's, its rollup row the key's, a balance or subscription the
         # user's (all their keys), and an account serves every key of its groups.
-        charged_to, key_result = "", None
+        charged_to, key_result, balance, subscription_windows, account_quota = "", None, None, None, None
         amount = breakdown.actual_cost
         if amount > 0:
             key_result = api_key_usage_charge(
@@ -135,7 +149,7 @@ def usage_record(
         usage_rollup_add(log=row)
         if amount > 0:
             if context.charges_subscription:
-                subscription_usage_charge(
+                subscription_windows = subscription_usage_charge(
                     subscription_id=context.subscription_id,
                     amount_usd=amount,
                     now=now,
@@ -144,10 +158,10 @@ def usage_record(
                 )
                 charged_to = "subscription"
             else:
-                user_balance_charge(user_id=context.user_id, amount_usd=amount)
+                balance = user_balance_charge(user_id=context.user_id, amount_usd=amount)
                 charged_to = "balance"
         if account_id is not None and breakdown.account_cost > 0:
-            upstream_account_quota_charge(
+            account_quota = upstream_account_quota_charge(
                 account_id=account_id,
                 amount_usd=breakdown.account_cost,
                 now=now,
@@ -163,6 +177,10 @@ def usage_record(
         account_charged_usd=breakdown.account_cost if account_id is not None else ZERO,
         key_became_exhausted=bool(key_result and key_result.became_exhausted),
         key_status=str(key_result.status) if key_result else "",
+        key_charge=key_result,
+        balance_usd=balance,
+        subscription_windows=subscription_windows,
+        account_quota=account_quota,
     )
 
 

@@ -1,6 +1,34 @@
+"""One ASGI application for the console and the gateway (docs/gateway.md, README "The gateway").
+
+Paths under /v1/ go to the gateway's own raw ASGI app (gateway/app.py), so an API request pays
+for none of Django's request handling or the console's middleware; everything else goes to
+Django. The gateway also takes the ASGI lifespan: it starts and stops what a process shares (the
+upstream connection pool, the database threads, the snapshot cache and its Redis listener).
+"""
+
 import os
 
-from django.core.asgi import get_asgi_application
-
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
-application = get_asgi_application()
+
+from django.conf import settings  # noqa: E402
+from django.core.asgi import get_asgi_application  # noqa: E402
+
+console = get_asgi_application()
+if settings.DEBUG:
+    # `make run`: static files from the apps' folders, as runserver serves them.
+    from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
+
+    console = ASGIStaticFilesHandler(console)
+
+from gateway.app import application as gateway  # noqa: E402
+
+
+async def application(scope, receive, send):
+    if (
+        scope["type"] == "lifespan"
+        or scope["type"] == "http"
+        and (scope["path"].startswith("/v1/") or scope["path"] == "/v1")
+    ):
+        await gateway(scope, receive, send)
+    else:
+        await console(scope, receive, send)

@@ -267,6 +267,37 @@ if PRODUCTION:
     SECURE_HSTS_INCLUDE_SUBDOMAINS = True
     SECURE_HSTS_PRELOAD = True
 
+
+def envfloat(name: str, default: str) -> float:
+    return float(os.getenv(name, default))
+
+
+# The gateway (docs/gateway.md; README "The gateway"). Timeouts are in seconds.
+GATEWAY_CONNECT_TIMEOUT = envfloat("GATEWAY_CONNECT_TIMEOUT", "10")
+GATEWAY_FIRST_BYTE_TIMEOUT = envfloat("GATEWAY_FIRST_BYTE_TIMEOUT", "120")
+GATEWAY_IDLE_TIMEOUT = envfloat("GATEWAY_IDLE_TIMEOUT", "120")
+GATEWAY_TOTAL_TIMEOUT = envfloat("GATEWAY_TOTAL_TIMEOUT", "900")
+GATEWAY_MAX_BODY_BYTES = envint("GATEWAY_MAX_BODY_BYTES", str(32 * 1024 * 1024))
+GATEWAY_MAX_ATTEMPTS = envint("GATEWAY_MAX_ATTEMPTS", "3")
+GATEWAY_UPSTREAM_POOL_SIZE = envint("GATEWAY_UPSTREAM_POOL_SIZE", "512")
+GATEWAY_DB_THREADS = envint("GATEWAY_DB_THREADS", "4")
+GATEWAY_SNAPSHOT_TTL = envfloat("GATEWAY_SNAPSHOT_TTL", "10")
+GATEWAY_SNAPSHOT_REDIS_TTL = envint("GATEWAY_SNAPSHOT_REDIS_TTL", "300")
+GATEWAY_SNAPSHOT_CACHE_SIZE = envint("GATEWAY_SNAPSHOT_CACHE_SIZE", "20000")
+GATEWAY_NEGATIVE_TTL = envfloat("GATEWAY_NEGATIVE_TTL", "5")
+GATEWAY_NEGATIVE_CACHE_SIZE = envint("GATEWAY_NEGATIVE_CACHE_SIZE", "10000")
+GATEWAY_STICKY_TTL = envfloat("GATEWAY_STICKY_TTL", "3600")
+GATEWAY_STICKY_SIZE = envint("GATEWAY_STICKY_SIZE", "100000")
+GATEWAY_RATE_LIMIT_DEFAULT_SECONDS = envfloat("GATEWAY_RATE_LIMIT_DEFAULT_SECONDS", "60")
+GATEWAY_NO_ACCOUNT_RETRY_SECONDS = envfloat("GATEWAY_NO_ACCOUNT_RETRY_SECONDS", "5")
+GATEWAY_SHUTDOWN_SECONDS = envfloat("GATEWAY_SHUTDOWN_SECONDS", "30")
+# Where accounts without a base URL of their own send requests (OAuth and setup-token accounts
+# always): the providers' official endpoints; `make run` points both at the fake upstream.
+GATEWAY_OPENAI_BASE_URL = os.getenv("GATEWAY_OPENAI_BASE_URL", "https://api.openai.com")
+GATEWAY_ANTHROPIC_BASE_URL = os.getenv("GATEWAY_ANTHROPIC_BASE_URL", "https://api.anthropic.com")
+# The Redis pub/sub channel every gateway process hears snapshot invalidations on.
+GATEWAY_INVALIDATION_CHANNEL = os.getenv("GATEWAY_INVALIDATION_CHANNEL", "tollgate:snapshots")
+
 # Celery: Redis is the broker when REDIS_URL is set; otherwise tasks run
 # in-process (eager) and the console says scheduled jobs are off.
 CELERY_BROKER_URL = REDIS_URL or "memory://"

@@ -16,6 +16,9 @@ from accounts.rules import (
     credential_form_name,
     credential_section,
     is_valid_timezone,
+    model_mapping_lines,
+    parse_model_list,
+    parse_model_mapping,
 )
 from common.forms import ConsoleForm, ConsoleModelForm, DecimalInputField, MoneyField, SearchInput
 
@@ -45,6 +48,8 @@ ACCOUNT_FIELDS = [
     "expires_at",
     "auto_pause_on_expired",
     "cache_ttl_override",
+    "supported_models",
+    "model_mapping",
     "quota_limit_usd",
     "quota_daily_limit_usd",
     "quota_daily_reset_mode",
@@ -109,6 +114,22 @@ class UpstreamAccountForm(ConsoleModelForm):
         required=False,
         widget=forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M"),
         help_text="Empty = never. In the server's timezone.",
+    )
+    supported_models = forms.CharField(
+        label="Models it serves",
+        required=False,
+        widget=forms.Textarea(
+            attrs={"rows": 3, "spellcheck": "false", "placeholder": "claude-sonnet-4-5\nclaude-opus-*"}
+        ),
+        help_text="One model per line; a line may end in * (a prefix). Empty = every model the group asks for.",
+    )
+    model_mapping = forms.CharField(
+        label="Model mapping",
+        required=False,
+        widget=forms.Textarea(
+            attrs={"rows": 3, "spellcheck": "false", "placeholder": "gpt-4o → gpt-4o-2024-11-20"}
+        ),
+        help_text="One “source → target” per line: the name this account is sent instead, after the channel's mapping.",
     )
 
     class Meta:
@@ -181,6 +202,15 @@ class UpstreamAccountForm(ConsoleModelForm):
                     else self.stored.get(spec.key, ""),
                 )
         self.fields["clear_session_token"].widget.attrs["class"] = "form-check-input"
+        if not self.is_bound and self.instance.pk:
+            self.initial["supported_models"] = "\n".join(self.instance.supported_models or ())
+            self.initial["model_mapping"] = model_mapping_lines(self.instance.model_mapping or {})
+
+    def clean_supported_models(self) -> list[str]:
+        return parse_model_list((self.cleaned_data.get("supported_models") or "").splitlines())
+
+    def clean_model_mapping(self) -> dict[str, str]:
+        return parse_model_mapping((self.cleaned_data.get("model_mapping") or "").splitlines())
 
     def clean_expires_at(self) -> datetime | None:
         expires_at = self.cleaned_data.get("expires_at")

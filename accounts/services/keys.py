@@ -14,6 +14,7 @@ conditional UPDATE.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import secrets
 from collections.abc import Iterable
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from functools import cache
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from django.core.exceptions import ValidationError
@@ -239,6 +241,8 @@ class KeyChargeResult:
     status: str
     quota_used_usd: Decimal
     became_exhausted: bool  # this charge crossed the quota and flipped the key to quota_exhausted
+    # usage_5h_usd, window_5h_start, … as this charge left them (the gateway refreshes its copy)
+    windows: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def _field(name: str):
@@ -275,13 +279,23 @@ def api_key_usage_charge(
     row = charge(key_id=key_id, amount=amount, now=now, starts=starts)
     if row is None:
         raise APIKey.DoesNotExist(f"API key {key_id} does not exist")
-    status, used, quota = row
+    status, used, quota, *window_values = row
     crossed_now = quota > 0 and used - amount < quota <= used
     return KeyChargeResult(
         status=status,
         quota_used_usd=used,
         became_exhausted=status == Status.QUOTA_EXHAUSTED and crossed_now,
+        windows=dict(zip(_RETURNED[3:], window_values, strict=True)),
     )
+
+
+# What a charge answers: the status and every counter as this charge left them.
+_RETURNED = (
+    "status",
+    "quota_used_usd",
+    "quota_usd",
+    *(name for _kind, _label, _limit, used, start in APIKey.WINDOWS for name in (used, start)),
+)
 
 
 # Two forms of the same statement. PostgreSQL runs precompiled SQL with RETURNING: one round trip
@@ -292,7 +306,7 @@ def api_key_usage_charge(
 
 def _key_charge_orm(
     *, key_id: int, amount: Decimal, now: datetime, starts: dict[str, datetime]
-) -> tuple[str, Decimal, Decimal] | None:
+) -> tuple | None:
     updates: dict = {"quota_used_usd": F("quota_used_usd") + amount}
     for kind, _label, _limit, used, start in APIKey.WINDOWS:
         length = windows.KEY_WINDOW_LENGTHS[kind]
@@ -316,7 +330,7 @@ def _key_charge_orm(
     with transaction.atomic(savepoint=False):
         if not APIKey.objects.filter(pk=key_id).update(**updates):
             return None
-        return APIKey.objects.filter(pk=key_id).values_list("status", "quota_used_usd", "quota_usd").get()
+        return APIKey.objects.filter(pk=key_id).values_list(*_RETURNED).get()
 
 
 @cache
@@ -338,13 +352,13 @@ def _key_charge_sql() -> str:
     sets.append(f"{last} = CASE WHEN {last} IS NULL OR {last} < %(stale)s THEN %(now)s ELSE {last} END")
     return (
         f"UPDATE {quote(APIKey._meta.db_table)} SET {', '.join(sets)} "  # noqa: S608
-        f"WHERE {quote('id')} = %(id)s RETURNING {status}, {quota_used}, {quota}"
+        f"WHERE {quote('id')} = %(id)s RETURNING {', '.join(quote(name) for name in _RETURNED)}"
     )
 
 
 def _key_charge_returning(
     *, key_id: int, amount: Decimal, now: datetime, starts: dict[str, datetime]
-) -> tuple[str, Decimal, Decimal] | None:
+) -> tuple | None:
     params = {
         "id": key_id,
         "amount": amount,

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from functools import cache
+from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection, transaction
@@ -243,8 +244,9 @@ def subscription_usage_charge(
     now: datetime | None = None,
     starts_at: datetime | None = None,
     timezone: str | None = None,
-) -> None:
-    """Charge one request to the daily, weekly and monthly windows, in one atomic UPDATE.
+) -> dict[str, Any]:
+    """Charge one request to the daily, weekly and monthly windows, in one atomic UPDATE; the
+    windows as it left them ({"daily_usage_usd": …, "daily_window_start": …, …}).
 
     Lazy resets, written as CASE expressions: a window that never started (first use activates
     it), has ended, or whose term has ended restarts with this amount. The daily window is the
@@ -271,8 +273,15 @@ def subscription_usage_charge(
         for kind in WINDOW_KINDS
     }
     charge = _charge_sql if connection.vendor == "postgresql" else _charge_orm
-    if not charge(subscription_id=subscription_id, amount=amount, now=now, current=current):
+    row = charge(subscription_id=subscription_id, amount=amount, now=now, current=current)
+    if row is None:
         raise Subscription.DoesNotExist(f"subscription {subscription_id} does not exist")
+    return dict(zip(_RETURNED, row, strict=True))
+
+
+_RETURNED = tuple(
+    name for _kind, _label, _limit, used, start in Subscription.WINDOWS for name in (used, start)
+)
 
 
 # Two forms of the same statement: precompiled SQL on PostgreSQL (no query building per charge),
@@ -280,7 +289,9 @@ def subscription_usage_charge(
 # checks that both leave identical rows.
 
 
-def _charge_orm(*, subscription_id: int, amount: Decimal, now: datetime, current: dict[str, datetime]) -> int:
+def _charge_orm(
+    *, subscription_id: int, amount: Decimal, now: datetime, current: dict[str, datetime]
+) -> tuple | None:
     term_over = Q(expires_at__lte=now)
     updates: dict = {}
     for kind, _label, _limit, used, start in Subscription.WINDOWS:
@@ -295,7 +306,10 @@ def _charge_orm(*, subscription_id: int, amount: Decimal, now: datetime, current
         updates[start] = Case(
             When(expired, then=Value(current[kind])), default=F(start), output_field=_field(start)
         )
-    return Subscription.objects.filter(pk=subscription_id).update(**updates)
+    with transaction.atomic(savepoint=False):
+        if not Subscription.objects.filter(pk=subscription_id).update(**updates):
+            return None
+        return Subscription.objects.filter(pk=subscription_id).values_list(*_RETURNED).get()
 
 
 @cache
@@ -311,11 +325,13 @@ def _charge_statement() -> str:
         sets.append(f"{start} = CASE WHEN {expired} THEN %(current_{kind})s ELSE {start} END")
     return (
         f"UPDATE {quote(Subscription._meta.db_table)} SET {', '.join(sets)} "  # noqa: S608
-        f"WHERE {quote('id')} = %(id)s"
+        f"WHERE {quote('id')} = %(id)s RETURNING {', '.join(quote(name) for name in _RETURNED)}"
     )
 
 
-def _charge_sql(*, subscription_id: int, amount: Decimal, now: datetime, current: dict[str, datetime]) -> int:
+def _charge_sql(
+    *, subscription_id: int, amount: Decimal, now: datetime, current: dict[str, datetime]
+) -> tuple | None:
     params: dict = {"id": subscription_id, "amount": amount, "now": now}
     for kind in WINDOW_KINDS:
         params[f"current_{kind}"] = current[kind]
@@ -323,4 +339,4 @@ def _charge_sql(*, subscription_id: int, amount: Decimal, now: datetime, current
             params[f"ended_{kind}"] = now - windows.SUBSCRIPTION_STEPS[kind]
     with connection.cursor() as cursor:
         cursor.execute(_charge_statement(), params)
-        return cursor.rowcount
+        return cursor.fetchone()

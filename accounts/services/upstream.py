@@ -7,6 +7,7 @@ its own transaction, with the amount already multiplied by the account's rate mu
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from datetime import datetime
 from decimal import Decimal
@@ -32,6 +33,8 @@ from accounts.rules import (
     credential_form_name,
     credential_section,
     is_valid_timezone,
+    parse_model_list,
+    parse_model_mapping,
 )
 from accounts.selectors.upstream import upstream_account_credentials
 from accounts.snapshots import AccountQuota, snapshots_changed
@@ -115,6 +118,21 @@ def _validate_account(account: UpstreamAccount, groups: Iterable[Group] | None) 
         errors["quota_timezone"] = (
             f"{account.quota_timezone!r} is not an IANA timezone name (e.g. Europe/Berlin)."
         )
+    try:
+        if not isinstance(account.supported_models, list):
+            raise ValidationError("Give a list of model names.")
+        account.supported_models = parse_model_list(account.supported_models)
+    except ValidationError as error:
+        errors["supported_models"] = " ".join(error.messages)
+    try:
+        mapping = account.model_mapping
+        if not isinstance(mapping, dict) or not all(isinstance(v, str) for v in mapping.values()):
+            raise ValidationError("Give an object of source → target model names.")
+        account.model_mapping = parse_model_mapping(
+            f"{source} → {target}" for source, target in mapping.items()
+        )
+    except ValidationError as error:
+        errors["model_mapping"] = " ".join(error.messages)
     if groups is not None:
         wrong = [g.name for g in groups if g.platform != account.platform]
         if wrong:
@@ -264,8 +282,9 @@ def upstream_account_quota_charge(
     amount_usd: Decimal,
     now: datetime | None = None,
     rules: AccountQuota | None = None,
-) -> None:
-    """Add `amount_usd` to the account's total, daily and weekly quota usage in ONE atomic UPDATE.
+) -> AccountQuota:
+    """Add `amount_usd` to the account's total, daily and weekly quota usage in ONE atomic UPDATE;
+    the quota as it left it (limits and settings from `rules`, used amounts and starts from the row).
 
     `amount_usd` is what the account's quota counts: the request's raw cost already multiplied by
     the account's rate_multiplier (docs/pricing.md#where-the-cost-goes); billing passes it, this
@@ -289,11 +308,17 @@ def upstream_account_quota_charge(
         rules = AccountQuota.read_rules(account_id)
     tz = rules.zone
     if connection.vendor == "postgresql":
-        changed = _quota_charge_sql(account_id=account_id, amount=amount, now=now, rules=rules, tz=tz)
+        row = _quota_charge_sql(account_id=account_id, amount=amount, now=now, rules=rules, tz=tz)
     else:
-        changed = _quota_charge_orm(account_id=account_id, amount=amount, now=now, rules=rules, tz=tz)
-    if not changed:
+        row = _quota_charge_orm(account_id=account_id, amount=amount, now=now, rules=rules, tz=tz)
+    if row is None:
         raise UpstreamAccount.DoesNotExist(f"upstream account {account_id} does not exist")
+    return dataclasses.replace(rules, **dict(zip(_QUOTA_RETURNED, row, strict=True)))
+
+
+# AccountQuota attribute -> column, for what a charge answers.
+_QUOTA_RETURNED = ("used_usd", "daily_used_usd", "daily_start", "weekly_used_usd", "weekly_start")
+_QUOTA_COLUMNS = tuple(AccountQuota.COLUMNS[name] for name in _QUOTA_RETURNED)
 
 
 # Two forms of the same statement: precompiled SQL on PostgreSQL (no query building per charge),
@@ -303,7 +328,7 @@ def upstream_account_quota_charge(
 
 def _quota_charge_orm(
     *, account_id: int, amount: Decimal, now: datetime, rules: AccountQuota, tz: str
-) -> int:
+) -> tuple | None:
     money = models.DecimalField(max_digits=20, decimal_places=8)
     stamp = Value(now, output_field=models.DateTimeField())
     changes: dict = {
@@ -327,7 +352,10 @@ def _quota_charge_orm(
             default=F(start),
             output_field=models.DateTimeField(),
         )
-    return UpstreamAccount.objects.filter(pk=account_id).update(**changes)
+    with transaction.atomic(savepoint=False):
+        if not UpstreamAccount.objects.filter(pk=account_id).update(**changes):
+            return None
+        return UpstreamAccount.objects.filter(pk=account_id).values_list(*_QUOTA_COLUMNS).get()
 
 
 @cache
@@ -348,13 +376,13 @@ def _quota_charge_statement(daily_mode: str, weekly_mode: str) -> str:
         sets.append(f"{start} = CASE WHEN {expired} THEN %(now)s ELSE {start} END")
     return (
         f"UPDATE {quote(UpstreamAccount._meta.db_table)} SET {', '.join(sets)} "  # noqa: S608
-        f"WHERE {quote('id')} = %(id)s"
+        f"WHERE {quote('id')} = %(id)s RETURNING {', '.join(quote(column) for column in _QUOTA_COLUMNS)}"
     )
 
 
 def _quota_charge_sql(
     *, account_id: int, amount: Decimal, now: datetime, rules: AccountQuota, tz: str
-) -> int:
+) -> tuple | None:
     params = {"id": account_id, "amount": amount, "now": now}
     for period in ("daily", "weekly"):
         mode, hour, weekday = rules.period(period)
@@ -363,4 +391,25 @@ def _quota_charge_sql(
         )
     with connection.cursor() as cursor:
         cursor.execute(_quota_charge_statement(rules.daily_reset_mode, rules.weekly_reset_mode), params)
-        return cursor.rowcount
+        return cursor.fetchone()
+
+
+# --- Marks from the gateway's failover (docs/gateway.md#failover) -----------------------------
+
+
+def upstream_account_mark_rate_limited(*, account_id: int, until: datetime) -> None:
+    """The upstream answered 429: keep the account out of scheduling until `until`. A later mark
+    never shortens an earlier one."""
+    UpstreamAccount.objects.filter(pk=account_id).filter(
+        Q(rate_limited_until__isnull=True) | Q(rate_limited_until__lt=until)
+    ).update(rate_limited_until=until, updated_at=timezone.now())
+    snapshots_changed(account_ids=[account_id])
+
+
+def upstream_account_mark_error(*, account_id: int, message: str) -> None:
+    """The upstream refused the credential (401 / 403): status `error` with its message, until an
+    operator clears it (upstream_account_clear_error)."""
+    UpstreamAccount.objects.filter(pk=account_id).update(
+        status=UpstreamAccount.Status.ERROR, error_message=message[:2000], updated_at=timezone.now()
+    )
+    snapshots_changed(account_ids=[account_id])

@@ -118,8 +118,9 @@ def user_group_rate_remove(*, user: User, rate_id: int) -> None:
         snapshots_changed(user_ids=[user.pk])
 
 
-def user_balance_charge(*, user_id: int, amount_usd: Decimal) -> None:
-    """Take a billed amount off the balance in one atomic UPDATE.
+def user_balance_charge(*, user_id: int, amount_usd: Decimal) -> Decimal | None:
+    """Take a billed amount off the balance in one atomic UPDATE; the balance it left (None for an
+    unknown user).
 
     Billing may overdraw: the request was already served, so the balance can go negative
     (docs/recording.md#atomic-counters) and the gateway refuses the next one. No history row:
@@ -127,15 +128,21 @@ def user_balance_charge(*, user_id: int, amount_usd: Decimal) -> None:
     """
     amount = quantize_usd(amount_usd)
     if connection.vendor != "postgresql":
-        User.objects.filter(pk=user_id).update(balance=F("balance") - amount)
-        return
+        with transaction.atomic(savepoint=False):
+            User.objects.filter(pk=user_id).update(balance=F("balance") - amount)
+            return User.objects.filter(pk=user_id).values_list("balance", flat=True).first()
     # The same statement, precompiled: billing runs it for every request.
     with connection.cursor() as cursor:
         cursor.execute(_balance_charge_sql(), [amount, user_id])
+        row = cursor.fetchone()
+    return row[0] if row else None
 
 
 @cache
 def _balance_charge_sql() -> str:
     quote = connection.ops.quote_name
     balance = quote("balance")
-    return f"UPDATE {quote(User._meta.db_table)} SET {balance} = {balance} - %s WHERE {quote('id')} = %s"  # noqa: S608
+    return (
+        f"UPDATE {quote(User._meta.db_table)} SET {balance} = {balance} - %s "  # noqa: S608
+        f"WHERE {quote('id')} = %s RETURNING {balance}"
+    )

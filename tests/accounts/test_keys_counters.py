@@ -295,7 +295,7 @@ def test_a_passed_timezone_and_the_portable_orm_statement_store_what_reading_it_
             for kind in windows.KEY_WINDOW_LENGTHS
         }
         row = _key_charge_orm(key_id=portable.pk, amount=quantize_usd(amount), now=now, starts=starts)
-        assert row == (by_reading.status, by_reading.quota_used_usd, quota)
+        assert row == (by_reading.status, by_reading.quota_used_usd, quota, *by_reading.windows.values())
     assert counters(read) == counters(passed) == counters(portable)
 
 

@@ -360,11 +360,19 @@ def test_passed_rules_and_the_portable_orm_statement_store_what_reading_the_rule
     for n, (gap, amount) in enumerate(steps):
         at = at + gap if n else at
         upstream_account_quota_charge(account_id=read.pk, amount_usd=amount, now=at)
-        upstream_account_quota_charge(account_id=passed.pk, amount_usd=amount, now=at, rules=passed_rules)
+        answered = upstream_account_quota_charge(
+            account_id=passed.pk, amount_usd=amount, now=at, rules=passed_rules
+        )
         changed = _quota_charge_orm(
             account_id=portable.pk, amount=quantize_usd(amount), now=at, rules=passed_rules, tz=rules["tz"]
         )
-        assert changed == 1
+        assert changed == (
+            answered.used_usd,
+            answered.daily_used_usd,
+            answered.daily_start,
+            answered.weekly_used_usd,
+            answered.weekly_start,
+        ), "both forms answer the same counters"
     assert quota_counters(read) == quota_counters(passed) == quota_counters(portable)
 
 

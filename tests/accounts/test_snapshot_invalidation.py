@@ -212,6 +212,16 @@ CASES = {
         lambda w: account_services.upstream_account_quota_reset(account_id=w.account.pk),
         lambda w, _: ids(account_ids=[w.account.pk]),
     ),
+    "upstream_account_mark_rate_limited": (
+        lambda w: account_services.upstream_account_mark_rate_limited(
+            account_id=w.account.pk, until=timezone.now() + timedelta(minutes=1)
+        ),
+        lambda w, _: ids(account_ids=[w.account.pk]),
+    ),
+    "upstream_account_mark_error": (
+        lambda w: account_services.upstream_account_mark_error(account_id=w.account.pk, message="HTTP 401"),
+        lambda w, _: ids(account_ids=[w.account.pk]),
+    ),
     "upstream_account_delete": (
         lambda w: account_services.upstream_account_delete(account=w.account),
         lambda w, _: ids(account_ids=[w.account_id], group_ids=[w.group.pk]),

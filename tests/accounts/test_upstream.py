@@ -488,6 +488,54 @@ def test_the_edit_form_shows_amounts_as_plain_numbers(staff_client):
     assert "E-8" not in page and "E+2" not in page
 
 
+# --- The models an account serves (docs/gateway.md#account-choice) ---------------------------------
+
+
+def test_the_models_an_account_serves_and_their_mapping_are_saved_and_shown(staff_client):
+    response = staff_client.post(
+        "/accounts/new",
+        account_data(
+            apikey__api_key="sk-ant-1",
+            supported_models="claude-sonnet-4-6\n\nclaude-opus-*\nclaude-sonnet-4-6\n",
+            model_mapping="claude-sonnet-4-6 → claude-sonnet-4-6-20260101\nclaude-opus-* -> claude-opus-4-1",
+        ),
+    )
+    assert response.status_code == 302
+    account = UpstreamAccount.objects.get(name="anthropic-main")
+    assert account.supported_models == ["claude-sonnet-4-6", "claude-opus-*"]
+    assert account.model_mapping == {
+        "claude-sonnet-4-6": "claude-sonnet-4-6-20260101",
+        "claude-opus-*": "claude-opus-4-1",
+    }
+    page = staff_client.get(f"/accounts/{account.pk}/").content.decode()
+    assert "claude-sonnet-4-6\nclaude-opus-*</textarea>" in page
+    mapping = page.split('id="id_model_mapping">')[1].split("</textarea>")[0]
+    # jsonb keeps its own key order; the order of a mapping never matters (exact beats prefix).
+    assert sorted(mapping.strip().splitlines()) == [
+        "claude-opus-* → claude-opus-4-1",
+        "claude-sonnet-4-6 → claude-sonnet-4-6-20260101",
+    ]
+
+
+def test_bad_model_lines_are_named_and_nothing_is_saved(staff_client):
+    page = staff_client.post(
+        "/accounts/new",
+        account_data(
+            name="kept",
+            apikey__api_key="sk-ant-1",
+            supported_models="claude *\nclaude-*-x",
+            model_mapping="claude-a\nclaude-b → claude-*\nclaude-c → x\nclaude-c → y",
+        ),
+    ).content.decode()
+    assert "Line 1: “claude *” contains a space." in page
+    assert "Line 2: “claude-*-x” may only end in one * (a prefix)." in page
+    assert "Line 1: “claude-a” needs an arrow: source → target." in page
+    assert "Line 2: “claude-b → claude-*” is a pattern, not a model name." in page
+    assert "Line 4: “claude-c” is mapped twice." in page
+    assert 'value="kept"' in page and "claude-*-x</textarea>" in page
+    assert not UpstreamAccount.objects.exists()
+
+
 @pytest.mark.parametrize(
     ("field", "value", "message"),
     [

@@ -150,6 +150,28 @@ def test_the_account_list_is_usable_on_a_phone(staff_page, screenshot):
     screenshot(page, "phone")
 
 
+def test_the_models_section_saves_what_the_gateway_reads(staff_page, screenshot):
+    page = staff_page
+    page.goto("/accounts/new")
+    page.get_by_label("Name").fill("mapped")
+    page.get_by_label("Platform").select_option("openai")
+    page.locator("#id_apikey__api_key").fill("sk-proj-1")
+    page.get_by_label("Models it serves").fill("gpt-4o\no3-*")
+    page.get_by_label("Model mapping").fill("gpt-4o → gpt-4o-2024-11-20")
+    screenshot(page, "models")
+    page.get_by_role("button", name="Create account").click()
+    expect(page).to_have_url(re.compile(r"/accounts/$"))
+    account = UpstreamAccount.objects.get(name="mapped")
+    assert (account.supported_models, account.model_mapping) == (
+        ["gpt-4o", "o3-*"],
+        {"gpt-4o": "gpt-4o-2024-11-20"},
+    )
+    page.goto(f"/accounts/{account.pk}/")
+    expect(page.get_by_label("Model mapping")).to_have_value("gpt-4o → gpt-4o-2024-11-20")
+    page.set_viewport_size({"width": 375, "height": 900})
+    screenshot(page, "models-phone")
+
+
 def test_an_api_key_account_with_quotas_is_created_then_edited(staff_page, screenshot):
     pool = GroupFactory(name="claude-pool")
     GroupFactory(name="gpt-pool", platform="openai")

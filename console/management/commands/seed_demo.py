@@ -17,8 +17,15 @@ class Command(BaseCommand):
     def add_arguments(self, parser) -> None:
         parser.add_argument("--password", help="Staff password to set (default: one generated into var/).")
         parser.add_argument("--url", default="http://127.0.0.1:8000/", help="Where the console is served.")
+        parser.add_argument(
+            "--upstream-url",
+            default="",
+            help="Point the demo's API-key and relay accounts at this upstream (make run: the fake one).",
+        )
 
-    def handle(self, *args, password: str | None = None, url: str = "", **options) -> None:
+    def handle(
+        self, *args, password: str | None = None, url: str = "", upstream_url: str = "", **options
+    ) -> None:
         password = password or demo.demo_admin_password()
         with transaction.atomic():
             admin = demo.seed_admin(password)
@@ -33,3 +40,15 @@ class Command(BaseCommand):
         self.stdout.write(f"Recorded {usage_rows} demo usage rows.")
         self.stdout.write(self.style.SUCCESS("Demo data is in place."))
         self.stdout.write(f"Sign in at {url} as {demo.DEMO_ADMIN_EMAIL} / {password}")
+        if upstream_url:
+            with transaction.atomic():
+                demo.point_demo_accounts_at(upstream_url)
+                secret = demo.demo_api_key()
+            gateway = url.rstrip("/")
+            self.stdout.write(f"Demo API key (group openai-standard, relayed to {upstream_url}): {secret}")
+            self.stdout.write("Try the gateway; the request shows up in the console under Usage:")
+            self.stdout.write(
+                f"  curl {gateway}/v1/chat/completions -H 'Authorization: Bearer {secret}' "
+                "-H 'content-type: application/json' "
+                """-d '{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hello, toll gate"}]}'"""
+            )

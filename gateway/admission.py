@@ -1,0 +1,67 @@
+"""The seam between the relay and the limits: `admit` a request, `settle` it when it is over.
+
+Issue 12: `admit` runs the checks in docs/gateway.md order over the cached snapshots (checks 3 to
+13), takes a user slot and an RPM mark (check 14) and applies restrict_models (check 15); it
+answers a `Hold` or the refusal. `Hold.release` gives the slot back; recording happens after the
+response (gateway.recorder). Issue 13 swaps this module for holds that are exact across
+processes (reserve an estimate against every limit, settle it to the real cost in the recording
+transaction) without touching the relay: the relay only ever calls `admit` and `Hold.release`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from gateway.checks import key_refusal, model_refusal
+from gateway.errors import GatewayError
+from gateway.limits import LocalLimiter, Slot
+
+
+@dataclass(slots=True)
+class Hold:
+    """An admitted request: what it was admitted on, and what it holds until it ends."""
+
+    key: Any  # KeySnapshot
+    channel: Any  # ChannelSnapshot | None
+    model: str  # as requested
+    mapped_model: str  # after the channel's mapping
+    slot: Slot
+    released: bool = field(default=False)
+
+    def release(self) -> None:
+        if not self.released:
+            self.released = True
+            self.slot.release()
+
+
+def admit(
+    *,
+    key: Any,
+    channel: Any,
+    now: datetime,
+    client_ip: str,
+    protocol: str,
+    model: str,
+    mapped_model: str,
+    limiter: LocalLimiter,
+) -> Hold | GatewayError:
+    refusal = key_refusal(key, now=now, client_ip=client_ip, protocol=protocol)
+    if refusal is not None:
+        return refusal
+    group, user = key.group, key.user
+    slot = limiter.admit(
+        user_id=user.id,
+        concurrency=user.concurrency,
+        user_rpm=user.rpm_limit,
+        group_id=group.id,
+        group_rpm=group.rpm_limit,
+    )
+    if isinstance(slot, GatewayError):
+        return slot
+    refusal = model_refusal(channel, platform=group.platform, model=model, mapped_model=mapped_model)
+    if refusal is not None:
+        slot.release()
+        return refusal
+    return Hold(key=key, channel=channel, model=model, mapped_model=mapped_model, slot=slot)

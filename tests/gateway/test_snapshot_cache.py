@@ -1,0 +1,255 @@
+"""The auth snapshot cache (docs/gateway.md#auth-snapshot): no database on the hot path for a known
+key, one load for a flood, invalidation at once in this process and, through Redis, in others."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
+
+import httpx2 as httpx
+import pytest
+import redis
+from django.conf import settings
+from django.contrib.auth.hashers import PBKDF2PasswordHasher
+from django.db import connection
+
+from accounts.models import APIKey, UpstreamAccount, User
+from accounts.services.keys import api_key_set_enabled
+from accounts.services.users import user_balance_adjust
+from tests.factories import StaffFactory
+from tests.fake_upstream import ROOT
+from tests.gateway.conftest import gateway_app, ledger_rows, make_tenant
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
+REDIS_TEST_URL = "redis://127.0.0.1:6379/12"
+
+
+def chat(url: str, secret: str) -> httpx.Response:
+    return httpx.post(
+        url + "/v1/chat/completions", json=CHAT, headers={"authorization": f"Bearer {secret}"}, timeout=30
+    )
+
+
+class QueryLog:
+    """Every statement the gateway's database threads run, with when it ran."""
+
+    def __init__(self) -> None:
+        self.statements: list[tuple[float, str]] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, execute, sql, params, many, context):
+        with self.lock:
+            self.statements.append((time.time(), sql))
+        return execute(sql, params, many, context)
+
+    def install(self) -> None:
+        gateway_app().db.on_every_thread(lambda: connection.execute_wrappers.append(self))
+
+    def remove(self) -> None:
+        gateway_app().db.on_every_thread(lambda: connection.execute_wrappers.remove(self))
+
+    def before(self, moment: float) -> list[str]:
+        return [sql for at, sql in self.statements if at <= moment]
+
+    def after(self, moment: float) -> list[str]:
+        return [sql for at, sql in self.statements if at > moment]
+
+
+@pytest.fixture
+def query_log(gateway_url):
+    log = QueryLog()
+    log.install()
+    yield log
+    log.remove()
+
+
+def test_a_cached_key_costs_no_query_before_the_response(fake_upstream, gateway_url, query_log):
+    tenant = make_tenant(fake_upstream, platform="openai")
+    assert chat(gateway_url, tenant.secret).status_code == 200
+    ledger_rows(1)
+    cold = len(query_log.statements)
+    assert cold > 0, "the first request loaded the snapshots (the harness sees queries)"
+
+    assert chat(gateway_url, tenant.secret).status_code == 200
+    ledger_rows(2)
+    served = fake_upstream.last_request()
+    second = query_log.statements[cold:]
+    # Everything up to the upstream's last byte is the hot path; the recording comes after it.
+    hot = [sql for at, sql in second if at <= served["ended_at"]]
+    recording = [sql for at, sql in second if at > served["ended_at"]]
+    assert hot == [], f"queries on the hot path: {hot}"
+    # One transaction after the response: ledger row, key, rollup, balance, account quota.
+    assert [
+        " ".join(word for word in sql.split()[:3] if word not in ("INTO", "SET"))[:40] for sql in recording
+    ] == [
+        'INSERT "billing_usagelog"',
+        'UPDATE "accounts_apikey"',
+        'INSERT "billing_usagerollup"',
+        'UPDATE "accounts_user"',
+        'UPDATE "accounts_upstreamaccount"',
+    ]
+
+
+def test_a_flood_of_unknown_keys_costs_one_query_per_distinct_key(gateway_url, query_log):
+    for _ in range(20):
+        assert chat(gateway_url, "sk-not-a-key").status_code == 401
+    assert len(query_log.statements) == 1
+    for index in range(5):
+        chat(gateway_url, f"sk-unknown-{index}")
+    assert len(query_log.statements) == 6
+
+
+def test_concurrent_misses_for_one_key_load_it_once(fake_upstream, gateway_url):
+    # No concurrency limits in the way: 0 is unlimited for the user and the account.
+    tenant = make_tenant(fake_upstream, platform="openai", user_fields={"concurrency": 0})
+    UpstreamAccount.objects.filter(pk=tenant.accounts[0].pk).update(concurrency=0)
+    stats = gateway_app().auth.stats
+    loads = stats["db_loads"]
+    with ThreadPoolExecutor(16) as pool:
+        statuses = list(pool.map(lambda _: chat(gateway_url, tenant.secret).status_code, range(16)))
+    assert statuses == [200] * 16
+    assert stats["db_loads"] - loads == 1
+
+
+def test_a_change_in_the_console_services_reaches_the_next_request(fake_upstream, gateway_url):
+    tenant = make_tenant(fake_upstream, platform="openai")
+    assert chat(gateway_url, tenant.secret).status_code == 200
+    api_key_set_enabled(key_id=tenant.key.pk, enabled=False)
+    assert chat(gateway_url, tenant.secret).json()["error"]["code"] == "API_KEY_DISABLED"
+    api_key_set_enabled(key_id=tenant.key.pk, enabled=True)
+    assert chat(gateway_url, tenant.secret).status_code == 200
+
+
+def test_a_balance_spent_by_a_charge_refuses_the_next_request(fake_upstream, gateway_url):
+    # $0.0003 of balance; 100 words of gpt-4o at its catalog price ($10/MTok out) cost more.
+    tenant = make_tenant(
+        fake_upstream, platform="openai", balance=Decimal("0.0003"), scenarios=("words=100",)
+    )
+    assert chat(gateway_url, tenant.secret).status_code == 200
+    ledger_rows(1)
+    assert User.objects.get(pk=tenant.user.pk).balance < 0
+    response = chat(gateway_url, tenant.secret)
+    assert response.json()["error"]["code"] == "INSUFFICIENT_BALANCE"
+    user_balance_adjust(
+        user_id=tenant.user.pk, operation="add", amount=Decimal("5"), note="top-up", changed_by=None
+    )
+    assert chat(gateway_url, tenant.secret).status_code == 200
+
+
+def test_a_key_quota_spent_by_a_charge_refuses_the_next_request(fake_upstream, gateway_url):
+    tenant = make_tenant(fake_upstream, platform="openai", key_fields={"quota_usd": Decimal("0.0001")})
+    assert chat(gateway_url, tenant.secret).status_code == 200
+    ledger_rows(1)
+    assert APIKey.objects.get(pk=tenant.key.pk).status == "quota_exhausted"
+    assert chat(gateway_url, tenant.secret).json()["error"]["code"] == "API_KEY_QUOTA_EXHAUSTED"
+
+
+# --- Across processes --------------------------------------------------------------------------------
+
+
+class Worker:
+    """One uvicorn process serving config.asgi (console and gateway) on the test database and Redis."""
+
+    def __init__(self, port: int) -> None:
+        database = settings.DATABASES["default"]
+        env = {
+            **os.environ,
+            "DATABASE_URL": f"postgres://{database['USER']}@{database['HOST']}:{database['PORT']}/{database['NAME']}",
+            "REDIS_URL": REDIS_TEST_URL,
+            "GATEWAY_SNAPSHOT_TTL": "300",  # so only an invalidation can make it forget
+        }
+        self.url = f"http://127.0.0.1:{port}"
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "config.asgi:application",
+                "--port",
+                str(port),
+                "--lifespan",
+                "on",
+                "--log-level",
+                "warning",
+                "--no-access-log",
+            ],
+            cwd=ROOT,
+            env=env,
+        )
+
+    def wait(self) -> None:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(self.url + "/v1/models", timeout=1)
+                return
+            except httpx.TransportError:
+                if time.monotonic() > deadline or self.process.poll() is not None:
+                    raise
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=20)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_disabling_a_key_in_the_console_refuses_it_at_once_in_another_process(
+    fake_upstream, transactional_db
+):
+    store = redis.Redis.from_url(REDIS_TEST_URL)
+    store.flushdb()
+    tenant = make_tenant(fake_upstream, platform="openai")
+    staff = StaffFactory()
+    # Hashed with the default hasher the worker processes know (this process's tests use MD5).
+    hasher = PBKDF2PasswordHasher()
+    User.objects.filter(pk=staff.pk).update(password=hasher.encode("s3cret-pass-phrase", hasher.salt()))
+    console, gateway = Worker(free_port()), Worker(free_port())
+    try:
+        console.wait()
+        gateway.wait()
+        # The other process knows the key: in its own memory and in Redis.
+        assert chat(gateway.url, tenant.secret).status_code == 200
+        assert store.exists(f"snap:key:{tenant.key.key_hash}")
+
+        with httpx.Client(base_url=console.url, follow_redirects=True) as staff_browser:
+            staff_browser.get("/login/")
+            token = staff_browser.cookies["csrftoken"]
+            signed_in = staff_browser.post(
+                "/login/",
+                data={
+                    "username": staff.email,
+                    "password": "s3cret-pass-phrase",
+                    "csrfmiddlewaretoken": token,
+                },
+            )
+            assert signed_in.status_code == 200 and "/login/" not in str(signed_in.url)
+            disabled = staff_browser.post(
+                f"/keys/{tenant.key.pk}/status",
+                headers={"X-CSRFToken": staff_browser.cookies["csrftoken"], "HX-Request": "true"},
+            )
+            assert disabled.status_code in (200, 204), disabled.text
+        assert APIKey.objects.get(pk=tenant.key.pk).status == "disabled"
+        assert not store.exists(f"snap:key:{tenant.key.key_hash}"), "the Redis copy went with the commit"
+
+        refused = chat(gateway.url, tenant.secret)
+        assert refused.status_code == 401
+        assert refused.json()["error"]["code"] == "API_KEY_DISABLED"
+    finally:
+        console.stop()
+        gateway.stop()
+        store.flushdb()
