@@ -55,7 +55,7 @@ def channel_list(request: HttpRequest) -> HttpResponse:
 
 @require_http_methods(["GET", "POST"])
 def channel_create_view(request: HttpRequest) -> HttpResponse:
-    editor = ChannelEditor(request.POST or None)
+    editor = ChannelEditor(request.POST if request.method == "POST" else None)
     if request.method == "POST" and (channel := _save(request, editor, None)):
         messages.success(request, f"Channel {channel.name} created.")
         return redirect("channels:channel-detail", channel.pk)
@@ -65,7 +65,7 @@ def channel_create_view(request: HttpRequest) -> HttpResponse:
 @require_http_methods(["GET", "POST"])
 def channel_detail(request: HttpRequest, pk: int) -> HttpResponse:
     channel = _get_channel(pk)
-    editor = ChannelEditor(request.POST or None, channel=channel)
+    editor = ChannelEditor(request.POST if request.method == "POST" else None, channel=channel)
     if request.method == "POST" and _save(request, editor, channel):
         messages.success(request, f"Saved {channel.name}.")
         return redirect("channels:channel-detail", channel.pk)

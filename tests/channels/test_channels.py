@@ -547,6 +547,18 @@ def test_the_pricing_defaults_endpoint_is_staff_only(client):
 # -- services ---------------------------------------------------------------------------------------
 
 
+def test_an_empty_post_re_renders_the_form_instead_of_failing(staff_client):
+    # A POST without the form's fields (a stale tab, a hand-made request) used to leave the
+    # editor unbound and crash reading its cards: it is a refused form like any other.
+    channel = ChannelFactory(name="Kept")
+    ModelPricingFactory(channel=channel)
+    for path in ("/channels/new", f"/channels/{channel.pk}/"):
+        response = staff_client.post(path)
+        assert response.status_code == 200, path
+        assert "Nothing was saved" in response.content.decode()
+    assert list(Channel.objects.values_list("name", flat=True)) == ["Kept"]
+
+
 def test_the_service_refuses_invalid_cards_without_writing_anything():
     cards = [
         CardSpec(platform="anthropic", models=("claude-*",), input_price=Decimal(0), output_price=Decimal(0)),
