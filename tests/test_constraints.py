@@ -43,6 +43,7 @@ CASES = [
         {"total_recharged": D(0)},
         "user_total_recharged_non_negative",
     ),
+    (UserFactory, {"console_role": "owner"}, {"console_role": "operator"}, "user_console_role_known"),
     (BalanceHistoryFactory, {"amount": D("-1")}, {"amount": D(0)}, "balance_history_amount_non_negative"),
     (
         GroupFactory,

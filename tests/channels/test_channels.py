@@ -571,7 +571,7 @@ def test_the_service_refuses_invalid_cards_without_writing_anything():
         ),
     ]
     with pytest.raises(ChannelInvalid) as raised:
-        channel_create(fields={"name": "Bad"}, cards=cards)
+        channel_create(fields={"name": "Bad"}, cards=cards, actor=None)
     assert {(p.card, p.interval, p.field) for p in raised.value.problems} == {
         (1, None, "models"),
         (1, 0, None),
@@ -590,6 +590,7 @@ def test_a_taken_group_rolls_back_the_whole_create():
                 CardSpec(platform="anthropic", models=("x",), input_price=Decimal(1), output_price=Decimal(1))
             ],
             mapping=[MappingRule(platform="anthropic", source="a", target="b")],
+            actor=None,
         )
     assert "already belongs to channel “Wholesale”" in str(raised.value)
     assert list(Channel.objects.values_list("name", flat=True)) == ["Wholesale"]
@@ -605,7 +606,7 @@ def test_two_channels_racing_for_one_group_end_with_one_owner():
     def create(name):
         try:
             barrier.wait()
-            channel_create(fields={"name": name}, group_ids=[group.pk])
+            channel_create(fields={"name": name}, group_ids=[group.pk], actor=None)
             outcomes.append("saved")
         except ValidationError as error:
             outcomes.append(str(error))

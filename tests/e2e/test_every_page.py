@@ -13,36 +13,14 @@ import re
 
 import pytest
 from django.test import Client
-from django.urls import reverse
 from playwright.sync_api import expect
 
 from console.access import is_public
 from tests.browser import watch_errors
 from tests.console.test_staff_only import console_patterns
-from tests.e2e.rows import ConsoleRows, console_rows
+from tests.e2e.rows import ConsoleRows, console_path, console_rows
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
-
-# Fragments that need query parameters to render; pages never do.
-PARAMS = {
-    "channels:card-form": "?card-TOTAL_FORMS=0",
-    "channels:interval-row": "?card=card-0&card-0-iv-TOTAL_FORMS=0",
-    "channels:catalog-intervals": "?card=card-0&card-0-iv-TOTAL_FORMS=0&card-0-models=claude-opus-4-1",
-    "channels:mapping-row": "?map-TOTAL_FORMS=0",
-    "billing:usage-list": "?period=30d",
-}
-
-# Which row a URL's id stands for, by the URL name's prefix.
-ID_OWNERS = {
-    "accounts:user-": "user",
-    "accounts:key-": "key",
-    "accounts:subscription-": "subscription",
-    "accounts:group-": "group",
-    "accounts:account-": "account",
-    "channels:channel-": "channel",
-    "billing:usage-": "usage",
-    "sign-in-": "sign_in_lock",
-}
 
 # Visible buttons and amounts of money that the viewport, or a scrolling container around them, cuts off.
 BUTTONS_OFF_SCREEN = """
@@ -72,17 +50,6 @@ BUTTONS_OFF_SCREEN = """
 """
 
 
-def _id_for(name: str, kwarg: str, rows: ConsoleRows) -> int:
-    if kwarg == "rate_id":
-        return rows.rate.pk
-    if kwarg == "account_pk":
-        return rows.account.pk
-    for prefix, owner in ID_OWNERS.items():
-        if name.startswith(prefix):
-            return getattr(rows, owner).pk
-    raise AssertionError(f"{name} takes <{kwarg}>: say in ID_OWNERS which row it is for")
-
-
 def console_pages(rows: ConsoleRows, staff_user) -> tuple[list[str], list[str]]:
     """(full pages, everything else that answered) for every staff-only GET route."""
     client = Client()
@@ -91,8 +58,7 @@ def console_pages(rows: ConsoleRows, staff_user) -> tuple[list[str], list[str]]:
     for _route, name, entry in console_patterns():
         if is_public(entry.callback) or not entry.name:
             continue
-        kwargs = {kwarg: _id_for(name, kwarg, rows) for kwarg in entry.pattern.converters}
-        path = reverse(name, kwargs=kwargs) + PARAMS.get(name, "")
+        path = console_path(name, entry, rows)
         response = client.get(path)
         if response.status_code == 405:
             continue  # a POST-only action
