@@ -115,6 +115,10 @@ def user_detail(request: HttpRequest, pk: int) -> HttpResponse:
             add_service_error(form, error)
         else:
             messages.success(request, f"Saved {user.email}.")
+            if user.is_staff and not user.has_usable_password():
+                messages.warning(
+                    request, f"{user.email} has no password yet, so cannot sign in: set one in Django admin."
+                )
             return redirect("accounts:user-detail", user.pk)
     context = {
         "form": form,

@@ -288,6 +288,18 @@ def test_an_admin_makes_a_customer_an_operator_on_the_user_form():
     assert customer.email in page and "role-badge role-operator" in page
 
 
+def test_giving_access_to_a_user_without_a_password_warns_that_they_cannot_sign_in():
+    client, _ = signed_in(ADMIN)
+    customer = UserFactory()
+    customer.set_unusable_password()
+    customer.save()
+    response = client.post(
+        f"/users/{customer.pk}/", user_post(customer, console_access="viewer"), follow=True
+    )
+    assert "has no password yet, so cannot sign in: set one in Django admin." in response.content.decode()
+    assert User.objects.get(pk=customer.pk).is_staff
+
+
 def test_an_admin_creates_a_viewer_with_a_password():
     client, _ = signed_in(ADMIN)
     response = client.post(
