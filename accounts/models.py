@@ -358,7 +358,7 @@ class UpstreamAccount(models.Model):
         max_digits=12,
         decimal_places=6,
         default=Decimal("1"),
-        validators=[MinValueValidator(Decimal("0"))],
+        validators=[MinValueValidator(Decimal("0.000001"))],
     )
     status = models.CharField(max_length=16, choices=Status, default=Status.ACTIVE, db_index=True)
     error_message = models.TextField(blank=True)
@@ -395,9 +395,9 @@ class UpstreamAccount(models.Model):
         ordering = ["priority", "id"]
         constraints = [
             row_rule(
-                Q(rate_multiplier__gte=0),
-                "upstream_rate_multiplier_non_negative",
-                "The rate multiplier cannot be negative.",
+                Q(rate_multiplier__gt=0),
+                "upstream_rate_multiplier_positive",
+                "The rate multiplier must be greater than 0.",
             ),
             row_rule(
                 all_at_least_zero(

@@ -73,9 +73,15 @@ CASES = [
     (user_group_rate, {"rate_multiplier": D(0)}, {"rate_multiplier": D("0.01")}, "user_group_rate_positive"),
     (
         UpstreamAccountFactory,
-        {"rate_multiplier": D("-0.5")},
         {"rate_multiplier": D(0)},
-        "upstream_rate_multiplier_non_negative",
+        {"rate_multiplier": D("0.000001")},
+        "upstream_rate_multiplier_positive",
+    ),
+    (
+        UpstreamAccountFactory,
+        {"rate_multiplier": D("-0.5")},
+        {"rate_multiplier": D("1")},
+        "upstream_rate_multiplier_positive",
     ),
     *(
         (UpstreamAccountFactory, {field: D("-1")}, {field: D(0)}, "upstream_quota_non_negative")
@@ -193,3 +199,41 @@ def test_full_clean_says_which_rule_a_row_breaks_before_the_database_has_to():
     account = UpstreamAccountFactory.build(quota_limit_usd=D("-5"))
     with pytest.raises(ValidationError, match="Quota limits and used amounts cannot be negative."):
         account.full_clean()
+
+
+# --- Migrations that add a rule to rows written before it -------------------------------------
+
+
+def _migrate_with_rows(before: str, make_rows) -> None:
+    """Migrate accounts back to `before`, write rows with that state's models, migrate forward
+    to the latest state (where the rest of the suite expects the database to be)."""
+    from django.db import connection
+    from django.db.migrations.executor import MigrationExecutor
+
+    executor = MigrationExecutor(connection)
+    executor.migrate([("accounts", before)])
+    try:
+        make_rows(executor.loader.project_state([("accounts", before)]).apps)
+    finally:
+        executor = MigrationExecutor(connection)
+        executor.loader.build_graph()
+        executor.migrate(executor.loader.graph.leaf_nodes())
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_zero_account_multiplier_stops_the_migration_and_names_the_account():
+    from accounts.models import UpstreamAccount
+
+    def make_rows(apps):
+        apps.get_model("accounts", "UpstreamAccount").objects.create(
+            name="free-tier", platform="anthropic", type="apikey", rate_multiplier=D(0)
+        )
+
+    with pytest.raises(
+        RuntimeError, match=r"rate multiplier of 0, which is no longer allowed: free-tier \(id \d+\)"
+    ):
+        _migrate_with_rows("0005_console_role", make_rows)
+    # Nothing was guessed: the row is as it was, and the rule applies once it is fixed.
+    UpstreamAccount.objects.filter(name="free-tier").update(rate_multiplier=D("0.5"))
+    _migrate_with_rows("0005_console_role", lambda apps: None)
+    assert UpstreamAccount.objects.get(name="free-tier").rate_multiplier == D("0.5")
