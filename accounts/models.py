@@ -24,6 +24,9 @@ from accounts import windows
 from accounts.roles import ConsoleRole, has_console_role
 
 MONEY = {"max_digits": 20, "decimal_places": 8}
+# An account's priority, and its priority inside a group: lower is preferred.
+MIN_PRIORITY = 0
+MAX_PRIORITY = 10_000
 ZERO = Decimal("0")
 
 
@@ -400,6 +403,11 @@ class UpstreamAccount(models.Model):
                 "The rate multiplier must be greater than 0.",
             ),
             row_rule(
+                Q(priority__gte=MIN_PRIORITY, priority__lte=MAX_PRIORITY),
+                "upstream_priority_in_range",
+                f"The priority is a whole number from {MIN_PRIORITY} to {MAX_PRIORITY:,}.",
+            ),
+            row_rule(
                 all_at_least_zero(
                     "quota_limit_usd",
                     "quota_used_usd",
@@ -470,7 +478,14 @@ class GroupAccount(models.Model):
 
     class Meta:
         ordering = ["priority", "id"]
-        constraints = [models.UniqueConstraint(fields=["group", "account"], name="group_account_unique")]
+        constraints = [
+            models.UniqueConstraint(fields=["group", "account"], name="group_account_unique"),
+            row_rule(
+                Q(priority__gte=MIN_PRIORITY, priority__lte=MAX_PRIORITY),
+                "group_account_priority_in_range",
+                f"The priority is a whole number from {MIN_PRIORITY} to {MAX_PRIORITY:,}.",
+            ),
+        ]
         indexes = [models.Index(fields=["group", "priority"], name="group_account_priority_idx")]
 
     def __str__(self) -> str:

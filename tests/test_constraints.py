@@ -17,6 +17,7 @@ from django.db.models import F
 from tests.factories import (
     APIKeyFactory,
     BalanceHistoryFactory,
+    GroupAccountFactory,
     GroupFactory,
     ModelPricingFactory,
     PricingIntervalFactory,
@@ -94,6 +95,10 @@ CASES = [
             "quota_weekly_used_usd",
         )
     ),
+    (UpstreamAccountFactory, {"priority": -1}, {"priority": 0}, "upstream_priority_in_range"),
+    (UpstreamAccountFactory, {"priority": 10_001}, {"priority": 10_000}, "upstream_priority_in_range"),
+    (GroupAccountFactory, {"priority": -1}, {"priority": 0}, "group_account_priority_in_range"),
+    (GroupAccountFactory, {"priority": 10_001}, {"priority": 10_000}, "group_account_priority_in_range"),
     (
         UpstreamAccountFactory,
         {"quota_daily_reset_hour": 24},
@@ -218,6 +223,29 @@ def _migrate_with_rows(before: str, make_rows) -> None:
         executor = MigrationExecutor(connection)
         executor.loader.build_graph()
         executor.migrate(executor.loader.graph.leaf_nodes())
+
+
+@pytest.mark.django_db(transaction=True)
+def test_priorities_out_of_range_are_brought_to_the_nearest_bound_before_the_rule_applies():
+    from accounts.models import GroupAccount, UpstreamAccount
+
+    def make_rows(apps):
+        Account = apps.get_model("accounts", "UpstreamAccount")
+        Group = apps.get_model("accounts", "Group")
+        low = Account.objects.create(name="low", platform="anthropic", type="apikey", priority=-5)
+        high = Account.objects.create(name="high", platform="anthropic", type="apikey", priority=20_000)
+        Account.objects.create(name="kept", platform="anthropic", type="apikey", priority=70)
+        group = Group.objects.create(name="g", platform="anthropic")
+        apps.get_model("accounts", "GroupAccount").objects.create(group=group, account=low, priority=-1)
+        apps.get_model("accounts", "GroupAccount").objects.create(group=group, account=high, priority=99_999)
+
+    _migrate_with_rows("0006_upstream_rate_multiplier_positive", make_rows)
+    assert dict(UpstreamAccount.objects.values_list("name", "priority")) == {
+        "low": 0,
+        "high": 10_000,
+        "kept": 70,
+    }
+    assert sorted(GroupAccount.objects.values_list("priority", flat=True)) == [0, 10_000]
 
 
 @pytest.mark.django_db(transaction=True)

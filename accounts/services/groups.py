@@ -16,7 +16,7 @@ from django.db import models, transaction
 from django.db.models import Case, Max, Q, Value, When
 from django.utils import timezone
 
-from accounts.models import APIKey, Group, GroupAccount, User
+from accounts.models import MAX_PRIORITY, MIN_PRIORITY, APIKey, Group, GroupAccount, User
 from accounts.roles import ConsoleRole, console_role_required
 from accounts.rules import fallback_platform_error, is_valid_timezone
 from accounts.snapshots import snapshots_changed
@@ -222,6 +222,10 @@ def group_delete_rebinding_keys(*, group: Group, target_group_id: int, actor: Us
 
 def group_set_account_priority(*, group: Group, account_id: int, priority: int) -> None:
     """The account's priority inside this group, then the group's routing lists follow the new order."""
+    if not MIN_PRIORITY <= priority <= MAX_PRIORITY:
+        raise ValidationError(
+            {"priority": f"The priority is a whole number from {MIN_PRIORITY} to {MAX_PRIORITY:,}."}
+        )
     with transaction.atomic():
         updated = GroupAccount.objects.filter(group=group, account_id=account_id).update(priority=priority)
         if not updated:

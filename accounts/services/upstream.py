@@ -25,15 +25,13 @@ from django.db.models.functions import Coalesce, Greatest
 from django.utils import timezone
 
 from accounts.crypto import encrypt_credentials
-from accounts.models import Group, Platform, UpstreamAccount, User
+from accounts.models import MAX_PRIORITY, MIN_PRIORITY, Group, Platform, UpstreamAccount, User
 from accounts.roles import ConsoleRole, console_role_required
 from accounts.rules import (
     ANTHROPIC_ONLY_TYPES,
     AWS_REGION,
     BEDROCK_AUTH_MODES,
     CREDENTIAL_SECTIONS,
-    MAX_PRIORITY,
-    MIN_PRIORITY,
     credential_form_name,
     credential_section,
     is_valid_timezone,

@@ -570,3 +570,17 @@ def test_after_a_refused_rename_the_page_still_names_the_saved_group(staff_clien
     assert f'value="{change["name"]}"' in page  # what was typed stays in the field
     group.refresh_from_db()
     assert group.name == "kept"
+
+
+@pytest.mark.parametrize("priority", [-1, 10_001])
+def test_the_service_refuses_a_priority_in_a_group_outside_0_to_10000(priority):
+    from accounts.services.groups import group_set_account_priority
+
+    membership = GroupAccountFactory(priority=50)
+    with pytest.raises(ValidationError) as refused:
+        group_set_account_priority(
+            group=membership.group, account_id=membership.account_id, priority=priority
+        )
+    assert refused.value.message_dict["priority"] == ["The priority is a whole number from 0 to 10,000."]
+    membership.refresh_from_db()
+    assert membership.priority == 50
