@@ -501,3 +501,12 @@ def test_the_migration_makes_every_existing_staff_member_an_admin_and_nobody_els
         executor.migrate([after])
     roles = dict(User.objects.values_list("email", "console_role"))
     assert roles == {"staff@x.test": ADMIN, "root@x.test": ADMIN, "customer@x.test": VIEWER}
+
+
+def test_django_admin_shows_and_filters_the_console_role():
+    client, _ = signed_in(ADMIN)
+    operator = StaffFactory(console_role=OPERATOR)
+    page = client.get(f"/django-admin/accounts/user/{operator.pk}/change/").content.decode()
+    assert 'name="console_role"' in page and '<option value="operator" selected>' in page
+    listed = client.get("/django-admin/accounts/user/", {"console_role__exact": "operator"}).content.decode()
+    assert operator.email in listed
