@@ -76,10 +76,11 @@ class UserAdmin(AnnouncesSnapshotChanges, DjangoUserAdmin):
         "status",
         "balance",
         "is_staff",
+        "console_role",
         "last_active_at",
         "created_at",
     )
-    list_filter = ("role", "status", "is_staff", "is_superuser")
+    list_filter = ("status", "is_staff", "console_role", "is_superuser", "role")
     search_fields = ("email", "username", "notes")
     # Balance moves only through the console's adjust dialog (which keeps history) or billing.
     readonly_fields = ("balance", "total_recharged", "last_active_at", "last_login", "date_joined")
@@ -103,7 +104,21 @@ class UserAdmin(AnnouncesSnapshotChanges, DjangoUserAdmin):
                 )
             },
         ),
-        ("Permissions", {"fields": ("is_active", "is_staff", "is_superuser", "groups", "user_permissions")}),
+        (
+            "Console access",
+            {
+                "fields": (
+                    "is_active",
+                    "is_staff",
+                    "console_role",
+                    "is_superuser",
+                    "groups",
+                    "user_permissions",
+                ),
+                "description": "Staff may sign in to the console; the console role says what they may do there "
+                "(a superuser is always an admin). Django groups and permissions are not used by the console.",
+            },
+        ),
         ("Dates", {"fields": ("last_login", "date_joined")}),
     )
     add_fieldsets = ((None, {"classes": ("wide",), "fields": ("email", "password1", "password2")}),)

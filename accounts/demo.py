@@ -68,6 +68,7 @@ def seed_customers(admin: User) -> list[User]:
                     "rpm_limit": rpm,
                     "is_active": status == User.Status.ACTIVE,
                 },
+                actor=None,
             )
         if not user.balance_history.exists():
             user_balance_adjust(
@@ -168,7 +169,7 @@ def seed_groups_and_accounts() -> dict[str, Group]:
         group = Group.objects.filter(name=name).first()
         if group is None:
             fields = {"name": name, "platform": platform, "rate_multiplier": Decimal(multiplier), **extra}
-            group = group_create(fields=fields)
+            group = group_create(fields=fields, actor=None)
         groups[name] = group
     accounts: dict[str, UpstreamAccount] = {}
     for name, platform, kind, group_names, credentials, extra in DEMO_ACCOUNTS:
@@ -178,6 +179,7 @@ def seed_groups_and_accounts() -> dict[str, Group]:
                 fields={"name": name, "platform": platform, "type": kind, **extra},
                 credentials=credentials,
                 groups=[groups[g] for g in group_names],
+                actor=None,
             )
         accounts[name] = account
     premium = groups["anthropic-premium"]
@@ -189,6 +191,7 @@ def seed_groups_and_accounts() -> dict[str, Group]:
                 "model_routing_enabled": True,
                 "model_routing": {"claude-opus-*": [accounts["claude-max-01"].pk]},
             },
+            actor=None,
         )
     return groups
 

@@ -21,8 +21,12 @@ from django.utils import timezone
 from django.utils.functional import cached_property
 
 from accounts import windows
+from accounts.roles import ConsoleRole, has_console_role
 
 MONEY = {"max_digits": 20, "decimal_places": 8}
+# An account's priority, and its priority inside a group: lower is preferred.
+MIN_PRIORITY = 0
+MAX_PRIORITY = 10_000
 ZERO = Decimal("0")
 
 
@@ -73,12 +77,15 @@ class TollgateUserManager(UserManager):
         extra_fields.setdefault("is_staff", True)
         extra_fields.setdefault("is_superuser", True)
         extra_fields.setdefault("role", User.Role.ADMIN)
+        extra_fields.setdefault("console_role", ConsoleRole.ADMIN)
         return self._create_user(username, email, password, **extra_fields)
 
 
 class User(AbstractUser):
-    """A customer of the relay or a staff member (staff have is_staff)."""
+    """A customer of the relay or a staff member (staff have is_staff and a console role)."""
 
+    # `role` is the data model's admin / user label and grants nothing; what a staff member may
+    # do in the console is `console_role` (accounts/roles.py).
     class Role(models.TextChoices):
         ADMIN = "admin", "Admin"
         USER = "user", "User"
@@ -92,6 +99,15 @@ class User(AbstractUser):
     email = models.EmailField("email address", unique=True)
     role = models.CharField(max_length=16, choices=Role, default=Role.USER, db_index=True)
     status = models.CharField(max_length=16, choices=Status, default=Status.ACTIVE, db_index=True)
+    # Read only while is_staff; a superuser is an admin whatever it says. New staff start as
+    # viewers (least privilege): an admin raises them.
+    console_role = models.CharField(
+        "console role",
+        max_length=16,
+        choices=ConsoleRole,
+        default=ConsoleRole.VIEWER,
+        help_text="What this staff member may do in the console (docs/console.md#roles).",
+    )
     balance = money_field(help_text="USD. Goes negative only through billing overdraft.")
     total_recharged = money_field(help_text="USD added to the balance over the user's lifetime.")
     concurrency = models.PositiveIntegerField(default=5, help_text="Requests in flight at once.")
@@ -121,6 +137,11 @@ class User(AbstractUser):
                 "user_total_recharged_non_negative",
                 "The total recharged cannot be negative.",
             ),
+            row_rule(
+                Q(console_role__in=ConsoleRole.values),
+                "user_console_role_known",
+                "The console role is viewer, operator or admin.",
+            ),
         ]
         indexes = [
             models.Index(Lower("username"), name="user_username_lower_idx"),
@@ -140,6 +161,21 @@ class User(AbstractUser):
     @property
     def is_disabled(self) -> bool:
         return self.status == self.Status.DISABLED
+
+    @property
+    def console_access(self) -> str:
+        """Empty for a customer, else the role the console gives them (a superuser's is admin)."""
+        if not self.is_staff:
+            return ""
+        return ConsoleRole.ADMIN if self.is_superuser else self.console_role
+
+    # Django admin asks model permissions; the console role answers them. An admin may do
+    # everything there (as a superuser may); nobody else gets in (console.admin_site).
+    def has_perm(self, perm, obj=None) -> bool:
+        return has_console_role(self, ConsoleRole.ADMIN) or super().has_perm(perm, obj)
+
+    def has_module_perms(self, app_label) -> bool:
+        return has_console_role(self, ConsoleRole.ADMIN) or super().has_module_perms(app_label)
 
 
 class BalanceHistory(models.Model):
@@ -325,7 +361,7 @@ class UpstreamAccount(models.Model):
         max_digits=12,
         decimal_places=6,
         default=Decimal("1"),
-        validators=[MinValueValidator(Decimal("0"))],
+        validators=[MinValueValidator(Decimal("0.000001"))],
     )
     status = models.CharField(max_length=16, choices=Status, default=Status.ACTIVE, db_index=True)
     error_message = models.TextField(blank=True)
@@ -367,9 +403,14 @@ class UpstreamAccount(models.Model):
         ordering = ["priority", "id"]
         constraints = [
             row_rule(
-                Q(rate_multiplier__gte=0),
-                "upstream_rate_multiplier_non_negative",
-                "The rate multiplier cannot be negative.",
+                Q(rate_multiplier__gt=0),
+                "upstream_rate_multiplier_positive",
+                "The rate multiplier must be greater than 0.",
+            ),
+            row_rule(
+                Q(priority__gte=MIN_PRIORITY, priority__lte=MAX_PRIORITY),
+                "upstream_priority_in_range",
+                f"The priority is a whole number from {MIN_PRIORITY} to {MAX_PRIORITY:,}.",
             ),
             row_rule(
                 all_at_least_zero(
@@ -442,7 +483,14 @@ class GroupAccount(models.Model):
 
     class Meta:
         ordering = ["priority", "id"]
-        constraints = [models.UniqueConstraint(fields=["group", "account"], name="group_account_unique")]
+        constraints = [
+            models.UniqueConstraint(fields=["group", "account"], name="group_account_unique"),
+            row_rule(
+                Q(priority__gte=MIN_PRIORITY, priority__lte=MAX_PRIORITY),
+                "group_account_priority_in_range",
+                f"The priority is a whole number from {MIN_PRIORITY} to {MAX_PRIORITY:,}.",
+            ),
+        ]
         indexes = [models.Index(fields=["group", "priority"], name="group_account_priority_idx")]
 
     def __str__(self) -> str:

@@ -2,8 +2,9 @@
 
 Services (writes), selectors (reads), forms and the gateway share them, so each rule is written
 once: timezone names, IP allow/deny lines (and what normalising them changes), the key's hash
-and status, a group's model routing, its move-up/down order and its fallbacks' platform, and an
-upstream account's priority range and the credential fields of each kind of account.
+and status, a group's model routing, its move-up/down order and its fallbacks' platform, and the
+credential fields of each kind of upstream account. (An account's priority range is a CHECK on
+the model: accounts.models.MIN_PRIORITY / MAX_PRIORITY.)
 """
 
 from __future__ import annotations
@@ -230,9 +231,6 @@ CREDENTIAL_SECTIONS: dict[str, tuple[CredentialField, ...]] = {
     ),
 }
 
-# An account's priority (lower is preferred), as in a group's membership priorities.
-MIN_PRIORITY = 0
-MAX_PRIORITY = 10_000
 
 # Types only the Anthropic platform has.
 ANTHROPIC_ONLY_TYPES = (Type.SETUP_TOKEN, Type.BEDROCK)

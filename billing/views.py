@@ -12,6 +12,7 @@ from django.shortcuts import get_object_or_404, render
 from django.utils import timezone
 from django_tables2 import RequestConfig
 
+from accounts.roles import requires
 from billing.forms import UsageFilterForm
 from billing.models import UsageLog
 from billing.selectors import (
@@ -32,6 +33,7 @@ INVALID_FILTERS = "Nothing is shown: fix the filters marked above."
 CSV_CHUNK_ROWS = 2000
 
 
+@requires("viewer")
 def usage_list(request: HttpRequest) -> HttpResponse:
     form = UsageFilterForm(request.GET or None)
     filters = form.filters()
@@ -53,16 +55,19 @@ def usage_list(request: HttpRequest) -> HttpResponse:
     return render_page(request, "billing/usage_list.html", context)
 
 
+@requires("viewer")
 def usage_models(request: HttpRequest) -> HttpResponse:
     """The model filter's suggestions, fetched when the field is first focused."""
     return render(request, "billing/usage_list.html#model-options", {"models_seen": usage_models_seen()})
 
 
+@requires("viewer")
 def usage_breakdown(request: HttpRequest, pk: int) -> HttpResponse:
     log = get_object_or_404(UsageLog.objects.select_related("user", "channel"), pk=pk)
     return render(request, "billing/usage_breakdown.html", {"log": log, "sentence": log.explain()})
 
 
+@requires("viewer")
 def usage_export(request: HttpRequest) -> HttpResponse:
     """The filtered set as CSV, streamed a chunk of rows at a time (a million rows fit)."""
     form = UsageFilterForm(request.GET or None)

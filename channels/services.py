@@ -3,7 +3,9 @@
 A channel is saved whole, in one transaction: its fields, its groups, its pricing cards (replaced
 by the ones given, in order) and its model mapping. The rules (docs/pricing.md#card-validation)
 are checked first by channels.rules, which the form also calls. Every change leaves an audit row
-with a JSON diff, and is announced to snapshot listeners after commit.
+with a JSON diff, and is announced to snapshot listeners after commit. Prices and mapping are
+for an admin: each write takes the acting user as `actor` (None is the system) and refuses
+anyone else (docs/console.md#roles).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 
 from accounts.models import Group, User
+from accounts.roles import ConsoleRole, console_role_required
 from accounts.snapshots import snapshots_changed
 from channels.models import (
     Channel,
@@ -54,8 +57,9 @@ def channel_create(
     group_ids: Sequence[int] = (),
     cards: Sequence[CardSpec] = (),
     mapping: Sequence[MappingRule] = (),
-    actor: User | None = None,
+    actor: User | None,
 ) -> Channel:
+    console_role_required(actor, ConsoleRole.ADMIN, doing="create channels")
     channel = Channel()
     _save(channel, fields=fields, group_ids=group_ids, cards=cards, mapping=mapping)
     _audit(channel, ChannelAuditLog.Action.CREATE, before=_audit_picture(None), actor=actor)
@@ -72,9 +76,10 @@ def channel_update(
     group_ids: Sequence[int],
     cards: Sequence[CardSpec],
     mapping: Sequence[MappingRule],
-    actor: User | None = None,
+    actor: User | None,
 ) -> Channel:
     """Replace the channel's fields, groups, cards and mapping with these; audited when anything changed."""
+    console_role_required(actor, ConsoleRole.ADMIN, doing="change channel prices and mapping")
     locked = Channel.objects.select_for_update().get(pk=channel.pk)
     before = _audit_picture(locked)
     snapshots_changed(
@@ -90,8 +95,9 @@ def channel_update(
 
 
 @transaction.atomic
-def channel_delete(*, channel: Channel, actor: User | None = None) -> None:
+def channel_delete(*, channel: Channel, actor: User | None) -> None:
     """Delete the channel; its groups fall back to catalog prices. The audit row keeps the name."""
+    console_role_required(actor, ConsoleRole.ADMIN, doing="delete channels")
     before = _audit_picture(channel)
     ChannelAuditLog.objects.create(
         channel=None,

@@ -12,6 +12,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods
 from django_tables2 import RequestConfig
 
+from accounts.roles import may, requires
 from channels.catalog import default_prices_json, lookup_default_prices
 from channels.forms import (
     MAX_CARDS,
@@ -37,6 +38,7 @@ FORM = "channels/channel_form.html"
 CARD_PREFIX = re.compile(r"^card-\d{1,3}$")
 
 
+@requires("viewer")
 def channel_list(request: HttpRequest) -> HttpResponse:
     filters = ChannelFilterForm(request.GET or None)
     criteria = filter_criteria(filters)
@@ -53,24 +55,27 @@ def channel_list(request: HttpRequest) -> HttpResponse:
     return render_page(request, "channels/channel_list.html", {"table": table, "filter_form": filters})
 
 
+@requires("admin")
 @require_http_methods(["GET", "POST"])
 def channel_create_view(request: HttpRequest) -> HttpResponse:
-    editor = ChannelEditor(request.POST or None)
+    editor = ChannelEditor(request.POST if request.method == "POST" else None)
     if request.method == "POST" and (channel := _save(request, editor, None)):
         messages.success(request, f"Channel {channel.name} created.")
         return redirect("channels:channel-detail", channel.pk)
     return render(request, FORM, {"editor": editor, "creating": True}, status=_status(editor))
 
 
+@requires("viewer", write="admin")
 @require_http_methods(["GET", "POST"])
 def channel_detail(request: HttpRequest, pk: int) -> HttpResponse:
     channel = _get_channel(pk)
-    editor = ChannelEditor(request.POST or None, channel=channel)
+    editor = ChannelEditor(request.POST if request.method == "POST" else None, channel=channel)
     if request.method == "POST" and _save(request, editor, channel):
         messages.success(request, f"Saved {channel.name}.")
         return redirect("channels:channel-detail", channel.pk)
     context = {
         "editor": editor,
+        "read_only": not may(request.user, "channels:channel-detail"),
         "subject": channel,
         "audit_log": channel_audit_log(channel=channel),
         "mapping_problems": channel.mapping_problems,
@@ -109,6 +114,7 @@ def _get_channel(pk: int) -> Channel:
         raise Http404("No such channel.") from error
 
 
+@requires("admin")
 @require_http_methods(["GET", "POST"])
 def channel_delete_dialog(request: HttpRequest, pk: int) -> HttpResponse:
     channel = _get_channel(pk)
@@ -144,6 +150,7 @@ def _card_prefix(request: HttpRequest) -> str:
     return prefix
 
 
+@requires("admin")
 @require_GET
 def card_form(request: HttpRequest) -> HttpResponse:
     """A new, empty pricing card at the next index, plus the formset's new total (out of band)."""
@@ -156,6 +163,7 @@ def card_form(request: HttpRequest) -> HttpResponse:
     return render(request, f"{FORM}#card_added", {**context, "total": index + 1})
 
 
+@requires("admin")
 @require_GET
 def interval_row(request: HttpRequest) -> HttpResponse:
     prefix = _card_prefix(request)
@@ -163,6 +171,7 @@ def interval_row(request: HttpRequest) -> HttpResponse:
     return _interval_rows(request, prefix, index, [None])
 
 
+@requires("admin")
 @require_GET
 def catalog_intervals(request: HttpRequest) -> HttpResponse:
     """The catalog's long-context tiers for the card's first model, as new interval rows."""
@@ -186,6 +195,7 @@ def _interval_rows(request: HttpRequest, prefix: str, index: int, initials: list
     return render(request, f"{FORM}#intervals_added", context)
 
 
+@requires("admin")
 @require_GET
 def mapping_row(request: HttpRequest) -> HttpResponse:
     index = _count(request, "map-TOTAL_FORMS", MAX_MAPPING_ROWS)
@@ -197,6 +207,7 @@ def mapping_row(request: HttpRequest) -> HttpResponse:
     )
 
 
+@requires("admin")
 @require_GET
 def pricing_defaults(request: HttpRequest) -> JsonResponse:
     """The catalog's default prices for ?model=NAME, in USD per token, as decimal strings."""

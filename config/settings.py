@@ -109,7 +109,7 @@ UPSTREAM_ALLOW_PRIVATE_NETWORKS = envbool(
 )
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    "console.admin_site.ConsoleAdminConfig",  # django.contrib.admin, for admins only
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",

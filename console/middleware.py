@@ -7,11 +7,16 @@ from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
 from django.utils.cache import patch_cache_control
 
+from accounts.roles import ConsoleRole, has_console_role, view_policy, view_role_required
 from console.access import is_public
+
+ADMIN_PREFIX = "/django-admin/"
 
 
 class StaffOnlyConsoleMiddleware:
-    """Anonymous visitors are sent to sign in; signed-in non-staff get 403.
+    """Anonymous visitors are sent to sign in; signed-in non-staff get 403; staff get 403 where
+    their console role is below what the view declares (`accounts.roles.requires`; a view that
+    declares nothing is for admins). Django admin is for admins only.
 
     Every console response (pages, fragments, CSV exports) is marked `private, no-store`: it
     carries customers' data, so neither a shared cache nor the browser's may keep it. Public
@@ -29,7 +34,14 @@ class StaffOnlyConsoleMiddleware:
         return response
 
     def process_view(self, request: HttpRequest, view_func: Callable, view_args, view_kwargs):
-        if is_public(view_func) or request.path.startswith("/django-admin/"):
+        if is_public(view_func):
+            return None
+        if request.path.startswith(ADMIN_PREFIX):
+            # Signed-out visitors go to the admin's login (the console's form); staff below
+            # admin are refused here rather than sent to sign in again, which would loop.
+            user = request.user
+            if user.is_authenticated and user.is_staff and not has_console_role(user, ConsoleRole.ADMIN):
+                raise PermissionDenied("Django admin is for admins only.")
             return None
         request.tollgate_console = True
         user = request.user
@@ -43,4 +55,5 @@ class StaffOnlyConsoleMiddleware:
             return redirect_to_login(request.get_full_path())
         if not user.is_staff or not user.is_active:
             raise PermissionDenied("The console is for staff only.")
+        view_role_required(request, view_policy(view_func))
         return None

@@ -30,7 +30,8 @@ from django.db import connection
 from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
-from accounts.models import SignInCounter
+from accounts.models import SignInCounter, User
+from accounts.roles import ConsoleRole, console_role_required
 
 Kind = SignInCounter.Kind
 VALUE_LENGTH = SignInCounter._meta.get_field("value").max_length
@@ -110,8 +111,10 @@ def lockout_list(*, now: datetime | None = None) -> QuerySet[SignInCounter]:
     )
 
 
-def lockout_lift(*, kind: str, value: str) -> bool:
-    """Forget every attempt for this email or address; True if there was anything to forget."""
+def lockout_lift(*, kind: str, value: str, actor: User | None) -> bool:
+    """Forget every attempt for this email or address; True if there was anything to forget.
+    Admins only (`actor`; None is the shell's unlock_sign_in command)."""
+    console_role_required(actor, ConsoleRole.ADMIN, doing="lift sign-in locks")
     if kind == Kind.USERNAME:
         value = normalise_username(value)
     deleted, _ = SignInCounter.objects.filter(kind=kind, value=value).delete()

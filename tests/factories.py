@@ -11,6 +11,7 @@ from django.utils import timezone
 from factory.django import DjangoModelFactory
 
 from accounts.models import APIKey, BalanceHistory, Group, GroupAccount, Subscription, UpstreamAccount, User
+from accounts.roles import ConsoleRole
 from billing.cost import Usage, compute_cost
 from billing.models import UsageLog
 from billing.services import breakdown_extra, usage_rollup_add
@@ -39,9 +40,12 @@ class UserFactory(DjangoModelFactory):
 
 
 class StaffFactory(UserFactory):
+    """An admin by default; console_role=... for an operator or a viewer."""
+
     email = factory.Sequence(lambda n: f"staff{n}@tollgate.test")
     role = User.Role.ADMIN
     is_staff = True
+    console_role = ConsoleRole.ADMIN
 
 
 class BalanceHistoryFactory(DjangoModelFactory):

@@ -17,6 +17,7 @@ from django.db.models import F
 from tests.factories import (
     APIKeyFactory,
     BalanceHistoryFactory,
+    GroupAccountFactory,
     GroupFactory,
     ModelPricingFactory,
     PricingIntervalFactory,
@@ -43,6 +44,7 @@ CASES = [
         {"total_recharged": D(0)},
         "user_total_recharged_non_negative",
     ),
+    (UserFactory, {"console_role": "owner"}, {"console_role": "operator"}, "user_console_role_known"),
     (BalanceHistoryFactory, {"amount": D("-1")}, {"amount": D(0)}, "balance_history_amount_non_negative"),
     (
         GroupFactory,
@@ -72,9 +74,15 @@ CASES = [
     (user_group_rate, {"rate_multiplier": D(0)}, {"rate_multiplier": D("0.01")}, "user_group_rate_positive"),
     (
         UpstreamAccountFactory,
-        {"rate_multiplier": D("-0.5")},
         {"rate_multiplier": D(0)},
-        "upstream_rate_multiplier_non_negative",
+        {"rate_multiplier": D("0.000001")},
+        "upstream_rate_multiplier_positive",
+    ),
+    (
+        UpstreamAccountFactory,
+        {"rate_multiplier": D("-0.5")},
+        {"rate_multiplier": D("1")},
+        "upstream_rate_multiplier_positive",
     ),
     *(
         (UpstreamAccountFactory, {field: D("-1")}, {field: D(0)}, "upstream_quota_non_negative")
@@ -87,6 +95,10 @@ CASES = [
             "quota_weekly_used_usd",
         )
     ),
+    (UpstreamAccountFactory, {"priority": -1}, {"priority": 0}, "upstream_priority_in_range"),
+    (UpstreamAccountFactory, {"priority": 10_001}, {"priority": 10_000}, "upstream_priority_in_range"),
+    (GroupAccountFactory, {"priority": -1}, {"priority": 0}, "group_account_priority_in_range"),
+    (GroupAccountFactory, {"priority": 10_001}, {"priority": 10_000}, "group_account_priority_in_range"),
     (
         UpstreamAccountFactory,
         {"quota_daily_reset_hour": 24},
@@ -192,3 +204,64 @@ def test_full_clean_says_which_rule_a_row_breaks_before_the_database_has_to():
     account = UpstreamAccountFactory.build(quota_limit_usd=D("-5"))
     with pytest.raises(ValidationError, match="Quota limits and used amounts cannot be negative."):
         account.full_clean()
+
+
+# --- Migrations that add a rule to rows written before it -------------------------------------
+
+
+def _migrate_with_rows(before: str, make_rows) -> None:
+    """Migrate accounts back to `before`, write rows with that state's models, migrate forward
+    to the latest state (where the rest of the suite expects the database to be)."""
+    from django.db import connection
+    from django.db.migrations.executor import MigrationExecutor
+
+    executor = MigrationExecutor(connection)
+    executor.migrate([("accounts", before)])
+    try:
+        make_rows(executor.loader.project_state([("accounts", before)]).apps)
+    finally:
+        executor = MigrationExecutor(connection)
+        executor.loader.build_graph()
+        executor.migrate(executor.loader.graph.leaf_nodes())
+
+
+@pytest.mark.django_db(transaction=True)
+def test_priorities_out_of_range_are_brought_to_the_nearest_bound_before_the_rule_applies():
+    from accounts.models import GroupAccount, UpstreamAccount
+
+    def make_rows(apps):
+        Account = apps.get_model("accounts", "UpstreamAccount")
+        Group = apps.get_model("accounts", "Group")
+        low = Account.objects.create(name="low", platform="anthropic", type="apikey", priority=-5)
+        high = Account.objects.create(name="high", platform="anthropic", type="apikey", priority=20_000)
+        Account.objects.create(name="kept", platform="anthropic", type="apikey", priority=70)
+        group = Group.objects.create(name="g", platform="anthropic")
+        apps.get_model("accounts", "GroupAccount").objects.create(group=group, account=low, priority=-1)
+        apps.get_model("accounts", "GroupAccount").objects.create(group=group, account=high, priority=99_999)
+
+    _migrate_with_rows("0007_upstream_rate_multiplier_positive", make_rows)
+    assert dict(UpstreamAccount.objects.values_list("name", "priority")) == {
+        "low": 0,
+        "high": 10_000,
+        "kept": 70,
+    }
+    assert sorted(GroupAccount.objects.values_list("priority", flat=True)) == [0, 10_000]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_zero_account_multiplier_stops_the_migration_and_names_the_account():
+    from accounts.models import UpstreamAccount
+
+    def make_rows(apps):
+        apps.get_model("accounts", "UpstreamAccount").objects.create(
+            name="free-tier", platform="anthropic", type="apikey", rate_multiplier=D(0)
+        )
+
+    with pytest.raises(
+        RuntimeError, match=r"rate multiplier of 0, which is no longer allowed: free-tier \(id \d+\)"
+    ):
+        _migrate_with_rows("0006_console_role", make_rows)
+    # Nothing was guessed: the row is as it was, and the rule applies once it is fixed.
+    UpstreamAccount.objects.filter(name="free-tier").update(rate_multiplier=D("0.5"))
+    _migrate_with_rows("0006_console_role", lambda apps: None)
+    assert UpstreamAccount.objects.get(name="free-tier").rate_multiplier == D("0.5")

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django import forms
 
-from accounts.models import Group, UpstreamAccount
+from accounts.models import MAX_PRIORITY, MIN_PRIORITY, Group, UpstreamAccount
 from accounts.rules import fallback_platform_error, is_valid_timezone
 from accounts.selectors.groups import group_choices
 from common.forms import ConsoleForm, ConsoleModelForm, DecimalInputField, MoneyField
@@ -265,7 +265,9 @@ def routing_initial(group: Group) -> list[dict]:
 
 
 class MembershipPriorityForm(ConsoleForm):
-    priority = forms.IntegerField(label="Priority in this group", min_value=0, max_value=10_000)
+    priority = forms.IntegerField(
+        label="Priority in this group", min_value=MIN_PRIORITY, max_value=MAX_PRIORITY
+    )
 
 
 class GroupTargetChoiceField(forms.ModelChoiceField):

@@ -7,12 +7,10 @@ from django import forms
 from django.conf import settings
 from django.utils import timezone
 
-from accounts.models import Group, Platform, UpstreamAccount
+from accounts.models import MAX_PRIORITY, MIN_PRIORITY, Group, Platform, UpstreamAccount
 from accounts.rules import (
     BEDROCK_AUTH_MODES,
     CREDENTIAL_SECTIONS,
-    MAX_PRIORITY,
-    MIN_PRIORITY,
     credential_form_name,
     credential_section,
     is_valid_timezone,

@@ -3,20 +3,27 @@ from __future__ import annotations
 from django.db.models import Count, Q, QuerySet
 
 from accounts.models import BalanceHistory, User, UserGroupRate
+from accounts.roles import ConsoleRole
 
 
-def user_list(*, search: str = "", role: str = "", status: str = "", staff: str = "") -> QuerySet[User]:
+def user_list(*, search: str = "", status: str = "", access: str = "") -> QuerySet[User]:
+    """Users matching the filters. `access`: "none" (customers), "staff", or a console role
+    (a superuser counts as an admin)."""
     users = User.objects.annotate(api_key_count=Count("api_keys", distinct=True))
     if search:
         users = users.filter(
             Q(email__icontains=search) | Q(username__icontains=search) | Q(notes__icontains=search)
         )
-    if role:
-        users = users.filter(role=role)
     if status:
         users = users.filter(status=status)
-    if staff in ("yes", "no"):
-        users = users.filter(is_staff=staff == "yes")
+    if access == "none":
+        users = users.filter(is_staff=False)
+    elif access == "staff":
+        users = users.filter(is_staff=True)
+    elif access == ConsoleRole.ADMIN:
+        users = users.filter(Q(console_role=access) | Q(is_superuser=True), is_staff=True)
+    elif access in ConsoleRole.values:
+        users = users.filter(is_staff=True, is_superuser=False, console_role=access)
     return users
 
 

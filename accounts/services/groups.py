@@ -1,4 +1,9 @@
-"""Groups: create, edit, reorder, delete, membership priorities, model routing (docs/entities.md#groups)."""
+"""Groups: create, edit, reorder, delete, membership priorities, model routing (docs/entities.md#groups).
+
+A group carries prices (its rate multiplier), limits and routing, so creating, editing and
+deleting one is for an admin (`actor`; docs/console.md#roles). Its order and an account's
+priority in it are day-to-day work.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +16,8 @@ from django.db import models, transaction
 from django.db.models import Case, Max, Q, Value, When
 from django.utils import timezone
 
-from accounts.models import APIKey, Group, GroupAccount
+from accounts.models import MAX_PRIORITY, MIN_PRIORITY, APIKey, Group, GroupAccount, User
+from accounts.roles import ConsoleRole, console_role_required
 from accounts.rules import fallback_platform_error, is_valid_timezone
 from accounts.snapshots import snapshots_changed
 
@@ -124,8 +130,9 @@ def _validate(group: Group) -> None:
 
 
 @transaction.atomic
-def group_create(*, fields: dict) -> Group:
+def group_create(*, fields: dict, actor: User | None) -> Group:
     """A new group goes to the end of the list."""
+    console_role_required(actor, ConsoleRole.ADMIN, doing="create groups")
     fields = {k: v for k, v in fields.items() if k != "sort_order"}
     group = Group(**fields)
     _validate(group)
@@ -137,7 +144,8 @@ def group_create(*, fields: dict) -> Group:
 
 
 @transaction.atomic
-def group_update(*, group: Group, fields: dict) -> Group:
+def group_update(*, group: Group, fields: dict, actor: User | None) -> Group:
+    console_role_required(actor, ConsoleRole.ADMIN, doing="change groups")
     fields = {k: v for k, v in fields.items() if k != "sort_order"}
     for name, value in fields.items():
         setattr(group, name, value)
@@ -149,8 +157,9 @@ def group_update(*, group: Group, fields: dict) -> Group:
 
 
 @transaction.atomic
-def group_delete(*, group: Group) -> None:
+def group_delete(*, group: Group, actor: User | None) -> None:
     """Refused while keys or subscriptions point at the group (both are PROTECT)."""
+    console_role_required(actor, ConsoleRole.ADMIN, doing="delete groups")
     key_count = group.api_keys.count()
     subscription_count = group.subscriptions.count()
     if key_count or subscription_count:
@@ -166,7 +175,7 @@ def group_delete(*, group: Group) -> None:
     group.delete()
 
 
-def group_delete_rebinding_keys(*, group: Group, target_group_id: int) -> int:
+def group_delete_rebinding_keys(*, group: Group, target_group_id: int, actor: User | None) -> int:
     """Move every key bound to `group` to the target group, then delete `group`; the keys moved.
 
     One transaction: both rows are locked (in id order, so two opposite rebinds cannot deadlock),
@@ -174,6 +183,7 @@ def group_delete_rebinding_keys(*, group: Group, target_group_id: int) -> int:
     another existing group on the same platform. Subscriptions still block the delete, and then
     no key is moved. Any failure leaves everything as it was.
     """
+    console_role_required(actor, ConsoleRole.ADMIN, doing="delete groups")
     with transaction.atomic():
         locked = {
             row.pk: row
@@ -206,12 +216,16 @@ def group_delete_rebinding_keys(*, group: Group, target_group_id: int) -> int:
         keys = APIKey.objects.filter(group=group)
         snapshots_changed(key_ids=keys.values_list("pk", flat=True), group_ids=[target.pk])
         moved = keys.update(group=target, updated_at=timezone.now())
-        group_delete(group=group)
+        group_delete(group=group, actor=actor)
     return moved
 
 
 def group_set_account_priority(*, group: Group, account_id: int, priority: int) -> None:
     """The account's priority inside this group, then the group's routing lists follow the new order."""
+    if not MIN_PRIORITY <= priority <= MAX_PRIORITY:
+        raise ValidationError(
+            {"priority": f"The priority is a whole number from {MIN_PRIORITY} to {MAX_PRIORITY:,}."}
+        )
     with transaction.atomic():
         updated = GroupAccount.objects.filter(group=group, account_id=account_id).update(priority=priority)
         if not updated:

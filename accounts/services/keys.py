@@ -2,7 +2,8 @@
 (docs/entities.md#api-keys, docs/windows.md#key-windows).
 
 The secret is shown once, on creation; only its SHA-256 is stored, with a short prefix and the
-last four characters for display. Status follows one rule (`_resolved_status`) wherever the
+last four characters for display. Status follows one rule (`accounts.rules.key_status`; the
+enable dialog's preview, `api_key_resolved_status`, applies the same rule) wherever the
 configuration or the quota changes, which is what makes the reactivation rules hold
 (docs/windows.md#key-quota): raising the quota above usage, resetting it, clearing the expiry or
 moving it into the future turn an exhausted or expired key active again.

@@ -3,6 +3,10 @@
 
 The quota engine is `upstream_account_quota_charge`: billing calls it once per request, inside
 its own transaction, with the amount already multiplied by the account's rate multiplier.
+
+Creating, editing (credentials and base URL included) and deleting an account is for an admin
+(`actor`; docs/console.md#roles); the row actions (schedulable, clear error, reset quota) are
+day-to-day work.
 """
 
 from __future__ import annotations
@@ -22,14 +26,13 @@ from django.db.models.functions import Coalesce, Greatest
 from django.utils import timezone
 
 from accounts.crypto import encrypt_credentials
-from accounts.models import Group, Platform, UpstreamAccount
+from accounts.models import MAX_PRIORITY, MIN_PRIORITY, Group, Platform, UpstreamAccount, User
+from accounts.roles import ConsoleRole, console_role_required
 from accounts.rules import (
     ANTHROPIC_ONLY_TYPES,
     AWS_REGION,
     BEDROCK_AUTH_MODES,
     CREDENTIAL_SECTIONS,
-    MAX_PRIORITY,
-    MIN_PRIORITY,
     credential_form_name,
     credential_section,
     is_valid_timezone,
@@ -145,8 +148,9 @@ def _validate_account(account: UpstreamAccount, groups: Iterable[Group] | None) 
 
 @transaction.atomic
 def upstream_account_create(
-    *, fields: dict, credentials: dict, groups: Iterable[Group] | None = None
+    *, fields: dict, credentials: dict, groups: Iterable[Group] | None = None, actor: User | None
 ) -> UpstreamAccount:
+    console_role_required(actor, ConsoleRole.ADMIN, doing="add upstream accounts")
     fields = {k: v for k, v in fields.items() if k not in PROTECTED_FIELDS}
     fields.setdefault("quota_timezone", settings.TIME_ZONE)
     account = UpstreamAccount(**fields)
@@ -173,8 +177,10 @@ def upstream_account_update(
     credentials: dict,
     groups: Iterable[Group] | None = None,
     clear_credentials: Iterable[str] = (),
+    actor: User | None,
 ) -> UpstreamAccount:
     """Save the edited fields and credentials. Used amounts and window starts are never written here."""
+    console_role_required(actor, ConsoleRole.ADMIN, doing="change upstream accounts and their credentials")
     stored_type = UpstreamAccount.objects.values_list("type", flat=True).get(pk=account.pk)
     fields = {k: v for k, v in fields.items() if k not in PROTECTED_FIELDS}
     for name, value in fields.items():
@@ -231,8 +237,9 @@ def upstream_account_quota_reset(*, account_id: int) -> None:
 
 
 @transaction.atomic
-def upstream_account_delete(*, account: UpstreamAccount) -> None:
+def upstream_account_delete(*, account: UpstreamAccount, actor: User | None) -> None:
     """Delete the account and take its id out of every group's model routing."""
+    console_role_required(actor, ConsoleRole.ADMIN, doing="delete upstream accounts")
     groups = list(Group.objects.select_for_update().filter(memberships__account=account))
     for group in groups:
         routing = {

@@ -22,8 +22,9 @@ class PartialColumn(tables.Column):
         kwargs.setdefault("orderable", False)
         super().__init__(**kwargs)
 
-    def render(self, record):
-        return get_template(self.partial).render({"record": record})
+    def render(self, record, table):
+        # The request rides along so a cell can ask what the viewer may do (`may`).
+        return get_template(self.partial).render({"record": record, "request": table.request})
 
 
 CELLS = "accounts/key_cells.html"

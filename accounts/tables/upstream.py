@@ -72,8 +72,9 @@ class UpstreamAccountTable(tables.Table):
 
     def render_status(self, record):
         # The schedulable switch sits under the status: one column fewer keeps Quota in view.
-        return render_to_string("accounts/account_status.html", {"account": record}) + render_to_string(
-            "accounts/account_schedulable.html", {"account": record, "labelled": True}
+        context = {"account": record, "request": self.request, "labelled": True}
+        return render_to_string("accounts/account_status.html", context) + render_to_string(
+            "accounts/account_schedulable.html", context
         )
 
     def render_quota(self, record):
@@ -81,4 +82,6 @@ class UpstreamAccountTable(tables.Table):
         return render_to_string("accounts/account_quota_badge.html", {"account": record, "badge": badge})
 
     def render_actions(self, record):
-        return render_to_string("accounts/account_row_actions.html", {"account": record})
+        return render_to_string(
+            "accounts/account_row_actions.html", {"account": record, "request": self.request}
+        )

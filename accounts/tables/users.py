@@ -3,16 +3,16 @@ from __future__ import annotations
 import django_tables2 as tables
 from django.urls import reverse
 from django.utils.html import format_html
-from django.utils.safestring import mark_safe
 
 from accounts.models import User
+from accounts.roles import ConsoleRole
 from common.tables import LocalTimeColumn, MoneyColumn, StatusColumn, clipped
 
 
 class UserTable(tables.Table):
     email = tables.Column(verbose_name="Email")
     username = tables.Column(verbose_name="Name")
-    role = tables.Column()
+    console_access = tables.Column(verbose_name="Console", empty_values=(), orderable=False)
     status = StatusColumn()
     balance = MoneyColumn(verbose_name="Balance")
     concurrency = tables.Column(
@@ -29,7 +29,7 @@ class UserTable(tables.Table):
         fields = (
             "email",
             "username",
-            "role",
+            "console_access",
             "status",
             "balance",
             "concurrency",
@@ -47,6 +47,12 @@ class UserTable(tables.Table):
     def render_username(self, value):
         return clipped(value)
 
-    def render_role(self, value, record):
-        staff = mark_safe(' <span class="badge text-bg-dark">staff</span>') if record.is_staff else ""  # noqa: S308
-        return format_html("{}{}", record.get_role_display(), staff)
+    def render_console_access(self, record):
+        access = record.console_access
+        if not access:
+            return format_html('<span class="text-body-tertiary" title="{}">{}</span>', "A customer", "—")
+        role = ConsoleRole(access)
+        title = "Superuser: always an admin" if record.is_superuser else f"Staff: {role.label.lower()}"
+        return format_html(
+            '<span class="badge role-badge role-{}" title="{}">{}</span>', role, title, role.label
+        )

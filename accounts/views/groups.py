@@ -22,6 +22,7 @@ from accounts.forms.groups import (
     routing_initial,
 )
 from accounts.models import Group, UpstreamAccount
+from accounts.roles import may, requires
 from accounts.rules import group_order_move, timezone_names
 from accounts.selectors.groups import group_detail as select_group
 from accounts.selectors.groups import group_list as select_groups
@@ -41,15 +42,19 @@ from common.htmx import dialog_done, render_page
 
 
 def _list_page(request: HttpRequest, *, error: str = "", status: int = 200) -> HttpResponse:
-    table = GroupTable(list(select_groups()))
+    # The drag handles and arrows only for those who may reorder.
+    hidden = () if may(request.user, "accounts:group-sort-order") else ("handle",)
+    table = GroupTable(list(select_groups()), exclude=hidden)
     context = {"table": table, "order_error": error}
     return render_page(request, "accounts/group_list.html", context, status=status)
 
 
+@requires("viewer")
 def group_list(request: HttpRequest) -> HttpResponse:
     return _list_page(request)
 
 
+@requires("operator")
 @require_POST
 def group_sort_order(request: HttpRequest) -> HttpResponse:
     """The full new order (every id once), from a drop or a move up/down button."""
@@ -93,7 +98,11 @@ def _group_form_page(request: HttpRequest, group: Group | None) -> HttpResponse:
         fields = {**form.cleaned_data, "model_routing": {} if creating else routing.routing()}
         try:
             with transaction.atomic():
-                saved = group_create(fields=fields) if creating else group_update(group=group, fields=fields)
+                saved = (
+                    group_create(fields=fields, actor=request.user)
+                    if creating
+                    else group_update(group=group, fields=fields, actor=request.user)
+                )
         except ValidationError as error:
             add_service_error(form, error)
         else:
@@ -111,11 +120,13 @@ def _group_form_page(request: HttpRequest, group: Group | None) -> HttpResponse:
     return render(request, "accounts/group_form.html", context)
 
 
+@requires("admin")
 @require_http_methods(["GET", "POST"])
 def group_create_view(request: HttpRequest) -> HttpResponse:
     return _group_form_page(request, None)
 
 
+@requires("admin")
 @require_http_methods(["GET", "POST"])
 def group_edit(request: HttpRequest, pk: int) -> HttpResponse:
     return _group_form_page(request, get_object_or_404(Group, pk=pk))
@@ -128,12 +139,14 @@ def _group_or_404(pk: int) -> Group:
         raise Http404("No such group.") from missing
 
 
+@requires("viewer")
 def group_detail(request: HttpRequest, pk: int) -> HttpResponse:
     group = _group_or_404(pk)
     context = {"subject": group, "memberships": group_memberships(group=group)}
     return render_page(request, "accounts/group_detail.html", context, partial="members")
 
 
+@requires("operator")
 @require_POST
 def group_account_priority(request: HttpRequest, pk: int, account_pk: int) -> HttpResponse:
     group = get_object_or_404(Group, pk=pk)
@@ -157,6 +170,7 @@ def group_account_priority(request: HttpRequest, pk: int, account_pk: int) -> Ht
     return render(request, "accounts/group_detail.html#members", context)
 
 
+@requires("admin")
 @require_http_methods(["GET", "POST"])
 def group_delete_dialog(request: HttpRequest, pk: int) -> HttpResponse:
     """Delete; when keys are bound, the refusal offers to move them to another group and delete."""
@@ -168,10 +182,10 @@ def group_delete_dialog(request: HttpRequest, pk: int) -> HttpResponse:
     try:
         if rebinding and form.is_valid():
             target = form.cleaned_data["target_group"]
-            moved = group_delete_rebinding_keys(group=group, target_group_id=target.pk)
+            moved = group_delete_rebinding_keys(group=group, target_group_id=target.pk, actor=request.user)
             done = f"Moved {moved} key{pluralize(moved)} to {target.name} and deleted group {group.name}."
         elif request.method == "POST" and not rebinding:
-            group_delete(group=group)
+            group_delete(group=group, actor=request.user)
             done = f"Group {group.name} deleted."
     except GroupInUseError as error:
         refusal = error

@@ -15,6 +15,7 @@ from django_tables2 import RequestConfig
 
 from accounts.forms.keys import EXPIRY_QUICK_PICKS, APIKeyForm, KeyFilterForm
 from accounts.models import APIKey
+from accounts.roles import requires
 from accounts.rules import api_key_resolved_status
 from accounts.selectors.keys import key_list as select_keys
 from accounts.selectors.keys import key_name_warning
@@ -25,6 +26,7 @@ from common.htmx import dialog_done, render_page
 from common.money import format_usd
 
 
+@requires("viewer")
 def key_list(request: HttpRequest) -> HttpResponse:
     filters = KeyFilterForm(request.GET or None)
     criteria = filter_criteria(filters)
@@ -56,6 +58,7 @@ def _form_page(request: HttpRequest, form: APIKeyForm, subject: APIKey | None = 
     return render(request, "accounts/key_form.html", context)
 
 
+@requires("operator")
 @require_http_methods(["GET", "POST"])
 def key_create_view(request: HttpRequest) -> HttpResponse:
     form = APIKeyForm(request.POST or None, initial={"user": request.GET.get("user")})
@@ -77,6 +80,7 @@ def key_create_view(request: HttpRequest) -> HttpResponse:
     return _form_page(request, form)
 
 
+@requires("viewer", write="operator")
 @require_http_methods(["GET", "POST"])
 def key_detail(request: HttpRequest, pk: int) -> HttpResponse:
     key = get_object_or_404(APIKey.objects.select_related("user", "group"), pk=pk)
@@ -95,6 +99,7 @@ def key_detail(request: HttpRequest, pk: int) -> HttpResponse:
     return _form_page(request, form, subject=key)
 
 
+@requires("viewer")
 @require_GET
 def key_group_options(request: HttpRequest) -> HttpResponse:
     """The group field again, for the user just chosen: which groups they may use, and why not."""
@@ -102,6 +107,7 @@ def key_group_options(request: HttpRequest) -> HttpResponse:
     return render(request, "accounts/key_form.html#group_field", {"form": form})
 
 
+@requires("viewer")
 @require_GET
 def key_cells(request: HttpRequest, pk: int) -> HttpResponse:
     """The status, quota badge, windows and expiry of one row, swapped in out-of-band."""
@@ -129,6 +135,7 @@ def _changed(request: HttpRequest, key: APIKey, message: str) -> HttpResponse:
     return response
 
 
+@requires("operator")
 @require_http_methods(["GET", "POST"])
 def key_reset_quota_dialog(request: HttpRequest, pk: int) -> HttpResponse:
     key = get_object_or_404(APIKey, pk=pk)
@@ -142,6 +149,7 @@ def key_reset_quota_dialog(request: HttpRequest, pk: int) -> HttpResponse:
     return _dialog(request, key, "key_reset_quota_dialog.html")
 
 
+@requires("operator")
 @require_http_methods(["GET", "POST"])
 def key_clear_expiration_dialog(request: HttpRequest, pk: int) -> HttpResponse:
     key = get_object_or_404(APIKey, pk=pk)
@@ -151,6 +159,7 @@ def key_clear_expiration_dialog(request: HttpRequest, pk: int) -> HttpResponse:
     return _dialog(request, key, "key_clear_expiration_dialog.html")
 
 
+@requires("operator")
 @require_http_methods(["GET", "POST"])
 def key_reset_windows_dialog(request: HttpRequest, pk: int) -> HttpResponse:
     key = get_object_or_404(APIKey, pk=pk)
@@ -160,6 +169,7 @@ def key_reset_windows_dialog(request: HttpRequest, pk: int) -> HttpResponse:
     return _dialog(request, key, "key_reset_windows_dialog.html")
 
 
+@requires("operator")
 @require_http_methods(["GET", "POST"])
 def key_status_dialog(request: HttpRequest, pk: int) -> HttpResponse:
     key = get_object_or_404(APIKey.objects.select_related("user"), pk=pk)
@@ -177,6 +187,7 @@ def key_status_dialog(request: HttpRequest, pk: int) -> HttpResponse:
     )
 
 
+@requires("operator")
 @require_http_methods(["GET", "POST"])
 def key_delete_dialog(request: HttpRequest, pk: int) -> HttpResponse:
     key = get_object_or_404(APIKey.objects.select_related("user"), pk=pk)

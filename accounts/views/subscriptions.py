@@ -19,6 +19,7 @@ from accounts.forms.subscriptions import (
     SubscriptionResetWindowsForm,
 )
 from accounts.models import Subscription
+from accounts.roles import requires
 from accounts.selectors.subscriptions import subscription_list as select_subscriptions
 from accounts.services import subscriptions as services
 from accounts.tables.subscriptions import SubscriptionTable
@@ -28,6 +29,7 @@ from common.htmx import dialog_done, render_page
 CHANGED = "subscriptions:changed"
 
 
+@requires("viewer")
 def subscription_list(request: HttpRequest) -> HttpResponse:
     filters = SubscriptionFilterForm(request.GET or None)
     criteria = filter_criteria(filters)
@@ -45,6 +47,7 @@ def subscription_list(request: HttpRequest) -> HttpResponse:
     return render_page(request, "accounts/subscription_list.html", {"table": table, "filter_form": filters})
 
 
+@requires("operator")
 @require_http_methods(["GET", "POST"])
 def subscription_assign_view(request: HttpRequest) -> HttpResponse:
     initial = {"users": request.GET.getlist("user"), "group": request.GET.get("group")}
@@ -80,11 +83,13 @@ def _subscription(pk: int) -> Subscription:
     return get_object_or_404(Subscription.objects.select_related("user", "group", "assigned_by"), pk=pk)
 
 
+@requires("viewer")
 @require_GET
 def subscription_detail(request: HttpRequest, pk: int) -> HttpResponse:
     return render(request, "accounts/subscription_detail.html", {"subject": _subscription(pk)})
 
 
+@requires("viewer")
 @require_GET
 def subscription_summary(request: HttpRequest, pk: int) -> HttpResponse:
     """The facts and windows alone, re-rendered after a dialog changes them."""
@@ -95,6 +100,7 @@ def _dialog(request: HttpRequest, template: str, context: dict) -> HttpResponse:
     return render(request, f"accounts/{template}", {"dialog_action": request.path, **context})
 
 
+@requires("operator")
 @require_http_methods(["GET", "POST"])
 def subscription_extend_dialog(request: HttpRequest, pk: int) -> HttpResponse:
     subscription = _subscription(pk)
@@ -111,6 +117,7 @@ def subscription_extend_dialog(request: HttpRequest, pk: int) -> HttpResponse:
     return _dialog(request, "subscription_extend_dialog.html", {"subject": subscription, "form": form})
 
 
+@requires("operator")
 @require_http_methods(["GET", "POST"])
 def subscription_reset_windows_dialog(request: HttpRequest, pk: int) -> HttpResponse:
     subscription = _subscription(pk)
@@ -122,6 +129,7 @@ def subscription_reset_windows_dialog(request: HttpRequest, pk: int) -> HttpResp
     return _dialog(request, "subscription_reset_windows_dialog.html", {"subject": subscription, "form": form})
 
 
+@requires("operator")
 @require_http_methods(["GET", "POST"])
 def subscription_status_dialog(request: HttpRequest, pk: int) -> HttpResponse:
     """Suspend an active subscription, or resume a suspended one."""
@@ -139,6 +147,7 @@ def subscription_status_dialog(request: HttpRequest, pk: int) -> HttpResponse:
     )
 
 
+@requires("operator")
 @require_http_methods(["GET", "POST"])
 def subscription_revoke_dialog(request: HttpRequest, pk: int) -> HttpResponse:
     subscription = _subscription(pk)

@@ -16,6 +16,7 @@ from django_tables2 import RequestConfig
 
 from accounts.forms.upstream import UpstreamAccountFilterForm, UpstreamAccountForm
 from accounts.models import UpstreamAccount
+from accounts.roles import requires
 from accounts.rules import timezone_names
 from accounts.selectors.upstream import (
     upstream_account_credentials,
@@ -41,6 +42,7 @@ def changed(account: UpstreamAccount) -> str:
     return f"account-{account.pk}-changed"
 
 
+@requires("viewer")
 def account_list(request: HttpRequest) -> HttpResponse:
     filters = UpstreamAccountFilterForm(request.GET or None)
     criteria = filter_criteria(filters)
@@ -60,13 +62,17 @@ def account_list(request: HttpRequest) -> HttpResponse:
     return render_page(request, "accounts/account_list.html", {"table": table, "filter_form": filters})
 
 
+@requires("admin")
 @require_http_methods(["GET", "POST"])
 def account_create(request: HttpRequest) -> HttpResponse:
     form = UpstreamAccountForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         try:
             account = upstream_account_create(
-                fields=form.model_fields(), credentials=form.credentials(), groups=form.cleaned_data["groups"]
+                fields=form.model_fields(),
+                credentials=form.credentials(),
+                groups=form.cleaned_data["groups"],
+                actor=request.user,
             )
         except ValidationError as error:
             add_service_error(form, error)
@@ -83,6 +89,7 @@ def _form_response(request: HttpRequest, context: dict) -> HttpResponse:
     return response
 
 
+@requires("viewer", write="admin")
 @require_http_methods(["GET", "POST"])
 def account_edit(request: HttpRequest, pk: int) -> HttpResponse:
     account = get_object_or_404(UpstreamAccount, pk=pk)
@@ -96,6 +103,7 @@ def account_edit(request: HttpRequest, pk: int) -> HttpResponse:
                 credentials=form.credentials(),
                 groups=form.cleaned_data["groups"],
                 clear_credentials=form.cleared_credentials(),
+                actor=request.user,
             )
         except ValidationError as error:
             add_service_error(form, error)
@@ -108,12 +116,14 @@ def account_edit(request: HttpRequest, pk: int) -> HttpResponse:
     return _form_response(request, context)
 
 
+@requires("viewer")
 def account_quota_badge(request: HttpRequest, pk: int) -> HttpResponse:
     account = get_object_or_404(UpstreamAccount, pk=pk)
     badge = upstream_account_quota_badge(account, now=timezone.now())
     return render(request, "accounts/account_quota_badge.html", {"account": account, "badge": badge})
 
 
+@requires("operator")
 @require_http_methods(["GET", "POST"])
 def account_quota_reset(request: HttpRequest, pk: int) -> HttpResponse:
     account = get_object_or_404(UpstreamAccount, pk=pk)
@@ -138,6 +148,7 @@ def _row_response(request: HttpRequest, template: str, account: UpstreamAccount)
     return response
 
 
+@requires("operator")
 @require_POST
 def account_schedulable(request: HttpRequest, pk: int) -> HttpResponse:
     account = get_object_or_404(UpstreamAccount, pk=pk)
@@ -148,6 +159,7 @@ def account_schedulable(request: HttpRequest, pk: int) -> HttpResponse:
     return _row_response(request, "accounts/account_schedulable.html", account)
 
 
+@requires("operator")
 @require_POST
 def account_clear_error(request: HttpRequest, pk: int) -> HttpResponse:
     account = get_object_or_404(UpstreamAccount, pk=pk)
@@ -156,11 +168,12 @@ def account_clear_error(request: HttpRequest, pk: int) -> HttpResponse:
     return _row_response(request, "accounts/account_status.html", account)
 
 
+@requires("admin")
 @require_http_methods(["GET", "POST"])
 def account_delete(request: HttpRequest, pk: int) -> HttpResponse:
     account = get_object_or_404(UpstreamAccount, pk=pk)
     if request.method == "POST":
-        upstream_account_delete(account=account)
+        upstream_account_delete(account=account, actor=request.user)
         messages.success(request, f"Account {account.name} deleted.")
         response = dialog_done(changed="accounts:changed")
         response["HX-Redirect"] = reverse("accounts:account-list")

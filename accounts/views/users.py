@@ -1,9 +1,13 @@
-"""Users: list, create, edit, enable/disable, balance adjustments."""
+"""Users: list, create, edit, enable/disable, balance adjustments.
+
+Operators manage customers; a staff member's record (balance, rates and status included) is for
+an admin to change, and so is console access (docs/console.md#roles).
+"""
 
 from __future__ import annotations
 
 from django.contrib import messages
-from django.core.exceptions import ValidationError
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -19,6 +23,7 @@ from accounts.forms.users import (
     UserGroupRateForm,
 )
 from accounts.models import BalanceHistory, User
+from accounts.roles import is_staff_account, may, requires, user_change_allowed
 from accounts.selectors.users import user_balance_history, user_group_rates, user_picker_matches
 from accounts.selectors.users import user_list as select_users
 from accounts.services.users import (
@@ -35,6 +40,7 @@ from common.htmx import dialog_done, render_page
 from common.money import format_usd
 
 
+@requires("viewer")
 def user_list(request: HttpRequest) -> HttpResponse:
     filters = UserFilterForm(request.GET or None)
     criteria = filter_criteria(filters)
@@ -43,25 +49,41 @@ def user_list(request: HttpRequest) -> HttpResponse:
     else:
         users = select_users(
             search=criteria.get("q", ""),
-            role=criteria.get("role", ""),
             status=criteria.get("status", ""),
-            staff=criteria.get("staff", ""),
+            access=criteria.get("access", ""),
         )
     table = UserTable(users, empty_text=INVALID_FILTERS if criteria is None else None)
     RequestConfig(request, paginate={"per_page": 50}).configure(table)
     return render_page(request, "accounts/user_list.html", {"table": table, "filter_form": filters})
 
 
+def _may_change(request: HttpRequest, user: User) -> bool:
+    """May the signed-in staff member change this user's record (the view's own role aside)?"""
+    return user_change_allowed(request.user, target_is_staff=is_staff_account(user))
+
+
+def _changeable_user(request: HttpRequest, pk: int) -> User:
+    """The user to change, or 403 when they are staff and the signed-in member is not an admin."""
+    user = get_object_or_404(User, pk=pk)
+    if not _may_change(request, user):
+        raise PermissionDenied("Only an admin can change a staff member.")
+    return user
+
+
+@requires("operator")
 @require_http_methods(["GET", "POST"])
 def user_create_view(request: HttpRequest) -> HttpResponse:
-    form = UserCreateForm(request.POST or None)
+    form = UserCreateForm(request.POST or None, actor=request.user)
     if request.method == "POST" and form.is_valid():
         fields = {
             k: v for k, v in form.cleaned_data.items() if k not in ("email", "password", "initial_balance")
         }
         try:
             user = user_create(
-                email=form.cleaned_data["email"], password=form.cleaned_data["password"], fields=fields
+                email=form.cleaned_data["email"],
+                password=form.cleaned_data["password"],
+                fields=fields,
+                actor=request.user,
             )
         except ValidationError as error:
             add_service_error(form, error)
@@ -81,39 +103,50 @@ def user_create_view(request: HttpRequest) -> HttpResponse:
     return response
 
 
+@requires("viewer", write="operator")
 @require_http_methods(["GET", "POST"])
 def user_detail(request: HttpRequest, pk: int) -> HttpResponse:
-    user = get_object_or_404(User, pk=pk)
-    form = UserForm(request.POST or None, instance=user)
+    user = _changeable_user(request, pk) if request.method == "POST" else get_object_or_404(User, pk=pk)
+    form = UserForm(request.POST or None, instance=user, actor=request.user)
     if request.method == "POST" and form.is_valid():
         try:
-            user_update(user=user, fields=dict(form.cleaned_data))
+            user_update(user=user, fields=dict(form.cleaned_data), actor=request.user)
         except ValidationError as error:
             add_service_error(form, error)
         else:
             messages.success(request, f"Saved {user.email}.")
+            if user.is_staff and not user.has_usable_password():
+                messages.warning(
+                    request, f"{user.email} has no password yet, so cannot sign in: set one in Django admin."
+                )
             return redirect("accounts:user-detail", user.pk)
     context = {
         "form": form,
         "history": user_balance_history(user=user),
-        **_rates_context(user, UserGroupRateForm()),
+        **_rates_context(request, user, UserGroupRateForm()),
     }
     return render(request, "accounts/user_form.html", context)
 
 
+@requires("viewer")
 def user_summary(request: HttpRequest, pk: int) -> HttpResponse:
     """The balance card and history alone, re-rendered after a dialog changes them."""
     user = get_object_or_404(User, pk=pk)
     return render(
         request,
         "accounts/user_form.html#balance",
-        {"subject": user, "history": user_balance_history(user=user)},
+        {
+            "subject": user,
+            "history": user_balance_history(user=user),
+            "can_change": _can_change(request, user),
+        },
     )
 
 
+@requires("operator")
 @require_http_methods(["GET", "POST"])
 def user_balance_dialog(request: HttpRequest, pk: int) -> HttpResponse:
-    user = get_object_or_404(User, pk=pk)
+    user = _changeable_user(request, pk)
     form = BalanceAdjustForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         try:
@@ -131,9 +164,10 @@ def user_balance_dialog(request: HttpRequest, pk: int) -> HttpResponse:
     )
 
 
+@requires("operator")
 @require_http_methods(["GET", "POST"])
 def user_status_dialog(request: HttpRequest, pk: int) -> HttpResponse:
-    user = get_object_or_404(User, pk=pk)
+    user = _changeable_user(request, pk)
     target = User.Status.ACTIVE if user.is_disabled else User.Status.DISABLED
     if request.method == "POST":
         if user.pk == request.user.pk and target == User.Status.DISABLED:
@@ -141,7 +175,7 @@ def user_status_dialog(request: HttpRequest, pk: int) -> HttpResponse:
             return dialog_done(
                 changed="user:changed", message="You cannot disable your own account.", level="danger"
             )
-        user_set_status(user=user, status=target)
+        user_set_status(user=user, status=target, actor=request.user)
         verb = "enabled" if target == User.Status.ACTIVE else "disabled"
         messages.success(request, f"{user.email} {verb}.")
         response = dialog_done(changed="user:changed")
@@ -155,10 +189,11 @@ def user_status_dialog(request: HttpRequest, pk: int) -> HttpResponse:
     )
 
 
+@requires("viewer", write="operator")
 @require_http_methods(["GET", "POST"])
 def user_rates(request: HttpRequest, pk: int) -> HttpResponse:
     """The per-group multiplier overrides card: list, add or replace one."""
-    user = get_object_or_404(User, pk=pk)
+    user = _changeable_user(request, pk) if request.method == "POST" else get_object_or_404(User, pk=pk)
     form = UserGroupRateForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         try:
@@ -166,25 +201,40 @@ def user_rates(request: HttpRequest, pk: int) -> HttpResponse:
                 user=user,
                 group_id=form.cleaned_data["group"].pk,
                 rate_multiplier=form.cleaned_data["rate_multiplier"],
+                actor=request.user,
             )
         except ValidationError as error:
             add_service_error(form, error)
         else:
             form = UserGroupRateForm()
-    return render(request, "accounts/user_form.html#rates", _rates_context(user, form))
+    return render(request, "accounts/user_form.html#rates", _rates_context(request, user, form))
 
 
+@requires("operator")
 @require_http_methods(["POST"])
 def user_rate_remove(request: HttpRequest, pk: int, rate_id: int) -> HttpResponse:
-    user = get_object_or_404(User, pk=pk)
-    user_group_rate_remove(user=user, rate_id=rate_id)
-    return render(request, "accounts/user_form.html#rates", _rates_context(user, UserGroupRateForm()))
+    user = _changeable_user(request, pk)
+    user_group_rate_remove(user=user, rate_id=rate_id, actor=request.user)
+    return render(
+        request, "accounts/user_form.html#rates", _rates_context(request, user, UserGroupRateForm())
+    )
 
 
-def _rates_context(user: User, form: UserGroupRateForm) -> dict:
-    return {"subject": user, "rate_form": form, "rates": user_group_rates(user=user)}
+def _rates_context(request: HttpRequest, user: User, form: UserGroupRateForm) -> dict:
+    return {
+        "subject": user,
+        "rate_form": form,
+        "rates": user_group_rates(user=user),
+        "can_change": _can_change(request, user),
+    }
 
 
+def _can_change(request: HttpRequest, user: User) -> bool:
+    """Are the page's actions and forms offered? (The views refuse them anyway.)"""
+    return may(request.user, "accounts:user-detail") and _may_change(request, user)
+
+
+@requires("viewer")
 @require_GET
 def user_picker(request: HttpRequest) -> HttpResponse:
     """The user picker's matches for what was typed, leaving out the users already chosen."""

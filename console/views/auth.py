@@ -19,6 +19,7 @@ from django.views.decorators.http import require_POST
 
 from accounts.client_address import client_ip
 from accounts.models import SignInCounter
+from accounts.roles import requires
 from common.forms import ConsoleFormMixin
 from common.htmx import hx_trigger_response, render_page
 from console import throttle
@@ -92,17 +93,21 @@ class ConsolePasswordChangeForm(ConsoleFormMixin, auth_views.PasswordChangeForm)
     pass
 
 
-password_change = auth_views.PasswordChangeView.as_view(
-    form_class=ConsolePasswordChangeForm, template_name="registration/password_change_form.html"
+# Every staff member, a viewer too, changes their own password.
+password_change = requires("viewer")(
+    auth_views.PasswordChangeView.as_view(
+        form_class=ConsolePasswordChangeForm, template_name="registration/password_change_form.html"
+    )
 )
-password_change_done = auth_views.PasswordChangeDoneView.as_view(
-    template_name="registration/password_change_done.html"
+password_change_done = requires("viewer")(
+    auth_views.PasswordChangeDoneView.as_view(template_name="registration/password_change_done.html")
 )
 
 
 # -- sign-in locks: list them, lift one ------------------------------------------------------------------
 
 
+@requires("viewer")
 def sign_in_lock_list(request: HttpRequest) -> HttpResponse:
     now = timezone.now()
     locks = list(throttle.lockout_list(now=now))
@@ -117,13 +122,14 @@ def sign_in_lock_list(request: HttpRequest) -> HttpResponse:
     return render_page(request, "console/sign_in_lock_list.html", context)
 
 
+@requires("admin")
 @require_POST
 def sign_in_unlock(request: HttpRequest, pk: int) -> HttpResponse:
     counter = SignInCounter.objects.filter(pk=pk).first()
     if counter is None:
         message = "That lock had already ended."
     else:
-        throttle.lockout_lift(kind=counter.kind, value=counter.value)
+        throttle.lockout_lift(kind=counter.kind, value=counter.value, actor=request.user)
         logger.info("Sign-in lock lifted by %s: %s %s", request.user.email, counter.kind, counter.value)
         message = f"Unlocked {counter.value}."
     if request.htmx:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 
@@ -16,9 +18,13 @@ def bad_request(request: HttpRequest, exception: Exception | None = None) -> Htt
 @public
 def permission_denied(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
     message = str(exception) if exception and str(exception) else "You do not have access to this page."
-    return render(
+    response = render(
         request, "errors/error.html", {"code": 403, "title": "Forbidden", "message": message}, status=403
     )
+    if getattr(request, "htmx", False):
+        # htmx swaps no error page into a fragment; the toast says why nothing happened.
+        response["HX-Trigger"] = json.dumps({"toast": {"message": message, "level": "danger"}})
+    return response
 
 
 @public

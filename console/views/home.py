@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django.http import HttpRequest, HttpResponse
 
+from accounts.roles import requires
 from common.htmx import render_page
 from console.dashboard import (
     DEFAULT_MODEL_SOURCE,
@@ -14,6 +15,7 @@ from console.dashboard import (
 )
 
 
+@requires("viewer")
 def dashboard(request: HttpRequest) -> HttpResponse:
     """KPIs, the 7-day trend, top models and users, warnings. The model toggle swaps only its card."""
     source = request.GET.get("models", "")

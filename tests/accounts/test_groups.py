@@ -478,7 +478,7 @@ def test_the_target_cannot_be_the_group_itself():
     group = GroupFactory()
     keys = APIKeyFactory.create_batch(2, group=group)
     with pytest.raises(ValidationError) as refused:
-        group_delete_rebinding_keys(group=group, target_group_id=group.pk)
+        group_delete_rebinding_keys(group=group, target_group_id=group.pk, actor=None)
     assert "Choose a different group" in refused.value.message_dict["target_group"][0]
     assert bound_key_groups(keys) == {group.pk}
 
@@ -524,7 +524,7 @@ def test_a_target_deleted_while_the_move_waits_leaves_everything_as_it_was():
     # The move blocks on the target's row lock until the other transaction commits its delete.
     threading.Timer(0.3, release.set).start()
     with pytest.raises(ValidationError) as refused:
-        group_delete_rebinding_keys(group=group, target_group_id=target.pk)
+        group_delete_rebinding_keys(group=group, target_group_id=target.pk, actor=None)
     other.join(5)
     assert "no longer exists" in refused.value.message_dict["target_group"][0]
     assert Group.objects.filter(pk=group.pk).exists() and not Group.objects.filter(pk=target.pk).exists()
@@ -540,7 +540,7 @@ def test_a_fallback_on_another_platform_is_refused(staff_client):
     with pytest.raises(ValidationError) as refused:
         from accounts.services.groups import group_update
 
-        group_update(group=claude, fields={"fallback_group_on_invalid_request": gpt})
+        group_update(group=claude, fields={"fallback_group_on_invalid_request": gpt}, actor=None)
     assert "a fallback must be on this group's platform" in str(refused.value)
 
 
@@ -570,3 +570,17 @@ def test_after_a_refused_rename_the_page_still_names_the_saved_group(staff_clien
     assert f'value="{change["name"]}"' in page  # what was typed stays in the field
     group.refresh_from_db()
     assert group.name == "kept"
+
+
+@pytest.mark.parametrize("priority", [-1, 10_001])
+def test_the_service_refuses_a_priority_in_a_group_outside_0_to_10000(priority):
+    from accounts.services.groups import group_set_account_priority
+
+    membership = GroupAccountFactory(priority=50)
+    with pytest.raises(ValidationError) as refused:
+        group_set_account_priority(
+            group=membership.group, account_id=membership.account_id, priority=priority
+        )
+    assert refused.value.message_dict["priority"] == ["The priority is a whole number from 0 to 10,000."]
+    membership.refresh_from_db()
+    assert membership.priority == 50

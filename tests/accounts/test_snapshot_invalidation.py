@@ -82,9 +82,9 @@ def expire_key_when_due(w: World) -> None:
 
 def delete_a_fallback_group(w: World) -> int:
     """Delete a group another group falls back to, in a channel of its own; that channel's id."""
-    group_services.group_update(group=w.group, fields={"fallback_group": w.other_group})
+    group_services.group_update(group=w.group, fields={"fallback_group": w.other_group}, actor=None)
     link = ChannelGroupFactory(group=w.other_group)
-    group_services.group_delete(group=w.other_group)
+    group_services.group_delete(group=w.other_group, actor=None)
     return link.channel_id
 
 
@@ -138,12 +138,12 @@ CASES = {
     # --- users
     "user_update": (
         lambda w: user_services.user_update(
-            user=w.user, fields={"rpm_limit": 7, "allowed_groups": [w.other_group]}
+            user=w.user, fields={"rpm_limit": 7, "allowed_groups": [w.other_group]}, actor=None
         ),
         lambda w, _: ids(user_ids=[w.user.pk]),
     ),
     "user_set_status": (
-        lambda w: user_services.user_set_status(user=w.user, status="disabled"),
+        lambda w: user_services.user_set_status(user=w.user, status="disabled", actor=None),
         lambda w, _: ids(user_ids=[w.user.pk]),
     ),
     "user_balance_adjust": (
@@ -153,18 +153,22 @@ CASES = {
         lambda w, _: ids(user_ids=[w.user.pk]),
     ),
     "user_group_rate_set": (
-        lambda w: user_services.user_group_rate_set(user=w.user, group_id=w.group.pk, rate_multiplier=D("2")),
+        lambda w: user_services.user_group_rate_set(
+            user=w.user, group_id=w.group.pk, rate_multiplier=D("2"), actor=None
+        ),
         lambda w, _: ids(user_ids=[w.user.pk]),
     ),
     "user_group_rate_remove": (
         lambda w: user_services.user_group_rate_remove(
-            user=w.user, rate_id=w.user.group_rates.create(group=w.group, rate_multiplier=D("2")).pk
+            user=w.user,
+            rate_id=w.user.group_rates.create(group=w.group, rate_multiplier=D("2")).pk,
+            actor=None,
         ),
         lambda w, _: ids(user_ids=[w.user.pk]),
     ),
     # --- groups
     "group_update": (
-        lambda w: group_services.group_update(group=w.group, fields={"rpm_limit": 3}),
+        lambda w: group_services.group_update(group=w.group, fields={"rpm_limit": 3}, actor=None),
         lambda w, _: ids(group_ids=[w.group.pk]),
     ),
     "group_set_account_priority": (
@@ -178,7 +182,9 @@ CASES = {
         lambda w, channel_id: ids(group_ids=[w.other_group_id, w.group.pk], channel_ids=[channel_id]),
     ),
     "group_delete_rebinding_keys": (
-        lambda w: group_services.group_delete_rebinding_keys(group=w.group, target_group_id=w.other_group.pk),
+        lambda w: group_services.group_delete_rebinding_keys(
+            group=w.group, target_group_id=w.other_group.pk, actor=None
+        ),
         lambda w, _: ids(
             key_ids=[w.key.pk], group_ids=[w.group.pk, w.other_group.pk], channel_ids=[w.channel.pk]
         ),
@@ -189,12 +195,13 @@ CASES = {
             fields={"name": "new", "platform": "anthropic", "type": "apikey"},
             credentials={"api_key": "sk-new"},
             groups=[w.other_group],
+            actor=None,
         ),
         lambda w, account: ids(account_ids=[account.pk], group_ids=[w.other_group.pk]),
     ),
     "upstream_account_update": (
         lambda w: account_services.upstream_account_update(
-            account=w.account, fields={"priority": 5}, credentials={}, groups=[w.other_group]
+            account=w.account, fields={"priority": 5}, credentials={}, groups=[w.other_group], actor=None
         ),
         lambda w, _: ids(account_ids=[w.account.pk], group_ids=[w.group.pk, w.other_group.pk]),
     ),
@@ -223,7 +230,7 @@ CASES = {
         lambda w, _: ids(account_ids=[w.account.pk]),
     ),
     "upstream_account_delete": (
-        lambda w: account_services.upstream_account_delete(account=w.account),
+        lambda w: account_services.upstream_account_delete(account=w.account, actor=None),
         lambda w, _: ids(account_ids=[w.account_id], group_ids=[w.group.pk]),
     ),
     "rotate_credentials (command)": (
@@ -279,18 +286,23 @@ CASES = {
     # --- channels
     "channel_create": (
         lambda w: channel_services.channel_create(
-            fields={"name": "new"}, group_ids=[w.other_group.pk], cards=[SONNET]
+            fields={"name": "new"}, group_ids=[w.other_group.pk], cards=[SONNET], actor=None
         ),
         lambda w, channel: ids(channel_ids=[channel.pk], group_ids=[w.other_group.pk]),
     ),
     "channel_update": (
         lambda w: channel_services.channel_update(
-            channel=w.channel, fields={"name": "moved"}, group_ids=[w.other_group.pk], cards=[], mapping=[]
+            channel=w.channel,
+            fields={"name": "moved"},
+            group_ids=[w.other_group.pk],
+            cards=[],
+            mapping=[],
+            actor=None,
         ),
         lambda w, _: ids(channel_ids=[w.channel.pk], group_ids=[w.group.pk, w.other_group.pk]),
     ),
     "channel_delete": (
-        lambda w: channel_services.channel_delete(channel=w.channel),
+        lambda w: channel_services.channel_delete(channel=w.channel, actor=None),
         lambda w, _: ids(channel_ids=[w.channel_id], group_ids=[w.group.pk]),
     ),
 }

@@ -569,7 +569,7 @@ def test_the_services_refuse_a_zero_multiplier_and_a_negative_priority_too():
         "priority": -1,
     }
     with pytest.raises(ValidationError) as refused:
-        upstream_account_create(fields=fields, credentials={"api_key": "k"})
+        upstream_account_create(fields=fields, credentials={"api_key": "k"}, actor=None)
     assert set(refused.value.message_dict) == {"rate_multiplier", "priority"}
 
 

@@ -63,7 +63,7 @@ def test_staff_can_create_a_user_with_an_initial_balance(staff_client, staff_use
         {
             "email": "New.Person@Example.com",
             "username": "New Person",
-            "role": "user",
+            "console_access": "none",
             "status": "active",
             "concurrency": 5,
             "rpm_limit": 0,
@@ -86,11 +86,10 @@ def test_the_create_form_keeps_values_and_names_each_problem(staff_client):
         {
             "email": "taken@example.com",
             "username": "Kept Name",
-            "role": "user",
             "status": "active",
             "concurrency": "-1",
             "rpm_limit": 0,
-            "is_staff": "on",
+            "console_access": "viewer",
         },
     )
     page = response.content.decode()
@@ -110,7 +109,7 @@ def test_editing_a_user_saves_fields_and_allowed_groups(staff_client):
         {
             "email": "edit@example.com",
             "username": "Edited",
-            "role": "user",
+            "console_access": "none",
             "status": "active",
             "concurrency": 9,
             "rpm_limit": 30,
@@ -131,7 +130,7 @@ def test_editing_never_touches_the_balance(staff_client):
         {
             "email": user.email,
             "username": "x",
-            "role": "user",
+            "console_access": "none",
             "status": "active",
             "concurrency": 5,
             "rpm_limit": 0,
@@ -259,7 +258,7 @@ def test_a_refused_new_user_form_keeps_the_password_typed_into_it(staff_client):
             "password": "a-long-enough-password-1",
             "concurrency": "5",
             "rpm_limit": "0",
-            "role": "user",
+            "console_access": "none",
             "status": "active",
         },
     )

@@ -547,6 +547,18 @@ def test_the_pricing_defaults_endpoint_is_staff_only(client):
 # -- services ---------------------------------------------------------------------------------------
 
 
+def test_an_empty_post_re_renders_the_form_instead_of_failing(staff_client):
+    # A POST without the form's fields (a stale tab, a hand-made request) used to leave the
+    # editor unbound and crash reading its cards: it is a refused form like any other.
+    channel = ChannelFactory(name="Kept")
+    ModelPricingFactory(channel=channel)
+    for path in ("/channels/new", f"/channels/{channel.pk}/"):
+        response = staff_client.post(path)
+        assert response.status_code == 200, path
+        assert "Nothing was saved" in response.content.decode()
+    assert list(Channel.objects.values_list("name", flat=True)) == ["Kept"]
+
+
 def test_the_service_refuses_invalid_cards_without_writing_anything():
     cards = [
         CardSpec(platform="anthropic", models=("claude-*",), input_price=Decimal(0), output_price=Decimal(0)),
@@ -559,7 +571,7 @@ def test_the_service_refuses_invalid_cards_without_writing_anything():
         ),
     ]
     with pytest.raises(ChannelInvalid) as raised:
-        channel_create(fields={"name": "Bad"}, cards=cards)
+        channel_create(fields={"name": "Bad"}, cards=cards, actor=None)
     assert {(p.card, p.interval, p.field) for p in raised.value.problems} == {
         (1, None, "models"),
         (1, 0, None),
@@ -578,6 +590,7 @@ def test_a_taken_group_rolls_back_the_whole_create():
                 CardSpec(platform="anthropic", models=("x",), input_price=Decimal(1), output_price=Decimal(1))
             ],
             mapping=[MappingRule(platform="anthropic", source="a", target="b")],
+            actor=None,
         )
     assert "already belongs to channel “Wholesale”" in str(raised.value)
     assert list(Channel.objects.values_list("name", flat=True)) == ["Wholesale"]
@@ -593,7 +606,7 @@ def test_two_channels_racing_for_one_group_end_with_one_owner():
     def create(name):
         try:
             barrier.wait()
-            channel_create(fields={"name": name}, group_ids=[group.pk])
+            channel_create(fields={"name": name}, group_ids=[group.pk], actor=None)
             outcomes.append("saved")
         except ValidationError as error:
             outcomes.append(str(error))

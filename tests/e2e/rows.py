@@ -11,6 +11,7 @@ from datetime import timedelta
 from decimal import Decimal
 
 from django.conf import settings
+from django.urls import URLPattern, reverse
 from django.utils import timezone
 
 from accounts.models import (
@@ -126,3 +127,42 @@ def console_rows() -> ConsoleRows:
         history=history,
         sign_in_lock=sign_in_lock,
     )
+
+
+# Fragments that need query parameters to render; pages never do.
+PARAMS = {
+    "channels:card-form": "?card-TOTAL_FORMS=0",
+    "channels:interval-row": "?card=card-0&card-0-iv-TOTAL_FORMS=0",
+    "channels:catalog-intervals": "?card=card-0&card-0-iv-TOTAL_FORMS=0&card-0-models=claude-opus-4-1",
+    "channels:mapping-row": "?map-TOTAL_FORMS=0",
+    "billing:usage-list": "?period=30d",
+}
+
+# Which row a URL's id stands for, by the URL name's prefix.
+ID_OWNERS = {
+    "accounts:user-": "user",
+    "accounts:key-": "key",
+    "accounts:subscription-": "subscription",
+    "accounts:group-": "group",
+    "accounts:account-": "account",
+    "channels:channel-": "channel",
+    "billing:usage-": "usage",
+    "sign-in-": "sign_in_lock",
+}
+
+
+def _id_for(name: str, kwarg: str, rows: ConsoleRows) -> int:
+    if kwarg == "rate_id":
+        return rows.rate.pk
+    if kwarg == "account_pk":
+        return rows.account.pk
+    for prefix, owner in ID_OWNERS.items():
+        if name.startswith(prefix):
+            return getattr(rows, owner).pk
+    raise AssertionError(f"{name} takes <{kwarg}>: say in ID_OWNERS which row it is for")
+
+
+def console_path(name: str, entry: URLPattern, rows: ConsoleRows) -> str:
+    """A path that reaches the URL pattern `name` for one of `rows`, with the query it needs."""
+    kwargs = {kwarg: _id_for(name, kwarg, rows) for kwarg in entry.pattern.converters}
+    return reverse(name, kwargs=kwargs) + PARAMS.get(name, "")

@@ -32,7 +32,7 @@ class Command(BaseCommand):
         elif targets:
             for target in targets:
                 kind = SignInCounter.Kind.IP if _is_address(target) else SignInCounter.Kind.USERNAME
-                if throttle.lockout_lift(kind=kind, value=target):
+                if throttle.lockout_lift(kind=kind, value=target, actor=None):
                     self.stdout.write(self.style.SUCCESS(f"Unlocked {target}."))
                 else:
                     self.stdout.write(f"Nothing to unlock for {target}.")
