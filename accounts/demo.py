@@ -347,7 +347,9 @@ def point_demo_accounts_at(url: str) -> int:
         stored = upstream_account_credentials(account)
         if stored.get("base_url") == url:
             continue
-        upstream_account_update(account=account, fields={}, credentials={**stored, "base_url": url})
+        upstream_account_update(
+            account=account, fields={}, credentials={**stored, "base_url": url}, actor=None
+        )
         changed += 1
     return changed
 

@@ -57,10 +57,11 @@ def tenants(upstream_url: str) -> tuple[str, str]:
     user.refresh_from_db()
     secrets = []
     for platform in ("openai", "anthropic"):
-        group = group_create(fields={"name": f"bench-{platform}", "platform": platform})
+        group = group_create(fields={"name": f"bench-{platform}", "platform": platform}, actor=None)
         account = upstream_account_create(
             fields={"name": f"bench-{platform}", "platform": platform, "type": "apikey", "concurrency": 0},
             credentials={"api_key": "sk-bench-upstream", "base_url": upstream_url},
+            actor=None,
         )
         GroupAccount.objects.create(group=group, account=account)
         secrets.append(api_key_create(user=user, group=group, name=f"bench-{platform}")[1])

@@ -92,7 +92,6 @@ def publish(change: SnapshotChange) -> None:
 
 async def listen(cache: Any) -> None:
     from accounts.snapshots import SnapshotChange
-
     from gateway.auth import REDIS_KEY
 
     while True:

@@ -140,6 +140,7 @@ def make_account(
             **fields,
         },
         credentials=credentials,
+        actor=None,
     )
 
 

@@ -123,6 +123,7 @@ def upstream_account_pointing_at(url: str) -> UpstreamAccount:
     return upstream_account_create(
         fields={"name": "dead", "platform": "openai", "type": "apikey"},
         credentials={"api_key": "sk-dead", "base_url": url},
+        actor=None,
     )
 
 
