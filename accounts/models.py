@@ -109,6 +109,9 @@ class User(AbstractUser):
         help_text="What this staff member may do in the console (docs/console.md#roles).",
     )
     balance = money_field(help_text="USD. Goes negative only through billing overdraft.")
+    # In-flight requests' estimates, held before relaying and released when they are recorded
+    # (docs/gateway.md#holds-and-settle). Never edited by hand.
+    balance_held = money_field(help_text="USD held by requests in flight.")
     total_recharged = money_field(help_text="USD added to the balance over the user's lifetime.")
     concurrency = models.PositiveIntegerField(default=5, help_text="Requests in flight at once.")
     rpm_limit = models.PositiveIntegerField(default=0, help_text="Requests per minute; 0 = no limit.")
@@ -142,6 +145,7 @@ class User(AbstractUser):
                 "user_console_role_known",
                 "The console role is viewer, operator or admin.",
             ),
+            row_rule(Q(balance_held__gte=0), "user_balance_held_non_negative", "A hold cannot be negative."),
         ]
         indexes = [
             models.Index(Lower("username"), name="user_username_lower_idx"),
@@ -380,6 +384,9 @@ class UpstreamAccount(models.Model):
     # Quotas (apikey, bedrock, upstream types). 0 = no limit.
     quota_limit_usd = money_field()
     quota_used_usd = money_field()
+    # In-flight requests' estimates, held before relaying and released when they are recorded
+    # (docs/gateway.md#holds-and-settle). Never edited by hand.
+    quota_held_usd = money_field()
     quota_daily_limit_usd = money_field()
     quota_daily_used_usd = money_field()
     quota_daily_start = models.DateTimeField(null=True, blank=True)
@@ -420,6 +427,7 @@ class UpstreamAccount(models.Model):
                     "quota_daily_used_usd",
                     "quota_weekly_limit_usd",
                     "quota_weekly_used_usd",
+                    "quota_held_usd",
                 ),
                 "upstream_quota_non_negative",
                 "Quota limits and used amounts cannot be negative.",
@@ -567,6 +575,9 @@ class APIKey(models.Model):
     ip_denylist = models.JSONField(default=list, blank=True)
     quota_usd = money_field(help_text="0 = unlimited.")
     quota_used_usd = money_field()
+    # In-flight requests' estimates, held before relaying and released when they are recorded
+    # (docs/gateway.md#holds-and-settle). Never edited by hand.
+    held_usd = money_field()
     expires_at = models.DateTimeField(null=True, blank=True, db_index=True)
     rate_limit_5h_usd = money_field()
     rate_limit_1d_usd = money_field()
@@ -604,6 +615,7 @@ class APIKey(models.Model):
                     "usage_5h_usd",
                     "usage_1d_usd",
                     "usage_7d_usd",
+                    "held_usd",
                 ),
                 "apikey_amounts_non_negative",
                 "Quotas, window limits and usage cannot be negative.",
@@ -699,6 +711,9 @@ class Subscription(models.Model):
     daily_usage_usd = money_field()
     weekly_usage_usd = money_field()
     monthly_usage_usd = money_field()
+    # In-flight requests' estimates, held before relaying and released when they are recorded
+    # (docs/gateway.md#holds-and-settle). Never edited by hand.
+    held_usd = money_field()
     daily_window_start = models.DateTimeField(null=True, blank=True)
     weekly_window_start = models.DateTimeField(null=True, blank=True)
     monthly_window_start = models.DateTimeField(null=True, blank=True)
@@ -727,7 +742,7 @@ class Subscription(models.Model):
                 "A subscription must end after it starts.",
             ),
             row_rule(
-                all_at_least_zero("daily_usage_usd", "weekly_usage_usd", "monthly_usage_usd"),
+                all_at_least_zero("daily_usage_usd", "weekly_usage_usd", "monthly_usage_usd", "held_usd"),
                 "subscription_usage_non_negative",
                 "Window usage cannot be negative.",
             ),

@@ -34,6 +34,7 @@ class RequestOutcome(models.TextChoices):
     UPSTREAM_CUT = "upstream_cut", "Upstream stopped early"
     CLIENT_DISCONNECTED = "client_disconnected", "Client disconnected"
     UPSTREAM_ERROR = "upstream_error", "Upstream error"
+    GATEWAY_STOPPED = "gateway_stopped", "Gateway stopped mid-request (recovered)"
 
 
 class UsageSource(models.TextChoices):
@@ -43,6 +44,9 @@ class UsageSource(models.TextChoices):
     PARTIAL = "partial", "Input reported, output estimated"
     ESTIMATED = "estimated", "Estimated from the text"
     NONE = "none", "None (an error answer)"
+    # Settled by recovery after the gateway process died mid-request (docs/gateway.md#pending-records).
+    OBSERVED = "observed", "Observed before the gateway stopped"
+    ESTIMATE = "estimate", "The admission estimate (the gateway stopped)"
 
 
 # CostBreakdown fields that are stored as columns of the same name; the breakdown JSON keeps
@@ -289,3 +293,51 @@ class UsageRollup(models.Model):
 
     def __str__(self) -> str:
         return f"{self.hour:%Y-%m-%d %H}:00 key {self.api_key_id} {self.requested_model}"
+
+
+class PendingRequest(models.Model):
+    """A request admitted and not yet recorded: the outbox row and what it holds
+    (docs/gateway.md#holds-and-settle, docs/gateway.md#pending-records).
+
+    Written in the hold transaction before relaying, with every counted row's `held` raised by
+    the estimate; deleted by the recording transaction (billing.holds.pending_settle), which
+    lowers the holds again. A row whose lease has passed belongs to a process that died: recovery
+    records it (observed usage, else the estimate) and that settles it the same way. Plain ids,
+    no foreign keys: the hot path pays for no constraint checks, and recovery tolerates a row
+    deleted since.
+    """
+
+    request_id = models.CharField(max_length=128)
+    api_key_id = models.BigIntegerField()
+    user_id = models.BigIntegerField()
+    subscription_id = models.BigIntegerField(
+        null=True, blank=True, help_text="Held on instead of the balance."
+    )
+    account_id = models.BigIntegerField(
+        null=True, blank=True, help_text="The account held on (or, without a quota, the first to be tried)."
+    )
+    held_usd = money_field(help_text="Held on the key and on the balance or subscription.")
+    account_held_usd = money_field(help_text="Held on the account's quota.")
+    requested_model = models.CharField(max_length=200)
+    mapped_model = models.CharField(max_length=200, blank=True)
+    protocol = models.CharField(max_length=16)
+    stream = models.BooleanField(default=False)
+    estimate = models.JSONField(help_text="The estimated usage (token counts) the hold was priced from.")
+    observed = models.JSONField(null=True, blank=True, help_text="Usage the stream reported so far.")
+    created_at = models.DateTimeField()
+    lease_expires_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["lease_expires_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["request_id", "api_key_id"], name="pending_request_key_unique"),
+            models.CheckConstraint(
+                condition=Q(held_usd__gte=0) & Q(account_held_usd__gte=0),
+                name="pending_held_non_negative",
+                violation_error_message="A hold cannot be negative.",
+            ),
+        ]
+        indexes = [models.Index(fields=["lease_expires_at"], name="pending_lease_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.request_id} (key {self.api_key_id}, until {self.lease_expires_at:%H:%M:%S})"

@@ -17,6 +17,7 @@ from accounts.services.upstream import upstream_account_quota_charge
 from accounts.services.users import user_balance_charge
 from accounts.snapshots import AccountQuota
 from billing.cost import CostBreakdown, Usage, compute_cost
+from billing.holds import pending_settle
 from billing.models import BREAKDOWN_COLUMNS, RequestOutcome, UsageLog, UsageRollup, UsageSource
 from billing.pricing import BillingContext, billing_context, pick_billing_model, resolve_price
 
@@ -76,7 +77,8 @@ def usage_record(
     Counters move in one fixed order (key, rollup, balance or subscription, account), so
     concurrent recordings queue on row locks and never deadlock one another. With the context's
     counter configuration that is one statement per row and no reads: BEGIN, the ledger row, key,
-    rollup, balance or subscription, account, COMMIT (on PostgreSQL; see tests/billing/test_record.py).
+    rollup, balance or subscription, account, COMMIT (on PostgreSQL; see tests/billing/test_record.py),
+    plus one statement settling the request's pending record and holds (billing.holds.pending_settle).
     """
     now = created_at or timezone.now()
     if context is None:
@@ -137,6 +139,8 @@ def usage_record(
                 charged_to="",
                 account_charged_usd=ZERO,
             )
+        # The request's holds end with its charge, in this transaction (docs/gateway.md#holds-and-settle).
+        pending_settle(request_id=request_id, api_key_id=api_key_id)
         # Rows are locked from their UPDATE to the commit, so the most widely shared row goes
         # last: a key is one client's, its rollup row the key's, a balance or subscription the
         # user's (all their keys), and an account serves every key of its groups.

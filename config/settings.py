@@ -291,6 +291,11 @@ GATEWAY_STICKY_SIZE = envint("GATEWAY_STICKY_SIZE", "100000")
 GATEWAY_RATE_LIMIT_DEFAULT_SECONDS = envfloat("GATEWAY_RATE_LIMIT_DEFAULT_SECONDS", "60")
 GATEWAY_NO_ACCOUNT_RETRY_SECONDS = envfloat("GATEWAY_NO_ACCOUNT_RETRY_SECONDS", "5")
 GATEWAY_SHUTDOWN_SECONDS = envfloat("GATEWAY_SHUTDOWN_SECONDS", "30")
+# Holds and pending records (docs/gateway.md#holds-and-settle): the output tokens a request without
+# max_tokens is held for, and how long a pending record may stay before recovery settles it (a
+# live request never outlasts the total timeout; the margin covers its recording).
+GATEWAY_DEFAULT_OUTPUT_TOKENS = envint("GATEWAY_DEFAULT_OUTPUT_TOKENS", "1024")
+GATEWAY_HOLD_LEASE_SECONDS = envfloat("GATEWAY_HOLD_LEASE_SECONDS", str(GATEWAY_TOTAL_TIMEOUT + 60))
 # Where accounts without a base URL of their own send requests (OAuth and setup-token accounts
 # always): the providers' official endpoints; `make run` points both at the fake upstream.
 GATEWAY_OPENAI_BASE_URL = os.getenv("GATEWAY_OPENAI_BASE_URL", "https://api.openai.com")

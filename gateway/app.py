@@ -7,7 +7,8 @@ every /v1/ path and the ASGI `lifespan`, which starts and stops what one process
 - the upstream HTTP client (aiohttp, pooled connections, the four timeouts of settings);
 - the database threads (`GATEWAY_DB_THREADS`): the ORM never runs on the event loop;
 - the snapshot cache and, with `REDIS_URL`, its pub/sub listener (gateway.auth);
-- the recordings still running, which shutdown waits for.
+- the recordings still running, which shutdown waits for;
+- at start-up, recovery of the pending records a dead process left (gateway.recovery).
 """
 
 from __future__ import annotations
@@ -73,6 +74,21 @@ class Gateway:
             await self.auth.start()
             self.proxy = Proxy(session=self.session, db=self.db, auth=self.auth)
             self.started = True
+            if self.proxy.holds:
+                # What a dead process left (docs/gateway.md#pending-records); in the background,
+                # so serving starts at once, and waited for at shutdown like a recording.
+                self.proxy._background(self._recover())
+
+    async def _recover(self) -> None:
+        from gateway.recovery import pending_recover
+
+        try:
+            recovered = await self.db.run(pending_recover)
+        except Exception:
+            logger.exception("recovering pending records at start-up failed")
+            return
+        if recovered:
+            logger.warning("recovered %s pending records a stopped gateway process left", recovered)
 
     async def shutdown(self) -> None:
         if not self.started:

@@ -19,7 +19,8 @@ from typing import Any
 import aiohttp
 from django.conf import settings
 
-from gateway import recorder
+from billing.holds import holds_supported, pending_release
+from gateway import holds, recorder
 from gateway.admission import Hold, admit
 from gateway.errors import GatewayError
 from gateway.failover import PASS_ON, RETRY_AND_DISABLE, RETRY_AND_RATE_LIMIT, classify, rate_limited_until
@@ -53,6 +54,7 @@ class Proxy:
         self.sticky = StickySessions(ttl=settings.GATEWAY_STICKY_TTL, size=settings.GATEWAY_STICKY_SIZE)
         self.limiter = LocalLimiter()
         self.recordings: set[asyncio.Task] = set()
+        self.holds = holds_supported()
         auth.on_accounts_reloaded = self.board.forget
 
     async def handle(
@@ -119,6 +121,12 @@ class Proxy:
             )
         finally:
             decision.release()
+            if decision.pending is not None and not decision.recorded:
+                # Nothing to record (refused, no account could serve, the client left first):
+                # give the holds back now rather than at the lease's end.
+                self._background(
+                    self.db.run(pending_release, request_id=request_id, api_key_id=decision.key.id)
+                )
 
     async def _relay(
         self,
@@ -161,13 +169,24 @@ class Proxy:
                 f"No account of this key's group can serve {hold.model!r} right now.",
                 retry_after=settings.GATEWAY_NO_ACCOUNT_RETRY_SECONDS,
             )
+        accounts_to_try = found.accounts
+        if self.holds and route.kind != COUNT_TOKENS:
+            accounts_to_try = await self._hold(
+                hold=hold,
+                accounts=found.accounts,
+                kind=route.kind,
+                body=body,
+                request_id=request_id,
+                protocol=protocol,
+                stream=stream,
+            )
         client = ClientChannel(send, receive)
         client.watch()
         last: tuple[Any, UpstreamFailure] | None = None
         busy = 0
         attempts = 0
         try:
-            for account in found.accounts:
+            for account in accounts_to_try:
                 if attempts >= settings.GATEWAY_MAX_ATTEMPTS:
                     break
                 if not self.board.try_acquire(account):
@@ -257,6 +276,41 @@ class Proxy:
             status=failure.status,
             retry_after=retry_after,
         )
+
+    async def _hold(
+        self,
+        *,
+        hold: Hold,
+        accounts: tuple,
+        kind: str,
+        body: dict,
+        request_id: str,
+        protocol: str,
+        stream: bool,
+    ) -> tuple:
+        """Hold the estimate and write the pending record (one transaction on a database thread);
+        the accounts to try, the one held on first. Raises the refusal of a limit it did not fit."""
+        result = await self.db.run(
+            holds.reserve,
+            request_id=request_id,
+            key=hold.key,
+            channel=hold.channel,
+            accounts=list(accounts),
+            kind=kind,
+            body=body,
+            model=hold.model,
+            mapped_model=hold.mapped_model,
+            protocol=protocol,
+            stream=stream,
+        )
+        if not result.held:
+            raise holds.refusal(result.refused, hold.key, hold.model)
+        hold.pending = result
+        if result.account_id is None:
+            return accounts
+        skipped = set(result.skipped_account_ids)
+        held = [account for account in accounts if account.id == result.account_id]
+        return (*held, *(a for a in accounts if a.id != result.account_id and a.id not in skipped))
 
     async def _attempt(
         self,
@@ -399,6 +453,7 @@ class Proxy:
             client_ip=client_ip,
             user_agent=headers.get(b"user-agent", b"").decode("latin-1"),
         )
+        hold.recorded = True  # the recording's transaction settles the holds
         self._background(self._settle(entry))
 
     async def _settle(self, entry: recorder.Entry) -> None:

@@ -1,0 +1,411 @@
+"""Holds and pending records: the writes around a request in flight (docs/gateway.md#holds-and-settle,
+docs/gateway.md#pending-records).
+
+- `pending_hold`: before relaying, ONE transaction writes the pending record (the outbox) and
+  raises the `held` column of every counted row by the request's estimate, each with one
+  conditional UPDATE that only matches while the estimate still fits every limit of that row.
+  An UPDATE that matches nothing rolls the whole transaction back: nothing stays held, and the
+  result names the limit that did not fit.
+- `pending_settle`: the recording transaction's step (billing.services.usage_record calls it
+  right after the ledger row; a batched recorder calls it once per row): deletes the pending
+  record and lowers each hold it raised.
+- `pending_release`: the request ended with nothing to record (refused before any upstream
+  answered, the client left first): the same as settle, in its own transaction.
+
+PostgreSQL only: the statements are precompiled SQL (no query building per request) and the
+settle step is one statement with data-modifying CTEs. On other databases (SQLite, the embedded
+single-process default) holds are skipped and the snapshot checks admit as before.
+
+What "fits" means, per limit L with `used` (a window read by the display rule: an ended window
+counts as empty), `held` and the estimate E: used + held + E <= L, or nothing else is held and
+used < L (a lone request may spend the rest, as before holds: it may overshoot by at most its
+own cost). A 0 key or account limit is no limit; a subscription window limit of None or
+negative is none and 0 allows nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from functools import cache
+from typing import Any
+
+from django.db import connection, transaction
+
+from accounts import windows
+from accounts.models import APIKey, Subscription, UpstreamAccount, User, timezone_name
+from accounts.services.upstream import _period_threshold
+from accounts.snapshots import AccountQuota
+from billing.models import PendingRequest
+from common.money import quantize_usd
+
+ZERO = Decimal(0)
+NO_LIMIT = Decimal(-1)
+
+
+@dataclass(frozen=True, slots=True)
+class AccountHold:
+    """One candidate account and what the request would hold on its quota."""
+
+    account_id: int
+    amount_usd: Decimal
+    quota: AccountQuota | None  # limits and reset rules as the caller's snapshot has them; None: none apply
+
+    @property
+    def limited(self) -> bool:
+        quota = self.quota
+        return quota is not None and (
+            quota.limit_usd > 0 or quota.daily_limit_usd > 0 or quota.weekly_limit_usd > 0
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class HoldResult:
+    """Held (`refused` empty), or the limit that did not fit: "key_quota", "key_5h" / "key_1d" /
+    "key_7d", "subscription_daily" / "_weekly" / "_monthly", "balance" or "account_quota"."""
+
+    refused: str = ""
+    account_id: int | None = None  # the account held on (None: no account quota applies)
+    skipped_account_ids: tuple[int, ...] = ()  # candidates whose quota had no room
+
+    @property
+    def held(self) -> bool:
+        return not self.refused
+
+
+class _Refused(Exception):
+    def __init__(self, limit: str) -> None:
+        self.limit = limit
+
+
+def holds_supported() -> bool:
+    return connection.vendor == "postgresql"
+
+
+def pending_hold(
+    *,
+    request_id: str,
+    api_key_id: int,
+    user_id: int,
+    amount_usd: Decimal,
+    now: datetime,
+    lease_seconds: float,
+    requested_model: str,
+    mapped_model: str,
+    protocol: str,
+    stream: bool,
+    estimate: dict[str, int],
+    subscription_id: int | None = None,
+    subscription_limits: dict[str, Decimal | None] | None = None,
+    subscription_starts_at: datetime | None = None,
+    subscription_timezone: str = "",
+    accounts: tuple[AccountHold, ...] = (),
+) -> HoldResult:
+    """Hold `amount_usd` on the key and on the subscription (when `subscription_id`) or else the
+    balance, and an account's amount on one of `accounts`; write the pending record. One
+    transaction; see the module docstring for "fits".
+
+    `accounts` lists the candidates in the order the gateway will try them: the first without a
+    quota limit (nothing to hold: no statement, no lock on a row every key shares) or with room
+    is chosen, and named on the record so recovery can charge the account that most likely
+    served. When none is, the result is refused with "account_quota".
+    """
+    amount = quantize_usd(amount_usd)
+    skipped: list[int] = []
+    try:
+        with transaction.atomic(), connection.cursor() as cursor:
+            _hold_key(cursor, key_id=api_key_id, amount=amount, now=now)
+            if subscription_id is not None:
+                _hold_subscription(
+                    cursor,
+                    subscription_id=subscription_id,
+                    amount=amount,
+                    now=now,
+                    limits=subscription_limits or {},
+                    starts_at=subscription_starts_at,
+                    timezone=subscription_timezone,
+                )
+            else:
+                _hold_balance(cursor, user_id=user_id, amount=amount)
+            chosen: AccountHold | None = None
+            account_amount = ZERO
+            for candidate in accounts:
+                if not candidate.limited:
+                    chosen = candidate
+                    break
+                if _hold_account(cursor, candidate, now=now):
+                    chosen, account_amount = candidate, quantize_usd(candidate.amount_usd)
+                    break
+                skipped.append(candidate.account_id)
+            if accounts and chosen is None:
+                raise _Refused("account_quota")
+            cursor.execute(
+                _pending_insert_sql(),
+                [
+                    request_id,
+                    api_key_id,
+                    user_id,
+                    subscription_id,
+                    chosen.account_id if chosen else None,
+                    amount,
+                    account_amount,
+                    requested_model[:200],
+                    mapped_model[:200],
+                    protocol,
+                    stream,
+                    _json(estimate),
+                    now,
+                    now + timedelta(seconds=lease_seconds),
+                ],
+            )
+    except _Refused as refusal:
+        return HoldResult(refused=refusal.limit, skipped_account_ids=tuple(skipped))
+    return HoldResult(account_id=chosen.account_id if chosen else None, skipped_account_ids=tuple(skipped))
+
+
+def pending_settle(*, request_id: str, api_key_id: int) -> bool:
+    """Delete the request's pending record and lower every hold it raised, in the caller's
+    transaction (the recording's). False when there was none (no hold, or already settled)."""
+    if not holds_supported():
+        return False
+    with connection.cursor() as cursor:
+        cursor.execute(_settle_sql(), {"request_id": request_id, "key": api_key_id})
+        row = cursor.fetchone()
+    return bool(row and row[0])
+
+
+def pending_release(*, request_id: str, api_key_id: int) -> bool:
+    """A request that ends with nothing to record gives its holds back (its own transaction)."""
+    if not holds_supported():
+        return False
+    with transaction.atomic():
+        return pending_settle(request_id=request_id, api_key_id=api_key_id)
+
+
+def pending_observe(*, request_id: str, api_key_id: int, observed: dict[str, int]) -> None:
+    """Keep the usage a stream has reported so far, for recovery to bill if the process dies."""
+    PendingRequest.objects.filter(request_id=request_id, api_key_id=api_key_id).update(observed=observed)
+
+
+# -- Conditions ----------------------------------------------------------------------------------
+# Every condition is a SQL boolean over the row's own columns and named parameters; the same text
+# filters the UPDATE and, after a refusal, names the limit that failed (_which_failed).
+
+
+def _fits(used: str, held: str, limit: str) -> str:
+    return f"({used} + {held} + %(amount)s <= {limit} OR ({held} = 0 AND {used} < {limit}))"
+
+
+@cache
+def _key_conditions() -> tuple[tuple[str, str], ...]:
+    quote = connection.ops.quote_name
+    held = quote("held_usd")
+    found = [
+        (
+            "key_quota",
+            f"({quote('quota_usd')} <= 0 OR {_fits(quote('quota_used_usd'), held, quote('quota_usd'))})",
+        )
+    ]
+    for kind, _label, limit, used, start in APIKey.WINDOWS:
+        start = quote(start)
+        effective = (
+            f"(CASE WHEN {start} IS NULL OR {start} <= %(expired_{kind})s THEN 0 ELSE {quote(used)} END)"
+        )
+        found.append((f"key_{kind}", f"({quote(limit)} <= 0 OR {_fits(effective, held, quote(limit))})"))
+    return tuple(found)
+
+
+@cache
+def _subscription_conditions() -> tuple[tuple[str, str], ...]:
+    quote = connection.ops.quote_name
+    held = quote("held_usd")
+    found = []
+    for kind, _label, _limit, used, start in Subscription.WINDOWS:
+        start = quote(start)
+        ended = f"{start} < %(current_{kind})s" if kind == "daily" else f"{start} <= %(ended_{kind})s"
+        expired = f"{start} IS NULL OR {ended} OR {quote('expires_at')} <= %(now)s"
+        effective = f"(CASE WHEN {expired} THEN 0 ELSE {quote(used)} END)"
+        limit = f"%(limit_{kind})s"
+        found.append((f"subscription_{kind}", f"({limit} < 0 OR {_fits(effective, held, limit)})"))
+    return tuple(found)
+
+
+@cache
+def _balance_conditions() -> tuple[tuple[str, str], ...]:
+    quote = connection.ops.quote_name
+    balance, held = quote("balance"), quote("balance_held")
+    return (("balance", f"({balance} - {held} - %(amount)s >= 0 OR ({held} = 0 AND {balance} > 0))"),)
+
+
+@cache
+def _account_conditions(daily_mode: str, weekly_mode: str) -> tuple[tuple[str, str], ...]:
+    quote = connection.ops.quote_name
+    held = quote("quota_held_usd")
+    total_limit = quote("quota_limit_usd")
+    found = [
+        (
+            "account_quota",
+            f"({total_limit} <= 0 OR {_fits(quote('quota_used_usd'), held, total_limit)})",
+        )
+    ]
+    for period, mode in (("daily", daily_mode), ("weekly", weekly_mode)):
+        used, start = quote(f"quota_{period}_used_usd"), quote(f"quota_{period}_start")
+        limit = quote(f"quota_{period}_limit_usd")
+        compare = "<=" if mode == UpstreamAccount.ResetMode.ROLLING else "<"
+        effective = f"(CASE WHEN {start} IS NULL OR {start} {compare} %({period})s THEN 0 ELSE {used} END)"
+        found.append(("account_quota", f"({limit} <= 0 OR {_fits(effective, held, limit)})"))
+    return tuple(found)
+
+
+@cache
+def _hold_sql(table: str, held: str, conditions: tuple[tuple[str, str], ...]) -> str:
+    quote = connection.ops.quote_name
+    where = " AND ".join(condition for _name, condition in conditions)
+    return (
+        f"UPDATE {quote(table)} SET {quote(held)} = {quote(held)} + %(amount)s "  # noqa: S608
+        f"WHERE {quote('id')} = %(id)s AND {where} RETURNING 1"
+    )
+
+
+@cache
+def _diagnose_sql(table: str, conditions: tuple[tuple[str, str], ...]) -> str:
+    quote = connection.ops.quote_name
+    columns = ", ".join(condition for _name, condition in conditions)
+    return f"SELECT {columns} FROM {quote(table)} WHERE {quote('id')} = %(id)s"  # noqa: S608
+
+
+def _hold(cursor: Any, table: str, held: str, conditions: tuple, params: dict) -> bool:
+    cursor.execute(_hold_sql(table, held, conditions), params)
+    return cursor.fetchone() is not None
+
+
+def _which_failed(cursor: Any, table: str, conditions: tuple, params: dict) -> str:
+    """The first limit that does not fit now (the first one when the row has since made room)."""
+    cursor.execute(_diagnose_sql(table, conditions), params)
+    row = cursor.fetchone()
+    if row is not None:
+        for (name, _condition), fits in zip(conditions, row, strict=True):
+            if not fits:
+                return name
+    return conditions[0][0]
+
+
+def _hold_key(cursor: Any, *, key_id: int, amount: Decimal, now: datetime) -> None:
+    params: dict[str, Any] = {"id": key_id, "amount": amount}
+    for kind, length in windows.KEY_WINDOW_LENGTHS.items():
+        params[f"expired_{kind}"] = now - length
+    conditions = _key_conditions()
+    if not _hold(cursor, APIKey._meta.db_table, "held_usd", conditions, params):
+        raise _Refused(_which_failed(cursor, APIKey._meta.db_table, conditions, params))
+
+
+def _hold_subscription(
+    cursor: Any,
+    *,
+    subscription_id: int,
+    amount: Decimal,
+    now: datetime,
+    limits: dict[str, Decimal | None],
+    starts_at: datetime | None,
+    timezone: str,
+) -> None:
+    tz = timezone_name(timezone)
+    params: dict[str, Any] = {"id": subscription_id, "amount": amount, "now": now}
+    for kind, _label, _limit, _used, _start in Subscription.WINDOWS:
+        limit = limits.get(kind)
+        params[f"limit_{kind}"] = NO_LIMIT if limit is None or limit < 0 else limit
+        if kind == "daily":
+            params["current_daily"] = windows.subscription_window_start(kind, now, starts_at=starts_at, tz=tz)
+        else:
+            params[f"ended_{kind}"] = now - windows.SUBSCRIPTION_STEPS[kind]
+    conditions = _subscription_conditions()
+    table = Subscription._meta.db_table
+    if not _hold(cursor, table, "held_usd", conditions, params):
+        raise _Refused(_which_failed(cursor, table, conditions, params))
+
+
+def _hold_balance(cursor: Any, *, user_id: int, amount: Decimal) -> None:
+    params = {"id": user_id, "amount": amount}
+    if not _hold(cursor, User._meta.db_table, "balance_held", _balance_conditions(), params):
+        raise _Refused("balance")
+
+
+def _hold_account(cursor: Any, candidate: AccountHold, *, now: datetime) -> bool:
+    rules = candidate.quota
+    params: dict[str, Any] = {"id": candidate.account_id, "amount": quantize_usd(candidate.amount_usd)}
+    for period in ("daily", "weekly"):
+        mode, hour, weekday = rules.period(period)
+        params[period] = _period_threshold(
+            now=now, period=period, mode=mode, hour=hour, weekday=weekday, tz=rules.zone
+        )
+    conditions = _account_conditions(rules.daily_reset_mode, rules.weekly_reset_mode)
+    return _hold(cursor, UpstreamAccount._meta.db_table, "quota_held_usd", conditions, params)
+
+
+# -- Statements ----------------------------------------------------------------------------------
+
+_PENDING_COLUMNS = (
+    "request_id",
+    "api_key_id",
+    "user_id",
+    "subscription_id",
+    "account_id",
+    "held_usd",
+    "account_held_usd",
+    "requested_model",
+    "mapped_model",
+    "protocol",
+    "stream",
+    "estimate",
+    "created_at",
+    "lease_expires_at",
+)
+
+
+@cache
+def _pending_insert_sql() -> str:
+    quote = connection.ops.quote_name
+    columns = ", ".join(quote(name) for name in _PENDING_COLUMNS)
+    return (
+        f"INSERT INTO {quote(PendingRequest._meta.db_table)} ({columns}) "  # noqa: S608
+        f"VALUES ({', '.join(['%s'] * len(_PENDING_COLUMNS))})"
+    )
+
+
+@cache
+def _settle_sql() -> str:
+    """Delete the pending record and lower each hold it raised: one statement (data-modifying
+    CTEs), so settling adds one round trip to the recording. Rows are touched in the recording's
+    own order (key, then balance or subscription, then account)."""
+    quote = connection.ops.quote_name
+    pending = quote(PendingRequest._meta.db_table)
+    key, user = quote(APIKey._meta.db_table), quote(User._meta.db_table)
+    subscription, account = quote(Subscription._meta.db_table), quote(UpstreamAccount._meta.db_table)
+    held, balance_held, quota_held = quote("held_usd"), quote("balance_held"), quote("quota_held_usd")
+    return f"""
+        WITH p AS (
+            DELETE FROM {pending} WHERE request_id = %(request_id)s AND api_key_id = %(key)s
+            RETURNING api_key_id AS key_id, user_id AS owner_id, subscription_id AS sub_id,
+                      account_id AS acct_id, held_usd AS amount, account_held_usd AS account_amount
+        ), k AS (
+            UPDATE {key} SET {held} = {key}.{held} - p.amount FROM p WHERE {key}.id = p.key_id RETURNING 1
+        ), u AS (
+            UPDATE {user} SET {balance_held} = {user}.{balance_held} - p.amount FROM p
+            WHERE p.sub_id IS NULL AND {user}.id = p.owner_id RETURNING 1
+        ), s AS (
+            UPDATE {subscription} SET {held} = {subscription}.{held} - p.amount FROM p
+            WHERE {subscription}.id = p.sub_id RETURNING 1
+        ), a AS (
+            UPDATE {account} SET {quota_held} = {account}.{quota_held} - p.account_amount FROM p
+            WHERE p.account_amount > 0 AND {account}.id = p.acct_id RETURNING 1
+        )
+        SELECT (SELECT count(*) FROM p), (SELECT count(*) FROM k), (SELECT count(*) FROM u),
+               (SELECT count(*) FROM s), (SELECT count(*) FROM a)
+    """  # noqa: S608 - only quoted model metadata goes in
+
+
+def _json(value: Any) -> str:
+    import orjson
+
+    return orjson.dumps(value).decode()
