@@ -210,6 +210,10 @@ class UsageLog(models.Model):
             return "Usage estimated from the text (the upstream reported none): " + sentence
         if self.usage_source == UsageSource.PARTIAL:
             return "Input as reported, output estimated from the text received: " + sentence
+        if self.usage_source == UsageSource.ESTIMATE:
+            return "The gateway stopped mid-request; billed at its admission estimate: " + sentence
+        if self.usage_source == UsageSource.OBSERVED:
+            return "The gateway stopped mid-request; billed the usage it had seen: " + sentence
         return sentence
 
 

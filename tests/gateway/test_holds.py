@@ -198,6 +198,7 @@ def test_recovery_bills_the_estimate_of_a_dead_request_once_and_releases_its_hol
     assert pending_recover() == 1
     row = UsageLog.objects.get(request_id="dead")
     assert (row.usage_source, row.outcome) == ("estimate", "gateway_stopped")
+    assert row.explain().startswith("The gateway stopped mid-request; billed at its admission estimate: ")
     assert (row.input_tokens, row.output_tokens, row.account_id) == (100, 50, account.pk)
     assert list(PendingRequest.objects.values_list("request_id", flat=True)) == ["alive"]
     assert held(APIKey, key.pk) == D("0.1")
