@@ -45,6 +45,7 @@ CASES = [
         "user_total_recharged_non_negative",
     ),
     (UserFactory, {"console_role": "owner"}, {"console_role": "operator"}, "user_console_role_known"),
+    (UserFactory, {"balance_held": D("-0.01")}, {"balance_held": D(0)}, "user_balance_held_non_negative"),
     (BalanceHistoryFactory, {"amount": D("-1")}, {"amount": D(0)}, "balance_history_amount_non_negative"),
     (
         GroupFactory,
@@ -93,6 +94,7 @@ CASES = [
             "quota_daily_used_usd",
             "quota_weekly_limit_usd",
             "quota_weekly_used_usd",
+            "quota_held_usd",
         )
     ),
     (UpstreamAccountFactory, {"priority": -1}, {"priority": 0}, "upstream_priority_in_range"),
@@ -128,6 +130,7 @@ CASES = [
             "usage_5h_usd",
             "usage_1d_usd",
             "usage_7d_usd",
+            "held_usd",
         )
     ),
     (
@@ -138,7 +141,7 @@ CASES = [
     ),
     *(
         (SubscriptionFactory, {field: D("-1")}, {field: D(0)}, "subscription_usage_non_negative")
-        for field in ("daily_usage_usd", "weekly_usage_usd", "monthly_usage_usd")
+        for field in ("daily_usage_usd", "weekly_usage_usd", "monthly_usage_usd", "held_usd")
     ),
     *(
         (ModelPricingFactory, {field: D("-0.000001")}, {field: None}, "pricing_card_prices_non_negative")
