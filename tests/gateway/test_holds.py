@@ -29,11 +29,12 @@ from tests.factories import (
 pytestmark = pytest.mark.django_db(transaction=True)
 
 D = Decimal
-NOW = datetime.now(UTC)
+NOW = datetime.now(UTC)  # for window starts only: an hour either way changes nothing
 
 
-def hold(key, request_id="req-1", amount=D("0.1"), *, accounts=(), subscription=None, now=NOW, lease=60.0):
+def hold(key, request_id="req-1", amount=D("0.1"), *, accounts=(), subscription=None, now=None, lease=60.0):
     group = key.group
+    now = now or datetime.now(UTC)
     return pending_hold(
         request_id=request_id,
         api_key_id=key.pk,
@@ -78,14 +79,15 @@ def key():
 
 def test_a_hold_raises_every_counted_row_and_writes_the_pending_record(key):
     account = UpstreamAccountFactory(platform="openai", quota_limit_usd=D("5"))
-    result = hold(key, amount=D("0.25"), accounts=[account])
+    now = datetime.now(UTC)
+    result = hold(key, amount=D("0.25"), accounts=[account], now=now)
     assert result.held and result.account_id == account.pk
     assert held(APIKey, key.pk) == D("0.25")
     assert held(User, key.user_id, "balance_held") == D("0.25")
     assert held(UpstreamAccount, account.pk, "quota_held_usd") == D("0.25")
     pending = PendingRequest.objects.get()
     assert (pending.request_id, pending.held_usd, pending.account_id) == ("req-1", D("0.25"), account.pk)
-    assert pending.lease_expires_at == NOW + timedelta(seconds=60)
+    assert pending.lease_expires_at == now + timedelta(seconds=60)
 
 
 def test_a_hold_that_does_not_fit_leaves_nothing_held_and_names_the_limit(key):
@@ -193,7 +195,7 @@ def test_the_harness_sees_a_race_on_a_held_column(key):
 
 def test_recovery_bills_the_estimate_of_a_dead_request_once_and_releases_its_holds(key):
     account = UpstreamAccountFactory(platform="openai", quota_limit_usd=D("5"))
-    hold(key, "dead", D("0.5"), accounts=[account], now=NOW - timedelta(minutes=5), lease=60)
+    hold(key, "dead", D("0.5"), accounts=[account], now=datetime.now(UTC) - timedelta(minutes=5), lease=60)
     hold(key, "alive", D("0.1"), accounts=[account])  # lease not over: left alone
     assert pending_recover() == 1
     row = UsageLog.objects.get(request_id="dead")
