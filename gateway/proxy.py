@@ -2,9 +2,10 @@
 
     snapshot (cached) → admit (checks 3–15) → candidates → for each: call upstream → relay → record
 
-The hot path for a cached key makes no database query and no thread hop before the upstream
-call: snapshots come from the in-process cache, slots and account state live in this process.
-The one database transaction per request is the recording, after the response.
+The hot path for a cached key loads nothing from the database: snapshots come from the
+in-process cache, slots and account state live in this process. Its one database transaction
+before the upstream call is the hold (gateway.holds, docs/gateway.md#holds-and-settle); the
+recording after the response settles it.
 """
 
 from __future__ import annotations
