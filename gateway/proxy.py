@@ -25,6 +25,7 @@ from gateway.errors import GatewayError
 from gateway.failover import PASS_ON, RETRY_AND_DISABLE, RETRY_AND_RATE_LIMIT, classify, rate_limited_until
 from gateway.incoming import Route, parse_body, read_body
 from gateway.limits import LocalLimiter
+from gateway.logs import hide_credentials
 from gateway.relay import (
     UPSTREAM_CUT,
     UPSTREAM_ERROR,
@@ -254,7 +255,7 @@ class Proxy:
         detail = (
             f"the upstream refused the account's credential (HTTP {failure.status})"
             if failure.status in (401, 403)
-            else failure.message
+            else hide_credentials(failure.message, self.auth.credentials(account))
         )
         raise GatewayError(
             "NO_ACCOUNT_AVAILABLE",
@@ -351,6 +352,7 @@ class Proxy:
 
     def _mark(self, account: Any, failure: UpstreamFailure) -> None:
         action = classify(failure.status) if failure.kind == "status" else None
+        said = hide_credentials(failure.message, self.auth.credentials(account))
         now = datetime.now(UTC)
         if action == RETRY_AND_RATE_LIMIT:
             until = rate_limited_until(
@@ -360,11 +362,9 @@ class Proxy:
             self._background(self.db.run(recorder.account_rate_limited, account_id=account.id, until=until))
         elif action == RETRY_AND_DISABLE:
             self.board.mark_disabled(account.id)
-            message = f"HTTP {failure.status} from the upstream: {failure.message}"
+            message = f"HTTP {failure.status} from the upstream: {said}"
             self._background(self.db.run(recorder.account_failed, account_id=account.id, message=message))
-        logger.warning(
-            "account %s failed (%s %s): %s", account.id, failure.kind, failure.status, failure.message
-        )
+        logger.warning("account %s failed (%s %s): %s", account.id, failure.kind, failure.status, said)
 
     def _record(
         self,
