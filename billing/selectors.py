@@ -150,6 +150,23 @@ _TOKEN_SUMS = (
     "total_cost",
     "actual_cost",
 )
+# Everything compute_cost reads from a row (besides its group's platform).
+_PRICED_BY = (
+    "billing_model",
+    "input_tokens",
+    "output_tokens",
+    "cache_creation_5m_tokens",
+    "cache_creation_1h_tokens",
+    "cache_read_tokens",
+    "image_output_tokens",
+    "billing_mode",
+    "unit_count",
+    "rate_multiplier",
+    "account_rate_multiplier",
+    "rate_source",
+    "ttl_override",
+    "size_tier",
+)
 
 
 def usage_totals_from_ledger(*, filters: UsageFilters) -> UsageTotals:
@@ -271,6 +288,7 @@ PREVIEW_DAYS = 30
 PREVIEW_CHUNK_ROWS = 2000
 PREVIEW_TOP_ROWS = 10
 PREVIEW_TOP_USERS = 20
+PREVIEW_PRICED_KEPT = 10_000  # distinct inputs remembered at once (repeats are common in unit modes)
 # The row's columns the preview reads, then three keys of its stored breakdown: nothing else.
 _PREVIEW_COLUMNS = (
     "pk",
@@ -388,9 +406,10 @@ def channel_price_preview(
 
     Each row keeps its billing model, counts, rate multipliers and cache TTL override as
     recorded; only the price changes, found by the lookup billing uses (`price_lookup`) and costed
-    by `compute_cost`. The ledger is read in chunks through a cursor, keeping only sums per model
-    and per user and the PREVIEW_TOP_ROWS rows that change most, so memory does not grow with the
-    row count. Nothing is written.
+    by `compute_cost` (once per distinct set of inputs: rows that repeat one price the same). The
+    ledger is read in chunks through a cursor, keeping only sums per model and per user, the
+    PREVIEW_TOP_ROWS rows that change most and at most PREVIEW_PRICED_KEPT priced inputs, so
+    memory does not grow with the row count. Nothing is written.
     """
     until = now or timezone.now()
     since = until - timedelta(days=days)
@@ -410,37 +429,34 @@ def channel_price_preview(
     users: dict[int, _Tally] = {}
     total = _Tally()
     changed = 0
-    top: list[tuple[Decimal, int, CostBreakdown]] = []  # a min-heap of the largest changes
+    top: list[tuple[Decimal, int, str, dict]] = []  # a min-heap of the largest changes
+    priced: dict[tuple, Decimal] = {}  # rows with the same inputs price the same: once
     for values in rows.iterator(chunk_size=PREVIEW_CHUNK_ROWS):
         model, platform = values["billing_model"], platforms[values["group_id"]]
-        match = matches.get((platform, model))
-        if match is None:
-            match = matches[(platform, model)] = price_lookup(cards=cards.get(platform, ()), model=model)
-        new = compute_cost(
-            price=match.price,
-            usage=_preview_usage(values),
-            pricing_source=match.source,
-            rate_multiplier=values["rate_multiplier"],
-            rate_multiplier_source=values["rate_source"] or "group",
-            account_rate_multiplier=values["account_rate_multiplier"],
-            cache_ttl_override=values["ttl_override"] or None,
-            billing_model=model,
-        )
+        inputs = (platform, *(values[name] for name in _PRICED_BY))
+        new = priced.get(inputs)
+        if new is None:
+            new = _preview_cost(values, platform, cards, matches).actual_cost
+            if len(priced) >= PREVIEW_PRICED_KEPT:
+                priced.clear()
+            priced[inputs] = new
         old = values["actual_cost"]
-        total.add(old, new.actual_cost)
-        models.setdefault(model, _Tally()).add(old, new.actual_cost)
-        users.setdefault(values["user_id"], _Tally()).add(old, new.actual_cost)
-        change = abs(new.actual_cost - old)
+        total.add(old, new)
+        models.setdefault(model, _Tally()).add(old, new)
+        users.setdefault(values["user_id"], _Tally()).add(old, new)
+        change = abs(new - old)
         if change:
             changed += 1
-            entry = (change, -values["pk"], new)
+            entry = (change, -values["pk"], platform, values)
             if len(top) < PREVIEW_TOP_ROWS:
                 heapq.heappush(top, entry)
             elif entry[:2] > top[0][:2]:
                 heapq.heapreplace(top, entry)
 
     emails = dict(User.objects.filter(pk__in=list(users)).values_list("pk", "email"))
-    by_user = sorted((tally.line(emails.get(pk, f"user {pk}")) for pk, tally in users.items()), key=_by_change)
+    by_user = sorted(
+        (tally.line(emails.get(pk, f"user {pk}")) for pk, tally in users.items()), key=_by_change
+    )
     return PricePreview(
         since=since,
         until=until,
@@ -451,15 +467,41 @@ def channel_price_preview(
         by_model=sorted((tally.line(model) for model, tally in models.items()), key=_by_change),
         by_user=by_user[:PREVIEW_TOP_USERS],
         users=len(by_user),
-        top_rows=_preview_rows(sorted(top, key=lambda entry: entry[:2], reverse=True), emails),
+        top_rows=_preview_rows(sorted(top, key=lambda entry: entry[:2], reverse=True), cards, emails),
     )
 
 
-def _preview_rows(top: list[tuple[Decimal, int, CostBreakdown]], emails: dict[int, str]) -> list[PreviewRow]:
-    logs = UsageLog.objects.in_bulk([-pk for _, pk, _ in top])
+def _preview_cost(
+    values: dict, platform: str, cards: Mapping[str, tuple[ChannelCard, ...]], matches: dict
+) -> CostBreakdown:
+    """One row priced as billing prices a request: the channel's lookup rule, then compute_cost."""
+    model = values["billing_model"]
+    match = matches.get((platform, model))
+    if match is None:
+        match = matches[(platform, model)] = price_lookup(cards=cards.get(platform, ()), model=model)
+    return compute_cost(
+        price=match.price,
+        usage=_preview_usage(values),
+        pricing_source=match.source,
+        rate_multiplier=values["rate_multiplier"],
+        rate_multiplier_source=values["rate_source"] or "group",
+        account_rate_multiplier=values["account_rate_multiplier"],
+        cache_ttl_override=values["ttl_override"] or None,
+        billing_model=model,
+    )
+
+
+def _preview_rows(
+    top: list[tuple[Decimal, int, str, dict]],
+    cards: Mapping[str, tuple[ChannelCard, ...]],
+    emails: dict[int, str],
+) -> list[PreviewRow]:
+    logs = UsageLog.objects.in_bulk([-entry[1] for entry in top])
+    matches: dict[tuple[str, str], PriceMatch] = {}
     rows = []
-    for _, pk, new in top:
+    for _, pk, platform, values in top:
         log = logs[-pk]
+        new = _preview_cost(values, platform, cards, matches)
         rows.append(
             PreviewRow(
                 usage_log_id=log.pk,

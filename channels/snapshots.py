@@ -101,7 +101,8 @@ def channel_card(card: ModelPricing) -> ChannelCard:
     bills those tokens as input rather than free; an explicit 0 is free.
     """
     intervals = tuple(
-        PriceInterval(**{name: getattr(row, name) for name in _INTERVAL_FIELDS}) for row in card.intervals.all()
+        PriceInterval(**{name: getattr(row, name) for name in _INTERVAL_FIELDS})
+        for row in card.intervals.all()
     )
     return _card(card, intervals)
 
