@@ -308,6 +308,26 @@ CELERY_TIMEZONE = TIME_ZONE
 CELERY_TASK_IGNORE_RESULT = True
 SCHEDULED_JOBS_ENABLED = bool(REDIS_URL)
 
+# The beat schedule (docs/jobs.md#what-runs): `celery -A config beat` sends these, a worker runs
+# them. Every entry names a registered task (tests/accounts/test_jobs.py). Intervals in seconds.
+JOBS_EXPIRE_EVERY_SECONDS = envint("JOBS_EXPIRE_EVERY_SECONDS", "300")
+JOBS_PAUSE_ACCOUNTS_EVERY_SECONDS = envint("JOBS_PAUSE_ACCOUNTS_EVERY_SECONDS", "300")
+CELERY_BEAT_SCHEDULE = {
+    "expire-keys": {"task": "accounts.expire_keys", "schedule": JOBS_EXPIRE_EVERY_SECONDS},
+    "expire-subscriptions": {
+        "task": "accounts.expire_subscriptions",
+        "schedule": JOBS_EXPIRE_EVERY_SECONDS,
+    },
+    "pause-expired-accounts": {
+        "task": "accounts.pause_expired_accounts",
+        "schedule": JOBS_PAUSE_ACCOUNTS_EVERY_SECONDS,
+    },
+    # --- issue 14, reconcile and prune (billing/tasks.py, helper wt14rec): the nightly dry-run
+    # reconcile batch and the usage prune go here, e.g. with celery.schedules.crontab(hour=3).
+    # --- issue 13, holds (gateway, helper wt13hold): the recovery of pending records past their
+    # lease goes here, every minute or so.
+}
+
 # Logs (README "Logging"): human-readable lines by default, one JSON object per line with
 # LOG_FORMAT=json; either way a line about a gateway request carries its request id.
 LOG_FORMAT = os.getenv("LOG_FORMAT", "plain").strip().lower()
