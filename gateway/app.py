@@ -7,6 +7,8 @@ every /v1/ path and the ASGI `lifespan`, which starts and stops what one process
 - the upstream HTTP client (aiohttp, pooled connections, the four timeouts of settings);
 - the database threads (`GATEWAY_DB_THREADS`): the ORM never runs on the event loop;
 - the snapshot cache and, with `REDIS_URL`, its pub/sub listener (gateway.auth);
+- the recorder thread (`GATEWAY_RECORD_BATCH_SIZE`, `GATEWAY_RECORD_BATCH_WAIT_MS`), which records
+  finished requests in batches on its own connection;
 - the recordings still running, which shutdown waits for.
 """
 
@@ -57,6 +59,7 @@ class Gateway:
             from gateway.auth import SnapshotCache
             from gateway.db import DatabaseThreads
             from gateway.proxy import Proxy
+            from gateway.recorder import BatchRecorder
 
             self.db = DatabaseThreads(settings.GATEWAY_DB_THREADS)
             self.session = aiohttp.ClientSession(
@@ -71,7 +74,10 @@ class Gateway:
             )
             self.auth = SnapshotCache(db=self.db)
             await self.auth.start()
-            self.proxy = Proxy(session=self.session, db=self.db, auth=self.auth)
+            recorder = BatchRecorder(
+                size=settings.GATEWAY_RECORD_BATCH_SIZE, wait=settings.GATEWAY_RECORD_BATCH_WAIT_MS / 1000
+            )
+            self.proxy = Proxy(session=self.session, db=self.db, auth=self.auth, recorder=recorder)
             self.started = True
 
     async def shutdown(self) -> None:
@@ -81,6 +87,7 @@ class Gateway:
         await self.proxy.drain(timeout=settings.GATEWAY_SHUTDOWN_SECONDS)
         await self.auth.stop()
         await self.session.close()
+        await asyncio.get_running_loop().run_in_executor(None, self.proxy.recorder.stop)
         await asyncio.get_running_loop().run_in_executor(None, self.db.shutdown)
 
     async def lifespan(self, receive, send) -> None:
