@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import random
 import secrets
 import time
 
@@ -30,8 +32,14 @@ from gateway.logs import install_access_log_redaction
 logger = logging.getLogger("gateway")
 
 
+# Request ids need to be unique, not secret: 96 bits from a generator seeded once per process
+# from the OS (and again in a forked child) cost no system call per request, unlike `secrets`.
+_ids = random.Random(secrets.randbits(256))
+os.register_at_fork(after_in_child=lambda: _ids.seed(secrets.randbits(256)))
+
+
 def new_request_id() -> str:
-    return "req_" + secrets.token_hex(12)
+    return f"req_{_ids.getrandbits(96):024x}"
 
 
 class Gateway:
@@ -44,6 +52,7 @@ class Gateway:
         self.proxy = None
         self.started = False
         self._starting: asyncio.Lock | None = None
+        self._warming: asyncio.Future | None = None
         install_access_log_redaction()
 
     # --- lifespan ---------------------------------------------------------------------------
@@ -56,6 +65,7 @@ class Gateway:
         async with self._starting:
             if self.started:
                 return
+            from channels.catalog import catalog_warm
             from gateway.auth import SnapshotCache
             from gateway.db import DatabaseThreads
             from gateway.proxy import Proxy
@@ -72,6 +82,10 @@ class Gateway:
                 auto_decompress=False,
                 skip_auto_headers=("User-Agent",),
             )
+            # The price catalog is a large module: imported by the first recording, it would cost
+            # that request's recording (and every request queued behind it) about a second. Loaded
+            # in the background, so that start-up does not wait for it.
+            self._warming = asyncio.ensure_future(self.db.run(catalog_warm))
             self.auth = SnapshotCache(db=self.db)
             await self.auth.start()
             recorder = BatchRecorder(

@@ -117,6 +117,20 @@ def record_batch(entries: list[Entry]) -> list[tuple[UsageRecordResult, KeySnaps
 _STOP = object()
 
 
+class _Call:
+    def __init__(self, function: Any) -> None:
+        self.function = function
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        try:
+            self.function()
+        except Exception:
+            logger.exception("a call on the recorder thread failed")
+        finally:
+            self.done.set()
+
+
 class BatchRecorder:
     """One thread that records finished requests in batches, on its own database connection.
 
@@ -145,13 +159,23 @@ class BatchRecorder:
         self._queue.put(_STOP)
         self._thread.join()
 
+    def on_thread(self, function: Any) -> None:
+        """Run `function` on the recorder thread (its connection is that thread's), between
+        batches; block until it has run."""
+        call = _Call(function)
+        self._queue.put(call)
+        call.done.wait(timeout=30)
+
     def _run(self) -> None:
         try:
             while True:
                 item = self._queue.get()
                 if item is _STOP:
                     return
-                batch = [item]
+                if isinstance(item, _Call):
+                    item.run()
+                    continue
+                batch, calls = [item], []
                 deadline = time.monotonic() + self.wait
                 stopping = False
                 while len(batch) < self.size:
@@ -165,8 +189,13 @@ class BatchRecorder:
                     if more is _STOP:
                         stopping = True
                         break
-                    batch.append(more)
+                    if isinstance(more, _Call):
+                        calls.append(more)
+                    else:
+                        batch.append(more)
                 self._flush(batch)
+                for call in calls:
+                    call.run()
                 if stopping:
                     return
         finally:

@@ -38,7 +38,7 @@ def chat(url: str, secret: str) -> httpx.Response:
 
 
 class QueryLog:
-    """Every statement the gateway's database threads run, with when it ran."""
+    """Every statement the gateway's database threads and its recorder thread run, with when it ran."""
 
     def __init__(self) -> None:
         self.statements: list[tuple[float, str]] = []
@@ -51,9 +51,11 @@ class QueryLog:
 
     def install(self) -> None:
         gateway_app().db.on_every_thread(lambda: connection.execute_wrappers.append(self))
+        gateway_app().proxy.recorder.on_thread(lambda: connection.execute_wrappers.append(self))
 
     def remove(self) -> None:
         gateway_app().db.on_every_thread(lambda: connection.execute_wrappers.remove(self))
+        gateway_app().proxy.recorder.on_thread(lambda: connection.execute_wrappers.remove(self))
 
     def before(self, moment: float) -> list[str]:
         return [sql for at, sql in self.statements if at <= moment]
