@@ -99,6 +99,24 @@ def test_a_cached_key_costs_no_query_before_the_response(fake_upstream, gateway_
     ]
 
 
+def test_requests_arriving_together_on_a_cold_cache_load_the_channel_and_the_accounts_once(
+    fake_upstream, gateway_url, query_log
+):
+    tenant = make_tenant(fake_upstream, platform="openai", user_fields={"concurrency": 0})
+    UpstreamAccount.objects.filter(pk=tenant.accounts[0].pk).update(concurrency=0)
+    start = threading.Barrier(16)
+
+    def send(_index: int) -> int:
+        start.wait()
+        return chat(gateway_url, tenant.secret).status_code
+
+    with ThreadPoolExecutor(16) as pool:
+        assert list(pool.map(send, range(16))) == [200] * 16
+    selects = [sql for _at, sql in query_log.statements if sql.startswith("SELECT")]
+    assert sum('FROM "accounts_upstreamaccount"' in sql for sql in selects) == 1
+    assert sum('FROM "channels_channel"' in sql for sql in selects) == 1
+
+
 def test_a_flood_of_unknown_keys_costs_one_query_per_distinct_key(gateway_url, query_log):
     for _ in range(20):
         assert chat(gateway_url, "sk-not-a-key").status_code == 401
