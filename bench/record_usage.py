@@ -66,7 +66,7 @@ def make_keys(count: int, *, shared_account: bool = False) -> list[tuple[int, in
 
 
 def writer(args: tuple) -> int:
-    scenario, index, key_id, account_id, start_at, stop_at, batch = args
+    scenario, index, key_id, account_id, seconds, batch = args
     from django.db import connection
 
     from billing.cost import Usage
@@ -78,7 +78,10 @@ def writer(args: tuple) -> int:
     usage = Usage(
         input_tokens=12_000, output_tokens=800, cache_creation_5m_tokens=1_000, cache_read_tokens=20_000
     )
-    time.sleep(max(0.0, start_at - time.time()))
+    # Every writer has its connection and context before any starts: on a busy machine, forking
+    # and loading can take longer than a fixed head start.
+    _ready.wait(timeout=120)
+    stop_at = time.time() + seconds
     count = 0
     while time.time() < stop_at and batch > 1:
         usage_record_batch(
@@ -116,14 +119,17 @@ def writer(args: tuple) -> int:
 def run(scenario: str, pairs: list[tuple[int, int]], writers: int, seconds: float, batch: int) -> float:
     from django.db import connection
 
+    global _ready
     connection.close()
-    start_at = time.time() + 1.5 + writers * 0.05  # every process is up and has its context
-    jobs = [
-        (scenario, i, *pairs[i % len(pairs)], start_at, start_at + seconds, batch) for i in range(writers)
-    ]
-    with multiprocessing.get_context("fork").Pool(writers) as pool:
-        counts = pool.map(writer, jobs)
+    context = multiprocessing.get_context("fork")
+    _ready = context.Barrier(writers)  # inherited by the forked writers
+    jobs = [(scenario, i, *pairs[i % len(pairs)], seconds, batch) for i in range(writers)]
+    with context.Pool(writers) as pool:
+        counts = pool.map(writer, jobs, chunksize=1)
     return sum(counts) / seconds
+
+
+_ready = None
 
 
 def check_ledger(pairs: list[tuple[int, int]]) -> None:
