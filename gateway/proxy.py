@@ -19,13 +19,15 @@ from typing import Any
 import aiohttp
 from django.conf import settings
 
-from gateway import recorder
+from gateway import metrics, recorder
 from gateway.admission import Hold, admit
 from gateway.errors import GatewayError
 from gateway.failover import PASS_ON, RETRY_AND_DISABLE, RETRY_AND_RATE_LIMIT, classify, rate_limited_until
 from gateway.incoming import Route, parse_body, read_body
 from gateway.limits import LocalLimiter
+from gateway.logs import hide_credentials
 from gateway.relay import (
+    UPSTREAM_CUT,
     UPSTREAM_ERROR,
     ClientChannel,
     ClientGone,
@@ -38,7 +40,7 @@ from gateway.relay import (
     relay_stream,
 )
 from gateway.scheduling import AccountBoard, StickySessions, account_model, candidates, session_key
-from gateway.upstreams import UnsupportedAccount, upstream_payload, upstream_target
+from gateway.upstreams import RefusedAddress, UnsupportedAccount, upstream_payload, upstream_target
 from gateway.usage import COUNT_TOKENS, EMBEDDINGS, UsageMeter
 
 logger = logging.getLogger("gateway")
@@ -106,6 +108,7 @@ class Proxy:
         )
         if isinstance(decision, GatewayError):
             raise decision
+        metrics.note_model(model)
         try:
             await self._relay(
                 hold=decision,
@@ -177,6 +180,8 @@ class Proxy:
                     busy += 1
                     continue
                 attempts += 1
+                if last is not None:
+                    metrics.failed_over(last[0].id)
                 try:
                     relayed, meter, upstream_model = await self._attempt(
                         hold=hold,
@@ -192,6 +197,7 @@ class Proxy:
                         client=client,
                     )
                 except UpstreamFailure as failure:
+                    metrics.upstream_failed(account.id, failure.kind, failure.status)
                     if failure.kind == "status" and classify(failure.status) == PASS_ON:
                         await self._pass_on(failure, client, request_id)
                         self._record(
@@ -252,7 +258,7 @@ class Proxy:
         detail = (
             f"the upstream refused the account's credential (HTTP {failure.status})"
             if failure.status in (401, 403)
-            else failure.message
+            else hide_credentials(failure.message, self.auth.credentials(account))
         )
         raise GatewayError(
             "NO_ACCOUNT_AVAILABLE",
@@ -304,6 +310,8 @@ class Proxy:
             )
         except UnsupportedAccount as error:
             raise UpstreamFailure("connect", 501, str(error)) from error
+        except RefusedAddress as error:
+            raise UpstreamFailure("connect", 502, f"The upstream could not be reached: {error}") from error
         response = await call_upstream(
             session=self.session,
             target=target,
@@ -349,6 +357,7 @@ class Proxy:
 
     def _mark(self, account: Any, failure: UpstreamFailure) -> None:
         action = classify(failure.status) if failure.kind == "status" else None
+        said = hide_credentials(failure.message, self.auth.credentials(account))
         now = datetime.now(UTC)
         if action == RETRY_AND_RATE_LIMIT:
             until = rate_limited_until(
@@ -358,11 +367,9 @@ class Proxy:
             self._background(self.db.run(recorder.account_rate_limited, account_id=account.id, until=until))
         elif action == RETRY_AND_DISABLE:
             self.board.mark_disabled(account.id)
-            message = f"HTTP {failure.status} from the upstream: {failure.message}"
+            message = f"HTTP {failure.status} from the upstream: {said}"
             self._background(self.db.run(recorder.account_failed, account_id=account.id, message=message))
-        logger.warning(
-            "account %s failed (%s %s): %s", account.id, failure.kind, failure.status, failure.message
-        )
+        logger.warning("account %s failed (%s %s): %s", account.id, failure.kind, failure.status, said)
 
     def _record(
         self,
@@ -380,6 +387,8 @@ class Proxy:
         headers: dict,
         upstream_model: str,
     ) -> None:
+        if relayed.outcome == UPSTREAM_CUT:
+            metrics.upstream_failed(account.id, "cut", status)
         if meter is None:
             usage, source = recorder.NO_USAGE, "none"
         else:
@@ -406,10 +415,17 @@ class Proxy:
 
     async def _settle(self, entry: recorder.Entry) -> None:
         try:
-            _, fresh = await self.recorder.record(entry)
+            result, fresh = await self.recorder.record(entry)
         except Exception:
             logger.exception("recording request %s failed", entry.request_id)
             return
+        if not result.duplicate:
+            metrics.recorded(
+                model=entry.requested_model,
+                usage=entry.usage,
+                actual_cost=float(result.breakdown.actual_cost),
+                account_cost=float(result.breakdown.account_cost),
+            )
         self.auth.refresh(entry.key, fresh)
 
     def _background(self, work) -> None:
