@@ -249,8 +249,8 @@ def start(
     return Server(name, process, f"http://127.0.0.1:{port}", workers, log)
 
 
-def wait_until_answering(server: Server, request: bytes, timeout: float) -> None:
-    """Until `request` gets a 200 from every worker (a few tries) or the server exits."""
+def wait_until_answering(server: Server, request: bytes, timeout: float) -> int:
+    """Until `request` gets a 200 from every worker (a few tries) or the server exits; the 200s."""
     address = urlsplit(server.url)
     deadline = time.monotonic() + timeout
     successes = 0
@@ -267,6 +267,7 @@ def wait_until_answering(server: Server, request: bytes, timeout: float) -> None
             successes += 1
         else:
             time.sleep(0.2)
+    return successes
 
 
 async def _one(host: str, port: int, request: bytes) -> bool:
@@ -648,11 +649,15 @@ def run(
                         database_url, redis_url, workers, scratch, root=baseline, name="baseline"
                     )
                     servers.append(before)
-                    wait_until_answering(before, bench.requests(False, before.url, "baseline"), 120)
+                    bench.recorded += wait_until_answering(
+                        before, bench.requests(False, before.url, "baseline"), 120
+                    )
                 other = start_litellm(python, upstream.url, workers, scratch) if python else None
                 if other:
                     servers.append(other)
-                wait_until_answering(tollgate, bench.requests(False, tollgate.url, "Tollgate"), 120)
+                bench.recorded += wait_until_answering(
+                    tollgate, bench.requests(False, tollgate.url, "Tollgate"), 120
+                )
                 if other:
                     try:
                         wait_until_answering(other, bench.requests(False, other.url, "LiteLLM"), 600)
@@ -660,8 +665,7 @@ def run(
                         print(f"LiteLLM skipped: {error}")
                         other.stop()
                         other, python = None, None
-                time.sleep(0.5)  # the start-up probes' recordings
-                bench.recorded = ledger_rows()
+                wait_for_ledger(bench.recorded)  # the start-up probes' rows
                 phase_concurrencies = concurrencies if workers == 1 else (max(concurrencies),)
                 for case, stream in CASES:
                     for concurrency in phase_concurrencies:
