@@ -14,7 +14,7 @@ FAKE_UPSTREAM_PORT ?= 9100
 # Python 3.12: from PATH (pyenv's shim honours .python-version), or pyenv's install dir.
 PYTHON312 := $(shell command -v python3.12 2>/dev/null || ls -d $$HOME/.pyenv/versions/3.12*/bin/python3.12 2>/dev/null | tail -1)
 
-.PHONY: run test venv deps dev-deps migrate seed lint check-services fake-upstream bench bench-record-usage bench-usage-page bench-fake-upstream bench-gateway-request clean
+.PHONY: run test venv deps dev-deps migrate seed lint check-services fake-upstream bench bench-record-usage bench-usage-page bench-fake-upstream bench-gateway-request bench-gateway clean
 
 $(VENV)/.created:
 	@if [ -z "$(PYTHON312)" ]; then echo "Python 3.12 is required (pyenv install 3.12, or put python3.12 on PATH)."; exit 1; fi
@@ -79,6 +79,13 @@ bench-usage-page: check-services
 
 bench-gateway-request: check-services
 	DATABASE_URL=$(TEST_DATABASE_URL) $(PY) -m bench.gateway_request
+
+# Direct vs Tollgate vs LiteLLM's proxy (installed on first use in var/bench/litellm-venv).
+# BENCH_ARGS=--quick for a smoke run; REDIS_URL to use another Redis database.
+BENCH_REDIS_URL ?= redis://127.0.0.1:6379/0
+BENCH_ARGS ?=
+bench-gateway: check-services
+	DATABASE_URL=$(TEST_DATABASE_URL) $(PY) -m bench.gateway --redis-url $(BENCH_REDIS_URL) $(BENCH_ARGS)
 
 bench-fake-upstream: dev-deps
 	$(PY) -m bench.fake_upstream

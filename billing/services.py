@@ -20,6 +20,7 @@ from billing.cost import CostBreakdown, Usage, compute_cost
 from billing.holds import pending_settle
 from billing.models import BREAKDOWN_COLUMNS, RequestOutcome, UsageLog, UsageRollup, UsageSource
 from billing.pricing import BillingContext, billing_context, pick_billing_model, resolve_price
+from common.money import quantize_usd
 
 ZERO = Decimal(0)
 
@@ -81,50 +82,24 @@ def usage_record(
     plus one statement settling the request's pending record and holds (billing.holds.pending_settle).
     """
     now = created_at or timezone.now()
-    if context is None:
-        context = billing_context(api_key_id=api_key_id, account_id=account_id)
-    elif (context.api_key_id, context.account_id) != (api_key_id, account_id):
-        raise ValueError("the BillingContext belongs to another key or account")
-    billing_model = pick_billing_model(
-        source=context.billing_model_source,
-        requested_model=requested_model,
-        mapped_model=mapped_model,
-        upstream_model=upstream_model,
-    )
-    resolution = resolve_price(context=context, model=billing_model)
-    breakdown = compute_cost(
-        price=resolution.price,
-        usage=usage,
-        pricing_source=resolution.pricing_source,
-        rate_multiplier=context.rate_multiplier,
-        rate_multiplier_source=context.rate_multiplier_source,
-        account_rate_multiplier=context.account_rate_multiplier,
-        cache_ttl_override=context.cache_ttl_override,
-        billing_model=billing_model,
-    )
-    row = UsageLog(
+    context, breakdown, row = _priced_row(
         request_id=request_id,
-        user_id=context.user_id,
         api_key_id=api_key_id,
         account_id=account_id,
-        group_id=context.group_id,
-        channel_id=resolution.channel_id,
-        subscription_id=context.subscription_id if context.charges_subscription else None,
         requested_model=requested_model,
-        upstream_model=upstream_model or mapped_model or requested_model,
-        billing_model_source=context.billing_model_source,
-        breakdown={**breakdown_extra(breakdown), "usage_source": str(usage_source)},
-        outcome=outcome,
-        usage_source=usage_source,
+        usage=usage,
+        mapped_model=mapped_model,
+        upstream_model=upstream_model,
+        context=context,
         stream=stream,
         duration_ms=duration_ms,
         first_token_ms=first_token_ms,
         status_code=status_code,
-        client_ip=client_ip or None,
-        user_agent=user_agent[:512],
-        cache_ttl_overridden=breakdown.cache_ttl_overridden,
+        client_ip=client_ip,
+        user_agent=user_agent,
         created_at=now,
-        **{name: getattr(breakdown, name) for name in BREAKDOWN_COLUMNS},
+        outcome=outcome,
+        usage_source=usage_source,
     )
 
     with transaction.atomic():
@@ -186,6 +161,77 @@ def usage_record(
         subscription_windows=subscription_windows,
         account_quota=account_quota,
     )
+
+
+def _priced_row(
+    *,
+    request_id: str,
+    api_key_id: int,
+    account_id: int | None,
+    requested_model: str,
+    usage: Usage,
+    mapped_model: str,
+    upstream_model: str,
+    context: BillingContext | None,
+    stream: bool,
+    duration_ms: int,
+    first_token_ms: int | None,
+    status_code: int,
+    client_ip: str | None,
+    user_agent: str,
+    created_at: datetime,
+    outcome: str,
+    usage_source: str,
+) -> tuple[BillingContext, CostBreakdown, UsageLog]:
+    """Price one request (docs/pricing.md) and build its ledger row, unsaved. No query when
+    `context` is given."""
+    now = created_at
+    if context is None:
+        context = billing_context(api_key_id=api_key_id, account_id=account_id)
+    elif (context.api_key_id, context.account_id) != (api_key_id, account_id):
+        raise ValueError("the BillingContext belongs to another key or account")
+    billing_model = pick_billing_model(
+        source=context.billing_model_source,
+        requested_model=requested_model,
+        mapped_model=mapped_model,
+        upstream_model=upstream_model,
+    )
+    resolution = resolve_price(context=context, model=billing_model)
+    breakdown = compute_cost(
+        price=resolution.price,
+        usage=usage,
+        pricing_source=resolution.pricing_source,
+        rate_multiplier=context.rate_multiplier,
+        rate_multiplier_source=context.rate_multiplier_source,
+        account_rate_multiplier=context.account_rate_multiplier,
+        cache_ttl_override=context.cache_ttl_override,
+        billing_model=billing_model,
+    )
+    row = UsageLog(
+        request_id=request_id,
+        user_id=context.user_id,
+        api_key_id=api_key_id,
+        account_id=account_id,
+        group_id=context.group_id,
+        channel_id=resolution.channel_id,
+        subscription_id=context.subscription_id if context.charges_subscription else None,
+        requested_model=requested_model,
+        upstream_model=upstream_model or mapped_model or requested_model,
+        billing_model_source=context.billing_model_source,
+        breakdown={**breakdown_extra(breakdown), "usage_source": str(usage_source)},
+        outcome=outcome,
+        usage_source=usage_source,
+        stream=stream,
+        duration_ms=duration_ms,
+        first_token_ms=first_token_ms,
+        status_code=status_code,
+        client_ip=client_ip or None,
+        user_agent=user_agent[:512],
+        cache_ttl_overridden=breakdown.cache_ttl_overridden,
+        created_at=now,
+        **{name: getattr(breakdown, name) for name in BREAKDOWN_COLUMNS},
+    )
+    return context, breakdown, row
 
 
 def breakdown_extra(breakdown: CostBreakdown) -> dict:
@@ -264,15 +310,10 @@ def rollup_hour(moment: datetime) -> datetime:
     return moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
 
 
-def usage_rollup_add(*, log: UsageLog) -> None:
-    """Add one ledger row to its hourly rollup (insert, or increment the existing one).
-
-    usage_record calls it in the ledger row's transaction; anything else that writes ledger
-    rows (reconcile corrections, test factories) must call it in theirs.
-    """
+def _rollup_values(log: UsageLog) -> list:
+    """The rollup upsert's parameters for one ledger row: dimensions, then sums (money last, as Decimals)."""
     hour_field = UsageRollup._meta.get_field("hour")
-    money = UsageRollup._meta.get_field("total_cost")
-    values = [
+    return [
         hour_field.get_db_prep_save(rollup_hour(log.created_at), connection),
         log.user_id,
         log.api_key_id,
@@ -290,7 +331,319 @@ def usage_rollup_add(*, log: UsageLog) -> None:
         log.cache_creation_1h_tokens,
         log.cache_read_tokens,
         log.image_output_tokens,
-        *(money.get_db_prep_save(getattr(log, name), connection) for name in _ROLLUP_SUMS[-3:]),
+        *(getattr(log, name) for name in _ROLLUP_SUMS[-3:]),
     ]
+
+
+def usage_rollup_add(*, log: UsageLog) -> None:
+    """Add one ledger row to its hourly rollup (insert, or increment the existing one).
+
+    usage_record calls it in the ledger row's transaction; anything else that writes ledger
+    rows (reconcile corrections, test factories) must call it in theirs.
+    """
+    money = UsageRollup._meta.get_field("total_cost")
+    values = _rollup_values(log)
+    values[-3:] = [money.get_db_prep_save(value, connection) for value in values[-3:]]
     with connection.cursor() as cursor:
         cursor.execute(_rollup_sql(connection.vendor), values)
+
+
+# -- batches --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class BatchRecord:
+    """One finished request for usage_record_batch: usage_record's arguments, as a value.
+
+    `pending_id` names the request's pending record (the hold taken before relaying, issue 13):
+    the batch settles it in the same transaction, see _settle_pending.
+    """
+
+    request_id: str
+    api_key_id: int
+    account_id: int | None
+    requested_model: str
+    usage: Usage
+    mapped_model: str = ""
+    upstream_model: str = ""
+    context: BillingContext | None = None
+    stream: bool = False
+    duration_ms: int = 0
+    first_token_ms: int | None = None
+    status_code: int = 200
+    client_ip: str | None = None
+    user_agent: str = ""
+    created_at: datetime | None = None
+    outcome: str = RequestOutcome.COMPLETED
+    usage_source: str = UsageSource.REPORTED
+    pending_id: int | None = None
+
+
+@dataclass(slots=True)
+class _Priced:
+    record: BatchRecord
+    context: BillingContext
+    breakdown: CostBreakdown
+    row: UsageLog
+    row_id: int | None = None  # set when this call inserted the row
+    duplicate_of: int | None = None  # index of an earlier record of the batch with the same ids
+
+
+BATCH_MAX = 100  # records per transaction: the ledger INSERT carries ~45 parameters per row
+
+
+def usage_record_batch(records: list[BatchRecord]) -> list[UsageRecordResult]:
+    """Record several finished requests in ONE transaction; a result per record, in order
+    (docs/recording.md#batches).
+
+    The same rows and counters as calling usage_record for each record in order, with fewer
+    statements: one multi-row ledger INSERT … ON CONFLICT (request_id, key) DO NOTHING RETURNING,
+    then, over the rows it actually inserted, ONE conditional UPDATE per distinct key, balance,
+    subscription and account with the sum of their charges, and one multi-row rollup upsert.
+    Replays (ids already in the ledger, or twice in the batch) charge nothing and come back
+    duplicate=True with the original row's id. Rows are locked in the order usage_record locks
+    them (keys, rollups, balances, subscriptions, accounts), each class in ascending id order, so
+    batches and single recordings queue on one another and never deadlock.
+
+    Windows are charged at the batch's latest `created_at`: a window that ends between two
+    records of one batch (a few milliseconds apart) takes both charges in the new window.
+    Each record's counter results (key_charge, balance_usd, …) are the counters as the whole
+    batch left them; key_became_exhausted is set on the last record of the key that crossed.
+    """
+    if len(records) > BATCH_MAX:
+        raise ValueError(f"a batch holds at most {BATCH_MAX} records, not {len(records)}")
+    if not records:
+        return []
+    now = timezone.now()
+    priced: list[_Priced] = []
+    first_of: dict[tuple[str, int], int] = {}
+    for index, record in enumerate(records):
+        context, breakdown, row = _priced_row(
+            request_id=record.request_id,
+            api_key_id=record.api_key_id,
+            account_id=record.account_id,
+            requested_model=record.requested_model,
+            usage=record.usage,
+            mapped_model=record.mapped_model,
+            upstream_model=record.upstream_model,
+            context=record.context,
+            stream=record.stream,
+            duration_ms=record.duration_ms,
+            first_token_ms=record.first_token_ms,
+            status_code=record.status_code,
+            client_ip=record.client_ip,
+            user_agent=record.user_agent,
+            created_at=record.created_at or now,
+            outcome=record.outcome,
+            usage_source=record.usage_source,
+        )
+        item = _Priced(record=record, context=context, breakdown=breakdown, row=row)
+        ids = (record.request_id, record.api_key_id)
+        item.duplicate_of = first_of.get(ids)
+        first_of.setdefault(ids, index)
+        priced.append(item)
+
+    with transaction.atomic():
+        fresh = [item for item in priced if item.duplicate_of is None]
+        # Ledger rows in a fixed order too: a batch waits on another's uncommitted row with the
+        # same ids (then skips it), and two batches must not wait on each other.
+        fresh.sort(key=lambda item: (item.record.api_key_id, item.record.request_id))
+        inserted = _insert_many([item.row for item in fresh])
+        for item in fresh:
+            item.row_id = inserted.get((item.record.request_id, item.record.api_key_id))
+        # In key order, as the ledger rows: the settle statements lock the held rows.
+        for item in sorted(priced, key=lambda item: (item.record.api_key_id, item.record.request_id)):
+            _settle_pending(item)
+        charged = [item for item in priced if item.row_id is not None]
+        counters = _charge_counters(charged)
+        originals = _original_ids([item for item in priced if item.row_id is None])
+
+    return [_batch_result(item, priced, counters, originals) for item in priced]
+
+
+def _settle_pending(item: _Priced) -> None:
+    """The request's holds end with its charge, in the batch's transaction, as in usage_record
+    (docs/gateway.md#holds-and-settle): its pending record goes and every hold it raised is
+    lowered. A replay's pending record (if any is left) goes too, and nothing is charged for it.
+    """
+    pending_settle(request_id=item.record.request_id, api_key_id=item.record.api_key_id)
+
+
+@dataclass(slots=True)
+class _Counters:
+    keys: dict[int, KeyChargeResult]
+    balances: dict[int, Decimal | None]
+    subscriptions: dict[int, dict[str, Any]]
+    accounts: dict[int, AccountQuota]
+    last_of_key: dict[int, int]  # key id -> id() of the last record charged to it
+
+
+def _charge_counters(charged: list[_Priced]) -> _Counters:
+    """One UPDATE per distinct counted row with the summed charges of `charged`, in lock order."""
+    key_sums: dict[int, tuple[Decimal, _Priced]] = {}
+    balance_sums: dict[int, Decimal] = {}
+    subscription_sums: dict[int, tuple[Decimal, _Priced]] = {}
+    account_sums: dict[int, tuple[Decimal, _Priced]] = {}
+    for item in charged:
+        amount = item.breakdown.actual_cost
+        context = item.context
+        if amount > 0:
+            key_id = item.record.api_key_id
+            key_sums[key_id] = (key_sums.get(key_id, (ZERO, item))[0] + quantize_usd(amount), item)
+            if context.charges_subscription:
+                sub = context.subscription_id
+                subscription_sums[sub] = (
+                    subscription_sums.get(sub, (ZERO, item))[0] + quantize_usd(amount),
+                    item,
+                )
+            else:
+                balance_sums[context.user_id] = balance_sums.get(context.user_id, ZERO) + quantize_usd(amount)
+        account_id = item.record.account_id
+        if account_id is not None and item.breakdown.account_cost > 0:
+            account_sums[account_id] = (
+                account_sums.get(account_id, (ZERO, item))[0] + quantize_usd(item.breakdown.account_cost),
+                item,
+            )
+    now = max(item.row.created_at for item in charged) if charged else timezone.now()
+    counters = _Counters(keys={}, balances={}, subscriptions={}, accounts={}, last_of_key={})
+    for key_id in sorted(key_sums):
+        amount, last = key_sums[key_id]
+        counters.keys[key_id] = api_key_usage_charge(
+            key_id=key_id, amount_usd=amount, now=now, timezone=last.context.key_timezone
+        )
+        counters.last_of_key[key_id] = id(last)
+    _rollup_add_many([item.row for item in charged])
+    for user_id in sorted(balance_sums):
+        counters.balances[user_id] = user_balance_charge(user_id=user_id, amount_usd=balance_sums[user_id])
+    for subscription_id in sorted(subscription_sums):
+        amount, last = subscription_sums[subscription_id]
+        counters.subscriptions[subscription_id] = subscription_usage_charge(
+            subscription_id=subscription_id,
+            amount_usd=amount,
+            now=now,
+            starts_at=last.context.subscription_starts_at,
+            timezone=last.context.subscription_timezone,
+        )
+    for account_id in sorted(account_sums):
+        amount, last = account_sums[account_id]
+        counters.accounts[account_id] = upstream_account_quota_charge(
+            account_id=account_id, amount_usd=amount, now=now, rules=last.context.account_quota
+        )
+    return counters
+
+
+def _original_ids(replays: list[_Priced]) -> dict[tuple[str, int], int]:
+    """The ledger ids of rows recorded before this batch, for its replays (one query, if any)."""
+    wanted = {
+        (item.record.request_id, item.record.api_key_id) for item in replays if item.duplicate_of is None
+    }
+    if not wanted:
+        return {}
+    found = UsageLog.objects.filter(
+        api_key_id__in={key for _, key in wanted}, request_id__in={rid for rid, _ in wanted}
+    ).values_list("request_id", "api_key_id", "pk")
+    return {(rid, key): pk for rid, key, pk in found if (rid, key) in wanted}
+
+
+def _batch_result(
+    item: _Priced, priced: list[_Priced], counters: _Counters, originals: dict[tuple[str, int], int]
+) -> UsageRecordResult:
+    record, context, breakdown = item.record, item.context, item.breakdown
+    if item.row_id is None:
+        if item.duplicate_of is not None:
+            first = priced[item.duplicate_of]
+            original = first.row_id or originals.get((record.request_id, record.api_key_id))
+        else:
+            original = originals.get((record.request_id, record.api_key_id))
+        return UsageRecordResult(
+            usage_log_id=original,
+            duplicate=True,
+            breakdown=breakdown,
+            charged_usd=ZERO,
+            charged_to="",
+            account_charged_usd=ZERO,
+        )
+    amount = breakdown.actual_cost
+    charged_to = ""
+    if amount > 0:
+        charged_to = "subscription" if context.charges_subscription else "balance"
+    key_result = counters.keys.get(record.api_key_id) if amount > 0 else None
+    account_id = record.account_id
+    return UsageRecordResult(
+        usage_log_id=item.row_id,
+        duplicate=False,
+        breakdown=breakdown,
+        charged_usd=amount if charged_to else ZERO,
+        charged_to=charged_to,
+        account_charged_usd=breakdown.account_cost if account_id is not None else ZERO,
+        key_became_exhausted=bool(
+            key_result
+            and key_result.became_exhausted
+            and counters.last_of_key.get(record.api_key_id) == id(item)
+        ),
+        key_status=str(key_result.status) if key_result else "",
+        key_charge=key_result,
+        balance_usd=counters.balances.get(context.user_id) if charged_to == "balance" else None,
+        subscription_windows=(
+            counters.subscriptions.get(context.subscription_id) if charged_to == "subscription" else None
+        ),
+        account_quota=counters.accounts.get(account_id) if account_id is not None else None,
+    )
+
+
+@cache
+def _insert_many_sql(vendor: str, count: int) -> str:
+    quote = connection.ops.quote_name
+    columns = ", ".join(quote(field.column) for field in _LOG_FIELDS)
+    one = f"({', '.join(['%s'] * len(_LOG_FIELDS))})"
+    return (
+        f"INSERT INTO {quote(UsageLog._meta.db_table)} ({columns}) "  # noqa: S608
+        f"VALUES {', '.join([one] * count)} "
+        f"ON CONFLICT ({quote('request_id')}, {quote('api_key_id')}) DO NOTHING "
+        f"RETURNING {quote('request_id')}, {quote('api_key_id')}, {quote('id')}"
+    )
+
+
+def _insert_many(rows: list[UsageLog]) -> dict[tuple[str, int], int]:
+    """Insert the ledger rows whose (request_id, key) is new; their ids by (request_id, key).
+
+    The rows must have distinct (request_id, key) pairs (usage_record_batch drops the repeats).
+    """
+    if not rows:
+        return {}
+    values = [
+        field.get_db_prep_save(getattr(row, field.attname), connection)
+        for row in rows
+        for field in _LOG_FIELDS
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(_insert_many_sql(connection.vendor, len(rows)), values)
+        return {(request_id, key_id): pk for request_id, key_id, pk in cursor.fetchall()}
+
+
+def _rollup_add_many(logs: list[UsageLog]) -> None:
+    """usage_rollup_add for several rows: summed per rollup row, one upsert, rows in a fixed order."""
+    if not logs:
+        return
+    sums: dict[tuple, list] = {}
+    for log in logs:
+        values = _rollup_values(log)
+        dimensions, amounts = tuple(values[: len(_ROLLUP_KEYS)]), values[len(_ROLLUP_KEYS) :]
+        total = sums.get(dimensions)
+        sums[dimensions] = amounts if total is None else [a + b for a, b in zip(total, amounts, strict=True)]
+    money = UsageRollup._meta.get_field("total_cost")
+    params = []
+    for dimensions in sorted(sums, key=repr):
+        amounts = sums[dimensions]
+        params += [*dimensions, *amounts[:-3]]
+        params += [money.get_db_prep_save(value, connection) for value in amounts[-3:]]
+    with connection.cursor() as cursor:
+        cursor.execute(_rollup_many_sql(connection.vendor, len(sums)), params)
+
+
+@cache
+def _rollup_many_sql(vendor: str, count: int) -> str:
+    single = _rollup_sql(vendor)
+    head, rest = single.split(" VALUES ", 1)
+    one, conflict = rest.split(" ON CONFLICT ", 1)
+    return f"{head} VALUES {', '.join([one] * count)} ON CONFLICT {conflict}"

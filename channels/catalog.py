@@ -175,6 +175,11 @@ def default_prices_json(model: str) -> dict[str, Any]:
     }
 
 
+def catalog_warm() -> None:
+    """Load the catalog now (a gateway process at start-up), not in the first request's recording."""
+    _snapshot()
+
+
 @cache
 def _snapshot() -> DataSnapshot:
     # Imported here: the data module is large and only the pricing pages and billing need it.

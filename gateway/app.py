@@ -7,6 +7,8 @@ every /v1/ path and the ASGI `lifespan`, which starts and stops what one process
 - the upstream HTTP client (aiohttp, pooled connections, the four timeouts of settings);
 - the database threads (`GATEWAY_DB_THREADS`): the ORM never runs on the event loop;
 - the snapshot cache and, with `REDIS_URL`, its pub/sub listener (gateway.auth);
+- the recorder thread (`GATEWAY_RECORD_BATCH_SIZE`, `GATEWAY_RECORD_BATCH_WAIT_MS`), which records
+  finished requests in batches on its own connection;
 - the recordings still running, which shutdown waits for;
 - at start-up, recovery of the pending records a dead process left (gateway.recovery).
 
@@ -18,6 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import random
 import secrets
 import time
 
@@ -34,8 +38,14 @@ from gateway.logs import install_access_log_redaction
 logger = logging.getLogger("gateway")
 
 
+# Request ids need to be unique, not secret: 96 bits from a generator seeded once per process
+# from the OS (and again in a forked child) cost no system call per request, unlike `secrets`.
+_ids = random.Random(secrets.randbits(256))
+os.register_at_fork(after_in_child=lambda: _ids.seed(secrets.randbits(256)))
+
+
 def new_request_id() -> str:
-    return "req_" + secrets.token_hex(12)
+    return f"req_{_ids.getrandbits(96):024x}"
 
 
 class Gateway:
@@ -48,6 +58,7 @@ class Gateway:
         self.proxy = None
         self.started = False
         self._starting: asyncio.Lock | None = None
+        self._warming: asyncio.Future | None = None
         install_access_log_redaction()
         # The server set up its loggers before loading this app: JSON logs take them over now.
         logs.adopt_server_loggers(settings.LOG_FORMAT)
@@ -62,10 +73,12 @@ class Gateway:
         async with self._starting:
             if self.started:
                 return
+            from channels.catalog import catalog_warm
             from gateway.addresses import CheckedResolver
             from gateway.auth import SnapshotCache
             from gateway.db import DatabaseThreads
             from gateway.proxy import Proxy
+            from gateway.recorder import BatchRecorder
 
             self.db = DatabaseThreads(settings.GATEWAY_DB_THREADS)
             self.session = aiohttp.ClientSession(
@@ -79,9 +92,16 @@ class Gateway:
                 auto_decompress=False,
                 skip_auto_headers=("User-Agent",),
             )
+            # The price catalog is a large module: imported by the first recording, it would cost
+            # that request's recording (and every request queued behind it) about a second. Loaded
+            # in the background, so that start-up does not wait for it.
+            self._warming = asyncio.ensure_future(self.db.run(catalog_warm))
             self.auth = SnapshotCache(db=self.db)
             await self.auth.start()
-            self.proxy = Proxy(session=self.session, db=self.db, auth=self.auth)
+            recorder = BatchRecorder(
+                size=settings.GATEWAY_RECORD_BATCH_SIZE, wait=settings.GATEWAY_RECORD_BATCH_WAIT_MS / 1000
+            )
+            self.proxy = Proxy(session=self.session, db=self.db, auth=self.auth, recorder=recorder)
             metrics.start()
             self.started = True
             if self.proxy.holds:
@@ -107,6 +127,7 @@ class Gateway:
         await self.proxy.drain(timeout=settings.GATEWAY_SHUTDOWN_SECONDS)
         await self.auth.stop()
         await self.session.close()
+        await asyncio.get_running_loop().run_in_executor(None, self.proxy.recorder.stop)
         await asyncio.get_running_loop().run_in_executor(None, self.db.shutdown)
 
     async def lifespan(self, receive, send) -> None:

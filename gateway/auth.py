@@ -11,7 +11,7 @@ Key snapshots (accounts.snapshots.KeySnapshot), by the SHA-256 of the presented 
 - concurrent misses for one hash load once (single-flight); loads run on the database threads.
 
 Channel snapshots (by group) and account snapshots (by id) are cached in this process for the
-same TTL. Credentials are decrypted in this process, on first use, and never leave it.
+same TTL, loaded single-flight too (an expiry under load costs one query, not one per request). Credentials are decrypted in this process, on first use, and never leave it.
 
 Invalidation (gateway.invalidation) drops entries by the ids that changed, in this process at once
 and in every other one through Redis pub/sub. A load that was running when an invalidation
@@ -79,6 +79,8 @@ class SnapshotCache:
         self._index: dict[tuple[str, int], set[str]] = {}
         self._channels: dict[int, tuple[float, Any]] = {}
         self._accounts: dict[int, tuple[float, Any]] = {}
+        self._channel_loads: dict[int, asyncio.Future] = {}
+        self._account_loads: dict[int, asyncio.Future] = {}
         self._credentials: dict[str, dict] = {}
         self.generation = 0
         self.redis = None
@@ -227,8 +229,24 @@ class SnapshotCache:
         entry = self._channels.get(group_id)
         if entry is not None and entry[0] > time.monotonic():
             return entry[1]
-        generation = self.generation
-        channel = await self.db.run(channel_snapshot_for_group, group_id)
+        # Single-flight, as for keys: when the entry expires under load, the requests that find
+        # it expired wait for one load instead of each running their own.
+        loading = self._channel_loads.get(group_id)
+        if loading is not None:
+            return await asyncio.shield(loading)
+        future = self.loop.create_future()
+        self._channel_loads[group_id] = future
+        try:
+            generation = self.generation
+            channel = await self.db.run(channel_snapshot_for_group, group_id)
+        except BaseException as error:
+            future.set_exception(error)
+            future.exception()  # retrieved: waiters re-raise it
+            raise
+        else:
+            future.set_result(channel)
+        finally:
+            del self._channel_loads[group_id]
         if generation == self.generation:
             self._channels[group_id] = (time.monotonic() + self.ttl, channel)
         return channel
@@ -237,20 +255,41 @@ class SnapshotCache:
         now = time.monotonic()
         found: dict[int, Any] = {}
         missing = []
+        waiting: dict[int, asyncio.Future] = {}
         for account_id in ids:
             entry = self._accounts.get(account_id)
             if entry is not None and entry[0] > now:
                 found[account_id] = entry[1]
+            elif (loading := self._account_loads.get(account_id)) is not None:
+                waiting[account_id] = loading  # another request is loading it (single-flight)
             else:
                 missing.append(account_id)
         if missing:
-            generation = self.generation
-            loaded = await self.db.run(upstream_account_snapshots_load, missing)
+            future = self.loop.create_future()
+            for account_id in missing:
+                self._account_loads[account_id] = future
+            try:
+                generation = self.generation
+                loaded = await self.db.run(upstream_account_snapshots_load, missing)
+            except BaseException as error:
+                future.set_exception(error)
+                future.exception()
+                raise
+            else:
+                future.set_result(loaded)
+            finally:
+                for account_id in missing:
+                    if self._account_loads.get(account_id) is future:
+                        del self._account_loads[account_id]
             if generation == self.generation:
                 expires = time.monotonic() + self.ttl
                 for account_id, snapshot in loaded.items():
                     self._accounts[account_id] = (expires, snapshot)
             found.update(loaded)
+        for account_id, loading in waiting.items():
+            loaded = await asyncio.shield(loading)
+            if account_id in loaded:
+                found[account_id] = loaded[account_id]
         return found
 
     def credentials(self, account: Any) -> dict:

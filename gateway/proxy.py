@@ -49,9 +49,12 @@ logger = logging.getLogger("gateway")
 
 
 class Proxy:
-    def __init__(self, *, session: aiohttp.ClientSession, db: Any, auth: Any) -> None:
+    def __init__(
+        self, *, session: aiohttp.ClientSession, db: Any, auth: Any, recorder: recorder.BatchRecorder
+    ) -> None:
         self.session = session
         self.db = db
+        self.recorder = recorder
         self.auth = auth
         self.board = AccountBoard()
         self.sticky = StickySessions(ttl=settings.GATEWAY_STICKY_TTL, size=settings.GATEWAY_STICKY_SIZE)
@@ -468,7 +471,7 @@ class Proxy:
 
     async def _settle(self, entry: recorder.Entry) -> None:
         try:
-            result, fresh = await self.db.run(recorder.record, entry)
+            result, fresh = await self.recorder.record(entry)
         except Exception:
             logger.exception("recording request %s failed", entry.request_id)
             return

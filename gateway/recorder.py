@@ -3,26 +3,36 @@
 - `record`: the request's one ledger row, through billing.services.usage_record, with the
   BillingContext composed from the snapshots the request was admitted on (no query before the
   transaction's statements), the outcome and where the usage came from;
+- `record_batch` and `BatchRecorder`: the same for several finished requests in one transaction
+  (billing.services.usage_record_batch), drained from a queue by one recorder thread per process
+  (docs/recording.md#batches): what the proxy uses;
 - `account_rate_limited` / `account_failed`: the marks failover puts on an account.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import logging
+import queue
+import threading
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from django.db import connections
 from django.utils import timezone
 
 from accounts.services.upstream import upstream_account_mark_error, upstream_account_mark_rate_limited
 from accounts.snapshots import KeySnapshot, snapshots_changed
 from billing.cost import Usage
 from billing.pricing import billing_context_from
-from billing.services import UsageRecordResult, usage_record
+from billing.services import BatchRecord, UsageRecordResult, usage_record, usage_record_batch
 from gateway.checks import key_window_refusal, subscription_window_refusal
 
 NO_USAGE = Usage(input_tokens=0, output_tokens=0)
+logger = logging.getLogger("gateway")
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +53,7 @@ class Entry:
     first_token_ms: int | None
     client_ip: str
     user_agent: str
+    pending_id: int | None = None  # the request's pending record (issue 13 holds), settled with it
 
 
 def record(entry: Entry) -> tuple[UsageRecordResult, KeySnapshot]:
@@ -69,6 +80,162 @@ def record(entry: Entry) -> tuple[UsageRecordResult, KeySnapshot]:
     fresh = refreshed(entry.key, result)
     announce_spent(entry, fresh, result)
     return result, fresh
+
+
+def record_batch(entries: list[Entry]) -> list[tuple[UsageRecordResult, KeySnapshot]]:
+    """Record several requests in one transaction; for each, what `record` answers."""
+    records = [
+        BatchRecord(
+            request_id=entry.request_id,
+            api_key_id=entry.key.id,
+            account_id=entry.account.id,
+            requested_model=entry.requested_model,
+            mapped_model=entry.mapped_model if entry.mapped_model != entry.requested_model else "",
+            upstream_model=entry.upstream_model,
+            usage=entry.usage,
+            context=billing_context_from(key=entry.key, channel=entry.channel, account=entry.account),
+            stream=entry.stream,
+            duration_ms=entry.duration_ms,
+            first_token_ms=entry.first_token_ms,
+            status_code=entry.status_code,
+            client_ip=entry.client_ip or None,
+            user_agent=entry.user_agent,
+            outcome=entry.outcome,
+            usage_source=entry.usage_source,
+            pending_id=entry.pending_id,
+        )
+        for entry in entries
+    ]
+    answers = []
+    for entry, result in zip(entries, usage_record_batch(records), strict=True):
+        fresh = refreshed(entry.key, result)
+        announce_spent(entry, fresh, result)
+        answers.append((result, fresh))
+    return answers
+
+
+_STOP = object()
+
+
+class _Call:
+    def __init__(self, function: Any) -> None:
+        self.function = function
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        try:
+            self.function()
+        except Exception:
+            logger.exception("a call on the recorder thread failed")
+        finally:
+            self.done.set()
+
+
+class BatchRecorder:
+    """One thread that records finished requests in batches, on its own database connection.
+
+    `record` queues an entry and waits for its answer. The thread takes whatever is queued (up to
+    `size`), waits up to `wait` seconds for more while the batch is not full, and records them in
+    one transaction: when requests finish faster than one transaction commits, they share one.
+    A batch that fails is retried one record at a time, so one bad record (a key deleted in the
+    meantime) costs only its own row. `stop` records everything queued, then ends the thread.
+    """
+
+    def __init__(self, *, size: int, wait: float) -> None:
+        self.size = max(1, min(size, 100))
+        self.wait = max(0.0, wait)
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self.batches = 0  # transactions committed or tried, for tests and the benchmark
+        self._thread = threading.Thread(target=self._run, name="gateway-recorder", daemon=True)
+        self._thread.start()
+
+    async def record(self, entry: Entry) -> tuple[UsageRecordResult, KeySnapshot]:
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._queue.put((entry, loop, future))
+        return await future
+
+    def stop(self) -> None:
+        self._queue.put(_STOP)
+        self._thread.join()
+
+    def on_thread(self, function: Any) -> None:
+        """Run `function` on the recorder thread (its connection is that thread's), between
+        batches; block until it has run."""
+        call = _Call(function)
+        self._queue.put(call)
+        call.done.wait(timeout=30)
+
+    def _run(self) -> None:
+        try:
+            while True:
+                item = self._queue.get()
+                if item is _STOP:
+                    return
+                if isinstance(item, _Call):
+                    item.run()
+                    continue
+                batch, calls = [item], []
+                deadline = time.monotonic() + self.wait
+                stopping = False
+                while len(batch) < self.size:
+                    try:
+                        remaining = deadline - time.monotonic()
+                        more = (
+                            self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+                        )
+                    except queue.Empty:
+                        break
+                    if more is _STOP:
+                        stopping = True
+                        break
+                    if isinstance(more, _Call):
+                        calls.append(more)
+                    else:
+                        batch.append(more)
+                self._flush(batch)
+                for call in calls:
+                    call.run()
+                if stopping:
+                    return
+        finally:
+            connections.close_all()
+
+    def _flush(self, batch: list) -> None:
+        entries = [entry for entry, _loop, _future in batch]
+        self.batches += 1
+        try:
+            answers: list = record_batch(entries)
+        except Exception:
+            logger.warning("recording a batch of %s failed; recording them one by one", len(entries))
+            self._forget_broken_connection()
+            answers = []
+            for entry in entries:
+                try:
+                    answers.append(record(entry))
+                except Exception as error:  # noqa: BLE001 - handed to the request that waits for it
+                    self._forget_broken_connection()
+                    answers.append(error)
+        for (entry, loop, future), answer in zip(batch, answers, strict=True):
+            try:
+                loop.call_soon_threadsafe(_resolve, future, answer)
+            except RuntimeError:  # the event loop has closed: nobody waits for this answer
+                logger.info("request %s recorded after its event loop closed", entry.request_id)
+
+    @staticmethod
+    def _forget_broken_connection() -> None:
+        for connection in connections.all(initialized_only=True):
+            if not connection.in_atomic_block:
+                connection.close_if_unusable_or_obsolete()
+
+
+def _resolve(future: asyncio.Future, answer: Any) -> None:
+    if future.done():
+        return
+    if isinstance(answer, BaseException):
+        future.set_exception(answer)
+    else:
+        future.set_result(answer)
 
 
 def refreshed(key: KeySnapshot, result: UsageRecordResult) -> KeySnapshot:

@@ -38,7 +38,7 @@ def chat(url: str, secret: str) -> httpx.Response:
 
 
 class QueryLog:
-    """Every statement the gateway's database threads run, with when it ran."""
+    """Every statement the gateway's database threads and its recorder thread run, with when it ran."""
 
     def __init__(self) -> None:
         self.statements: list[tuple[float, str]] = []
@@ -51,9 +51,11 @@ class QueryLog:
 
     def install(self) -> None:
         gateway_app().db.on_every_thread(lambda: connection.execute_wrappers.append(self))
+        gateway_app().proxy.recorder.on_thread(lambda: connection.execute_wrappers.append(self))
 
     def remove(self) -> None:
         gateway_app().db.on_every_thread(lambda: connection.execute_wrappers.remove(self))
+        gateway_app().proxy.recorder.on_thread(lambda: connection.execute_wrappers.remove(self))
 
     def before(self, moment: float) -> list[str]:
         return [sql for at, sql in self.statements if at <= moment]
@@ -104,6 +106,24 @@ def test_a_cached_key_costs_one_hold_transaction_before_the_response(fake_upstre
         'UPDATE "accounts_user"',
         'UPDATE "accounts_upstreamaccount"',
     ]
+
+
+def test_requests_arriving_together_on_a_cold_cache_load_the_channel_and_the_accounts_once(
+    fake_upstream, gateway_url, query_log
+):
+    tenant = make_tenant(fake_upstream, platform="openai", user_fields={"concurrency": 0})
+    UpstreamAccount.objects.filter(pk=tenant.accounts[0].pk).update(concurrency=0)
+    start = threading.Barrier(16)
+
+    def send(_index: int) -> int:
+        start.wait()
+        return chat(gateway_url, tenant.secret).status_code
+
+    with ThreadPoolExecutor(16) as pool:
+        assert list(pool.map(send, range(16))) == [200] * 16
+    selects = [sql for _at, sql in query_log.statements if sql.startswith("SELECT")]
+    assert sum('FROM "accounts_upstreamaccount"' in sql for sql in selects) == 1
+    assert sum('FROM "channels_channel"' in sql for sql in selects) == 1
 
 
 def test_a_flood_of_unknown_keys_costs_one_query_per_distinct_key(gateway_url, query_log):

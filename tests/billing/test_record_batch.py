@@ -1,0 +1,215 @@
+"""usage_record_batch (docs/recording.md#batches): one transaction for several requests, leaving
+exactly the ledger rows and counters that usage_record row by row leaves."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import pytest
+from django.db import connection
+from django.db.models import Sum
+from django.test.utils import CaptureQueriesContext
+
+from accounts.models import APIKey, Subscription, UpstreamAccount, User
+from billing.cost import Usage
+from billing.models import UsageLog, UsageRollup
+from billing.pricing import billing_context
+from billing.services import BatchRecord, usage_record, usage_record_batch
+from tests.factories import (
+    APIKeyFactory,
+    GroupFactory,
+    SubscriptionFactory,
+    SubscriptionGroupFactory,
+    UpstreamAccountFactory,
+    UserFactory,
+)
+
+pytestmark = pytest.mark.django_db
+
+D = Decimal
+NOON = datetime(2026, 11, 25, 12, 30, tzinfo=UTC)
+
+# Columns that differ between two worlds by construction (ids of their own rows).
+OWN_IDS = {"id", "user", "api_key", "account", "group", "subscription", "channel"}
+
+
+def world(suffix: str) -> dict:
+    """Two balance keys of one user, a subscription key of another, two accounts."""
+    group = GroupFactory(rate_multiplier=D("1.3"), name=f"g-{suffix}")
+    sub_group = SubscriptionGroupFactory(rate_multiplier=D("0.9"), name=f"s-{suffix}")
+    payer = UserFactory(balance=D("50"))
+    subscriber = UserFactory(balance=D("7"))
+    subscription = SubscriptionFactory(user=subscriber, group=sub_group)
+    return {
+        "keys": [
+            APIKeyFactory(user=payer, group=group),
+            APIKeyFactory(user=payer, group=group),
+            APIKeyFactory(user=subscriber, group=sub_group),
+        ],
+        "accounts": [
+            UpstreamAccountFactory(rate_multiplier=D("0.7")),
+            UpstreamAccountFactory(rate_multiplier=D("1.1")),
+        ],
+        "users": [payer, subscriber],
+        "subscription": subscription,
+    }
+
+
+def plan() -> list[tuple[str, int, int, Usage]]:
+    """(request id, key index, account index, usage): mixed keys and accounts, with repeats."""
+    rows = []
+    for n in range(14):
+        usage = Usage(
+            input_tokens=1_000 + 37 * n,
+            output_tokens=101 + n,
+            cache_read_tokens=7 * n,
+            cache_creation_5m_tokens=3 * n,
+        )
+        rows.append((f"r{n}", n % 3, n % 2, usage))
+    rows.insert(5, rows[2])  # the same request twice in one batch
+    rows.insert(9, ("r0", 1, 0, rows[0][3]))  # the same request id on another key is another request
+    return rows
+
+
+def records(w: dict) -> list[BatchRecord]:
+    return [
+        BatchRecord(
+            request_id=request_id,
+            api_key_id=w["keys"][key].pk,
+            account_id=w["accounts"][account].pk,
+            requested_model="claude-sonnet-4-5",
+            usage=usage,
+            created_at=NOON,
+            stream=True,
+            duration_ms=900,
+        )
+        for request_id, key, account, usage in plan()
+    ]
+
+
+def ledger(w: dict) -> list[dict]:
+    key_index = {key.pk: index for index, key in enumerate(w["keys"])}
+    rows = []
+    for row in UsageLog.objects.filter(api_key__in=w["keys"]).order_by("request_id", "api_key_id").values():
+        rows.append(
+            {
+                "key": key_index[row["api_key_id"]],
+                **{name: value for name, value in row.items() if name.removesuffix("_id") not in OWN_IDS},
+            }
+        )
+    return sorted(rows, key=lambda row: (row["request_id"], row["key"]))
+
+
+def counters(w: dict) -> dict:
+    keys = [
+        APIKey.objects.values("quota_used_usd", "usage_5h_usd", "usage_1d_usd", "usage_7d_usd", "status").get(
+            pk=key.pk
+        )
+        for key in w["keys"]
+    ]
+    balances = [User.objects.values_list("balance", flat=True).get(pk=user.pk) for user in w["users"]]
+    subscription = Subscription.objects.values(
+        "daily_usage_usd", "weekly_usage_usd", "monthly_usage_usd", "daily_window_start"
+    ).get(pk=w["subscription"].pk)
+    accounts = [
+        UpstreamAccount.objects.values("quota_used_usd", "quota_daily_used_usd", "quota_weekly_used_usd").get(
+            pk=account.pk
+        )
+        for account in w["accounts"]
+    ]
+    rollups = UsageRollup.objects.filter(api_key_id__in=[key.pk for key in w["keys"]]).aggregate(
+        n=Sum("requests"), actual=Sum("actual_cost"), account=Sum("account_cost"), tokens=Sum("input_tokens")
+    )
+    return {"keys": keys, "balances": balances, "subscription": subscription, "accounts": accounts, **rollups}
+
+
+def test_a_batch_leaves_the_same_ledger_rows_and_counters_as_recording_row_by_row():
+    one_by_one, batched = world("a"), world("b")
+    for record in records(one_by_one):
+        usage_record(**{name: getattr(record, name) for name in record.__slots__ if name != "pending_id"})
+    results = usage_record_batch(records(batched))
+
+    assert ledger(batched) == ledger(one_by_one)
+    assert counters(batched) == counters(one_by_one)
+    assert len(ledger(batched)) == len(plan()) - 1  # only the repeat in the batch was dropped
+    duplicates = [result for result in results if result.duplicate]
+    assert len(duplicates) == 1 and duplicates[0].charged_usd == 0
+    assert duplicates[0].usage_log_id == results[2].usage_log_id  # the first r2 of the batch
+    charged = sum(result.charged_usd for result in results)
+    assert (
+        charged == UsageLog.objects.filter(api_key__in=batched["keys"]).aggregate(s=Sum("actual_cost"))["s"]
+    )
+
+
+def test_replaying_a_batch_bills_nothing_and_answers_with_the_original_rows():
+    w = world("a")
+    first = usage_record_batch(records(w))
+    before = counters(w)
+
+    again = usage_record_batch(records(w))
+
+    assert all(result.duplicate for result in again)
+    assert [result.usage_log_id for result in again] == [result.usage_log_id for result in first]
+    assert counters(w) == before
+    assert UsageLog.objects.count() == len(plan()) - 1
+
+
+def test_a_batch_of_new_and_already_recorded_requests_charges_only_the_new_ones():
+    w = world("a")
+    batch = records(w)
+    usage_record_batch(batch[:6])
+    paid_before = counters(w)["keys"][0]["quota_used_usd"]
+
+    results = usage_record_batch(batch)
+
+    assert [result.duplicate for result in results[:6]] == [True] * 6
+    new = [result for result, record in zip(results[6:], batch[6:], strict=True) if not result.duplicate]
+    key0 = w["keys"][0].pk
+    added = sum(r.charged_usd for r, rec in zip(results, batch, strict=True) if rec.api_key_id == key0)
+    assert counters(w)["keys"][0]["quota_used_usd"] == paid_before + added
+    assert len(new) == len(batch) - 6  # the first 6 (the repeat of r2 among them) were recorded before
+    assert UsageLog.objects.count() == len(plan()) - 1
+
+
+def test_each_result_carries_the_counters_as_the_batch_left_them():
+    w = world("a")
+    results = usage_record_batch(records(w))
+    key0 = APIKey.objects.get(pk=w["keys"][0].pk)
+    payer = User.objects.get(pk=w["users"][0].pk)
+    for result, record in zip(results, records(w), strict=True):
+        if record.api_key_id == key0.pk and not result.duplicate:
+            assert result.key_charge.quota_used_usd == key0.quota_used_usd
+            assert result.balance_usd == payer.balance
+            assert result.charged_to == "balance"
+        if record.api_key_id == w["keys"][2].pk and not result.duplicate:
+            assert result.charged_to == "subscription" and result.balance_usd is None
+            assert (
+                result.subscription_windows["daily_usage_usd"] == Subscription.objects.get().daily_usage_usd
+            )
+
+
+def test_a_batch_is_one_insert_and_one_update_per_distinct_counted_row():
+    w = world("a")
+    # With the gateway's cached BillingContexts, as the gateway's recorder passes them.
+    contexts = {}
+    for record in records(w):
+        pair = (record.api_key_id, record.account_id)
+        contexts.setdefault(pair, billing_context(api_key_id=pair[0], account_id=pair[1]))
+    batch = [dataclasses.replace(r, context=contexts[r.api_key_id, r.account_id]) for r in records(w)]
+    with CaptureQueriesContext(connection) as queries:
+        usage_record_batch(batch)
+    statements = [query["sql"].split()[0] for query in queries.captured_queries]
+    # ledger, 3 keys, rollups, 1 balance, 1 subscription, 2 accounts (savepoint-free: the test's transaction)
+    assert statements.count("INSERT") == 2
+    assert statements.count("UPDATE") == 3 + 1 + 1 + 2
+    assert "SELECT" not in statements  # no replays: nothing to look up
+
+
+def test_a_batch_over_the_limit_is_refused_before_anything_is_written():
+    w = world("a")
+    record = records(w)[0]
+    with pytest.raises(ValueError, match="at most"):
+        usage_record_batch([record] * 101)
+    assert UsageLog.objects.count() == 0

@@ -1,0 +1,121 @@
+"""The gateway's recorder thread (docs/recording.md#batches): finished requests queued from the event
+loop are recorded in shared transactions, every one exactly once, and a bad record costs only its
+own row."""
+
+from __future__ import annotations
+
+import asyncio
+from decimal import Decimal
+
+import pytest
+from django.db.models import Sum
+
+from accounts.models import APIKey, UpstreamAccount, User
+from accounts.snapshots import key_snapshot_load_by_id, upstream_account_snapshots_load
+from billing.cost import Usage
+from billing.models import UsageLog
+from channels.snapshots import channel_snapshot_for_group
+from gateway.recorder import BatchRecorder, Entry
+from tests.factories import (
+    APIKeyFactory,
+    GroupAccountFactory,
+    GroupFactory,
+    UpstreamAccountFactory,
+    UserFactory,
+)
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def entry_for(key_id: int, account_id: int, request_id: str, tokens: int) -> Entry:
+    key = key_snapshot_load_by_id(key_id)
+    account = upstream_account_snapshots_load([account_id])[account_id]
+    return Entry(
+        request_id=request_id,
+        key=key,
+        channel=channel_snapshot_for_group(key.group_id),
+        account=account,
+        requested_model="claude-sonnet-4-5",
+        mapped_model="claude-sonnet-4-5",
+        upstream_model="claude-sonnet-4-5",
+        usage=Usage(input_tokens=tokens, output_tokens=tokens // 10),
+        usage_source="reported",
+        outcome="completed",
+        stream=True,
+        status_code=200,
+        duration_ms=12,
+        first_token_ms=3,
+        client_ip="127.0.0.1",
+        user_agent="test",
+    )
+
+
+def tenant():
+    group = GroupFactory(rate_multiplier=Decimal("1.2"))
+    account = UpstreamAccountFactory(rate_multiplier=Decimal("0.8"))
+    GroupAccountFactory(group=group, account=account)
+    user = UserFactory(balance=Decimal("100"))
+    return [APIKeyFactory(user=user, group=group) for _ in range(2)], account, user
+
+
+async def record_all(recorder: BatchRecorder, entries: list[Entry]) -> list:
+    return await asyncio.gather(*(recorder.record(entry) for entry in entries), return_exceptions=True)
+
+
+def test_requests_finishing_together_share_transactions_and_each_is_billed_once():
+    keys, account, user = tenant()
+    entries = [entry_for(keys[n % 2].pk, account.pk, f"req-{n}", 1_000 + n) for n in range(60)]
+    entries += entries[:5]  # replays: the same request ids again
+    recorder = BatchRecorder(size=16, wait=0.005)
+    try:
+        answers = asyncio.run(record_all(recorder, entries))
+    finally:
+        recorder.stop()
+
+    assert not [answer for answer in answers if isinstance(answer, BaseException)]
+    assert UsageLog.objects.count() == 60
+    assert sum(1 for result, _fresh in answers if result.duplicate) == 5
+    assert recorder.batches <= 65 // 16 + 2  # batches, not one transaction per request
+    actual = UsageLog.objects.aggregate(s=Sum("actual_cost"))["s"]
+    assert sum(result.charged_usd for result, _fresh in answers) == actual
+    assert User.objects.get(pk=user.pk).balance == Decimal("100") - actual
+    for key in keys:
+        own = UsageLog.objects.filter(api_key=key).aggregate(s=Sum("actual_cost"))["s"]
+        assert APIKey.objects.get(pk=key.pk).quota_used_usd == own
+    account_cost = UsageLog.objects.aggregate(s=Sum("account_cost"))["s"]
+    assert UpstreamAccount.objects.get(pk=account.pk).quota_used_usd == account_cost
+    # The snapshot each request gets back carries the counters as its batch left them.
+    assert min(fresh.user.balance for _result, fresh in answers) == User.objects.get(pk=user.pk).balance
+
+
+def test_a_record_that_cannot_be_written_fails_alone_and_the_rest_of_its_batch_is_recorded():
+    keys, account, _user = tenant()
+    good = [entry_for(keys[0].pk, account.pk, f"req-{n}", 1_000) for n in range(5)]
+    doomed = entry_for(keys[1].pk, account.pk, "req-doomed", 1_000)
+    APIKey.objects.filter(pk=keys[1].pk).delete()  # gone between the response and its recording
+    recorder = BatchRecorder(size=16, wait=0.05)
+    try:
+        answers = asyncio.run(record_all(recorder, [*good[:3], doomed, *good[3:]]))
+    finally:
+        recorder.stop()
+
+    assert isinstance(answers[3], APIKey.DoesNotExist)
+    assert sorted(UsageLog.objects.values_list("request_id", flat=True)) == [f"req-{n}" for n in range(5)]
+    own = UsageLog.objects.aggregate(s=Sum("actual_cost"))["s"]
+    assert APIKey.objects.get(pk=keys[0].pk).quota_used_usd == own
+
+
+def test_stopping_records_everything_still_queued():
+    keys, account, _user = tenant()
+    recorder = BatchRecorder(size=4, wait=0.2)
+
+    entries = [entry_for(keys[0].pk, account.pk, f"req-{n}", 900) for n in range(10)]
+
+    async def submit_then_stop() -> list:
+        pending = [asyncio.ensure_future(recorder.record(entry)) for entry in entries]
+        await asyncio.sleep(0)  # every entry queued
+        await asyncio.get_running_loop().run_in_executor(None, recorder.stop)
+        return await asyncio.gather(*pending)
+
+    answers = asyncio.run(submit_then_stop())
+    assert len(answers) == 10 and UsageLog.objects.count() == 10
