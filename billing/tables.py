@@ -168,8 +168,7 @@ class ReconcileRunTable(tables.Table):
     created_at = tables.Column(verbose_name="Started", attrs={"td": {"class": "text-nowrap small"}})
     batch_id = tables.Column(verbose_name="Batch", orderable=False)
     host_id = tables.Column(verbose_name="Host", orderable=False)
-    scope = tables.Column(verbose_name="Scope", orderable=False)
-    mode = tables.Column(verbose_name="Mode", orderable=False)
+    scope = tables.Column(verbose_name="Scope / mode", orderable=False)
     status = tables.Column(verbose_name="Status", orderable=False)
     checked = tables.Column(verbose_name="Checked", attrs=NUM, orderable=False)
     drifted = tables.Column(verbose_name="Drifted", attrs=NUM, orderable=False)
@@ -183,7 +182,6 @@ class ReconcileRunTable(tables.Table):
             "batch_id",
             "host_id",
             "scope",
-            "mode",
             "status",
             "checked",
             "drifted",
@@ -208,10 +206,11 @@ class ReconcileRunTable(tables.Table):
         )
 
     def render_scope(self, record):
-        return record.get_scope_display()
-
-    def render_mode(self, record):
-        return record.get_mode_display()
+        return format_html(
+            '{}<div class="small text-body-secondary">{}</div>',
+            record.get_scope_display(),
+            record.get_mode_display(),
+        )
 
     def render_status(self, record):
         level = {"succeeded": "active", "failed": "error", "running": "suspended", "queued": "suspended"}[
