@@ -202,7 +202,7 @@ class ReconcileStartForm(ConsoleForm):
         choices=ReconcileMode.choices,
         initial=ReconcileMode.DRY_RUN,
         widget=forms.RadioSelect,
-        help_text="A dry run only reports; a fix moves drifted counters to the ledger's values.",
+        help_text="A dry run only reports (operators); a fix moves drifted counters to the ledger's values (admins).",
     )
 
     def scopes(self) -> list[str]:

@@ -32,6 +32,7 @@ from django.utils import timezone
 
 from accounts import windows
 from accounts.models import APIKey, BalanceHistory, Subscription, UpstreamAccount, User, timezone_name
+from accounts.roles import ConsoleRole, console_role_required
 from billing.models import (
     ReconcileDiscrepancy,
     ReconcileMode,
@@ -555,7 +556,12 @@ def reconcile_batch_create(
     started_by: User | None = None,
     label: str = "",
 ) -> list[ReconcileRun]:
-    """One run per scope, sharing a batch id. A refused scope refuses the whole batch."""
+    """One run per scope, sharing a batch id. A refused scope refuses the whole batch.
+
+    `started_by` is the acting staff member: a dry run needs an operator (the view's role), a
+    fix an admin (docs/console.md#roles); None is the system (the schedule, a command)."""
+    if mode == ReconcileMode.FIX:
+        console_role_required(started_by, ConsoleRole.ADMIN, doing="start a reconcile fix run")
     batch = new_batch_id()
     with transaction.atomic():
         return [

@@ -1,6 +1,6 @@
 """Reconcile pages: runs by batch and host, a batch with its discrepancies, starting a run
-(docs/jobs.md#reconcile-runs). Starting needs an operator: a fix run moves counters, like the
-resets operators already make; everyone on the staff may read."""
+(docs/jobs.md#reconcile-runs). Every staff member reads; a dry run needs an operator and a fix
+run an admin (docs/console.md#roles: the service checks the fix)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import logging
 from dataclasses import dataclass
 from urllib.parse import urlencode
 
+from django.core.exceptions import PermissionDenied
 from django.db import transaction
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect
@@ -50,7 +51,7 @@ def reconcile_list(request: HttpRequest) -> HttpResponse:
                     mode=start_form.cleaned_data["mode"],
                     started_by=request.user,
                 )
-            except ReconcileRefused as refusal:
+            except (ReconcileRefused, PermissionDenied) as refusal:
                 start_form.add_error(None, str(refusal))
             else:
                 for run in runs:

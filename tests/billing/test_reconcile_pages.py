@@ -208,3 +208,21 @@ def test_the_prune_task_deletes_rows_past_retention_and_keeps_reconcile_clean(se
     assert prune_usage.delay().get() == 2
     assert UsageLog.objects.count() == 1
     assert finished_run("keys").drifted == 0
+
+
+def test_an_operator_may_dry_run_but_only_an_admin_may_start_a_fix(
+    client, django_capture_on_commit_callbacks
+):
+    client.force_login(StaffFactory(console_role=ConsoleRole.OPERATOR))
+    response = client.post(reverse("reconcile:run-list"), {"scope": "keys", "period": "all", "mode": "fix"})
+    assert response.status_code == 400
+    assert "start a reconcile fix run" in response.content.decode()
+    assert not ReconcileRun.objects.exists()
+
+    client.force_login(StaffFactory(console_role=ConsoleRole.ADMIN))
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post(
+            reverse("reconcile:run-list"), {"scope": "keys", "period": "all", "mode": "fix"}
+        )
+    assert response.status_code == 302
+    assert ReconcileRun.objects.get().mode == "fix"
