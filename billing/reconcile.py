@@ -33,6 +33,8 @@ from django.utils import timezone
 from accounts import windows
 from accounts.models import APIKey, BalanceHistory, Subscription, UpstreamAccount, User, timezone_name
 from accounts.roles import ConsoleRole, console_role_required
+from accounts.rules import key_status
+from accounts.snapshots import snapshots_changed
 from billing.models import (
     ReconcileDiscrepancy,
     ReconcileMode,
@@ -356,7 +358,11 @@ def _fix(finding: Finding, now: datetime) -> bool:
     model = SCOPES[KIND_SCOPE[entity.kind]].model
     rows = model.objects.filter(pk=entity.pk)
     if counter.start_field is None:
-        return bool(rows.update(**{counter.used_field: F(counter.used_field) + finding.delta}))
+        if not rows.update(**{counter.used_field: F(counter.used_field) + finding.delta}):
+            return False
+        if entity.kind == "key":
+            _key_status_refresh(entity.pk, now)
+        return True
     stored_used, stored_start = finding.stored_raw
     rows = rows.filter(**{counter.used_field: stored_used})
     rows = (
@@ -367,6 +373,23 @@ def _fix(finding: Finding, now: datetime) -> bool:
     recomputed_live = not counter.expired(counter.start, now)
     used, start = (counter.used, counter.start) if recomputed_live else (ZERO, None)
     return bool(rows.update(**{counter.used_field: used, counter.start_field: start}))
+
+
+def _key_status_refresh(key_id: int, now: datetime) -> None:
+    """A corrected quota may exhaust or free a key: apply the key status rule (docs/windows.md#key-quota)
+    to the row, locked by the correction's UPDATE until the chunk commits."""
+    key = APIKey.objects.select_for_update().get(pk=key_id)
+    status = key_status(key, now=now)
+    if status != key.status:
+        APIKey.objects.filter(pk=key_id).update(status=status)
+
+
+SNAPSHOT_ARGUMENT = {
+    "key": "key_ids",
+    "subscription": "subscription_ids",
+    "account": "account_ids",
+    "user": "user_ids",
+}
 
 
 @dataclass
@@ -400,6 +423,10 @@ def _check_chunk(run: ReconcileRun, spec: ScopeSpec, ids: list[int], now: dateti
                     fixed += done
                     records.append(_record(run, finding, fixed=done, now=now))
                 ReconcileDiscrepancy.objects.bulk_create(records)
+                changed = {record.entity_id for record in records if record.fixed}
+                if changed:
+                    # Like an operator's reset: caches of these rows hear it once the chunk commits.
+                    snapshots_changed(**{SNAPSHOT_ARGUMENT[spec.kind]: changed})
                 return ChunkResult(checked=len(entities), drifted=len(findings), fixed=fixed)
         except OperationalError:
             # A charge moved a counter of this chunk after our snapshot (serialization failure):

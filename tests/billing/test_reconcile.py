@@ -328,3 +328,13 @@ def test_a_run_over_100000_ledger_rows_stays_in_bounded_memory():
     # Loading the rows (id, time, amount) at once would take about 25 MB; streaming keeps the
     # peak to a few thousand rows at a time.
     assert peak < 8 * 1024 * 1024, f"peak {peak / 1e6:.1f} MB"
+
+
+def test_fixing_a_quota_that_drifted_past_the_limit_makes_the_key_active_again(ledger):
+    used = APIKey.objects.values_list("quota_used_usd", flat=True).get(pk=ledger.key.pk)
+    APIKey.objects.filter(pk=ledger.key.pk).update(
+        quota_usd=used + 1, quota_used_usd=used + 5, status=APIKey.Status.QUOTA_EXHAUSTED
+    )
+    assert reconcile("keys", "fix").fixed == 1
+    key = APIKey.objects.get(pk=ledger.key.pk)
+    assert (key.quota_used_usd, key.status) == (used, APIKey.Status.ACTIVE)
