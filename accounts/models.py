@@ -399,6 +399,9 @@ class UpstreamAccount(models.Model):
     quota_weekly_reset_hour = models.PositiveSmallIntegerField(default=0)
     quota_weekly_reset_weekday = models.PositiveSmallIntegerField(default=0, help_text="0 = Monday.")
     quota_timezone = models.CharField(max_length=64, default="UTC")
+    quota_reset_at = models.DateTimeField(
+        null=True, blank=True, help_text="Last 'reset quota': the ledger counts from here (reconcile)."
+    )
 
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -588,6 +591,10 @@ class APIKey(models.Model):
     window_5h_start = models.DateTimeField(null=True, blank=True)
     window_1d_start = models.DateTimeField(null=True, blank=True)
     window_7d_start = models.DateTimeField(null=True, blank=True)
+    # When an operator last zeroed the counters: reconcile counts the ledger from these on
+    # (docs/jobs.md#reconcile-runs).
+    quota_reset_at = models.DateTimeField(null=True, blank=True)
+    windows_reset_at = models.DateTimeField(null=True, blank=True)
     timezone = models.CharField(
         max_length=64, default="", blank=True, help_text="Empty = settings.TIME_ZONE."
     )
@@ -717,6 +724,10 @@ class Subscription(models.Model):
     daily_window_start = models.DateTimeField(null=True, blank=True)
     weekly_window_start = models.DateTimeField(null=True, blank=True)
     monthly_window_start = models.DateTimeField(null=True, blank=True)
+    # When an operator last reset each window: reconcile counts the ledger from these on.
+    daily_reset_at = models.DateTimeField(null=True, blank=True)
+    weekly_reset_at = models.DateTimeField(null=True, blank=True)
+    monthly_reset_at = models.DateTimeField(null=True, blank=True)
     assigned_by = models.ForeignKey(User, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
     notes = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)

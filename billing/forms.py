@@ -8,6 +8,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
 from accounts.models import APIKey, Group, UpstreamAccount, User
+from billing.models import ReconcileMode, ReconcilePeriod, ReconcileScope
 from billing.selectors import DEFAULT_PERIOD, UsageFilters, period_range
 from channels.pricing import PricingSource
 from common.forms import ConsoleForm
@@ -173,3 +174,37 @@ class UsageFilterForm(ConsoleForm):
             f"{self.fields[name].label if name in self.fields else 'Filters'}: {' '.join(errors)}"
             for name, errors in self.errors.items()
         )
+
+
+class ReconcileFilterForm(ConsoleForm):
+    batch = forms.CharField(
+        label="Batch",
+        required=False,
+        max_length=64,
+        widget=forms.TextInput(attrs={"type": "search", "placeholder": "Batch id"}),
+    )
+    host = forms.ChoiceField(label="Host", required=False, choices=[])
+
+    def __init__(self, data=None, *args, hosts: list[str] = (), **kwargs) -> None:
+        super().__init__(data, *args, **kwargs)
+        self.fields["host"].choices = [("", "Any host"), *((host, host) for host in hosts)]
+
+
+class ReconcileStartForm(ConsoleForm):
+    scope = forms.ChoiceField(
+        label="Scope",
+        choices=[("all", "Everything (one run per scope)"), *ReconcileScope.choices],
+        initial="all",
+    )
+    period = forms.ChoiceField(label="Period", choices=ReconcilePeriod.choices, initial=ReconcilePeriod.ALL)
+    mode = forms.ChoiceField(
+        label="Mode",
+        choices=ReconcileMode.choices,
+        initial=ReconcileMode.DRY_RUN,
+        widget=forms.RadioSelect,
+        help_text="A dry run only reports (operators); a fix moves drifted counters to the ledger's values (admins).",
+    )
+
+    def scopes(self) -> list[str]:
+        scope = self.cleaned_data["scope"]
+        return list(ReconcileScope.values) if scope == "all" else [scope]

@@ -345,3 +345,162 @@ class PendingRequest(models.Model):
 
     def __str__(self) -> str:
         return f"{self.request_id} (key {self.api_key_id}, until {self.lease_expires_at:%H:%M:%S})"
+
+
+# --- Reconcile runs and the carry-forward (docs/jobs.md#reconcile-runs) ------------------------
+
+
+class ReconcileScope(models.TextChoices):
+    KEYS = "keys", "API keys"
+    ACCOUNTS = "accounts", "Upstream accounts"
+    SUBSCRIPTIONS = "subscriptions", "Subscriptions"
+    USERS = "users", "User balances"
+
+
+class ReconcilePeriod(models.TextChoices):
+    """Which entities a run checks: those with ledger rows in the period (or all of them).
+
+    Each checked entity is recomputed over its whole history (carry-forward plus ledger), since a
+    quota or a balance counts every charge since its last reset, not only the period's."""
+
+    DAY = "day", "Used in the last 24 hours"
+    WEEK = "week", "Used in the last 7 days"
+    MONTH = "month", "Used in the last 30 days"
+    ALL = "all", "All"
+
+
+class ReconcileMode(models.TextChoices):
+    DRY_RUN = "dry_run", "Dry run"
+    FIX = "fix", "Fix"
+
+
+class ReconcileStatus(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Running"
+    SUCCEEDED = "succeeded", "Finished"
+    FAILED = "failed", "Failed"
+
+
+ACTIVE_RUN_STATUSES = (ReconcileStatus.QUEUED, ReconcileStatus.RUNNING)
+
+
+class ReconcileRun(models.Model):
+    """One reconcile of one scope: counters recomputed from the ledger, drift reported (and fixed)."""
+
+    batch_id = models.CharField(max_length=64, help_text="Runs started together share a batch.")
+    host_id = models.CharField(max_length=255, help_text="The host that ran it.")
+    scope = models.CharField(max_length=16, choices=ReconcileScope)
+    period = models.CharField(max_length=8, choices=ReconcilePeriod, default=ReconcilePeriod.ALL)
+    mode = models.CharField(max_length=8, choices=ReconcileMode, default=ReconcileMode.DRY_RUN)
+    status = models.CharField(max_length=16, choices=ReconcileStatus, default=ReconcileStatus.QUEUED)
+    started_by = models.ForeignKey(User, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    started_by_label = models.CharField(
+        max_length=255, help_text="A user's email, 'schedule' or 'command' (kept if the user goes)."
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    total = models.PositiveIntegerField(default=0, help_text="Entities to check (the progress bar's end).")
+    checked = models.PositiveIntegerField(default=0)
+    drifted = models.PositiveIntegerField(default=0, help_text="Counters found off the ledger.")
+    fixed = models.PositiveIntegerField(default=0)
+    error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            # Two fix runs of one scope never overlap: the second insert is refused.
+            models.UniqueConstraint(
+                fields=["scope"],
+                condition=Q(mode="fix", status__in=["queued", "running"]),
+                name="reconcile_one_fix_per_scope",
+            ),
+            models.CheckConstraint(
+                condition=Q(checked__lte=models.F("total")) | Q(total=0),
+                name="reconcile_checked_within_total",
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["batch_id", "-created_at"], name="reconcile_batch_idx"),
+            models.Index(fields=["host_id", "-created_at"], name="reconcile_host_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_mode_display()} of {self.scope} ({self.batch_id})"
+
+    @property
+    def progress_percent(self) -> int:
+        if self.status == ReconcileStatus.SUCCEEDED:
+            return 100
+        return int(self.checked * 100 / self.total) if self.total else 0
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in ACTIVE_RUN_STATUSES
+
+
+class ReconcileDiscrepancy(models.Model):
+    """One counter found off the ledger. In a fix run, also the correction record: the counter was
+    moved by `delta` in one conditional UPDATE (`fixed`), and no ledger row was touched."""
+
+    run = models.ForeignKey(ReconcileRun, on_delete=models.CASCADE, related_name="discrepancies")
+    batch_id = models.CharField(max_length=64)
+    host_id = models.CharField(max_length=255)
+    entity_kind = models.CharField(max_length=16, help_text="key, subscription, account or user")
+    entity_id = models.BigIntegerField()
+    entity_label = models.CharField(max_length=255, blank=True)
+    field = models.CharField(max_length=64, help_text="The counter's column.")
+    stored = models.DecimalField(max_digits=20, decimal_places=8)
+    recomputed = models.DecimalField(max_digits=20, decimal_places=8)
+    delta = models.DecimalField(max_digits=20, decimal_places=8, help_text="recomputed − stored")
+    counted_from = models.DateTimeField(
+        null=True, blank=True, help_text="The ledger rows that prove the value start here (None: all)."
+    )
+    counted_until = models.DateTimeField(null=True, blank=True)
+    fixed = models.BooleanField(default=False)
+    fixed_at = models.DateTimeField(null=True, blank=True)
+    note = models.CharField(max_length=255, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["run", "entity_kind", "entity_id", "field"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(delta=models.F("recomputed") - models.F("stored")),
+                name="reconcile_delta_is_difference",
+            ),
+        ]
+        indexes = [models.Index(fields=["batch_id"], name="reconcile_disc_batch_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.entity_kind} {self.entity_id} {self.field}: {self.delta:+}"
+
+
+class UsageCarryForward(models.Model):
+    """What pruned ledger rows added to one counter, so reconcile stays exact after a prune.
+
+    One row per (entity, counter): the counter's state replayed over every pruned row, the same
+    way the charges moved it (docs/jobs.md#prune). `baseline` is the operator reset the state
+    counts from; when the entity's reset time moves on, the state no longer applies."""
+
+    entity_kind = models.CharField(max_length=16)
+    entity_id = models.BigIntegerField()
+    counter = models.CharField(
+        max_length=32, help_text="quota, 5h, 1d, 7d, daily, weekly, monthly, total, balance"
+    )
+    used = models.DecimalField(max_digits=20, decimal_places=8, default=ZERO)
+    window_start = models.DateTimeField(null=True, blank=True)
+    baseline = models.DateTimeField(null=True, blank=True, help_text="The reset time the state counts from.")
+    rows_folded = models.BigIntegerField(default=0)
+    folded_through = models.DateTimeField(help_text="Every pruned row was created before this.")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["entity_kind", "entity_id", "counter"], name="carry_forward_unique"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.entity_kind} {self.entity_id} {self.counter}: {self.used}"

@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from accounts.models import Group, User
 from billing.cost import CostBreakdown, Usage, compute_cost
-from billing.models import UsageLog, UsageRollup
+from billing.models import ReconcileDiscrepancy, ReconcileRun, ReconcileStatus, UsageLog, UsageRollup
 from channels.pricing import BillingMode, ChannelCard, PriceMatch, PricingSource, price_lookup
 from common.money import quantize_usd
 
@@ -280,6 +280,48 @@ def usage_models_seen(*, days: int = 30, now: datetime | None = None, limit: int
     )
     names = {name for triple in triples for name in triple if name}
     return sorted(names)[:limit]
+
+
+# --- Reconcile runs (docs/jobs.md#reconcile-runs) ------------------------------------------------
+
+
+def reconcile_runs(*, batch_id: str = "", host_id: str = "") -> QuerySet:
+    """Runs newest first, narrowed to one batch and/or one host (each walks its own index)."""
+    runs = ReconcileRun.objects.all()
+    if batch_id:
+        runs = runs.filter(batch_id=batch_id)
+    if host_id:
+        runs = runs.filter(host_id=host_id)
+    return runs.order_by("-created_at", "-id")
+
+
+def reconcile_hosts() -> list[str]:
+    return list(ReconcileRun.objects.order_by("host_id").values_list("host_id", flat=True).distinct())
+
+
+def reconcile_batch(*, batch_id: str) -> tuple[list, list]:
+    """A batch's runs (oldest first, as they were started) and every discrepancy they found."""
+    runs = list(ReconcileRun.objects.filter(batch_id=batch_id).order_by("created_at", "id"))
+    discrepancies = list(
+        ReconcileDiscrepancy.objects.filter(batch_id=batch_id).order_by(
+            "run_id", "entity_kind", "entity_id", "field"
+        )
+    )
+    return runs, discrepancies
+
+
+def reconcile_latest_drift():
+    """The newest finished scheduled batch's drift, for the dashboard's warning: (batch id, count)."""
+    latest = (
+        ReconcileRun.objects.filter(started_by_label="schedule", status=ReconcileStatus.SUCCEEDED)
+        .order_by("-created_at")
+        .values_list("batch_id", flat=True)
+        .first()
+    )
+    if latest is None:
+        return None, 0
+    drift = ReconcileRun.objects.filter(batch_id=latest).aggregate(total=Sum("drifted"))["total"] or 0
+    return latest, drift
 
 
 # -- the price preview (docs/pricing.md#price-preview) ----------------------------------------------

@@ -162,3 +162,68 @@ class UsageTable(tables.Table):
 
 def _seconds(ms: int) -> str:
     return f"{ms / 1000:,.2f} s" if ms >= 1000 else f"{ms} ms"
+
+
+class ReconcileRunTable(tables.Table):
+    created_at = tables.Column(verbose_name="Started", attrs={"td": {"class": "text-nowrap small"}})
+    batch_id = tables.Column(verbose_name="Batch", orderable=False)
+    host_id = tables.Column(verbose_name="Host", orderable=False)
+    scope = tables.Column(verbose_name="Scope / mode", orderable=False)
+    status = tables.Column(verbose_name="Status", orderable=False)
+    checked = tables.Column(verbose_name="Checked", attrs=NUM, orderable=False)
+    drifted = tables.Column(verbose_name="Drifted", attrs=NUM, orderable=False)
+    fixed = tables.Column(verbose_name="Fixed", attrs=NUM, orderable=False)
+    started_by_label = tables.Column(verbose_name="By", orderable=False)
+
+    class Meta:
+        fields = ()
+        sequence = (
+            "created_at",
+            "batch_id",
+            "host_id",
+            "scope",
+            "status",
+            "checked",
+            "drifted",
+            "fixed",
+            "started_by_label",
+        )
+        order_by = ("-created_at",)
+        empty_text = "No reconcile run matches these filters"
+        attrs = {"class": "table table-hover table-sm align-middle mb-0", "id": "reconcile-runs"}
+        row_attrs = {"id": lambda record: f"run-{record.pk}"}
+
+    def render_created_at(self, value):
+        return format_html(
+            '<time datetime="{}">{}</time>',
+            value.isoformat(),
+            timezone.localtime(value).strftime("%Y-%m-%d %H:%M"),
+        )
+
+    def render_batch_id(self, value):
+        return format_html(
+            '<a href="{}" class="font-monospace">{}</a>', reverse("reconcile:batch", args=[value]), value
+        )
+
+    def render_scope(self, record):
+        return format_html(
+            '{}<div class="small text-body-secondary">{}</div>',
+            record.get_scope_display(),
+            record.get_mode_display(),
+        )
+
+    def render_status(self, record):
+        level = {"succeeded": "active", "failed": "error", "running": "suspended", "queued": "suspended"}[
+            record.status
+        ]
+        return format_html(
+            '<span class="badge badge-status-{}">{}</span>', level, record.get_status_display()
+        )
+
+    def render_checked(self, record):
+        return f"{intcomma(record.checked)} / {intcomma(record.total)}"
+
+    def render_drifted(self, value):
+        return (
+            format_html('<span class="text-danger fw-semibold">{}</span>', intcomma(value)) if value else "0"
+        )

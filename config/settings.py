@@ -317,6 +317,14 @@ CELERY_TIMEZONE = TIME_ZONE
 CELERY_TASK_IGNORE_RESULT = True
 SCHEDULED_JOBS_ENABLED = bool(REDIS_URL)
 
+# Reconcile and prune (docs/jobs.md#reconcile-runs, docs/jobs.md#prune).
+USAGE_RETENTION_DAYS = envint("USAGE_RETENTION_DAYS", "90")
+# A token scripts send as "Authorization: Bearer …" to read /reconcile/api/ without a session;
+# empty (the default) turns token access off.
+RECONCILE_API_TOKEN = os.getenv("RECONCILE_API_TOKEN", "")
+# The host id every run and correction records; empty means the machine's hostname.
+RECONCILE_HOST_ID = os.getenv("RECONCILE_HOST_ID", "")
+
 # The beat schedule (docs/jobs.md#what-runs): `celery -A config beat` sends these, a worker runs
 # them. Every entry names a registered task (tests/accounts/test_jobs.py). Intervals in seconds.
 JOBS_EXPIRE_EVERY_SECONDS = envint("JOBS_EXPIRE_EVERY_SECONDS", "300")

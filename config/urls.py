@@ -14,6 +14,7 @@ urlpatterns = [
     path("", include("accounts.urls")),
     path("channels/", include("channels.urls")),
     path("usage/", include("billing.urls")),
+    path("reconcile/", include("billing.reconcile_urls")),
 ]
 
 handler400 = "console.views.errors.bad_request"

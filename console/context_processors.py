@@ -14,6 +14,7 @@ CONSOLE_SECTIONS: list[tuple[str, str, str]] = [
     ("channels:channel-list", "Channels", "diagram-3"),
     ("accounts:subscription-list", "Subscriptions", "calendar-check"),
     ("billing:usage-list", "Usage", "receipt"),
+    ("reconcile:run-list", "Reconcile", "clipboard-check"),
 ]
 
 

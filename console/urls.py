@@ -3,7 +3,7 @@ views and settings.LOGIN_URL expect them so."""
 
 from django.urls import path
 
-from console.views import auth, home
+from console.views import auth, home, reconcile_api
 
 urlpatterns = [
     path("", home.dashboard, name="dashboard"),
@@ -13,4 +13,7 @@ urlpatterns = [
     path("password/done/", auth.password_change_done, name="password_change_done"),
     path("sign-in-locks/", auth.sign_in_lock_list, name="sign-in-locks"),
     path("sign-in-locks/<int:pk>/unlock", auth.sign_in_unlock, name="sign-in-unlock"),
+    # JSON for scripts: staff session or the admin token (console/views/reconcile_api.py).
+    path("reconcile/api/runs", reconcile_api.runs, name="reconcile-api-runs"),
+    path("reconcile/api/batches/<str:batch_id>", reconcile_api.batch, name="reconcile-api-batch"),
 ]

@@ -188,8 +188,9 @@ def api_key_quota_reset(*, key_id: int, now: datetime | None = None) -> APIKey:
 
     def change(key: APIKey) -> None:
         key.quota_used_usd = ZERO
+        key.quota_reset_at = current_time()
 
-    return _act(key_id, now, change, fields=["quota_used_usd"])
+    return _act(key_id, now, change, fields=["quota_used_usd", "quota_reset_at"])
 
 
 def api_key_expiration_clear(*, key_id: int, now: datetime | None = None) -> APIKey:
@@ -207,8 +208,9 @@ def api_key_windows_reset(*, key_id: int, now: datetime | None = None) -> APIKey
         for _kind, _label, _limit, used, start in APIKey.WINDOWS:
             setattr(key, used, ZERO)
             setattr(key, start, None)
+        key.windows_reset_at = current_time()
 
-    return _act(key_id, now, change, fields=fields)
+    return _act(key_id, now, change, fields=[*fields, "windows_reset_at"])
 
 
 def api_key_set_enabled(*, key_id: int, enabled: bool, now: datetime | None = None) -> APIKey:

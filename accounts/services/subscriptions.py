@@ -181,7 +181,7 @@ def subscription_windows_reset(*, subscription_id: int, kinds: Iterable[str]) ->
     updates: dict = {}
     for kind, _label, _limit, used, start in Subscription.WINDOWS:
         if kind in kinds:
-            updates |= {used: ZERO, start: None}
+            updates |= {used: ZERO, start: None, f"{kind}_reset_at": current_time()}
     Subscription.objects.filter(pk=subscription_id).update(**updates)
     snapshots_changed(subscription_ids=[subscription_id])
     return Subscription.objects.get(pk=subscription_id)

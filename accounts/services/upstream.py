@@ -248,6 +248,7 @@ def upstream_account_quota_reset(*, account_id: int) -> None:
         quota_daily_start=None,
         quota_weekly_used_usd=Decimal(0),
         quota_weekly_start=None,
+        quota_reset_at=timezone.now(),
         updated_at=timezone.now(),
     )
     snapshots_changed(account_ids=[account_id])

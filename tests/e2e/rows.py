@@ -27,7 +27,8 @@ from accounts.models import (
 from accounts.services.keys import api_key_usage_charge
 from accounts.services.subscriptions import subscription_usage_charge
 from accounts.services.upstream import upstream_account_quota_charge
-from billing.models import UsageLog
+from billing.models import ReconcileRun, UsageLog
+from billing.reconcile import reconcile_run_create, reconcile_run_execute
 from channels.models import Channel
 from tests.factories import (
     APIKeyFactory,
@@ -61,6 +62,7 @@ class ConsoleRows:
     rate: UserGroupRate
     history: BalanceHistory
     sign_in_lock: SignInCounter
+    reconcile_run: ReconcileRun
 
 
 def console_rows() -> ConsoleRows:
@@ -115,7 +117,12 @@ def console_rows() -> ConsoleRows:
         window_ends_at=now + timedelta(minutes=10),
         last_attempt_at=now,
     )
+    # A finished dry run: the counters above were charged without ledger rows, so it finds drift.
+    reconcile_run = reconcile_run_execute(
+        run_id=reconcile_run_create(scope="keys", started_by_label="test").pk
+    )
     return ConsoleRows(
+        reconcile_run=reconcile_run,
         user=user,
         group=group,
         account=account,
@@ -152,7 +159,9 @@ ID_OWNERS = {
 }
 
 
-def _id_for(name: str, kwarg: str, rows: ConsoleRows) -> int:
+def _id_for(name: str, kwarg: str, rows: ConsoleRows) -> int | str:
+    if kwarg == "batch_id":
+        return rows.reconcile_run.batch_id
     if kwarg == "rate_id":
         return rows.rate.pk
     if kwarg == "account_pk":
