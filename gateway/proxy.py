@@ -24,7 +24,7 @@ from gateway.admission import Hold, admit
 from gateway.errors import GatewayError
 from gateway.failover import PASS_ON, RETRY_AND_DISABLE, RETRY_AND_RATE_LIMIT, classify, rate_limited_until
 from gateway.incoming import Route, parse_body, read_body
-from gateway.limits import LocalLimiter
+from gateway.limits import limiter_for
 from gateway.relay import (
     UPSTREAM_ERROR,
     ClientChannel,
@@ -51,8 +51,11 @@ class Proxy:
         self.auth = auth
         self.board = AccountBoard()
         self.sticky = StickySessions(ttl=settings.GATEWAY_STICKY_TTL, size=settings.GATEWAY_STICKY_SIZE)
-        self.limiter = LocalLimiter()
+        self.limiter = limiter_for(db)
         self.recordings: set[asyncio.Task] = set()
+        # Upstream answers being relayed: closed when a drain's time is up (docs/gateway.md#shutdown).
+        self.upstreams: set[aiohttp.ClientResponse] = set()
+        self.cut_by_shutdown = False
         auth.on_accounts_reloaded = self.board.forget
 
     async def handle(
@@ -91,7 +94,7 @@ class Proxy:
         channel = await self.auth.channel(group.id) if group is not None else None
         platform = group.platform if group is not None else protocol
         mapped = channel.map_model(platform=platform, model=model) if channel is not None else model
-        decision = admit(
+        decision = await admit(
             key=key,
             channel=channel,
             now=datetime.now(UTC),
@@ -100,6 +103,7 @@ class Proxy:
             model=model,
             mapped_model=mapped,
             limiter=self.limiter,
+            request_id=request_id,
         )
         if isinstance(decision, GatewayError):
             raise decision
@@ -170,9 +174,17 @@ class Proxy:
             for account in found.accounts:
                 if attempts >= settings.GATEWAY_MAX_ATTEMPTS:
                     break
-                if not self.board.try_acquire(account):
+                if self.cut_by_shutdown:
+                    raise GatewayError(
+                        "SHUTTING_DOWN", "The gateway is shutting down: send the request again."
+                    )
+                account_slot = await self.limiter.take_account(
+                    account_id=account.id, concurrency=account.concurrency, token=request_id
+                )
+                if account_slot is None:
                     busy += 1
                     continue
+                self.board.touch(account.id)
                 attempts += 1
                 try:
                     relayed, meter, upstream_model = await self._attempt(
@@ -213,7 +225,7 @@ class Proxy:
                     logger.info("request %s: the client left before the first byte", request_id)
                     return
                 finally:
-                    self.board.release(account.id)
+                    account_slot.release()
                 self.sticky.put(conversation, account.id)
                 if route.kind != COUNT_TOKENS:
                     self._record(
@@ -310,6 +322,37 @@ class Proxy:
             started=started,
         )
         meter = UsageMeter(kind=route.kind, body=body)
+        self.upstreams.add(response)
+        try:
+            return await self._relay_answer(
+                response=response,
+                meter=meter,
+                client=client,
+                stream=stream,
+                strip=strip,
+                protocol=protocol,
+                request_id=request_id,
+                timeouts=timeouts,
+                started=started,
+                upstream_model=upstream_model,
+            )
+        finally:
+            self.upstreams.discard(response)
+
+    async def _relay_answer(
+        self,
+        *,
+        response: aiohttp.ClientResponse,
+        meter: UsageMeter,
+        client: ClientChannel,
+        stream: bool,
+        strip: bool,
+        protocol: str,
+        request_id: str,
+        timeouts: Timeouts,
+        started: float,
+        upstream_model: str,
+    ) -> tuple[Relayed, UsageMeter, str]:
         if stream:
             first = await read_first_chunk(
                 response=response, client=client, timeouts=timeouts, started=started
@@ -414,10 +457,26 @@ class Proxy:
         self.recordings.add(task)
         task.add_done_callback(self.recordings.discard)
 
+    def cut_upstreams(self) -> int:
+        """A drain's time is up: close every upstream answer still being relayed. Each request
+        ends as a cut stream (its client gets the error event) and is recorded with the usage seen."""
+        self.cut_by_shutdown = True
+        cut = list(self.upstreams)
+        for response in cut:
+            response.close()
+        return len(cut)
+
     async def drain(self, *, timeout: float) -> None:
-        """Wait for the recordings still running (shutdown)."""
-        if self.recordings:
-            await asyncio.wait(set(self.recordings), timeout=timeout)
+        """Wait for the recordings and slot releases still running (shutdown)."""
+        deadline = time.monotonic() + timeout
+        while self.recordings or self.limiter.releasing:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                logger.error(
+                    "shutdown: %d recordings did not finish in %.0f s", len(self.recordings), timeout
+                )
+                return
+            await asyncio.wait({*self.recordings, *self.limiter.releasing}, timeout=remaining)
 
 
 def _upstream_path(route: Route) -> str:

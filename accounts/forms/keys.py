@@ -116,11 +116,15 @@ class APIKeyForm(ConsoleModelForm):
             "rate_limit_5h_usd",
             "rate_limit_1d_usd",
             "rate_limit_7d_usd",
+            "concurrency",
             "timezone",
             "ip_allowlist",
             "ip_denylist",
         ]
-        labels = {"timezone": "Timezone of the 1-day and 7-day windows"}
+        labels = {
+            "timezone": "Timezone of the 1-day and 7-day windows",
+            "concurrency": "Requests in flight",
+        }
         widgets = {
             "group": GroupSelect,
             "timezone": forms.TextInput(attrs={"placeholder": settings.TIME_ZONE}),
