@@ -104,7 +104,7 @@ class Gateway:
         """Refuse new requests; cut what is still relaying after GATEWAY_DRAIN_SECONDS."""
         if self.draining or self.proxy is None:
             return
-        self.draining = True
+        self.draining = self.proxy.draining = True
         logger.warning(
             "draining: refusing new requests, %d upstream answers in flight get %.0f s",
             len(self.proxy.upstreams),

@@ -56,6 +56,7 @@ class Proxy:
         # Upstream answers being relayed: closed when a drain's time is up (docs/gateway.md#shutdown).
         self.upstreams: set[aiohttp.ClientResponse] = set()
         self.cut_by_shutdown = False
+        self.draining = False  # SIGTERM: a request whose body arrives now is not started
         auth.on_accounts_reloaded = self.board.forget
 
     async def handle(
@@ -88,6 +89,12 @@ class Proxy:
             )
             return
         raw = await read_body(receive, headers, settings.GATEWAY_MAX_BODY_BYTES)
+        if self.draining:
+            raise GatewayError(
+                "SHUTTING_DOWN",
+                "This gateway process is shutting down: send the request again.",
+                retry_after=1,
+            )
         body = parse_body(raw)
         model = body["model"]
         group = key.group
