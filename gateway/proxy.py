@@ -3,7 +3,8 @@
     snapshot (cached) → admit (checks 3–15) → candidates → for each: call upstream → relay → record
 
 The hot path for a cached key makes no database query and no thread hop before the upstream
-call: snapshots come from the in-process cache, slots and account state live in this process.
+call: snapshots come from the in-process cache, slots from Redis (gateway.limits; without Redis
+the database store takes them on a database thread).
 The one database transaction per request is the recording, after the response.
 """
 
