@@ -38,6 +38,7 @@ from gateway.incoming import ROUTES, header_map, presented_key, protocol_for, re
 from gateway.logs import install_access_log_redaction
 
 logger = logging.getLogger("gateway")
+shutdown_logger = logging.getLogger("gateway.shutdown")  # about the process, not one request
 
 
 def new_request_id() -> str:
@@ -115,7 +116,7 @@ class Gateway:
         if self.draining or self.proxy is None:
             return
         self.draining = self.proxy.draining = True
-        logger.warning(
+        shutdown_logger.warning(
             "draining: refusing new requests, %d upstream answers in flight get %.0f s",
             len(self.proxy.upstreams),
             settings.GATEWAY_DRAIN_SECONDS,
@@ -124,7 +125,7 @@ class Gateway:
 
     def _drain_time_up(self) -> None:
         if self.proxy is not None and (cut := self.proxy.cut_upstreams()):
-            logger.warning("draining: cut %d upstream answers still running", cut)
+            shutdown_logger.warning("draining: cut %d upstream answers still running", cut)
 
     async def shutdown(self) -> None:
         if not self.started:

@@ -496,8 +496,8 @@ class Proxy:
         while self.recordings or self.limiter.releasing:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                logger.error(
-                    "shutdown: %d recordings did not finish in %.0f s", len(self.recordings), timeout
+                logging.getLogger("gateway.shutdown").error(
+                    "%d recordings did not finish in %.0f s", len(self.recordings), timeout
                 )
                 return
             await asyncio.wait({*self.recordings, *self.limiter.releasing}, timeout=remaining)
