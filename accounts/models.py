@@ -585,6 +585,9 @@ class APIKey(models.Model):
     rate_limit_5h_usd = money_field()
     rate_limit_1d_usd = money_field()
     rate_limit_7d_usd = money_field()
+    concurrency = models.PositiveIntegerField(
+        default=0, help_text="Requests in flight at once with this key; 0 = no limit."
+    )
     usage_5h_usd = money_field()
     usage_1d_usd = money_field()
     usage_7d_usd = money_field()

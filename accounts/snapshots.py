@@ -226,7 +226,7 @@ class SubscriptionSnapshot:
 class KeySnapshot(JSONSnapshot):
     """An API key with everything admission and charging read about it, its user and its group."""
 
-    SCHEMA: ClassVar[int] = 1
+    SCHEMA: ClassVar[int] = 2  # 2: concurrency
 
     id: int
     key_hash: str
@@ -242,6 +242,7 @@ class KeySnapshot(JSONSnapshot):
     rate_limit_5h_usd: Decimal  # 0 = no limit
     rate_limit_1d_usd: Decimal
     rate_limit_7d_usd: Decimal
+    concurrency: int  # requests in flight with this key; 0 = no limit
     usage_5h_usd: Decimal
     usage_1d_usd: Decimal
     usage_7d_usd: Decimal
@@ -273,6 +274,7 @@ _KEY_FIELDS = (
     "rate_limit_5h_usd",
     "rate_limit_1d_usd",
     "rate_limit_7d_usd",
+    "concurrency",
     "usage_5h_usd",
     "usage_1d_usd",
     "usage_7d_usd",

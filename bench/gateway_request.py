@@ -1,7 +1,8 @@
 """What one gateway request costs: CPU time in the gateway process, added latency, database work.
 
     DATABASE_URL=postgres://… .venv/bin/python -m bench.gateway_request [--requests 2000]
-    (make bench-gateway-request)
+    (make bench-gateway-request; with REDIS_URL set the gateway uses Redis as production does,
+    and GATEWAY_LIMITS chooses where its slots live)
 
 In a scratch database: one OpenAI and one Anthropic group with a key each and an account pointed
 at the fake upstream. The gateway runs as production runs it (uvicorn, one worker, config.asgi,
@@ -30,6 +31,7 @@ from bench.common import ROOT, machine, scratch_database, setup_django
 from bench.fake_upstream import cpu_seconds, drive, request_bytes
 
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "Say hello to the toll gate."}]}
+LIMIT = 1000  # requests in flight allowed to the user, the key and the account
 MESSAGE = {"model": "claude-haiku-4-5", "max_tokens": 1024, "messages": CHAT["messages"]}
 
 
@@ -53,18 +55,25 @@ def tenants(upstream_url: str) -> tuple[str, str]:
     from accounts.services.upstream import upstream_account_create
 
     user = User.objects.create_user(email="bench@example.com", password=None, balance=Decimal("1000000"))
-    User.objects.filter(pk=user.pk).update(concurrency=0)
+    # Limits on but never reached: every request takes a user, a key and an account slot
+    # (docs/gateway.md#shared-limits), so their cost is in the figures.
+    User.objects.filter(pk=user.pk).update(concurrency=LIMIT)
     user.refresh_from_db()
     secrets = []
     for platform in ("openai", "anthropic"):
         group = group_create(fields={"name": f"bench-{platform}", "platform": platform}, actor=None)
         account = upstream_account_create(
-            fields={"name": f"bench-{platform}", "platform": platform, "type": "apikey", "concurrency": 0},
+            fields={
+                "name": f"bench-{platform}",
+                "platform": platform,
+                "type": "apikey",
+                "concurrency": LIMIT,
+            },
             credentials={"api_key": "sk-bench-upstream", "base_url": upstream_url},
             actor=None,
         )
         GroupAccount.objects.create(group=group, account=account)
-        secrets.append(api_key_create(user=user, group=group, name=f"bench-{platform}")[1])
+        secrets.append(api_key_create(user=user, group=group, name=f"bench-{platform}", concurrency=LIMIT)[1])
     return secrets[0], secrets[1]
 
 
@@ -95,7 +104,6 @@ def start_gateway(database: str, port: int) -> subprocess.Popen:
     db = settings.DATABASES["default"]
     url = f"postgres://{db['USER']}:{db['PASSWORD']}@{db['HOST']}:{db['PORT']}/{database}"
     env = {**os.environ, "DATABASE_URL": url, "LOG_LEVEL": "WARNING", "DEBUG": "false", "ALLOWED_HOSTS": "*"}
-    env.pop("REDIS_URL", None)
     return subprocess.Popen(
         [
             sys.executable,
@@ -181,6 +189,10 @@ def main() -> None:
 
     with scratch_database() as database, running_fake_upstream() as upstream:
         print(machine())
+        store = os.environ.get("GATEWAY_LIMITS") or ("redis" if os.environ.get("REDIS_URL") else "database")
+        print(
+            f"limits store: {store} (GATEWAY_LIMITS; REDIS_URL {'set' if os.environ.get('REDIS_URL') else 'unset'})"
+        )
         openai_key, anthropic_key = tenants(upstream.url)
         port = 18000 + os.getpid() % 1000
         gateway = start_gateway(database, port)

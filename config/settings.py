@@ -300,6 +300,14 @@ GATEWAY_SHUTDOWN_SECONDS = envfloat("GATEWAY_SHUTDOWN_SECONDS", "30")
 # live request never outlasts the total timeout; the margin covers its recording).
 GATEWAY_DEFAULT_OUTPUT_TOKENS = envint("GATEWAY_DEFAULT_OUTPUT_TOKENS", "1024")
 GATEWAY_HOLD_LEASE_SECONDS = envfloat("GATEWAY_HOLD_LEASE_SECONDS", str(GATEWAY_TOTAL_TIMEOUT + 60))
+# SIGTERM: how long requests in flight may still run before their upstream is cut (then recorded
+# as cut); new requests meanwhile get 503 SHUTTING_DOWN (docs/gateway.md#shutdown).
+GATEWAY_DRAIN_SECONDS = envfloat("GATEWAY_DRAIN_SECONDS", "60")
+# Where slots and RPM windows live (docs/gateway.md#shared-limits): "redis" (default with
+# REDIS_URL), "database" (default without), or "process" (this process only: one worker).
+GATEWAY_LIMITS = os.getenv("GATEWAY_LIMITS", "")
+# How long a concurrency slot stays taken if its process dies; 0 = GATEWAY_TOTAL_TIMEOUT + 60.
+GATEWAY_SLOT_LEASE_SECONDS = envfloat("GATEWAY_SLOT_LEASE_SECONDS", "0")
 # Where accounts without a base URL of their own send requests (OAuth and setup-token accounts
 # always): the providers' official endpoints; `make run` points both at the fake upstream.
 GATEWAY_OPENAI_BASE_URL = os.getenv("GATEWAY_OPENAI_BASE_URL", "https://api.openai.com")

@@ -1,9 +1,9 @@
 """The seam between the relay and the limits: `admit` a request, `settle` it when it is over.
 
 Issue 12: `admit` runs the checks in docs/gateway.md order over the cached snapshots (checks 3 to
-13), takes a user slot and an RPM mark (check 14) and applies restrict_models (check 15); it
-answers a `Hold` or the refusal. `Hold.release` gives the slot back; recording happens after the
-response (gateway.recorder). Issue 13 swaps this module for holds that are exact across
+13), takes the user's and the key's slots and the RPM marks (check 14, shared by every process:
+gateway.limits) and applies restrict_models (check 15); it answers a `Hold` or the refusal.
+`Hold.release` gives the slots back; recording happens after the response (gateway.recorder). Issue 13 swaps this module for holds that are exact across
 processes (reserve an estimate against every limit, settle it to the real cost in the recording
 transaction) without touching the relay: the relay only ever calls `admit` and `Hold.release`.
 """
@@ -16,7 +16,7 @@ from typing import Any
 
 from gateway.checks import key_refusal, model_refusal
 from gateway.errors import GatewayError
-from gateway.limits import LocalLimiter, Slot
+from gateway.limits import Limiter, Slot
 
 
 @dataclass(slots=True)
@@ -40,7 +40,7 @@ class Hold:
             self.slot.release()
 
 
-def admit(
+async def admit(
     *,
     key: Any,
     channel: Any,
@@ -49,22 +49,16 @@ def admit(
     protocol: str,
     model: str,
     mapped_model: str,
-    limiter: LocalLimiter,
+    limiter: Limiter,
+    request_id: str,
 ) -> Hold | GatewayError:
     refusal = key_refusal(key, now=now, client_ip=client_ip, protocol=protocol)
     if refusal is not None:
         return refusal
-    group, user = key.group, key.user
-    slot = limiter.admit(
-        user_id=user.id,
-        concurrency=user.concurrency,
-        user_rpm=user.rpm_limit,
-        group_id=group.id,
-        group_rpm=group.rpm_limit,
-    )
+    slot = await limiter.admit(key=key, token=request_id)
     if isinstance(slot, GatewayError):
         return slot
-    refusal = model_refusal(channel, platform=group.platform, model=model, mapped_model=mapped_model)
+    refusal = model_refusal(channel, platform=key.group.platform, model=model, mapped_model=mapped_model)
     if refusal is not None:
         slot.release()
         return refusal

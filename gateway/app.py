@@ -7,10 +7,15 @@ every /v1/ path and the ASGI `lifespan`, which starts and stops what one process
 - the upstream HTTP client (aiohttp, pooled connections, the four timeouts of settings);
 - the database threads (`GATEWAY_DB_THREADS`): the ORM never runs on the event loop;
 - the snapshot cache and, with `REDIS_URL`, its pub/sub listener (gateway.auth);
+- the shared limits' store (gateway.limits: Redis, the database, or this process);
 - the recorder thread (`GATEWAY_RECORD_BATCH_SIZE`, `GATEWAY_RECORD_BATCH_WAIT_MS`), which records
   finished requests in batches on its own connection;
 - the recordings still running, which shutdown waits for;
 - at start-up, recovery of the pending records a dead process left (gateway.recovery).
+
+On SIGTERM the process drains (docs/gateway.md#shutdown): new gateway requests get 503
+`SHUTTING_DOWN`, requests in flight run on for up to `GATEWAY_DRAIN_SECONDS` (then their upstream
+is cut and they are recorded as cut), and shutdown waits for every recording.
 
 It also answers `GET /metrics` (gateway.metrics): every request is counted there once its answer
 is over, and every log line about it carries its request id (common.logs).
@@ -23,6 +28,8 @@ import logging
 import os
 import random
 import secrets
+import signal
+import threading
 import time
 
 import aiohttp
@@ -36,6 +43,7 @@ from gateway.incoming import ROUTES, header_map, presented_key, protocol_for, re
 from gateway.logs import install_access_log_redaction
 
 logger = logging.getLogger("gateway")
+shutdown_logger = logging.getLogger("gateway.shutdown")  # about the process, not one request
 
 
 # Request ids need to be unique, not secret: 96 bits from a generator seeded once per process
@@ -57,6 +65,7 @@ class Gateway:
         self.auth = None
         self.proxy = None
         self.started = False
+        self.draining = False
         self._starting: asyncio.Lock | None = None
         self._warming: asyncio.Future | None = None
         install_access_log_redaction()
@@ -102,6 +111,8 @@ class Gateway:
                 size=settings.GATEWAY_RECORD_BATCH_SIZE, wait=settings.GATEWAY_RECORD_BATCH_WAIT_MS / 1000
             )
             self.proxy = Proxy(session=self.session, db=self.db, auth=self.auth, recorder=recorder)
+            self.draining = False
+            self._hear_sigterm()
             metrics.start()
             self.started = True
             if self.proxy.holds:
@@ -120,11 +131,45 @@ class Gateway:
         if recovered:
             logger.warning("recovered %s pending records a stopped gateway process left", recovered)
 
+    def _hear_sigterm(self) -> None:
+        """Start draining on SIGTERM, then let the server's own handler do its part (uvicorn: stop
+        listening, wait for the connections in flight, then the lifespan shutdown)."""
+        if threading.current_thread() is not threading.main_thread():
+            return  # a server run in a thread (tests): it stops through its lifespan only
+        previous = signal.getsignal(signal.SIGTERM)
+        if not callable(previous):
+            return  # no server handler to hand on to: leave SIGTERM as it is
+        loop = asyncio.get_running_loop()
+
+        def on_sigterm(signum, frame) -> None:
+            loop.call_soon_threadsafe(self.begin_drain)
+            previous(signum, frame)
+
+        signal.signal(signal.SIGTERM, on_sigterm)
+
+    def begin_drain(self) -> None:
+        """Refuse new requests; cut what is still relaying after GATEWAY_DRAIN_SECONDS."""
+        if self.draining or self.proxy is None:
+            return
+        self.draining = self.proxy.draining = True
+        shutdown_logger.warning(
+            "draining: refusing new requests, %d upstream answers in flight get %.0f s",
+            len(self.proxy.upstreams),
+            settings.GATEWAY_DRAIN_SECONDS,
+        )
+        asyncio.get_running_loop().call_later(settings.GATEWAY_DRAIN_SECONDS, self._drain_time_up)
+
+    def _drain_time_up(self) -> None:
+        if self.proxy is not None and (cut := self.proxy.cut_upstreams()):
+            shutdown_logger.warning("draining: cut %d upstream answers still running", cut)
+
     async def shutdown(self) -> None:
         if not self.started:
             return
+        self.draining = True
         self.started = False
         await self.proxy.drain(timeout=settings.GATEWAY_SHUTDOWN_SECONDS)
+        await self.proxy.limiter.close()
         await self.auth.stop()
         await self.session.close()
         await asyncio.get_running_loop().run_in_executor(None, self.proxy.recorder.stop)
@@ -156,7 +201,7 @@ class Gateway:
             return
         if scope["type"] != "http":
             return
-        if not self.started:
+        if not self.started and not self.draining:
             # A server run without lifespan (or a test client): start on the first request.
             await self.startup()
         started = time.monotonic()
@@ -180,6 +225,12 @@ class Gateway:
         headers = header_map(scope)
         protocol = protocol_for(route, headers)
         try:
+            if self.draining:
+                raise GatewayError(
+                    "SHUTTING_DOWN",
+                    "This gateway process is shutting down: send the request again.",
+                    retry_after=1,
+                )
             refuse_key_in_query(scope.get("query_string", b""))
             if route is None:
                 raise GatewayError("NOT_FOUND", f"There is no endpoint {scope['path']}.")

@@ -70,6 +70,9 @@ CODES: dict[str, Code] = {
     "USER_CONCURRENCY_EXCEEDED": Code(
         429, "rate_limit_error", "rate_limit_error", "the user's limit of requests in flight"
     ),
+    "API_KEY_CONCURRENCY_EXCEEDED": Code(
+        429, "rate_limit_error", "rate_limit_error", "the key's limit of requests in flight"
+    ),
     "MODEL_NOT_ALLOWED": Code(
         404,
         "invalid_request_error",
@@ -121,6 +124,12 @@ CODES: dict[str, Code] = {
         "the upstream failed after the answer had started (sent as a stream event)",
     ),
     "INTERNAL_ERROR": Code(500, "server_error", "api_error", "a fault in the gateway itself"),
+    "SHUTTING_DOWN": Code(
+        503,
+        "server_error",
+        "overloaded_error",
+        "this gateway process is draining after SIGTERM: retry (another process will answer)",
+    ),
 }
 
 

@@ -2,10 +2,11 @@
 
     snapshot (cached) → admit (checks 3–15) → candidates → for each: call upstream → relay → record
 
-The hot path for a cached key loads nothing from the database: snapshots come from the
-in-process cache, slots and account state live in this process. Its one database transaction
-before the upstream call is the hold (gateway.holds, docs/gateway.md#holds-and-settle); the
-recording after the response settles it.
+The hot path for a cached key loads nothing from the database before the hold: snapshots come
+from the in-process cache, slots from Redis (gateway.limits; without Redis the database store
+takes them on a database thread). Its one database transaction before the upstream call is the
+hold (gateway.holds, docs/gateway.md#holds-and-settle); the recording after the response settles
+it.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from gateway.admission import Hold, admit
 from gateway.errors import GatewayError
 from gateway.failover import PASS_ON, RETRY_AND_DISABLE, RETRY_AND_RATE_LIMIT, classify, rate_limited_until
 from gateway.incoming import Route, parse_body, read_body
-from gateway.limits import LocalLimiter
+from gateway.limits import limiter_for
 from gateway.logs import hide_credentials
 from gateway.relay import (
     UPSTREAM_CUT,
@@ -58,9 +59,13 @@ class Proxy:
         self.auth = auth
         self.board = AccountBoard()
         self.sticky = StickySessions(ttl=settings.GATEWAY_STICKY_TTL, size=settings.GATEWAY_STICKY_SIZE)
-        self.limiter = LocalLimiter()
+        self.limiter = limiter_for(db)
         self.recordings: set[asyncio.Task] = set()
         self.holds = holds_supported()
+        # Upstream answers being relayed: closed when a drain's time is up (docs/gateway.md#shutdown).
+        self.upstreams: set[aiohttp.ClientResponse] = set()
+        self.cut_by_shutdown = False
+        self.draining = False  # SIGTERM: a request whose body arrives now is not started
         auth.on_accounts_reloaded = self.board.forget
 
     async def handle(
@@ -93,13 +98,19 @@ class Proxy:
             )
             return
         raw = await read_body(receive, headers, settings.GATEWAY_MAX_BODY_BYTES)
+        if self.draining:
+            raise GatewayError(
+                "SHUTTING_DOWN",
+                "This gateway process is shutting down: send the request again.",
+                retry_after=1,
+            )
         body = parse_body(raw)
         model = body["model"]
         group = key.group
         channel = await self.auth.channel(group.id) if group is not None else None
         platform = group.platform if group is not None else protocol
         mapped = channel.map_model(platform=platform, model=model) if channel is not None else model
-        decision = admit(
+        decision = await admit(
             key=key,
             channel=channel,
             now=datetime.now(UTC),
@@ -108,6 +119,7 @@ class Proxy:
             model=model,
             mapped_model=mapped,
             limiter=self.limiter,
+            request_id=request_id,
         )
         if isinstance(decision, GatewayError):
             raise decision
@@ -196,9 +208,17 @@ class Proxy:
             for account in accounts_to_try:
                 if attempts >= settings.GATEWAY_MAX_ATTEMPTS:
                     break
-                if not self.board.try_acquire(account):
+                if self.cut_by_shutdown:
+                    raise GatewayError(
+                        "SHUTTING_DOWN", "The gateway is shutting down: send the request again."
+                    )
+                account_slot = await self.limiter.take_account(
+                    account_id=account.id, concurrency=account.concurrency, token=request_id
+                )
+                if account_slot is None:
                     busy += 1
                     continue
+                self.board.touch(account.id)
                 attempts += 1
                 if last is not None:
                     metrics.failed_over(last[0].id)
@@ -242,7 +262,7 @@ class Proxy:
                     logger.info("request %s: the client left before the first byte", request_id)
                     return
                 finally:
-                    self.board.release(account.id)
+                    account_slot.release()
                 self.sticky.put(conversation, account.id)
                 if route.kind != COUNT_TOKENS:
                     self._record(
@@ -376,6 +396,37 @@ class Proxy:
             started=started,
         )
         meter = UsageMeter(kind=route.kind, body=body)
+        self.upstreams.add(response)
+        try:
+            return await self._relay_answer(
+                response=response,
+                meter=meter,
+                client=client,
+                stream=stream,
+                strip=strip,
+                protocol=protocol,
+                request_id=request_id,
+                timeouts=timeouts,
+                started=started,
+                upstream_model=upstream_model,
+            )
+        finally:
+            self.upstreams.discard(response)
+
+    async def _relay_answer(
+        self,
+        *,
+        response: aiohttp.ClientResponse,
+        meter: UsageMeter,
+        client: ClientChannel,
+        stream: bool,
+        strip: bool,
+        protocol: str,
+        request_id: str,
+        timeouts: Timeouts,
+        started: float,
+        upstream_model: str,
+    ) -> tuple[Relayed, UsageMeter, str]:
         if stream:
             first = await read_first_chunk(
                 response=response, client=client, timeouts=timeouts, started=started
@@ -489,10 +540,26 @@ class Proxy:
         self.recordings.add(task)
         task.add_done_callback(self.recordings.discard)
 
+    def cut_upstreams(self) -> int:
+        """A drain's time is up: close every upstream answer still being relayed. Each request
+        ends as a cut stream (its client gets the error event) and is recorded with the usage seen."""
+        self.cut_by_shutdown = True
+        cut = list(self.upstreams)
+        for response in cut:
+            response.close()
+        return len(cut)
+
     async def drain(self, *, timeout: float) -> None:
-        """Wait for the recordings still running (shutdown)."""
-        if self.recordings:
-            await asyncio.wait(set(self.recordings), timeout=timeout)
+        """Wait for the recordings and slot releases still running (shutdown)."""
+        deadline = time.monotonic() + timeout
+        while self.recordings or self.limiter.releasing:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                logging.getLogger("gateway.shutdown").error(
+                    "%d recordings did not finish in %.0f s", len(self.recordings), timeout
+                )
+                return
+            await asyncio.wait({*self.recordings, *self.limiter.releasing}, timeout=remaining)
 
 
 def _upstream_path(route: Route) -> str:

@@ -1,12 +1,10 @@
 """Choosing the upstream account for a request (docs/gateway.md#account-choice).
 
 `candidates` is a pure function over the group's members, their account snapshots, the model and
-this process's view of each account (slots in use, last use, fresh rate-limit marks): the
-usable accounts that serve the model, in the order to try them. `AccountBoard` keeps that view
-for one process; `StickySessions` remembers which account served a conversation.
-
-Slots and last use are per process in this issue; issue 13 moves slots to a store every process
-shares (docs/gateway.md#holds-and-settle).
+this process's view of each account (last use, fresh rate-limit marks): the usable accounts that
+serve the model, in the order to try them. `AccountBoard` keeps that view for one process;
+`StickySessions` remembers which account served a conversation. An account's concurrency slots
+are shared by every process (gateway.limits): a full account is skipped when it is its turn.
 """
 
 from __future__ import annotations
@@ -72,27 +70,15 @@ def is_usable(account: AccountLike, now: datetime, *, rate_limited_until: dateti
 
 @dataclass(slots=True)
 class AccountBoard:
-    """This process's live view of the accounts: slots in use, last use, marks not yet reloaded."""
+    """This process's live view of the accounts: last use, marks not yet reloaded. (Their slots are
+    shared by every process: gateway.limits.)"""
 
-    in_use: dict[int, int] = field(default_factory=dict)
     last_used: dict[int, float] = field(default_factory=dict)
     rate_limited_until: dict[int, datetime] = field(default_factory=dict)
     disabled: set[int] = field(default_factory=set)
 
-    def try_acquire(self, account: AccountLike) -> bool:
-        used = self.in_use.get(account.id, 0)
-        if account.concurrency and used >= account.concurrency:
-            return False
-        self.in_use[account.id] = used + 1
-        self.last_used[account.id] = time.monotonic()
-        return True
-
-    def release(self, account_id: int) -> None:
-        used = self.in_use.get(account_id, 0)
-        if used <= 1:
-            self.in_use.pop(account_id, None)
-        else:
-            self.in_use[account_id] = used - 1
+    def touch(self, account_id: int) -> None:
+        self.last_used[account_id] = time.monotonic()
 
     def mark_rate_limited(self, account_id: int, until: datetime) -> None:
         self.rate_limited_until[account_id] = until

@@ -157,6 +157,7 @@ def usage_payload(key: Any, now: datetime) -> dict:
             "quota_used_usd": _money(key.quota_used_usd),
             "quota_remaining_usd": _money(max(quota - key.quota_used_usd, Decimal(0))) if quota > 0 else None,
             "windows": key_windows,
+            "concurrency": key.concurrency or None,
         },
         "group": None
         if group is None

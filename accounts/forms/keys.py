@@ -92,6 +92,14 @@ class APIKeyForm(ConsoleModelForm):
     rate_limit_5h_usd = MoneyField(label="5-hour limit (USD)", min_value=0, initial=0)
     rate_limit_1d_usd = MoneyField(label="1-day limit (USD)", min_value=0, initial=0)
     rate_limit_7d_usd = MoneyField(label="7-day limit (USD)", min_value=0, initial=0)
+    concurrency = forms.IntegerField(
+        label="Requests in flight",
+        min_value=0,
+        required=False,
+        initial=0,
+        help_text="How many requests this key may have running at once, across every gateway process. "
+        "0 or empty = no limit of its own (the user's limit still applies).",
+    )
     expires_at = forms.DateTimeField(
         required=False,
         widget=forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M"),
@@ -116,6 +124,7 @@ class APIKeyForm(ConsoleModelForm):
             "rate_limit_5h_usd",
             "rate_limit_1d_usd",
             "rate_limit_7d_usd",
+            "concurrency",
             "timezone",
             "ip_allowlist",
             "ip_denylist",
@@ -183,6 +192,9 @@ class APIKeyForm(ConsoleModelForm):
     @property
     def unavailable_groups(self) -> list[GroupChoice]:
         return [choice for choice in self.group_choices if choice.problem]
+
+    def clean_concurrency(self) -> int:
+        return self.cleaned_data.get("concurrency") or 0
 
     def clean_expires_at(self) -> datetime | None:
         expires_at = self.cleaned_data.get("expires_at")

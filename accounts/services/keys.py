@@ -54,6 +54,7 @@ CONFIG_FIELDS = (
     "rate_limit_5h_usd",
     "rate_limit_1d_usd",
     "rate_limit_7d_usd",
+    "concurrency",
     "ip_allowlist",
     "ip_denylist",
     "timezone",
@@ -76,6 +77,8 @@ def _validate(key: APIKey, *, check_group: bool, now: datetime) -> None:
             errors[field] = "Enter 0 (no limit) or a positive amount."
         else:
             setattr(key, field, quantize_usd(value))
+    if key.concurrency is None or key.concurrency < 0:
+        errors["concurrency"] = "Enter 0 (no limit) or a positive number of requests."
     if key.timezone:
         try:
             ZoneInfo(key.timezone)
@@ -109,6 +112,7 @@ def api_key_create(
     rate_limit_5h_usd: Decimal = ZERO,
     rate_limit_1d_usd: Decimal = ZERO,
     rate_limit_7d_usd: Decimal = ZERO,
+    concurrency: int = 0,
     ip_allowlist: Iterable[str] = (),
     ip_denylist: Iterable[str] = (),
     timezone: str = "",
@@ -125,6 +129,7 @@ def api_key_create(
         rate_limit_5h_usd=rate_limit_5h_usd,
         rate_limit_1d_usd=rate_limit_1d_usd,
         rate_limit_7d_usd=rate_limit_7d_usd,
+        concurrency=concurrency,
         ip_allowlist=list(ip_allowlist),
         ip_denylist=list(ip_denylist),
         timezone=timezone.strip(),

@@ -25,6 +25,7 @@ from accounts.services.keys import (
     api_key_usage_charge,
     api_key_windows_reset,
 )
+from accounts.snapshots import key_snapshot_load
 from tests.factories import (
     APIKeyFactory,
     GroupFactory,
@@ -124,6 +125,21 @@ def test_a_bound_key_keeps_its_group_when_edited_after_the_subscription_lapsed()
     api_key_update(key=key, fields={"name": "renamed", "group": group})
     key.refresh_from_db()
     assert (key.name, key.group) == ("renamed", group)
+
+
+def test_the_key_form_saves_a_concurrency_limit_and_refuses_a_negative_one(staff_client):
+    user = UserFactory()
+    response = staff_client.post("/keys/new", form_data(user, concurrency="-1"))
+    assert "Ensure this value is greater than or equal to 0." in response.content.decode()
+    assert 'value="-1"' in response.content.decode()  # re-rendered with what was typed
+    assert not APIKey.objects.exists()
+    staff_client.post("/keys/new", form_data(user, concurrency="4"))
+    key = APIKey.objects.get()
+    assert key.concurrency == 4
+    assert key_snapshot_load(key.key_hash).concurrency == 4
+    staff_client.post(f"/keys/{key.pk}/", form_data(user, concurrency=""))
+    key.refresh_from_db()
+    assert key.concurrency == 0  # empty: no limit of its own
 
 
 def test_the_owner_of_a_key_never_changes(staff_client):

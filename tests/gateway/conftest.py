@@ -76,10 +76,11 @@ def gateway_server(django_db_setup) -> Iterator[ThreadedServer]:
 @pytest.fixture
 def gateway_url(gateway_server, transactional_db) -> Iterator[str]:
     yield gateway_server.url
-    # Recordings finish just after their response: let them, before the test's rows are flushed.
+    # Recordings (and slot releases) finish just after their response: let them, before the test's
+    # rows are flushed.
     proxy = gateway_app().proxy
     deadline = time.monotonic() + 15
-    while proxy.recordings and time.monotonic() < deadline:
+    while (proxy.recordings or proxy.limiter.releasing) and time.monotonic() < deadline:
         time.sleep(0.01)
 
 

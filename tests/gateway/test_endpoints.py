@@ -163,7 +163,12 @@ def test_usage_shows_the_keys_quota_windows_expiry_and_balance(fake_upstream, ga
     tenant = make_tenant(
         fake_upstream,
         platform="openai",
-        key_fields={"quota_usd": Decimal("5"), "rate_limit_5h_usd": Decimal("2"), "expires_at": expires},
+        key_fields={
+            "quota_usd": Decimal("5"),
+            "rate_limit_5h_usd": Decimal("2"),
+            "expires_at": expires,
+            "concurrency": 4,
+        },
     )
     openai_sdk(gateway_url, tenant.secret).chat.completions.create(**CHAT)
     (row,) = ledger_rows(1)
@@ -182,6 +187,7 @@ def test_usage_shows_the_keys_quota_windows_expiry_and_balance(fake_upstream, ga
     )
     assert five_hours["resets_at"] is not None
     assert usage["key"]["windows"][1]["limit_usd"] is None
+    assert usage["key"]["concurrency"] == 4
     assert Decimal(usage["balance_usd"]) == Decimal("10") - row.actual_cost
     assert usage["subscription"] is None
 

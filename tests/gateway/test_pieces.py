@@ -19,7 +19,6 @@ from gateway.failover import (
     rate_limited_until,
 )
 from gateway.incoming import presented_key, refuse_key_in_query
-from gateway.limits import LocalLimiter
 from gateway.logs import RedactQueryStrings
 from gateway.scheduling import (
     AccountBoard,
@@ -387,15 +386,6 @@ def test_bedrock_accounts_are_counted_but_not_tried():
     assert found.accounts == () and found.unsupported == 1
 
 
-def test_a_full_account_takes_no_more_requests_until_one_ends():
-    board = AccountBoard()
-    busy = account(1, concurrency=2)
-    assert board.try_acquire(busy) and board.try_acquire(busy)
-    assert not board.try_acquire(busy)
-    board.release(1)
-    assert board.try_acquire(busy)
-
-
 def test_account_models_and_mapping():
     mapped = account(
         1, supported_models=("gpt-4o", "o3-*"), model_mapping={"gpt-4o": "gpt-4o-2024-11-20", "o3-*": "o3"}
@@ -428,31 +418,6 @@ def test_sticky_sessions_are_bounded():
     expired = StickySessions(ttl=0, size=2)
     expired.put("a", 1)
     assert expired.get("a") is None
-
-
-# --- Check 14 --------------------------------------------------------------------------------------
-
-
-def test_the_user_concurrency_limit_frees_a_slot_on_release():
-    limiter = LocalLimiter()
-    first = limiter.admit(user_id=1, concurrency=1, user_rpm=0, group_id=1, group_rpm=0)
-    refused = limiter.admit(user_id=1, concurrency=1, user_rpm=0, group_id=1, group_rpm=0)
-    assert isinstance(refused, GatewayError) and refused.code == "USER_CONCURRENCY_EXCEEDED"
-    first.release()
-    first.release()  # twice is harmless
-    assert not isinstance(
-        limiter.admit(user_id=1, concurrency=1, user_rpm=0, group_id=1, group_rpm=0), GatewayError
-    )
-
-
-def test_the_rpm_limit_says_when_to_retry():
-    limiter = LocalLimiter()
-    for _ in range(2):
-        limiter.admit(user_id=1, concurrency=0, user_rpm=2, group_id=1, group_rpm=0).release()
-    refused = limiter.admit(user_id=1, concurrency=0, user_rpm=2, group_id=1, group_rpm=0)
-    assert refused.code == "USER_RPM_EXCEEDED"
-    assert 55 < refused.retry_after <= 60
-    assert int(dict(refused.headers())[b"retry-after"]) == 60
 
 
 def test_the_readme_lists_every_code_with_its_status():

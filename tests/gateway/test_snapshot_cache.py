@@ -21,6 +21,7 @@ from django.db import connection
 from accounts.models import APIKey, UpstreamAccount, User
 from accounts.services.keys import api_key_set_enabled
 from accounts.services.users import user_balance_adjust
+from gateway.limits import RedisLimiter
 from tests.factories import StaffFactory
 from tests.fake_upstream import ROOT
 from tests.gateway.conftest import gateway_app, ledger_rows, make_tenant
@@ -29,6 +30,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
 REDIS_TEST_URL = "redis://127.0.0.1:6379/12"
+REDIS_LIMITS_URL = "redis://127.0.0.1:6379/2"
 
 
 def chat(url: str, secret: str) -> httpx.Response:
@@ -80,7 +82,20 @@ def shape(sql: str) -> str:
     return " ".join(word for word in words[:3] if word not in ("INTO", "SET"))[:40]
 
 
-def test_a_cached_key_costs_one_hold_transaction_before_the_response(fake_upstream, gateway_url, query_log):
+@pytest.fixture
+def redis_limits(gateway_url):
+    """The in-thread gateway keeps its slots in Redis (DB 2) for one test, as with REDIS_URL."""
+    proxy = gateway_app().proxy
+    database_limiter = proxy.limiter
+    redis.Redis.from_url(REDIS_LIMITS_URL).flushdb()
+    proxy.limiter = RedisLimiter(REDIS_LIMITS_URL)
+    yield
+    proxy.limiter = database_limiter
+
+
+def test_a_cached_key_costs_one_hold_transaction_before_the_response(
+    fake_upstream, gateway_url, redis_limits, query_log
+):
     tenant = make_tenant(fake_upstream, platform="openai")
     assert chat(gateway_url, tenant.secret).status_code == 200
     ledger_rows(1)
@@ -124,6 +139,33 @@ def test_requests_arriving_together_on_a_cold_cache_load_the_channel_and_the_acc
     selects = [sql for _at, sql in query_log.statements if sql.startswith("SELECT")]
     assert sum('FROM "accounts_upstreamaccount"' in sql for sql in selects) == 1
     assert sum('FROM "channels_channel"' in sql for sql in selects) == 1
+
+
+def test_without_redis_the_hot_path_queries_only_the_slot_leases_and_the_hold(
+    fake_upstream, gateway_url, query_log
+):
+    # docs/gateway.md#shared-limits: the database store takes the user's and the account's slot
+    # on the way in; nothing else is read before the upstream answers.
+    tenant = make_tenant(fake_upstream, platform="openai")
+    assert chat(gateway_url, tenant.secret).status_code == 200
+    ledger_rows(1)
+    cold = len(query_log.statements)
+    assert chat(gateway_url, tenant.secret).status_code == 200
+    ledger_rows(2)
+    served = fake_upstream.last_request()
+    hot = [
+        sql
+        for at, sql in query_log.statements[cold:]
+        if at <= served["started_at"] and "SAVEPOINT" not in sql  # each insert may lose a race
+    ]
+    slots = [sql for sql in hot if '"gateway_slotlease"' in sql]
+    assert sum(sql.startswith("INSERT") for sql in slots) == 2  # the user's slot, the account's
+    # Besides the slots, only the hold (docs/gateway.md#holds-and-settle).
+    assert [shape(sql) for sql in hot if sql not in slots] == [
+        'UPDATE "accounts_apikey"',
+        'UPDATE "accounts_user"',
+        'INSERT "billing_pendingrequest"',
+    ]
 
 
 def test_a_flood_of_unknown_keys_costs_one_query_per_distinct_key(gateway_url, query_log):
