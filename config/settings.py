@@ -14,6 +14,7 @@ import secrets
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlparse
 
+from celery.schedules import crontab
 from django.utils.csp import CSP
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -337,6 +338,10 @@ RECONCILE_HOST_ID = os.getenv("RECONCILE_HOST_ID", "")
 # them. Every entry names a registered task (tests/accounts/test_jobs.py). Intervals in seconds.
 JOBS_EXPIRE_EVERY_SECONDS = envint("JOBS_EXPIRE_EVERY_SECONDS", "300")
 JOBS_PAUSE_ACCOUNTS_EVERY_SECONDS = envint("JOBS_PAUSE_ACCOUNTS_EVERY_SECONDS", "300")
+# Hours in TIME_ZONE for the nightly jobs, and how often stale pending records are looked for.
+JOBS_RECONCILE_HOUR = envint("JOBS_RECONCILE_HOUR", "3")
+JOBS_PRUNE_HOUR = envint("JOBS_PRUNE_HOUR", "4")
+JOBS_RECOVER_EVERY_SECONDS = envint("JOBS_RECOVER_EVERY_SECONDS", "60")
 CELERY_BEAT_SCHEDULE = {
     "expire-keys": {"task": "accounts.expire_keys", "schedule": JOBS_EXPIRE_EVERY_SECONDS},
     "expire-subscriptions": {
@@ -347,10 +352,18 @@ CELERY_BEAT_SCHEDULE = {
         "task": "accounts.pause_expired_accounts",
         "schedule": JOBS_PAUSE_ACCOUNTS_EVERY_SECONDS,
     },
-    # --- issue 14, reconcile and prune (billing/tasks.py, helper wt14rec): the nightly dry-run
-    # reconcile batch and the usage prune go here, e.g. with celery.schedules.crontab(hour=3).
-    # --- issue 13, holds (gateway, helper wt13hold): the recovery of pending records past their
-    # lease goes here, every minute or so.
+    # A dry-run reconcile of every scope; its drift shows on the dashboard (docs/jobs.md#reconcile-runs).
+    "nightly-reconcile": {
+        "task": "billing.reconcile_nightly",
+        "schedule": crontab(hour=JOBS_RECONCILE_HOUR, minute=0),
+    },
+    # Ledger rows past USAGE_RETENTION_DAYS, folded into the carry-forward first (docs/jobs.md).
+    "prune-usage": {"task": "billing.usage_prune", "schedule": crontab(hour=JOBS_PRUNE_HOUR, minute=30)},
+    # Pending records whose lease has passed: a gateway process died (docs/gateway.md#pending-records).
+    "recover-pending-requests": {
+        "task": "gateway.pending_recover",
+        "schedule": JOBS_RECOVER_EVERY_SECONDS,
+    },
 }
 
 # Logs (README "Logging"): human-readable lines by default, one JSON object per line with

@@ -83,6 +83,7 @@ class Gateway:
             if self.started:
                 return
             from channels.catalog import catalog_warm
+            from gateway import gauges
             from gateway.addresses import CheckedResolver
             from gateway.auth import SnapshotCache
             from gateway.db import DatabaseThreads
@@ -114,6 +115,7 @@ class Gateway:
             self.draining = False
             self._hear_sigterm()
             metrics.start()
+            gauges.register()  # pending requests, holds, slot leases
             self.started = True
             if self.proxy.holds:
                 # What a dead process left (docs/gateway.md#pending-records); in the background,

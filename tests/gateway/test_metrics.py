@@ -134,7 +134,7 @@ def test_a_failing_account_counts_an_upstream_error_and_a_failover_on_that_accou
     assert value(samples, "tollgate_failovers_total", account=str(healthy.pk)) == 0
 
 
-def test_a_stream_in_flight_shows_in_the_in_flight_gauge(fake_upstream, gateway_url, token):
+def test_a_stream_in_flight_shows_in_the_in_flight_pending_and_held_gauges(fake_upstream, gateway_url, token):
     tenant = make_tenant(fake_upstream, platform="anthropic", scenarios=("slow=100,words=20",))
     client = anthropic_sdk(gateway_url, tenant.secret)
     done = threading.Event()
@@ -152,11 +152,20 @@ def test_a_stream_in_flight_shows_in_the_in_flight_gauge(fake_upstream, gateway_
         while value(scrape(gateway_url), "tollgate_requests_in_flight") != 1:
             assert time.monotonic() < deadline, "the stream never showed in flight"
             time.sleep(0.05)
+        # The shared state behind it (docs/gateway.md#holds-and-settle): one pending record holding
+        # its estimate, read from the database by whichever worker answers.
+        samples = scrape(gateway_url)
+        assert value(samples, "tollgate_pending_requests", state="live") == 1
+        assert value(samples, "tollgate_pending_requests", state="past_lease") == 0
+        assert value(samples, "tollgate_held_usd") > 0
     finally:
         done.set()
         worker.join(30)
     settled()
-    assert value(scrape(gateway_url), "tollgate_requests_in_flight") == 0
+    samples = scrape(gateway_url)
+    assert value(samples, "tollgate_requests_in_flight") == 0
+    assert value(samples, "tollgate_pending_requests", state="live") == 0
+    assert value(samples, "tollgate_held_usd") == 0
 
 
 def test_registered_gauge_sources_are_read_at_each_scrape_and_a_failing_one_is_left_out(
