@@ -24,6 +24,7 @@ from django.utils import timezone
 from accounts.models import APIKey, Group, UpstreamAccount, User
 from accounts.selectors.upstream import WARN_AT, QuotaMeter, upstream_account_quota_badge
 from billing.models import UsageRollup
+from billing.rollup_epoch import BACKFILL_AFTER, rollup_epoch
 from billing.selectors import PERIOD_DAYS, local_midnight, unpriced_models_seen
 from common.money import quantize_usd
 
@@ -31,8 +32,10 @@ ZERO = Decimal(0)
 HOUR = timedelta(hours=1)
 TOP_LIMIT = 8
 WARNING_LIMIT = 10
-# A bucket that ended this long ago is closed: its sums are cached.
+# A bucket that ended this long ago is closed: its sums are cached. Any row recorded into it
+# later is a backfill (older than BACKFILL_AFTER), which moves the rollup epoch in the keys.
 SETTLE = timedelta(minutes=10)
+assert SETTLE >= BACKFILL_AFTER
 CACHE_TTL = 24 * 60 * 60
 CACHE_PREFIX = "dashboard:v1"
 # The period switcher: today by hour, the last 7 or 30 days (today included) by day.
@@ -261,12 +264,13 @@ def sum_buckets(*, start: datetime, end: datetime, by_day: bool) -> dict[date | 
     return buckets
 
 
-def _hour_key(hour: datetime) -> str:
-    return f"{CACHE_PREFIX}:hour:{int(hour.timestamp())}"
+def _hour_key(epoch: int):
+    return lambda hour: f"{CACHE_PREFIX}:{epoch}:hour:{int(hour.timestamp())}"
 
 
-def _day_key(day: date) -> str:
-    return f"{CACHE_PREFIX}:day:{timezone.get_current_timezone_name()}:{day.isoformat()}"
+def _day_key(epoch: int):
+    zone = timezone.get_current_timezone_name()
+    return lambda day: f"{CACHE_PREFIX}:{epoch}:day:{zone}:{day.isoformat()}"
 
 
 def _collect(
@@ -318,10 +322,11 @@ def dashboard_usage(*, period: str = DEFAULT_PERIOD, now: datetime | None = None
     """Today's hours, and enough closed days for the period and the 7-day KPIs."""
     now = now or timezone.now()
     settled_before = now - SETTLE
+    epoch = rollup_epoch()  # a backfill into a closed bucket moves it
     hours = _collect(
         today_hours(now=now),
         bounds=lambda hour: (hour, hour + HOUR),
-        cache_key=_hour_key,
+        cache_key=_hour_key(epoch),
         by_day=False,
         settled_before=settled_before,
         now=now,
@@ -331,7 +336,7 @@ def dashboard_usage(*, period: str = DEFAULT_PERIOD, now: datetime | None = None
     days = _collect(
         [today - timedelta(days=offset) for offset in range(back, 0, -1)],
         bounds=lambda day: (local_midnight(day), local_midnight(day + timedelta(days=1))),
-        cache_key=_day_key,
+        cache_key=_day_key(epoch),
         by_day=True,
         settled_before=settled_before,
         now=now,
