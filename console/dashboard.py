@@ -37,7 +37,7 @@ WARNING_LIMIT = 10
 SETTLE = timedelta(minutes=10)
 assert SETTLE >= BACKFILL_AFTER
 CACHE_TTL = 24 * 60 * 60
-CACHE_PREFIX = "dashboard:v1"
+CACHE_PREFIX = "dashboard:v2"
 # The period switcher: today by hour, the last 7 or 30 days (today included) by day.
 PERIODS = {"today": "Today", "7d": "7 days", "30d": "30 days"}
 DEFAULT_PERIOD = "7d"
@@ -76,20 +76,22 @@ def valid_model_source(value: str | None) -> str:
 class Sums:
     """The rollup sums of one bucket (an hour or a day), whole and by dimension.
 
-    Each dimension maps its key to [requests, tokens, actual cost]: models by
-    (requested, upstream), users, keys and groups by id (group 0 = none).
+    Each dimension maps its key to (requests, tokens, actual cost): models by
+    (requested, upstream), users, keys and groups by id (group 0 = none). Costs are whole
+    units of $0.00000001 (the ledger's scale), so sums stay exact and cached buckets are
+    plain integers, quick to unpickle and add; _money() turns them back into dollars.
     """
 
     requests: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
     cache_tokens: int = 0
-    actual_cost: Decimal = ZERO
-    account_cost: Decimal = ZERO
-    models: dict[tuple[str, str], list] = field(default_factory=dict)
-    users: dict[int, list] = field(default_factory=dict)
-    keys: dict[int, list] = field(default_factory=dict)
-    groups: dict[int, list] = field(default_factory=dict)
+    actual_cost: int = 0
+    account_cost: int = 0
+    models: dict[tuple[str, str], tuple[int, int, int]] = field(default_factory=dict)
+    users: dict[int, tuple[int, int, int]] = field(default_factory=dict)
+    keys: dict[int, tuple[int, int, int]] = field(default_factory=dict)
+    groups: dict[int, tuple[int, int, int]] = field(default_factory=dict)
 
     @property
     def total_tokens(self) -> int:
@@ -104,14 +106,9 @@ class Sums:
         self.account_cost += other.account_cost
         for name in ("models", "users", "keys", "groups"):
             mine = getattr(self, name)
-            for key, (requests, tokens, cost) in getattr(other, name).items():
-                row = mine.get(key)
-                if row is None:
-                    mine[key] = [requests, tokens, cost]
-                else:
-                    row[0] += requests
-                    row[1] += tokens
-                    row[2] += cost
+            for key, row in getattr(other, name).items():
+                have = mine.get(key)
+                mine[key] = row if have is None else (have[0] + row[0], have[1] + row[1], have[2] + row[2])
 
 
 def merged(parts: Iterable[Sums]) -> Sums:
@@ -136,15 +133,16 @@ class PeriodFigures:
         return self.input_tokens + self.output_tokens + self.cache_tokens
 
     @classmethod
-    def of(cls, sums: Sums) -> PeriodFigures:
+    def of(cls, parts: list[Sums]) -> PeriodFigures:
+        """The figures of several buckets, without merging their dimensions (only the keys' ids)."""
         return cls(
-            requests=sums.requests,
-            input_tokens=sums.input_tokens,
-            output_tokens=sums.output_tokens,
-            cache_tokens=sums.cache_tokens,
-            actual_cost=_money(sums.actual_cost),
-            account_cost=_money(sums.account_cost),
-            active_keys=sum(1 for requests, _, _ in sums.keys.values() if requests > 0),
+            requests=sum(part.requests for part in parts),
+            input_tokens=sum(part.input_tokens for part in parts),
+            output_tokens=sum(part.output_tokens for part in parts),
+            cache_tokens=sum(part.cache_tokens for part in parts),
+            actual_cost=_money(sum(part.actual_cost for part in parts)),
+            account_cost=_money(sum(part.account_cost for part in parts)),
+            active_keys=len({key for part in parts for key, row in part.keys.items() if row[0] > 0}),
         )
 
 
@@ -198,8 +196,14 @@ class AccountNearQuota:
     meters: tuple[QuotaMeter, ...]  # only the dimensions at or above WARN_AT
 
 
-def _money(value) -> Decimal:
-    return quantize_usd(Decimal(value or 0))
+def _money(units: int) -> Decimal:
+    """Dollars from whole units of $0.00000001."""
+    return quantize_usd(Decimal(units).scaleb(-8))
+
+
+def _units(amount: Decimal | None) -> int:
+    """Whole units of $0.00000001 of a sum of ledger amounts (which have 8 places at most)."""
+    return int((amount or ZERO).scaleb(8))
 
 
 def _token_sum() -> F:
@@ -247,20 +251,21 @@ def sum_buckets(*, start: datetime, end: datetime, by_day: bool) -> dict[date | 
         sums.input_tokens += row["input"]
         sums.output_tokens += row["output"]
         sums.cache_tokens += row["cached"]
-        sums.actual_cost += row["actual"]
-        sums.account_cost += row["account"]
-        sums.groups[row["group_id"]] = [row["n"], row["input"] + row["output"] + row["cached"], row["actual"]]
+        actual = _units(row["actual"])
+        sums.actual_cost += actual
+        sums.account_cost += _units(row["account"])
+        sums.groups[row["group_id"]] = (row["n"], row["input"] + row["output"] + row["cached"], actual)
     for name, columns in _DIMENSIONS:
         query = rows.values("bucket", *columns).annotate(
             n=Sum("requests"), tokens=Sum(_token_sum()), actual=Sum("actual_cost")
         )
         for row in query:
             key = tuple(row[column] for column in columns) if len(columns) > 1 else row[columns[0]]
-            getattr(buckets.setdefault(row["bucket"], Sums()), name)[key] = [
+            getattr(buckets.setdefault(row["bucket"], Sums()), name)[key] = (
                 row["n"],
                 row["tokens"],
-                row["actual"],
-            ]
+                _units(row["actual"]),
+            )
     return buckets
 
 
@@ -345,15 +350,20 @@ def dashboard_usage(*, period: str = DEFAULT_PERIOD, now: datetime | None = None
     return Usage(hours=ordered_hours, days=dict(sorted(days.items())), today=merged(ordered_hours.values()))
 
 
-def period_sums(usage: Usage, period: str) -> Sums:
+def period_parts(usage: Usage, period: str) -> list[Sums]:
+    """The buckets of a period: its closed days and today."""
     days = list(usage.days.values())[-PERIOD_DAYS[period] :] if PERIOD_DAYS[period] else []
-    return merged([*days, usage.today])
+    return [*days, usage.today]
+
+
+def period_sums(usage: Usage, period: str) -> Sums:
+    return merged(period_parts(usage, period))
 
 
 def dashboard_kpis(*, now: datetime | None = None, usage: Usage | None = None) -> Kpis:
     """Today's and the last 7 days' figures (the usage page's "today" / "7d")."""
     usage = usage or dashboard_usage(now=now)
-    return Kpis(today=PeriodFigures.of(usage.today), week=PeriodFigures.of(period_sums(usage, "7d")))
+    return Kpis(today=PeriodFigures.of([usage.today]), week=PeriodFigures.of(period_parts(usage, "7d")))
 
 
 def dashboard_trend(
@@ -409,13 +419,11 @@ def top_models(
     source = valid_model_source(source)
     if sums is None:
         sums = period_sums(dashboard_usage(period=period, now=now), period)
-    named: dict[tuple[str, str], list] = {}
-    for (requested, upstream), (requests, tokens, cost) in sums.models.items():
+    named: dict[tuple[str, str], tuple[int, int, int]] = {}
+    for (requested, upstream), row in sums.models.items():
         key = (requested if source != "upstream" else "", upstream if source != "requested" else "")
-        row = named.setdefault(key, [0, 0, ZERO])
-        row[0] += requests
-        row[1] += tokens
-        row[2] += cost
+        have = named.get(key)
+        named[key] = row if have is None else (have[0] + row[0], have[1] + row[1], have[2] + row[2])
     return [
         TopModel(requested, upstream, requests, tokens, _money(cost))
         for (requested, upstream), requests, tokens, cost in _ranked(named, TOP_LIMIT)
