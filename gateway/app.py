@@ -54,6 +54,7 @@ class Gateway:
         async with self._starting:
             if self.started:
                 return
+            from gateway.addresses import CheckedResolver
             from gateway.auth import SnapshotCache
             from gateway.db import DatabaseThreads
             from gateway.proxy import Proxy
@@ -65,6 +66,7 @@ class Gateway:
                     limit_per_host=0,
                     keepalive_timeout=30,
                     enable_cleanup_closed=True,
+                    resolver=CheckedResolver(),
                 ),
                 auto_decompress=False,
                 skip_auto_headers=("User-Agent",),

@@ -38,7 +38,7 @@ from gateway.relay import (
     relay_stream,
 )
 from gateway.scheduling import AccountBoard, StickySessions, account_model, candidates, session_key
-from gateway.upstreams import UnsupportedAccount, upstream_payload, upstream_target
+from gateway.upstreams import RefusedAddress, UnsupportedAccount, upstream_payload, upstream_target
 from gateway.usage import COUNT_TOKENS, EMBEDDINGS, UsageMeter
 
 logger = logging.getLogger("gateway")
@@ -301,6 +301,8 @@ class Proxy:
             )
         except UnsupportedAccount as error:
             raise UpstreamFailure("connect", 501, str(error)) from error
+        except RefusedAddress as error:
+            raise UpstreamFailure("connect", 502, f"The upstream could not be reached: {error}") from error
         response = await call_upstream(
             session=self.session,
             target=target,

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import orjson
 from django.conf import settings
 
+from gateway.addresses import RefusedAddress, literal_host_problem
 from gateway.usage import CHAT
 
 ANTHROPIC_VERSION = "2023-06-01"
@@ -71,7 +72,10 @@ def upstream_target(
     """The URL and headers of one upstream call for `path` (e.g. "/v1/messages")."""
     if account_type == "bedrock":
         raise UnsupportedAccount("Bedrock accounts are not relayed by the gateway yet.")
-    url = base_url(platform=platform, account_type=account_type, configured=configured_base_url) + path
+    root = base_url(platform=platform, account_type=account_type, configured=configured_base_url)
+    if problem := literal_host_problem(root):
+        raise RefusedAddress(problem)
+    url = root + path
     headers: list[tuple[str, str]] = [
         ("content-type", "application/json"),
         ("accept", "text/event-stream" if stream else "application/json"),
