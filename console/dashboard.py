@@ -17,7 +17,7 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 from django.core.cache import cache
-from django.db.models import DecimalField, F, Q, Sum, Value
+from django.db.models import DecimalField, F, Max, Q, Sum, Value
 from django.db.models.functions import TruncDate
 from django.utils import timezone
 
@@ -25,7 +25,8 @@ from accounts.models import APIKey, Group, UpstreamAccount, User
 from accounts.selectors.upstream import WARN_AT, QuotaMeter, upstream_account_quota_badge
 from billing.models import UsageRollup
 from billing.rollup_epoch import BACKFILL_AFTER, rollup_epoch
-from billing.selectors import PERIOD_DAYS, local_midnight, unpriced_models_seen
+from billing.selectors import PERIOD_DAYS, UnpricedModel, local_midnight
+from channels.pricing import PricingSource
 from common.money import quantize_usd
 
 ZERO = Decimal(0)
@@ -37,7 +38,7 @@ WARNING_LIMIT = 10
 SETTLE = timedelta(minutes=10)
 assert SETTLE >= BACKFILL_AFTER
 CACHE_TTL = 24 * 60 * 60
-CACHE_PREFIX = "dashboard:v2"
+CACHE_PREFIX = "dashboard:v3"
 # The period switcher: today by hour, the last 7 or 30 days (today included) by day.
 PERIODS = {"today": "Today", "7d": "7 days", "30d": "30 days"}
 DEFAULT_PERIOD = "7d"
@@ -92,6 +93,8 @@ class Sums:
     users: dict[int, tuple[int, int, int]] = field(default_factory=dict)
     keys: dict[int, tuple[int, int, int]] = field(default_factory=dict)
     groups: dict[int, tuple[int, int, int]] = field(default_factory=dict)
+    # Models recorded with no price: billing model -> (requests, start of the last hour, epoch seconds).
+    unpriced: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     @property
     def total_tokens(self) -> int:
@@ -109,6 +112,11 @@ class Sums:
             for key, row in getattr(other, name).items():
                 have = mine.get(key)
                 mine[key] = row if have is None else (have[0] + row[0], have[1] + row[1], have[2] + row[2])
+        for model, (requests, last) in other.unpriced.items():
+            have = self.unpriced.get(model)
+            self.unpriced[model] = (
+                (requests, last) if have is None else (have[0] + requests, max(have[1], last))
+            )
 
 
 def merged(parts: Iterable[Sums]) -> Sums:
@@ -266,6 +274,15 @@ def sum_buckets(*, start: datetime, end: datetime, by_day: bool) -> dict[date | 
                 row["tokens"],
                 _units(row["actual"]),
             )
+    for row in (
+        rows.filter(pricing_source=PricingSource.MISSING)
+        .values("bucket", "billing_model")
+        .annotate(n=Sum("requests"), last=Max("hour"))
+    ):
+        buckets.setdefault(row["bucket"], Sums()).unpriced[row["billing_model"]] = (
+            row["n"],
+            int(row["last"].timestamp()),
+        )
     return buckets
 
 
@@ -575,13 +592,24 @@ def dashboard_charts(
     }
 
 
-def dashboard_warnings(*, now: datetime | None = None) -> dict:
+def unpriced_models(usage: Usage) -> list[UnpricedModel]:
+    """Models recorded with no price in the last 7 days (today and the six before), most requests
+    first, each with the start of the last hour it was seen in (from the rollups)."""
+    week = merged(Sums(unpriced=part.unpriced) for part in period_parts(usage, "7d")).unpriced
+    ordered = sorted(week.items(), key=lambda item: (-item[1][0], item[0]))
+    return [
+        UnpricedModel(model, requests, datetime.fromtimestamp(last, UTC))
+        for model, (requests, last) in ordered
+    ]
+
+
+def dashboard_warnings(*, usage: Usage, now: datetime | None = None) -> dict:
     """Unpriced models, accounts in error, accounts and keys near a quota."""
     now = now or timezone.now()
     error_accounts, error_count = accounts_in_error()
     near_keys, near_key_count = keys_near_quota()
     return {
-        "unpriced_models": unpriced_models_seen(days=PERIOD_DAYS["7d"] + 1, now=now),
+        "unpriced_models": unpriced_models(usage),
         "error_accounts": error_accounts,
         "error_account_count": error_count,
         "accounts_near_quota": accounts_near_quota(now=now),

@@ -36,7 +36,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
     context = dashboard_charts(period=period, source=source)
     partial = "top_models" if request.htmx and request.htmx.target == "top-models" else "charts"
     if not request.htmx or request.htmx.history_restore_request:
-        context |= dashboard_warnings()
+        context |= dashboard_warnings(usage=context["usage"])
     return render_page(request, "console/dashboard.html", context, partial=partial)
 
 

@@ -142,12 +142,13 @@ def test_closed_hours_and_days_come_from_the_cache_and_the_open_hour_is_summed_l
     recorded, django_assert_num_queries
 ):
     dashboard_usage(period="30d")
-    # Warm: only the open hour is summed (four queries: groups with totals, models, users, keys).
-    with django_assert_num_queries(4):
+    # Warm: only the open hour is summed (five queries: groups with totals, models, users, keys,
+    # unpriced models).
+    with django_assert_num_queries(5):
         usage = dashboard_usage(period="30d")
     assert usage.today.requests == 3
     record(recorded["keys"][0], recorded["account"], "today-4")
-    with django_assert_num_queries(4):
+    with django_assert_num_queries(5):
         assert dashboard_usage(period="30d").today.requests == 4
     # A row recorded into a closed day (a backfill) moves the rollup epoch: the day is summed again.
     record(recorded["keys"][0], recorded["account"], "late-1", ago=timedelta(days=3))
@@ -341,10 +342,10 @@ def test_the_dashboard_runs_a_fixed_number_of_queries(staff_client, django_asser
             pricing_source="missing" if index % 10 == 0 else "catalog",
             created_at=now - timedelta(hours=index),
         )
-    # Cold: session, staff user; today's hours and the closed days, four queries each (groups with
-    # totals, models, users, keys); emails, key names, group names; unpriced models, accounts in
+    # Cold: session, staff user; today's hours and the closed days, five queries each (groups with
+    # totals, models, users, keys, unpriced models); emails, key names, group names; accounts in
     # error and their count, accounts near quota, keys near quota and their count.
-    with django_assert_max_num_queries(19):
+    with django_assert_max_num_queries(20):
         response = staff_client.get("/", {"period": "30d"})
     assert response.status_code == 200
     assert len(response.context["top_models"]) == 8 and len(response.context["top_users"]) == 8
@@ -354,7 +355,7 @@ def test_the_dashboard_runs_a_fixed_number_of_queries(staff_client, django_asser
     with django_assert_max_num_queries(15):
         response = staff_client.get("/", {"period": "30d"})
     assert response.status_code == 200
-    with django_assert_max_num_queries(9):
+    with django_assert_max_num_queries(10):
         response = staff_client.get(
             "/", {"models": "upstream"}, headers={"HX-Request": "true", "HX-Target": "top-models"}
         )
