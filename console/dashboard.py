@@ -338,6 +338,8 @@ class Usage:
     hours: dict[datetime, Sums]
     days: dict[date, Sums]  # closed days, oldest first
     today: Sums
+    epoch: int = 0
+    settled_before: datetime | None = None
 
 
 def dashboard_usage(*, period: str = DEFAULT_PERIOD, now: datetime | None = None) -> Usage:
@@ -364,7 +366,13 @@ def dashboard_usage(*, period: str = DEFAULT_PERIOD, now: datetime | None = None
         now=now,
     )
     ordered_hours = dict(sorted(hours.items()))
-    return Usage(hours=ordered_hours, days=dict(sorted(days.items())), today=merged(ordered_hours.values()))
+    return Usage(
+        hours=ordered_hours,
+        days=dict(sorted(days.items())),
+        today=merged(ordered_hours.values()),
+        epoch=epoch,
+        settled_before=settled_before,
+    )
 
 
 def period_parts(usage: Usage, period: str) -> list[Sums]:
@@ -374,7 +382,22 @@ def period_parts(usage: Usage, period: str) -> list[Sums]:
 
 
 def period_sums(usage: Usage, period: str) -> Sums:
-    return merged(period_parts(usage, period))
+    """The period merged: its closed days (merged once and cached like a day) and today."""
+    days = list(usage.days.items())[-PERIOD_DAYS[period] :] if PERIOD_DAYS[period] else []
+    if (
+        len(days) > 1
+        and usage.settled_before
+        and local_midnight(days[-1][0] + timedelta(days=1)) <= usage.settled_before
+    ):
+        zone = timezone.get_current_timezone_name()
+        key = f"{CACHE_PREFIX}:{usage.epoch}:days:{zone}:{days[0][0].isoformat()}:{days[-1][0].isoformat()}"
+        closed = cache.get(key)
+        if closed is None:
+            closed = merged(sums for _, sums in days)
+            cache.set(key, closed, CACHE_TTL)
+    else:
+        closed = merged(sums for _, sums in days)
+    return merged([closed, usage.today])
 
 
 def dashboard_kpis(*, now: datetime | None = None, usage: Usage | None = None) -> Kpis:
