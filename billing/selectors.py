@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import heapq
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 
 from django.db.models import Count, Max, QuerySet, Sum
+from django.db.models.fields.json import KT
 from django.utils import timezone
 
+from accounts.models import Group, User
+from billing.cost import CostBreakdown, Usage, compute_cost
 from billing.models import UsageLog, UsageRollup
-from channels.pricing import PricingSource
+from channels.pricing import BillingMode, ChannelCard, PriceMatch, PricingSource, price_lookup
 from common.money import quantize_usd
 
 ZERO = Decimal(0)
@@ -146,6 +150,23 @@ _TOKEN_SUMS = (
     "total_cost",
     "actual_cost",
 )
+# Everything compute_cost reads from a row (besides its group's platform).
+_PRICED_BY = (
+    "billing_model",
+    "input_tokens",
+    "output_tokens",
+    "cache_creation_5m_tokens",
+    "cache_creation_1h_tokens",
+    "cache_read_tokens",
+    "image_output_tokens",
+    "billing_mode",
+    "unit_count",
+    "rate_multiplier",
+    "account_rate_multiplier",
+    "rate_source",
+    "ttl_override",
+    "size_tier",
+)
 
 
 def usage_totals_from_ledger(*, filters: UsageFilters) -> UsageTotals:
@@ -259,3 +280,238 @@ def usage_models_seen(*, days: int = 30, now: datetime | None = None, limit: int
     )
     names = {name for triple in triples for name in triple if name}
     return sorted(names)[:limit]
+
+
+# -- the price preview (docs/pricing.md#price-preview) ----------------------------------------------
+
+PREVIEW_DAYS = 30
+PREVIEW_CHUNK_ROWS = 2000
+PREVIEW_TOP_ROWS = 10
+PREVIEW_TOP_USERS = 20
+PREVIEW_PRICED_KEPT = 10_000  # distinct inputs remembered at once (repeats are common in unit modes)
+# The row's columns the preview reads, then three keys of its stored breakdown: nothing else.
+_PREVIEW_COLUMNS = (
+    "pk",
+    "user_id",
+    "group_id",
+    "billing_model",
+    "input_tokens",
+    "output_tokens",
+    "cache_creation_5m_tokens",
+    "cache_creation_1h_tokens",
+    "cache_read_tokens",
+    "image_output_tokens",
+    "billing_mode",
+    "unit_count",
+    "rate_multiplier",
+    "account_rate_multiplier",
+    "actual_cost",
+)
+
+
+@dataclass(frozen=True)
+class PreviewLine:
+    """One model's or one user's requests: charged as recorded, and under the edited cards."""
+
+    label: str
+    requests: int
+    old_cost: Decimal
+    new_cost: Decimal
+
+    @property
+    def difference(self) -> Decimal:
+        return self.new_cost - self.old_cost
+
+
+@dataclass(frozen=True)
+class PreviewRow:
+    """A ledger row whose charge changes, with the sentence it was billed with and the new one."""
+
+    usage_log_id: int
+    created_at: datetime
+    user_email: str
+    model: str
+    old_cost: Decimal
+    new_cost: Decimal
+    old_sentence: str
+    new_sentence: str
+
+    @property
+    def difference(self) -> Decimal:
+        return self.new_cost - self.old_cost
+
+
+@dataclass(frozen=True)
+class PricePreview:
+    since: datetime
+    until: datetime
+    requests: int
+    changed_requests: int
+    old_total: Decimal
+    new_total: Decimal
+    by_model: list[PreviewLine]
+    by_user: list[PreviewLine]  # the PREVIEW_TOP_USERS that change most
+    users: int  # every user with requests in the period
+    top_rows: list[PreviewRow]
+
+    @property
+    def difference(self) -> Decimal:
+        return self.new_total - self.old_total
+
+
+class _Tally:
+    __slots__ = ("new", "old", "requests")
+
+    def __init__(self) -> None:
+        self.requests, self.old, self.new = 0, ZERO, ZERO
+
+    def add(self, old: Decimal, new: Decimal) -> None:
+        self.requests += 1
+        self.old += old
+        self.new += new
+
+    def line(self, label: str) -> PreviewLine:
+        return PreviewLine(label, self.requests, self.old, self.new)
+
+
+def _by_change(line: PreviewLine) -> tuple:
+    return (-abs(line.difference), -line.old_cost, line.label)
+
+
+def _preview_usage(values: dict) -> Usage:
+    """The row's counts as it was billed (cache writes already in the bucket they were billed in)."""
+    units, mode = values["unit_count"], values["billing_mode"]
+    return Usage(
+        input_tokens=values["input_tokens"],
+        output_tokens=values["output_tokens"],
+        cache_creation_5m_tokens=values["cache_creation_5m_tokens"],
+        cache_creation_1h_tokens=values["cache_creation_1h_tokens"],
+        cache_read_tokens=values["cache_read_tokens"],
+        image_output_tokens=values["image_output_tokens"],
+        request_count=units if mode == BillingMode.PER_REQUEST and units else 1,
+        image_count=units if mode == BillingMode.IMAGE else 0,
+        image_size_tier=values["size_tier"] or None,
+    )
+
+
+def channel_price_preview(
+    *,
+    group_ids: Sequence[int],
+    cards: Mapping[str, tuple[ChannelCard, ...]],
+    now: datetime | None = None,
+    days: int = PREVIEW_DAYS,
+) -> PricePreview:
+    """What the last `days` of the groups' ledger rows would have been charged under `cards`
+    ({platform: cards in order}, as a channel snapshot holds them), next to what they were.
+
+    Each row keeps its billing model, counts, rate multipliers and cache TTL override as
+    recorded; only the price changes, found by the lookup billing uses (`price_lookup`) and costed
+    by `compute_cost` (once per distinct set of inputs: rows that repeat one price the same). The
+    ledger is read in chunks through a cursor, keeping only sums per model and per user, the
+    PREVIEW_TOP_ROWS rows that change most and at most PREVIEW_PRICED_KEPT priced inputs, so
+    memory does not grow with the row count. Nothing is written.
+    """
+    until = now or timezone.now()
+    since = until - timedelta(days=days)
+    platforms = dict(Group.objects.filter(pk__in=list(group_ids)).values_list("pk", "platform"))
+    rows = (
+        UsageLog.objects.filter(group_id__in=list(platforms), created_at__gte=since, created_at__lt=until)
+        .order_by()
+        .values(
+            *_PREVIEW_COLUMNS,
+            rate_source=KT("breakdown__rate_multiplier_source"),
+            ttl_override=KT("breakdown__cache_ttl_override"),
+            size_tier=KT("breakdown__size_tier"),
+        )
+    )
+    matches: dict[tuple[str, str], PriceMatch] = {}
+    models: dict[str, _Tally] = {}
+    users: dict[int, _Tally] = {}
+    total = _Tally()
+    changed = 0
+    top: list[tuple[Decimal, int, str, dict]] = []  # a min-heap of the largest changes
+    priced: dict[tuple, Decimal] = {}  # rows with the same inputs price the same: once
+    for values in rows.iterator(chunk_size=PREVIEW_CHUNK_ROWS):
+        model, platform = values["billing_model"], platforms[values["group_id"]]
+        inputs = (platform, *(values[name] for name in _PRICED_BY))
+        new = priced.get(inputs)
+        if new is None:
+            new = _preview_cost(values, platform, cards, matches).actual_cost
+            if len(priced) >= PREVIEW_PRICED_KEPT:
+                priced.clear()
+            priced[inputs] = new
+        old = values["actual_cost"]
+        total.add(old, new)
+        models.setdefault(model, _Tally()).add(old, new)
+        users.setdefault(values["user_id"], _Tally()).add(old, new)
+        change = abs(new - old)
+        if change:
+            changed += 1
+            entry = (change, -values["pk"], platform, values)
+            if len(top) < PREVIEW_TOP_ROWS:
+                heapq.heappush(top, entry)
+            elif entry[:2] > top[0][:2]:
+                heapq.heapreplace(top, entry)
+
+    emails = dict(User.objects.filter(pk__in=list(users)).values_list("pk", "email"))
+    by_user = sorted(
+        (tally.line(emails.get(pk, f"user {pk}")) for pk, tally in users.items()), key=_by_change
+    )
+    return PricePreview(
+        since=since,
+        until=until,
+        requests=total.requests,
+        changed_requests=changed,
+        old_total=total.old,
+        new_total=total.new,
+        by_model=sorted((tally.line(model) for model, tally in models.items()), key=_by_change),
+        by_user=by_user[:PREVIEW_TOP_USERS],
+        users=len(by_user),
+        top_rows=_preview_rows(sorted(top, key=lambda entry: entry[:2], reverse=True), cards, emails),
+    )
+
+
+def _preview_cost(
+    values: dict, platform: str, cards: Mapping[str, tuple[ChannelCard, ...]], matches: dict
+) -> CostBreakdown:
+    """One row priced as billing prices a request: the channel's lookup rule, then compute_cost."""
+    model = values["billing_model"]
+    match = matches.get((platform, model))
+    if match is None:
+        match = matches[(platform, model)] = price_lookup(cards=cards.get(platform, ()), model=model)
+    return compute_cost(
+        price=match.price,
+        usage=_preview_usage(values),
+        pricing_source=match.source,
+        rate_multiplier=values["rate_multiplier"],
+        rate_multiplier_source=values["rate_source"] or "group",
+        account_rate_multiplier=values["account_rate_multiplier"],
+        cache_ttl_override=values["ttl_override"] or None,
+        billing_model=model,
+    )
+
+
+def _preview_rows(
+    top: list[tuple[Decimal, int, str, dict]],
+    cards: Mapping[str, tuple[ChannelCard, ...]],
+    emails: dict[int, str],
+) -> list[PreviewRow]:
+    logs = UsageLog.objects.in_bulk([-entry[1] for entry in top])
+    matches: dict[tuple[str, str], PriceMatch] = {}
+    rows = []
+    for _, pk, platform, values in top:
+        log = logs[-pk]
+        new = _preview_cost(values, platform, cards, matches)
+        rows.append(
+            PreviewRow(
+                usage_log_id=log.pk,
+                created_at=log.created_at,
+                user_email=emails.get(log.user_id, f"user {log.user_id}"),
+                model=log.billing_model,
+                old_cost=log.actual_cost,
+                new_cost=new.actual_cost,
+                old_sentence=log.explain(),
+                new_sentence=new.explain(),
+            )
+        )
+    return rows

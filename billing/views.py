@@ -7,9 +7,10 @@ import io
 from collections.abc import Iterable, Iterator
 from decimal import Decimal
 
-from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, render
 from django.utils import timezone
+from django.views.decorators.http import require_POST
 from django_tables2 import RequestConfig
 
 from accounts.roles import requires
@@ -19,6 +20,7 @@ from billing.selectors import (
     CSV_COLUMNS,
     UsageFilters,
     UsageTotals,
+    channel_price_preview,
     usage_csv_rows,
     usage_logs,
     usage_models_seen,
@@ -26,6 +28,10 @@ from billing.selectors import (
     usage_totals,
 )
 from billing.tables import CountedPaginator, UsageTable
+from channels.forms import ChannelEditor
+from channels.models import Channel
+from channels.selectors import channel_for_edit
+from channels.snapshots import channel_cards_of_specs
 from common.htmx import render_page
 
 PER_PAGE = 50
@@ -125,3 +131,24 @@ def range_label(filters: UsageFilters) -> str:
     if filters.end:
         return f"Before {timezone.localtime(filters.end):{fmt}} ({tz})"
     return "All time"
+
+
+@requires("admin")
+@require_POST
+def price_preview(request: HttpRequest, channel_pk: int | None = None) -> HttpResponse:
+    """The channel form as typed, not saved: the last 30 days of its groups' usage re-priced under
+    its cards (docs/pricing.md#price-preview). Invalid input gets the errors saving would give."""
+    channel = None
+    if channel_pk is not None:
+        try:
+            channel = channel_for_edit(pk=channel_pk)
+        except Channel.DoesNotExist as error:
+            raise Http404("No such channel.") from error
+    editor = ChannelEditor(request.POST, channel=channel)
+    if not editor.is_valid():
+        return render(request, "billing/price_preview.html", {"problems": editor.problems()})
+    groups = list(editor.form.cleaned_data["groups"])
+    preview = channel_price_preview(
+        group_ids=[group.pk for group in groups], cards=channel_cards_of_specs(editor.card_specs())
+    )
+    return render(request, "billing/price_preview.html", {"preview": preview, "groups": groups})

@@ -355,6 +355,14 @@ def _is_live(formset: forms.BaseFormSet, form: forms.Form) -> bool:
     return not (form.empty_permitted and not form.has_changed())
 
 
+def _form_problems(form: forms.Form, where: str) -> list[tuple[str, str]]:
+    found = []
+    for name, errors in form.errors.items():
+        place = f"{where} · {form[name].label}" if name in form.fields else where
+        found += [(place, str(error)) for error in errors]
+    return found
+
+
 class ChannelEditor:
     """The channel form, its cards (with their intervals) and its mapping rows, validated together."""
 
@@ -422,6 +430,22 @@ class ChannelEditor:
 
     def mapping_rules(self) -> list[MappingRule]:
         return [row.to_rule() for row in self.live_rules()]
+
+    def problems(self) -> list[tuple[str, str]]:
+        """Every error of a validated editor as (where, message), e.g. ("Card 2 · Input ($/MTok)",
+        "Ensure this value is greater than or equal to 0."): what saving would mark on the page,
+        for places that show the errors away from their fields (the price preview)."""
+        found = _form_problems(self.form, "Channel")
+        found += [("Pricing", str(error)) for error in self.cards.non_form_errors()]
+        for card in self.live_cards():
+            where = f"Card {card.number}"
+            found += _form_problems(card, where)
+            found += [(f"{where} · intervals", str(error)) for error in card.intervals.non_form_errors()]
+            for row, interval in enumerate(card.live_intervals(), start=1):
+                found += _form_problems(interval, f"{where} · interval row {row}")
+        for row, rule in enumerate(self.live_rules(), start=1):
+            found += _form_problems(rule, f"Mapping row {row}")
+        return found
 
     @property
     def has_errors(self) -> bool:

@@ -7,6 +7,7 @@ services announce their changes through accounts.snapshots.snapshots_changed.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -19,6 +20,7 @@ from accounts.snapshots import JSONSnapshot
 from channels.models import Channel, ModelPricing, PricingInterval
 from channels.patterns import match_pattern
 from channels.pricing import ChannelCard, Price, PriceInterval, PriceMatch, first_set, price_lookup
+from channels.rules import CardSpec
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +100,28 @@ def channel_card(card: ModelPricing) -> ChannelCard:
     Empty prices follow the catalog's gap rules, so an operator who leaves a cache price empty
     bills those tokens as input rather than free; an explicit 0 is free.
     """
+    intervals = tuple(
+        PriceInterval(**{name: getattr(row, name) for name in _INTERVAL_FIELDS})
+        for row in card.intervals.all()
+    )
+    return _card(card, intervals)
+
+
+def channel_card_of_spec(spec: CardSpec) -> ChannelCard:
+    """A card as typed on the channel form, not saved yet, exactly as `channel_card` will read it
+    once saved (the price preview, docs/pricing.md#price-preview)."""
+    return _card(spec, tuple(spec.intervals))
+
+
+def channel_cards_of_specs(specs: Iterable[CardSpec]) -> dict[str, tuple[ChannelCard, ...]]:
+    """{platform: its cards in card order}, as a ChannelSnapshot holds them."""
+    cards: dict[str, list[ChannelCard]] = {}
+    for spec in specs:
+        cards.setdefault(spec.platform, []).append(channel_card_of_spec(spec))
+    return {platform: tuple(rows) for platform, rows in cards.items()}
+
+
+def _card(card: ModelPricing | CardSpec, intervals: tuple[PriceInterval, ...]) -> ChannelCard:
     input_price = first_set(card.input_price, Decimal(0))
     output_price = first_set(card.output_price, Decimal(0))
     price = Price(
@@ -109,9 +133,6 @@ def channel_card(card: ModelPricing) -> ChannelCard:
         image_output_price=first_set(card.image_output_price, output_price),
         per_request_price=card.per_request_price,
         billing_mode=card.billing_mode,
-        intervals=tuple(
-            PriceInterval(**{name: getattr(row, name) for name in _INTERVAL_FIELDS})
-            for row in card.intervals.all()
-        ),
+        intervals=intervals,
     )
     return ChannelCard(models=tuple(card.models), price=price)

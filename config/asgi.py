@@ -1,8 +1,8 @@
 """One ASGI application for the console and the gateway (docs/gateway.md, README "The gateway").
 
-Paths under /v1/ go to the gateway's own raw ASGI app (gateway/app.py), so an API request pays
-for none of Django's request handling or the console's middleware; everything else goes to
-Django. The gateway also takes the ASGI lifespan: it starts and stops what a process shares (the
+Paths under /v1/ and /metrics go to the gateway's own raw ASGI app (gateway/app.py), so an API
+request (or a scrape) pays for none of Django's request handling or the console's middleware;
+everything else goes to Django. The gateway also takes the ASGI lifespan: it starts and stops what a process shares (the
 upstream connection pool, the database threads, the snapshot cache and its Redis listener).
 """
 
@@ -27,7 +27,7 @@ async def application(scope, receive, send):
     if (
         scope["type"] == "lifespan"
         or scope["type"] == "http"
-        and (scope["path"].startswith("/v1/") or scope["path"] == "/v1")
+        and (scope["path"].startswith("/v1/") or scope["path"] in ("/v1", "/metrics"))
     ):
         await gateway(scope, receive, send)
     else:

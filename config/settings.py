@@ -308,11 +308,59 @@ CELERY_TIMEZONE = TIME_ZONE
 CELERY_TASK_IGNORE_RESULT = True
 SCHEDULED_JOBS_ENABLED = bool(REDIS_URL)
 
+# The beat schedule (docs/jobs.md#what-runs): `celery -A config beat` sends these, a worker runs
+# them. Every entry names a registered task (tests/accounts/test_jobs.py). Intervals in seconds.
+JOBS_EXPIRE_EVERY_SECONDS = envint("JOBS_EXPIRE_EVERY_SECONDS", "300")
+JOBS_PAUSE_ACCOUNTS_EVERY_SECONDS = envint("JOBS_PAUSE_ACCOUNTS_EVERY_SECONDS", "300")
+CELERY_BEAT_SCHEDULE = {
+    "expire-keys": {"task": "accounts.expire_keys", "schedule": JOBS_EXPIRE_EVERY_SECONDS},
+    "expire-subscriptions": {
+        "task": "accounts.expire_subscriptions",
+        "schedule": JOBS_EXPIRE_EVERY_SECONDS,
+    },
+    "pause-expired-accounts": {
+        "task": "accounts.pause_expired_accounts",
+        "schedule": JOBS_PAUSE_ACCOUNTS_EVERY_SECONDS,
+    },
+    # --- issue 14, reconcile and prune (billing/tasks.py, helper wt14rec): the nightly dry-run
+    # reconcile batch and the usage prune go here, e.g. with celery.schedules.crontab(hour=3).
+    # --- issue 13, holds (gateway, helper wt13hold): the recovery of pending records past their
+    # lease goes here, every minute or so.
+}
+
+# Logs (README "Logging"): human-readable lines by default, one JSON object per line with
+# LOG_FORMAT=json; either way a line about a gateway request carries its request id.
+LOG_FORMAT = os.getenv("LOG_FORMAT", "plain").strip().lower()
+if LOG_FORMAT not in ("plain", "json"):
+    raise RuntimeError(f"LOG_FORMAT must be 'plain' or 'json', not {LOG_FORMAT!r}")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"request_id": {"()": "common.logs.RequestIdFilter"}},
+    "formatters": {
+        "plain": {"()": "common.logs.PlainFormatter"},
+        "json": {"()": "common.logs.JsonFormatter"},
+    },
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["request_id"]}
+    },
     "root": {"handlers": ["console"], "level": os.getenv("LOG_LEVEL", "INFO")},
     "loggers": {"django.db.backends": {"level": "INFO"}},
 }
+
+# Metrics (README "Metrics"): GET /metrics, for a bearer token and/or from listed addresses. With
+# neither set, production refuses every scrape and the embedded default answers loopback only.
+# Several worker processes share their numbers through PROMETHEUS_MULTIPROC_DIR (read by
+# prometheus_client from the environment itself).
+METRICS_TOKEN = os.getenv("METRICS_TOKEN", "")
+METRICS_ALLOWED_IPS = envlist("METRICS_ALLOWED_IPS", "")
+for _network in METRICS_ALLOWED_IPS:
+    try:
+        ipaddress.ip_network(_network, strict=False)
+    except ValueError as _error:
+        raise RuntimeError(
+            f"METRICS_ALLOWED_IPS: {_network!r} is not an IP address or CIDR network"
+        ) from _error
+# Distinct model names one process labels metrics with; past it a model is counted as "other"
+# (a client chooses the model string, and each label value costs memory for good).
+METRICS_MAX_MODELS = envint("METRICS_MAX_MODELS", "200")

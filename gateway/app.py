@@ -8,6 +8,9 @@ every /v1/ path and the ASGI `lifespan`, which starts and stops what one process
 - the database threads (`GATEWAY_DB_THREADS`): the ORM never runs on the event loop;
 - the snapshot cache and, with `REDIS_URL`, its pub/sub listener (gateway.auth);
 - the recordings still running, which shutdown waits for.
+
+It also answers `GET /metrics` (gateway.metrics): every request is counted there once its answer
+is over, and every log line about it carries its request id (common.logs).
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ import aiohttp
 from django.conf import settings
 
 from accounts.client_address import client_ip_from
+from common import logs
+from gateway import metrics
 from gateway.errors import GatewayError, error_body
 from gateway.incoming import ROUTES, header_map, presented_key, protocol_for, refuse_key_in_query
 from gateway.logs import install_access_log_redaction
@@ -43,6 +48,8 @@ class Gateway:
         self.started = False
         self._starting: asyncio.Lock | None = None
         install_access_log_redaction()
+        # The server set up its loggers before loading this app: JSON logs take them over now.
+        logs.adopt_server_loggers(settings.LOG_FORMAT)
 
     # --- lifespan ---------------------------------------------------------------------------
 
@@ -74,6 +81,7 @@ class Gateway:
             self.auth = SnapshotCache(db=self.db)
             await self.auth.start()
             self.proxy = Proxy(session=self.session, db=self.db, auth=self.auth)
+            metrics.start()
             self.started = True
 
     async def shutdown(self) -> None:
@@ -115,9 +123,24 @@ class Gateway:
             # A server run without lifespan (or a test client): start on the first request.
             await self.startup()
         started = time.monotonic()
+        path = scope["path"]
+        if path == metrics.PATH:
+            await self.serve_metrics(scope, send)
+            return
         request_id = new_request_id()
+        logged = logs.request_id.set(request_id)
+        endpoint = path.rstrip("/") or path
+        route = ROUTES.get(endpoint)
+        observation = metrics.Observation(endpoint if route is not None else metrics.OTHER_ENDPOINT)
+        observed = metrics.observing(observation)
+        metrics.IN_FLIGHT.inc()
+
+        async def send_observed(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                observation.status = message["status"]
+            await send(message)
+
         headers = header_map(scope)
-        route = ROUTES.get(scope["path"].rstrip("/") or scope["path"])
         protocol = protocol_for(route, headers)
         try:
             refuse_key_in_query(scope.get("query_string", b""))
@@ -143,20 +166,63 @@ class Gateway:
                 request_id=request_id,
                 started=started,
                 receive=receive,
-                send=send,
+                send=send_observed,
             )
         except GatewayError as error:
-            await answer_error(send, error, protocol, request_id)
+            metrics.refused(error.code)
+            await answer_error(send_observed, error, protocol, request_id)
         except ConnectionAbortedError:
             return  # the client left while sending its request: nothing to answer, nothing served
         except Exception:
             logger.exception("gateway request %s failed", request_id)
+            metrics.refused("INTERNAL_ERROR")
             await answer_error(
-                send,
+                send_observed,
                 GatewayError("INTERNAL_ERROR", f"The gateway failed ({request_id})."),
                 protocol,
                 request_id,
             )
+        finally:
+            metrics.IN_FLIGHT.dec()
+            elapsed = time.monotonic() - started
+            metrics.finish(observation, elapsed)
+            if logger.isEnabledFor(logging.DEBUG):
+                logger.debug(
+                    "%s %s answered %s in %.1f ms (model %r)",
+                    scope["method"],
+                    endpoint,
+                    observation.status or "nothing (the client left)",
+                    elapsed * 1000,
+                    observation.model,
+                )
+            metrics.current.reset(observed)
+            logs.request_id.reset(logged)
+
+    async def serve_metrics(self, scope, send) -> None:
+        """GET /metrics for a scraper that passes the protection (gateway.metrics.refusal)."""
+        headers = header_map(scope)
+        client = scope.get("client")
+        client_ip = client_ip_from(client[0] if client else "", _text(headers.get(b"x-forwarded-for")))
+        refused = metrics.refusal(authorization=headers.get(b"authorization"), client_ip=client_ip)
+        if refused is None and scope["method"] not in ("GET", "HEAD"):
+            refused = (405, "GET /metrics only.")
+        if refused is not None:
+            status, reason = refused
+            extra = [(b"www-authenticate", b'Bearer realm="metrics"')] if status == 401 else []
+            await _plain(send, status, reason.encode() + b"\n", extra)
+            return
+        body = await self.db.run(metrics.render)
+        await _plain(
+            send, 200, b"" if scope["method"] == "HEAD" else body, [], content_type=metrics.CONTENT_TYPE
+        )
+
+
+async def _plain(
+    send, status: int, body: bytes, extra: list, *, content_type: str = "text/plain; charset=utf-8"
+) -> None:
+    headers = [(b"content-type", content_type.encode()), (b"cache-control", b"no-store"), *extra]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 def _text(value: bytes | None) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -27,7 +28,9 @@ class DatabaseThreads:
 
     async def run[T](self, function: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, lambda: self._job(function, args, kwargs))
+        # The caller's context goes along, so a log line written on the thread names its request.
+        context = contextvars.copy_context()
+        return await loop.run_in_executor(self._executor, context.run, self._job, function, args, kwargs)
 
     def _job(self, function: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
         with self._lock:

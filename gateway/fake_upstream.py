@@ -15,7 +15,7 @@ request and `FAKE_UPSTREAM_MAX_REQUESTS` how many served requests the log keeps 
 
 Authentication, like the providers: OpenAI paths need `Authorization: Bearer <key>`; Anthropic paths
 need `x-api-key` (or `Authorization: Bearer`, as OAuth tokens do) and `anthropic-version`. Any key is
-accepted, except keys starting with `revoked` (401) and `forbidden` (403).
+accepted, except keys starting with `revoked` (401, quoting the key in its message) and `forbidden` (403).
 
 Usage is deterministic, and every response reports exactly what the server bills:
 - A text counts ceil(characters / 4) tokens. Text parts and blocks count their text; any other part
@@ -757,7 +757,8 @@ class FakeUpstream:
         elif not key:
             raise ProviderError(401, "Missing API key: send it as 'Authorization: Bearer <key>'.")
         if key.startswith(REVOKED_KEY_PREFIX):
-            raise ProviderError(401, "Invalid API key (revoked).")
+            # Quoted whole, as some providers and relays do: the gateway must keep it out of its logs.
+            raise ProviderError(401, f"Incorrect API key provided: {key} (revoked).")
         if key.startswith(FORBIDDEN_KEY_PREFIX):
             raise ProviderError(403, "This API key may not use this resource.")
         if scenario.status:

@@ -1,4 +1,6 @@
-"""Keys never reach a log: the server's access log shows a /v1/ query string with its values hidden.
+"""Keys never reach a log: the server's access log shows a /v1/ query string with its values hidden,
+and an upstream's error message is logged (and stored on the account) with the account's
+credentials hidden (`hide_credentials`).
 
 A request that carries a key in its URL is refused (400), but the ASGI server logs the request
 line before the gateway sees it. This filter rewrites uvicorn's access-log record, whose third
@@ -32,6 +34,19 @@ class RedactQueryStrings(logging.Filter):
 
 
 _FILTER = RedactQueryStrings()
+
+# Credential fields that are not secret (and would hide too much of a message if hidden).
+NOT_SECRET = frozenset({"base_url", "aws_region", "auth_mode", "region", "project_id"})
+HIDDEN = "[hidden]"
+
+
+def hide_credentials(text: str, credentials: dict) -> str:
+    """`text` (an upstream's error message, which may quote the key it was sent) with every
+    credential value of the account replaced by [hidden], before it is logged or stored."""
+    for name, value in credentials.items():
+        if name not in NOT_SECRET and isinstance(value, str) and len(value) >= 8 and value in text:
+            text = text.replace(value, HIDDEN)
+    return text
 
 
 def install_access_log_redaction() -> None:

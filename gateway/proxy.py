@@ -19,13 +19,15 @@ from typing import Any
 import aiohttp
 from django.conf import settings
 
-from gateway import recorder
+from gateway import metrics, recorder
 from gateway.admission import Hold, admit
 from gateway.errors import GatewayError
 from gateway.failover import PASS_ON, RETRY_AND_DISABLE, RETRY_AND_RATE_LIMIT, classify, rate_limited_until
 from gateway.incoming import Route, parse_body, read_body
 from gateway.limits import LocalLimiter
+from gateway.logs import hide_credentials
 from gateway.relay import (
+    UPSTREAM_CUT,
     UPSTREAM_ERROR,
     ClientChannel,
     ClientGone,
@@ -103,6 +105,7 @@ class Proxy:
         )
         if isinstance(decision, GatewayError):
             raise decision
+        metrics.note_model(model)
         try:
             await self._relay(
                 hold=decision,
@@ -174,6 +177,8 @@ class Proxy:
                     busy += 1
                     continue
                 attempts += 1
+                if last is not None:
+                    metrics.failed_over(last[0].id)
                 try:
                     relayed, meter, upstream_model = await self._attempt(
                         hold=hold,
@@ -189,6 +194,7 @@ class Proxy:
                         client=client,
                     )
                 except UpstreamFailure as failure:
+                    metrics.upstream_failed(account.id, failure.kind, failure.status)
                     if failure.kind == "status" and classify(failure.status) == PASS_ON:
                         await self._pass_on(failure, client, request_id)
                         self._record(
@@ -249,7 +255,7 @@ class Proxy:
         detail = (
             f"the upstream refused the account's credential (HTTP {failure.status})"
             if failure.status in (401, 403)
-            else failure.message
+            else hide_credentials(failure.message, self.auth.credentials(account))
         )
         raise GatewayError(
             "NO_ACCOUNT_AVAILABLE",
@@ -348,6 +354,7 @@ class Proxy:
 
     def _mark(self, account: Any, failure: UpstreamFailure) -> None:
         action = classify(failure.status) if failure.kind == "status" else None
+        said = hide_credentials(failure.message, self.auth.credentials(account))
         now = datetime.now(UTC)
         if action == RETRY_AND_RATE_LIMIT:
             until = rate_limited_until(
@@ -357,11 +364,9 @@ class Proxy:
             self._background(self.db.run(recorder.account_rate_limited, account_id=account.id, until=until))
         elif action == RETRY_AND_DISABLE:
             self.board.mark_disabled(account.id)
-            message = f"HTTP {failure.status} from the upstream: {failure.message}"
+            message = f"HTTP {failure.status} from the upstream: {said}"
             self._background(self.db.run(recorder.account_failed, account_id=account.id, message=message))
-        logger.warning(
-            "account %s failed (%s %s): %s", account.id, failure.kind, failure.status, failure.message
-        )
+        logger.warning("account %s failed (%s %s): %s", account.id, failure.kind, failure.status, said)
 
     def _record(
         self,
@@ -379,6 +384,8 @@ class Proxy:
         headers: dict,
         upstream_model: str,
     ) -> None:
+        if relayed.outcome == UPSTREAM_CUT:
+            metrics.upstream_failed(account.id, "cut", status)
         if meter is None:
             usage, source = recorder.NO_USAGE, "none"
         else:
@@ -405,10 +412,17 @@ class Proxy:
 
     async def _settle(self, entry: recorder.Entry) -> None:
         try:
-            _, fresh = await self.db.run(recorder.record, entry)
+            result, fresh = await self.db.run(recorder.record, entry)
         except Exception:
             logger.exception("recording request %s failed", entry.request_id)
             return
+        if not result.duplicate:
+            metrics.recorded(
+                model=entry.requested_model,
+                usage=entry.usage,
+                actual_cost=float(result.breakdown.actual_cost),
+                account_cost=float(result.breakdown.account_cost),
+            )
         self.auth.refresh(entry.key, fresh)
 
     def _background(self, work) -> None:

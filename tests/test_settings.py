@@ -198,3 +198,16 @@ def test_private_upstreams_are_allowed_by_the_embedded_default_and_refused_in_pr
     result = manage("shell", "--no-imports", "-c", script, env=env)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == [allowed]
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"LOG_FORMAT": "xml"}, "LOG_FORMAT must be 'plain' or 'json'"),
+        ({"METRICS_ALLOWED_IPS": "10.0.0.0/8,intranet"}, "METRICS_ALLOWED_IPS: 'intranet' is not an IP"),
+    ],
+)
+def test_a_log_format_or_metrics_address_it_does_not_understand_stops_the_start(tmp_path, env, message):
+    check = manage("check", env={"TOLLGATE_VAR_DIR": str(tmp_path), **env})
+    assert check.returncode != 0
+    assert message in check.stderr

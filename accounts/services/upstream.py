@@ -214,6 +214,23 @@ def upstream_account_set_schedulable(*, account_id: int, schedulable: bool) -> N
     snapshots_changed(account_ids=[account_id])
 
 
+def upstream_account_pause_expired(*, now: datetime | None = None) -> int:
+    """Stop scheduling accounts past `expires_at` that ask for it (`auto_pause_on_expired`); how
+    many were paused (the tidy-up job, docs/jobs.md#what-runs; the gateway skips an expired
+    account by its time anyway). Accounts already not schedulable are not touched or announced;
+    an expired account made schedulable again is paused again on the next run."""
+    with transaction.atomic():
+        due = UpstreamAccount.objects.filter(
+            auto_pause_on_expired=True, schedulable=True, expires_at__lte=now or timezone.now()
+        )
+        ids = list(due.values_list("pk", flat=True))
+        paused = UpstreamAccount.objects.filter(pk__in=ids, schedulable=True).update(
+            schedulable=False, updated_at=timezone.now()
+        )
+        snapshots_changed(account_ids=ids)
+    return paused
+
+
 def upstream_account_clear_error(*, account_id: int) -> None:
     """Back to active with the message cleared; only an account in error is touched."""
     cleared = UpstreamAccount.objects.filter(pk=account_id, status=UpstreamAccount.Status.ERROR).update(

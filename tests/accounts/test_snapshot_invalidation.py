@@ -93,6 +93,11 @@ def clear_an_error(w: World) -> None:
     account_services.upstream_account_clear_error(account_id=w.account.pk)
 
 
+def pause_an_expired_account(w: World) -> None:
+    UpstreamAccount.objects.filter(pk=w.account.pk).update(expires_at=timezone.now() - timedelta(minutes=1))
+    account_services.upstream_account_pause_expired()
+
+
 def resume_a_suspended_subscription(w: World) -> None:
     Subscription.objects.filter(pk=w.subscription.pk).update(status="suspended")
     subscription_services.subscription_resume(subscription_id=w.subscription.pk)
@@ -213,6 +218,10 @@ CASES = {
     ),
     "upstream_account_clear_error": (
         lambda w: clear_an_error(w),
+        lambda w, _: ids(account_ids=[w.account.pk]),
+    ),
+    "upstream_account_pause_expired": (
+        lambda w: pause_an_expired_account(w),
         lambda w, _: ids(account_ids=[w.account.pk]),
     ),
     "upstream_account_quota_reset": (

@@ -8,6 +8,7 @@ from datetime import timedelta
 from decimal import Decimal
 
 import pytest
+from django.conf import settings as live
 from django.core.cache import cache
 from django.db.models import Count, F, Sum
 from django.utils import timezone
@@ -368,3 +369,23 @@ def test_keys_near_quota_count_every_match_beyond_the_list(staff_client):
     context = staff_client.get("/").context
     assert len(context["keys_near_quota"]) == 10 and context["key_near_quota_more"] == 2
     assert b"and 2 more" in staff_client.get("/").content
+
+
+def test_without_a_broker_it_says_scheduled_jobs_are_off_and_how_to_turn_them_on(staff_client, settings):
+    settings.SCHEDULED_JOBS_ENABLED = False
+    page = staff_client.get("/").content.decode()
+    assert 'id="jobs-off"' in page and "Scheduled jobs are off." in page
+    assert "<code>REDIS_URL</code> is unset" in page
+    assert "<code>celery -A config worker</code>" in page and "<code>celery -A config beat</code>" in page
+
+
+def test_with_a_broker_it_does_not_say_jobs_are_off(staff_client, settings):
+    settings.SCHEDULED_JOBS_ENABLED = True
+    page = staff_client.get("/").content.decode()
+    assert 'id="jobs-off"' not in page and "Scheduled jobs are off" not in page
+
+
+def test_scheduled_jobs_are_on_exactly_when_redis_is_configured():
+    # What the dashboard reads is derived from REDIS_URL in settings, like the broker itself.
+    assert bool(live.REDIS_URL) == live.SCHEDULED_JOBS_ENABLED
+    assert (not live.REDIS_URL) == live.CELERY_TASK_ALWAYS_EAGER

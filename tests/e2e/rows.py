@@ -148,6 +148,7 @@ ID_OWNERS = {
     "accounts:account-": "account",
     "channels:channel-": "channel",
     "billing:usage-": "usage",
+    "billing:price-preview": "channel",
     "sign-in-": "sign_in_lock",
 }
 
