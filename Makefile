@@ -14,7 +14,7 @@ FAKE_UPSTREAM_PORT ?= 9100
 # Python 3.12: from PATH (pyenv's shim honours .python-version), or pyenv's install dir.
 PYTHON312 := $(shell command -v python3.12 2>/dev/null || ls -d $$HOME/.pyenv/versions/3.12*/bin/python3.12 2>/dev/null | tail -1)
 
-.PHONY: run test venv deps dev-deps migrate seed lint check-services fake-upstream bench bench-record-usage bench-usage-page bench-fake-upstream bench-gateway-request bench-gateway clean
+.PHONY: run test venv deps dev-deps migrate seed lint check-services fake-upstream bench bench-record-usage bench-usage-page bench-fake-upstream bench-gateway-request bench-gateway bench-dashboard clean
 
 $(VENV)/.created:
 	@if [ -z "$(PYTHON312)" ]; then echo "Python 3.12 is required (pyenv install 3.12, or put python3.12 on PATH)."; exit 1; fi
@@ -69,13 +69,16 @@ test: check-services
 	DATABASE_URL=$(TEST_DATABASE_URL) $(PY) -m pytest $(PYTEST_ARGS)
 
 # Benchmarks print their figures; each works in a scratch database it drops afterwards.
-bench: bench-record-usage bench-usage-page bench-fake-upstream bench-gateway-request
+bench: bench-record-usage bench-usage-page bench-fake-upstream bench-gateway-request bench-dashboard
 
 bench-record-usage: check-services
 	DATABASE_URL=$(TEST_DATABASE_URL) $(PY) -m bench.record_usage
 
 bench-usage-page: check-services
 	DATABASE_URL=$(TEST_DATABASE_URL) $(PY) -m bench.usage_page
+
+bench-dashboard: check-services
+	DATABASE_URL=$(TEST_DATABASE_URL) $(PY) -m bench.dashboard
 
 bench-gateway-request: check-services
 	DATABASE_URL=$(TEST_DATABASE_URL) $(PY) -m bench.gateway_request

@@ -74,7 +74,12 @@ def make_dimensions() -> dict:
     return {"groups": groups, "users": users, "accounts": accounts, "keys": keys, "staff": staff}
 
 
-def generate_rows(rows: int, dims: dict) -> None:
+def generate_rows(rows: int, dims: dict, *, period: str = "7d", breakdown: dict | None = None) -> None:
+    """`rows` ledger rows spread evenly from the start of `period` to now, then their rollups.
+
+    Each row carries a real breakdown's JSON unless `breakdown` is given (bench/dashboard.py,
+    which never reads it, passes a small one to keep ten million rows quick to write).
+    """
     from django.db import connection
     from django.utils import timezone
 
@@ -90,7 +95,7 @@ def generate_rows(rows: int, dims: dict) -> None:
         pricing_source="catalog",
         billing_model="claude-sonnet-4-5",
     )
-    start, _ = period_range("7d")
+    start, _ = period_range(period)
     span = (timezone.now() - start).total_seconds() - 1
     with connection.cursor() as cursor:
         cursor.execute(
@@ -115,7 +120,7 @@ def generate_rows(rows: int, dims: dict) -> None:
                 input_cost, output_cost, image_output_cost, cache_creation_cost, cache_read_cost, unit_cost,
                 total_cost, rate_multiplier, actual_cost, account_rate_multiplier, account_cost,
                 pricing_source, breakdown, stream, duration_ms, first_token_ms, status_code, client_ip,
-                user_agent, cache_ttl_overridden, created_at
+                user_agent, cache_ttl_overridden, outcome, usage_source, created_at
             )
             SELECT
                 'bench-' || g, k.user_id, k.key_id, a.account_id, k.group_id, NULL, NULL,
@@ -127,6 +132,7 @@ def generate_rows(rows: int, dims: dict) -> None:
                 %s::jsonb, g %% 3 <> 0, 400 + (g * 13) %% 30000, 150 + (g * 17) %% 2000,
                 CASE WHEN g %% 50 = 0 THEN 429 WHEN g %% 97 = 0 THEN 500 ELSE 200 END,
                 ('198.51.100.' || (1 + g %% 250))::inet, 'claude-cli/2.0.14 (external, cli)', false,
+                'completed', 'reported',
                 %s::timestamptz + (g::float8 / {rows}) * %s * interval '1 second'
             FROM generate_series(1::bigint, {rows}::bigint) AS g
             JOIN bench_keys k ON k.n = g %% {KEYS}
@@ -142,7 +148,7 @@ def generate_rows(rows: int, dims: dict) -> None:
                        + t0.cache_read * 0.0000003 AS total
             ) t
             """,
-            [json.dumps(breakdown_extra(sample)), start, span],
+            [json.dumps(breakdown_extra(sample) if breakdown is None else breakdown), start, span],
         )
         cursor.execute(
             """

@@ -20,6 +20,7 @@ from billing.cost import CostBreakdown, Usage, compute_cost
 from billing.holds import pending_settle
 from billing.models import BREAKDOWN_COLUMNS, RequestOutcome, UsageLog, UsageRollup, UsageSource
 from billing.pricing import BillingContext, billing_context, pick_billing_model, resolve_price
+from billing.rollup_epoch import BACKFILL_AFTER, rollup_epoch_bump
 from common.money import quantize_usd
 
 ZERO = Decimal(0)
@@ -126,6 +127,8 @@ def usage_record(
                 key_id=api_key_id, amount_usd=amount, now=now, timezone=context.key_timezone
             )
         usage_rollup_add(log=row)
+        if now < timezone.now() - BACKFILL_AFTER:  # into a closed hour: cached sums are stale
+            transaction.on_commit(rollup_epoch_bump)
         if amount > 0:
             if context.charges_subscription:
                 subscription_windows = subscription_usage_charge(

@@ -93,11 +93,12 @@ def usage_export(request: HttpRequest) -> HttpResponse:
     return response
 
 
-def csv_lines(rows: Iterable[tuple], *, batch: int = 500) -> Iterator[str]:
-    """Header, then rows, yielded in batches so a big export is not one write per row."""
+def csv_lines(rows: Iterable[tuple], *, batch: int = 500, header: list[str] | None = None) -> Iterator[str]:
+    """Header (the usage log's unless given), then rows, yielded in batches so a big export is not
+    one write per row. Cells follow one rule: fixed-point decimals, ISO times, no formulas."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow([header for header, _ in CSV_COLUMNS])
+    writer.writerow(header or [name for name, _ in CSV_COLUMNS])
     for count, row in enumerate(rows, start=1):
         writer.writerow([_cell(value) for value in row])
         if count % batch == 0:

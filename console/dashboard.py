@@ -1,29 +1,47 @@
 """Reads for the operator dashboard (docs/console.md#dashboard). Usage figures come from the hourly rollups.
 
-Every function here is a fixed number of queries, however many rollup rows, keys or
-accounts there are: the dashboard's query count is tested with thousands of rows.
+The dashboard sums rollup rows into *buckets*: today's hours and the closed days before today.
+A bucket that ended more than SETTLE ago no longer changes (the gateway records a row at the
+moment it finishes), so its sums are cached (CACHE_TTL) and the next request only sums the
+hours that are still open. Every chart, the KPIs and the top lists are built from those bucket
+sums, so a page costs a fixed number of queries however many rollup rows, keys or accounts
+there are: the query count is tested with thousands of rows, the time with ten million ledger
+rows (bench/dashboard.py).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
-from django.db.models import Count, DecimalField, F, OuterRef, Q, Subquery, Sum, Value
+from django.core.cache import cache
+from django.db.models import DecimalField, F, Max, Q, Sum, Value
 from django.db.models.functions import TruncDate
 from django.utils import timezone
 
-from accounts.models import APIKey, UpstreamAccount, User
+from accounts.models import APIKey, Group, UpstreamAccount, User
 from accounts.selectors.upstream import WARN_AT, QuotaMeter, upstream_account_quota_badge
 from billing.models import UsageRollup
-from billing.selectors import period_range, unpriced_models_seen
-from common.money import format_usd, quantize_usd
+from billing.rollup_epoch import BACKFILL_AFTER, rollup_epoch
+from billing.selectors import PERIOD_DAYS, UnpricedModel, local_midnight
+from channels.pricing import PricingSource
+from common.money import quantize_usd
 
 ZERO = Decimal(0)
-TREND_DAYS = 7
+HOUR = timedelta(hours=1)
 TOP_LIMIT = 8
 WARNING_LIMIT = 10
+# A bucket that ended this long ago is closed: its sums are cached. Any row recorded into it
+# later is a backfill (older than BACKFILL_AFTER), which moves the rollup epoch in the keys.
+SETTLE = timedelta(minutes=10)
+assert SETTLE >= BACKFILL_AFTER
+CACHE_TTL = 24 * 60 * 60
+CACHE_PREFIX = "dashboard:v3"
+# The period switcher: today by hour, the last 7 or 30 days (today included) by day.
+PERIODS = {"today": "Today", "7d": "7 days", "30d": "30 days"}
+DEFAULT_PERIOD = "7d"
 # The top-models toggle: which rollup columns name a row. "mapping" is "requested → upstream".
 MODEL_SOURCES: dict[str, tuple[str, ...]] = {
     "requested": ("requested_model",),
@@ -33,6 +51,79 @@ MODEL_SOURCES: dict[str, tuple[str, ...]] = {
 DEFAULT_MODEL_SOURCE = "requested"
 MODEL_SOURCE_CHOICES = [("requested", "Requested"), ("upstream", "Upstream"), ("mapping", "Mapping")]
 _MONEY = DecimalField(max_digits=20, decimal_places=8)
+
+
+class InvalidChoice(ValueError):
+    """A period or model source the dashboard does not know: the view answers 400."""
+
+
+def valid_period(value: str | None) -> str:
+    if not value:
+        return DEFAULT_PERIOD
+    if value not in PERIODS:
+        raise InvalidChoice(f"period must be one of {', '.join(PERIODS)}")
+    return value
+
+
+def valid_model_source(value: str | None) -> str:
+    if not value:
+        return DEFAULT_MODEL_SOURCE
+    if value not in MODEL_SOURCES:
+        raise InvalidChoice(f"model source must be one of {', '.join(MODEL_SOURCES)}")
+    return value
+
+
+@dataclass(slots=True)
+class Sums:
+    """The rollup sums of one bucket (an hour or a day), whole and by dimension.
+
+    Each dimension maps its key to (requests, tokens, actual cost): models by
+    (requested, upstream), users, keys and groups by id (group 0 = none). Costs are whole
+    units of $0.00000001 (the ledger's scale), so sums stay exact and cached buckets are
+    plain integers, quick to unpickle and add; _money() turns them back into dollars.
+    """
+
+    requests: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_tokens: int = 0
+    actual_cost: int = 0
+    account_cost: int = 0
+    models: dict[tuple[str, str], tuple[int, int, int]] = field(default_factory=dict)
+    users: dict[int, tuple[int, int, int]] = field(default_factory=dict)
+    keys: dict[int, tuple[int, int, int]] = field(default_factory=dict)
+    groups: dict[int, tuple[int, int, int]] = field(default_factory=dict)
+    # Models recorded with no price: billing model -> (requests, start of the last hour, epoch seconds).
+    unpriced: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens + self.cache_tokens
+
+    def add(self, other: Sums) -> None:
+        self.requests += other.requests
+        self.input_tokens += other.input_tokens
+        self.output_tokens += other.output_tokens
+        self.cache_tokens += other.cache_tokens
+        self.actual_cost += other.actual_cost
+        self.account_cost += other.account_cost
+        for name in ("models", "users", "keys", "groups"):
+            mine = getattr(self, name)
+            for key, row in getattr(other, name).items():
+                have = mine.get(key)
+                mine[key] = row if have is None else (have[0] + row[0], have[1] + row[1], have[2] + row[2])
+        for model, (requests, last) in other.unpriced.items():
+            have = self.unpriced.get(model)
+            self.unpriced[model] = (
+                (requests, last) if have is None else (have[0] + requests, max(have[1], last))
+            )
+
+
+def merged(parts: Iterable[Sums]) -> Sums:
+    total = Sums()
+    for part in parts:
+        total.add(part)
+    return total
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +140,19 @@ class PeriodFigures:
     def total_tokens(self) -> int:
         return self.input_tokens + self.output_tokens + self.cache_tokens
 
+    @classmethod
+    def of(cls, parts: list[Sums]) -> PeriodFigures:
+        """The figures of several buckets, without merging their dimensions (only the keys' ids)."""
+        return cls(
+            requests=sum(part.requests for part in parts),
+            input_tokens=sum(part.input_tokens for part in parts),
+            output_tokens=sum(part.output_tokens for part in parts),
+            cache_tokens=sum(part.cache_tokens for part in parts),
+            actual_cost=_money(sum(part.actual_cost for part in parts)),
+            account_cost=_money(sum(part.account_cost for part in parts)),
+            active_keys=len({key for part in parts for key, row in part.keys.items() if row[0] > 0}),
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class Kpis:
@@ -57,27 +161,13 @@ class Kpis:
 
 
 @dataclass(frozen=True, slots=True)
-class TrendDay:
-    day: date
+class TrendPoint:
+    start: datetime  # the bucket's start, local
+    label: str  # the chart's axis label
+    title: str  # the table's row heading
     requests: int
     tokens: int
     actual_cost: Decimal
-
-
-@dataclass(frozen=True, slots=True)
-class Bar:
-    """One bar of a server-drawn SVG chart, in viewBox units."""
-
-    label: str
-    title: str
-    x: int
-    y: int
-    width: int
-    height: int
-
-    @property
-    def center(self) -> int:
-        return self.x + self.width // 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,11 +178,21 @@ class TopModel:
     tokens: int
     actual_cost: Decimal
 
+    def label(self, source: str) -> str:
+        if source == "upstream":
+            return self.upstream or "(none)"
+        if source == "mapping":
+            return f"{self.requested} → {self.upstream or '(none)'}"
+        return self.requested
+
 
 @dataclass(frozen=True, slots=True)
-class TopUser:
-    user_id: int
-    email: str
+class Ranked:
+    """One row of a top list: a user, a key or a group."""
+
+    id: int
+    label: str
+    detail: str
     requests: int
     tokens: int
     actual_cost: Decimal
@@ -102,6 +202,16 @@ class TopUser:
 class AccountNearQuota:
     account: UpstreamAccount
     meters: tuple[QuotaMeter, ...]  # only the dimensions at or above WARN_AT
+
+
+def _money(units: int) -> Decimal:
+    """Dollars from whole units of $0.00000001."""
+    return quantize_usd(Decimal(units).scaleb(-8))
+
+
+def _units(amount: Decimal | None) -> int:
+    """Whole units of $0.00000001 of a sum of ledger amounts (which have 8 places at most)."""
+    return int((amount or ZERO).scaleb(8))
 
 
 def _token_sum() -> F:
@@ -114,140 +224,293 @@ def _token_sum() -> F:
     )
 
 
-def _money(value) -> Decimal:
-    return quantize_usd(Decimal(value or 0))
+def _cache_sum() -> F:
+    return F("cache_creation_5m_tokens") + F("cache_creation_1h_tokens") + F("cache_read_tokens")
 
 
-def dashboard_kpis(*, now: datetime | None = None) -> Kpis:
-    """Today's and the last 7 days' figures (the usage page's "today" / "7d"), in one query."""
-    now = now or timezone.now()
-    today_start, _ = period_range("today", now=now)
-    week_start, _ = period_range("7d", now=now)
-    sums = {}
-    for name, start in (("today", today_start), ("week", week_start)):
-        since = Q(hour__gte=start)
-        sums |= {
-            f"{name}_requests": Sum("requests", filter=since),
-            f"{name}_input": Sum("input_tokens", filter=since),
-            f"{name}_output": Sum("output_tokens", filter=since),
-            f"{name}_cache": Sum(
-                F("cache_creation_5m_tokens") + F("cache_creation_1h_tokens") + F("cache_read_tokens"),
-                filter=since,
-            ),
-            f"{name}_actual": Sum("actual_cost", filter=since),
-            f"{name}_account": Sum("account_cost", filter=since),
-            f"{name}_keys": Count("api_key_id", distinct=True, filter=since & Q(requests__gt=0)),
-        }
-    row = UsageRollup.objects.filter(hour__gte=week_start).order_by().aggregate(**sums)
-    figures = {
-        name: PeriodFigures(
-            requests=row[f"{name}_requests"] or 0,
-            input_tokens=row[f"{name}_input"] or 0,
-            output_tokens=row[f"{name}_output"] or 0,
-            cache_tokens=row[f"{name}_cache"] or 0,
-            actual_cost=_money(row[f"{name}_actual"]),
-            account_cost=_money(row[f"{name}_account"]),
-            active_keys=row[f"{name}_keys"] or 0,
-        )
-        for name in ("today", "week")
-    }
-    return Kpis(**figures)
+_DIMENSIONS = (
+    ("models", ("requested_model", "upstream_model")),
+    ("users", ("user_id",)),
+    ("keys", ("api_key_id",)),
+)
 
 
-def dashboard_trend(*, now: datetime | None = None) -> list[TrendDay]:
-    """Requests, tokens and cost for each of the last 7 local days, oldest first, zeros included."""
-    now = now or timezone.now()
-    week_start, _ = period_range("7d", now=now)
-    rows = (
-        UsageRollup.objects.filter(hour__gte=week_start)
-        .annotate(day=TruncDate("hour", tzinfo=timezone.get_current_timezone()))
-        .values("day")
-        .annotate(requests=Sum("requests"), tokens=Sum(_token_sum()), actual_cost=Sum("actual_cost"))
-        .order_by()
-    )
-    by_day = {row["day"]: row for row in rows}
-    today = timezone.localdate(now)
-    days = [today - timedelta(days=offset) for offset in range(TREND_DAYS - 1, -1, -1)]
-    return [
-        TrendDay(
-            day=day,
-            requests=by_day.get(day, {}).get("requests") or 0,
-            tokens=by_day.get(day, {}).get("tokens") or 0,
-            actual_cost=_money(by_day.get(day, {}).get("actual_cost")),
-        )
-        for day in days
-    ]
+def sum_buckets(*, start: datetime, end: datetime, by_day: bool) -> dict[date | datetime, Sums]:
+    """The rollups in [start, end) summed by UTC hour or by local day: four queries.
 
-
-def bar_chart(
-    values: list[tuple[str, str, Decimal | int]], *, width: int = 700, height: int = 180, gap: int = 12
-) -> list[Bar]:
-    """Bars for (label, title, value) triples in a width × height viewBox; the tallest fills it.
-
-    A non-zero value always gets at least 2 units, so a small day is visibly not zero.
+    The group query carries every total, so the bucket's totals are the sum of its groups.
     """
-    peak = max((value for _, _, value in values), default=0)
-    slot = width // max(len(values), 1)
-    bars = []
-    for index, (label, title, value) in enumerate(values):
-        bar_height = int(Decimal(value) * height / Decimal(peak)) if peak else 0
-        if value and bar_height < 2:
-            bar_height = 2
-        bars.append(
-            Bar(
-                label=label,
-                title=title,
-                x=index * slot + gap // 2,
-                y=height - bar_height,
-                width=slot - gap,
-                height=bar_height,
+    rows = UsageRollup.objects.filter(hour__gte=start, hour__lt=end).order_by()
+    if by_day:
+        rows = rows.annotate(bucket=TruncDate("hour", tzinfo=timezone.get_current_timezone()))
+    else:
+        rows = rows.annotate(bucket=F("hour"))
+    buckets: dict[date | datetime, Sums] = {}
+    for row in rows.values("bucket", "group_id").annotate(
+        n=Sum("requests"),
+        input=Sum("input_tokens"),
+        output=Sum("output_tokens"),
+        cached=Sum(_cache_sum()),
+        actual=Sum("actual_cost"),
+        account=Sum("account_cost"),
+    ):
+        sums = buckets.setdefault(row["bucket"], Sums())
+        sums.requests += row["n"]
+        sums.input_tokens += row["input"]
+        sums.output_tokens += row["output"]
+        sums.cache_tokens += row["cached"]
+        actual = _units(row["actual"])
+        sums.actual_cost += actual
+        sums.account_cost += _units(row["account"])
+        sums.groups[row["group_id"]] = (row["n"], row["input"] + row["output"] + row["cached"], actual)
+    for name, columns in _DIMENSIONS:
+        query = rows.values("bucket", *columns).annotate(
+            n=Sum("requests"), tokens=Sum(_token_sum()), actual=Sum("actual_cost")
+        )
+        for row in query:
+            key = tuple(row[column] for column in columns) if len(columns) > 1 else row[columns[0]]
+            getattr(buckets.setdefault(row["bucket"], Sums()), name)[key] = (
+                row["n"],
+                row["tokens"],
+                _units(row["actual"]),
             )
+    for row in (
+        rows.filter(pricing_source=PricingSource.MISSING)
+        .values("bucket", "billing_model")
+        .annotate(n=Sum("requests"), last=Max("hour"))
+    ):
+        buckets.setdefault(row["bucket"], Sums()).unpriced[row["billing_model"]] = (
+            row["n"],
+            int(row["last"].timestamp()),
         )
-    return bars
+    return buckets
 
 
-def top_models(*, source: str = DEFAULT_MODEL_SOURCE, now: datetime | None = None) -> list[TopModel]:
-    """The last 7 days' models by actual cost, named by `source` (see MODEL_SOURCES)."""
-    week_start, _ = period_range("7d", now=now or timezone.now())
-    columns = MODEL_SOURCES.get(source, MODEL_SOURCES[DEFAULT_MODEL_SOURCE])
-    rows = (
-        UsageRollup.objects.filter(hour__gte=week_start)
-        .values(*columns)
-        .annotate(requests=Sum("requests"), tokens=Sum(_token_sum()), actual_cost=Sum("actual_cost"))
-        .order_by("-actual_cost", "-requests", *columns)[:TOP_LIMIT]
+def _hour_key(epoch: int):
+    return lambda hour: f"{CACHE_PREFIX}:{epoch}:hour:{int(hour.timestamp())}"
+
+
+def _day_key(epoch: int):
+    zone = timezone.get_current_timezone_name()
+    return lambda day: f"{CACHE_PREFIX}:{epoch}:day:{zone}:{day.isoformat()}"
+
+
+def _collect(
+    buckets: list, *, bounds, cache_key, by_day: bool, settled_before: datetime, now: datetime
+) -> dict:
+    """Each bucket's Sums: closed ones from the cache when there, the rest summed (and closed ones cached)."""
+    closed = [b for b in buckets if bounds(b)[1] <= settled_before]
+    found = cache.get_many([cache_key(b) for b in closed]) if closed else {}
+    result = {b: found[cache_key(b)] for b in closed if cache_key(b) in found}
+    wanted = [b for b in buckets if b not in result]
+    if wanted:
+        start = min(bounds(b)[0] for b in wanted)
+        end = min(max(bounds(b)[1] for b in wanted), now + HOUR)
+        summed = sum_buckets(start=start, end=end, by_day=by_day)
+        fresh = {}
+        for bucket in wanted:
+            result[bucket] = summed.get(bucket) or Sums()
+            if bounds(bucket)[1] <= settled_before:
+                fresh[cache_key(bucket)] = result[bucket]
+        if fresh:
+            cache.set_many(fresh, CACHE_TTL)
+    return result
+
+
+def today_hours(*, now: datetime) -> list[datetime]:
+    """The UTC rollup hours of today (local) that have started, oldest first."""
+    today = timezone.localdate(now)
+    start, end = local_midnight(today), local_midnight(today + timedelta(days=1))
+    hour = start.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    if hour < start:  # a half-hour zone: the rollup hour that straddles midnight is yesterday's
+        hour += HOUR
+    hours = []
+    while hour < end and hour <= now:
+        hours.append(hour)
+        hour += HOUR
+    return hours
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """The bucket sums the dashboard needs: today's hours, and closed days back to the period's start."""
+
+    hours: dict[datetime, Sums]
+    days: dict[date, Sums]  # closed days, oldest first
+    today: Sums
+    epoch: int = 0
+    settled_before: datetime | None = None
+
+
+def dashboard_usage(*, period: str = DEFAULT_PERIOD, now: datetime | None = None) -> Usage:
+    """Today's hours, and enough closed days for the period and the 7-day KPIs."""
+    now = now or timezone.now()
+    settled_before = now - SETTLE
+    epoch = rollup_epoch()  # a backfill into a closed bucket moves it
+    hours = _collect(
+        today_hours(now=now),
+        bounds=lambda hour: (hour, hour + HOUR),
+        cache_key=_hour_key(epoch),
+        by_day=False,
+        settled_before=settled_before,
+        now=now,
     )
+    today = timezone.localdate(now)
+    back = max(PERIOD_DAYS[period], PERIOD_DAYS["7d"])
+    days = _collect(
+        [today - timedelta(days=offset) for offset in range(back, 0, -1)],
+        bounds=lambda day: (local_midnight(day), local_midnight(day + timedelta(days=1))),
+        cache_key=_day_key(epoch),
+        by_day=True,
+        settled_before=settled_before,
+        now=now,
+    )
+    ordered_hours = dict(sorted(hours.items()))
+    return Usage(
+        hours=ordered_hours,
+        days=dict(sorted(days.items())),
+        today=merged(ordered_hours.values()),
+        epoch=epoch,
+        settled_before=settled_before,
+    )
+
+
+def period_parts(usage: Usage, period: str) -> list[Sums]:
+    """The buckets of a period: its closed days and today."""
+    days = list(usage.days.values())[-PERIOD_DAYS[period] :] if PERIOD_DAYS[period] else []
+    return [*days, usage.today]
+
+
+def period_sums(usage: Usage, period: str) -> Sums:
+    """The period merged: its closed days (merged once and cached like a day) and today."""
+    days = list(usage.days.items())[-PERIOD_DAYS[period] :] if PERIOD_DAYS[period] else []
+    if (
+        len(days) > 1
+        and usage.settled_before
+        and local_midnight(days[-1][0] + timedelta(days=1)) <= usage.settled_before
+    ):
+        zone = timezone.get_current_timezone_name()
+        key = f"{CACHE_PREFIX}:{usage.epoch}:days:{zone}:{days[0][0].isoformat()}:{days[-1][0].isoformat()}"
+        closed = cache.get(key)
+        if closed is None:
+            closed = merged(sums for _, sums in days)
+            cache.set(key, closed, CACHE_TTL)
+    else:
+        closed = merged(sums for _, sums in days)
+    return merged([closed, usage.today])
+
+
+def dashboard_kpis(*, now: datetime | None = None, usage: Usage | None = None) -> Kpis:
+    """Today's and the last 7 days' figures (the usage page's "today" / "7d")."""
+    usage = usage or dashboard_usage(now=now)
+    return Kpis(today=PeriodFigures.of([usage.today]), week=PeriodFigures.of(period_parts(usage, "7d")))
+
+
+def dashboard_trend(
+    *, period: str = DEFAULT_PERIOD, now: datetime | None = None, usage: Usage | None = None
+) -> list[TrendPoint]:
+    """Today by hour (the hours so far), or each day of the period, oldest first, zeros included."""
+    now = now or timezone.now()
+    usage = usage or dashboard_usage(period=period, now=now)
+    if period == "today":
+        points = []
+        for hour, sums in usage.hours.items():
+            local = timezone.localtime(hour)
+            points.append(
+                TrendPoint(
+                    local,
+                    f"{local:%H:%M}",
+                    f"{local:%H:%M}–{local + HOUR:%H:%M}",
+                    sums.requests,
+                    sums.total_tokens,
+                    _money(sums.actual_cost),
+                )
+            )
+        return points
+    today = timezone.localdate(now)
+    days = list(usage.days.items())[-PERIOD_DAYS[period] :]
     return [
-        TopModel(
-            requested=row.get("requested_model", ""),
-            upstream=row.get("upstream_model", ""),
-            requests=row["requests"],
-            tokens=row["tokens"] or 0,
-            actual_cost=_money(row["actual_cost"]),
+        TrendPoint(
+            local_midnight(day),
+            f"{day:%a %d}" if period == "7d" else f"{day:%d %b}",
+            f"{day:%a %d %b}",
+            sums.requests,
+            sums.total_tokens,
+            _money(sums.actual_cost),
         )
-        for row in rows
+        for day, sums in [*days, (today, usage.today)]
     ]
 
 
-def top_users(*, now: datetime | None = None) -> list[TopUser]:
-    """The last 7 days' users by actual cost, with their emails, in one query."""
-    week_start, _ = period_range("7d", now=now or timezone.now())
-    email = User.objects.filter(pk=OuterRef("user_id")).values("email")[:1]
-    rows = (
-        UsageRollup.objects.filter(hour__gte=week_start)
-        .values("user_id")
-        .annotate(requests=Sum("requests"), tokens=Sum(_token_sum()), actual_cost=Sum("actual_cost"))
-        .annotate(email=Subquery(email))
-        .order_by("-actual_cost", "-requests", "user_id")[:TOP_LIMIT]
-    )
+def _ranked(rows: dict, limit: int) -> list[tuple]:
+    """(key, requests, tokens, cost) of the `limit` costliest, ties by requests then key."""
+    ordered = sorted(rows.items(), key=lambda item: (-item[1][2], -item[1][0], item[0]))
+    return [(key, requests, tokens, cost) for key, (requests, tokens, cost) in ordered[:limit]]
+
+
+def top_models(
+    *,
+    source: str = DEFAULT_MODEL_SOURCE,
+    period: str = DEFAULT_PERIOD,
+    now: datetime | None = None,
+    sums: Sums | None = None,
+) -> list[TopModel]:
+    """The period's models by actual cost, named by `source` (see MODEL_SOURCES)."""
+    source = valid_model_source(source)
+    if sums is None:
+        sums = period_sums(dashboard_usage(period=period, now=now), period)
+    named: dict[tuple[str, str], tuple[int, int, int]] = {}
+    for (requested, upstream), row in sums.models.items():
+        key = (requested if source != "upstream" else "", upstream if source != "requested" else "")
+        have = named.get(key)
+        named[key] = row if have is None else (have[0] + row[0], have[1] + row[1], have[2] + row[2])
     return [
-        TopUser(
-            user_id=row["user_id"],
-            email=row["email"] or f"user #{row['user_id']}",
-            requests=row["requests"],
-            tokens=row["tokens"] or 0,
-            actual_cost=_money(row["actual_cost"]),
+        TopModel(requested, upstream, requests, tokens, _money(cost))
+        for (requested, upstream), requests, tokens, cost in _ranked(named, TOP_LIMIT)
+    ]
+
+
+def top_users(*, sums: Sums, limit: int = TOP_LIMIT) -> list[Ranked]:
+    """The costliest users of `sums`, with their emails (one query)."""
+    ranked = _ranked(sums.users, limit)
+    emails = dict(User.objects.filter(pk__in=[key for key, *_ in ranked]).values_list("id", "email"))
+    return [
+        Ranked(user_id, emails.get(user_id, f"user #{user_id}"), "", requests, tokens, _money(cost))
+        for user_id, requests, tokens, cost in ranked
+    ]
+
+
+def top_keys(*, sums: Sums, limit: int = TOP_LIMIT) -> list[Ranked]:
+    """The costliest API keys of `sums`, named with their owner (one query)."""
+    ranked = _ranked(sums.keys, limit)
+    keys = {
+        key.pk: key
+        for key in APIKey.objects.filter(pk__in=[key for key, *_ in ranked])
+        .select_related("user")
+        .only("id", "name", "key_prefix", "key_last4", "user__email")
+    }
+    rows = []
+    for key_id, requests, tokens, cost in ranked:
+        key = keys.get(key_id)
+        label = f"{key.name} (…{key.key_last4})" if key else f"key #{key_id} (deleted)"
+        rows.append(Ranked(key_id, label, key.user.email if key else "", requests, tokens, _money(cost)))
+    return rows
+
+
+def group_costs(*, sums: Sums) -> list[Ranked]:
+    """Every group of `sums` by cost, with its name (one query); id 0 is usage with no group."""
+    ranked = _ranked(sums.groups, len(sums.groups))
+    names = dict(Group.objects.filter(pk__in=[key for key, *_ in ranked if key]).values_list("id", "name"))
+    return [
+        Ranked(
+            group_id,
+            "No group" if not group_id else names.get(group_id, f"group #{group_id} (deleted)"),
+            "",
+            requests,
+            tokens,
+            _money(cost),
         )
-        for row in rows
+        for group_id, requests, tokens, cost in ranked
     ]
 
 
@@ -301,23 +564,75 @@ def keys_near_quota(*, limit: int = WARNING_LIMIT) -> tuple[list[APIKey], int]:
     return shown, (len(shown) if len(shown) < limit else near.count())
 
 
-def dashboard_overview(*, now: datetime | None = None) -> dict:
-    """Everything on the dashboard except the top models (which the toggle re-reads alone)."""
+def _chart(kind: str, labels: list[str], values: list, *, unit: str = "usd", **extra) -> dict:
+    """What static/js/dashboard.js needs to draw one chart (passed with json_script).
+
+    Amounts travel as strings (exact decimals; the chart parses them, the tables show them).
+    """
+    return {"kind": kind, "labels": labels, "values": [str(value) for value in values], "unit": unit, **extra}
+
+
+def dashboard_charts(
+    *, period: str = DEFAULT_PERIOD, source: str = DEFAULT_MODEL_SOURCE, now: datetime | None = None
+) -> dict:
+    """The period's trend, model mix, top users, top keys and cost per group, with chart data."""
     now = now or timezone.now()
-    trend = dashboard_trend(now=now)
+    usage = dashboard_usage(period=period, now=now)
+    sums = period_sums(usage, period)
+    trend = dashboard_trend(period=period, now=now, usage=usage)
+    models = top_models(source=source, sums=sums)
+    users, keys, groups = top_users(sums=sums), top_keys(sums=sums), group_costs(sums=sums)
+    return {
+        "usage": usage,
+        "kpis": dashboard_kpis(usage=usage),
+        "period": period,
+        "period_label": PERIODS[period],
+        "period_choices": list(PERIODS.items()),
+        "model_source": source,
+        "model_source_choices": MODEL_SOURCE_CHOICES,
+        "trend": trend,
+        "top_models": models,
+        "top_users": users,
+        "top_keys": keys,
+        "group_costs": groups,
+        "charts": {
+            "trend": _chart(
+                "trend",
+                [point.label for point in trend],
+                [point.actual_cost for point in trend],
+                tokens=[point.tokens for point in trend],
+                titles=[point.title for point in trend],
+            ),
+            "models": _chart(
+                "doughnut", [model.label(source) for model in models], [model.actual_cost for model in models]
+            ),
+            "users": _chart("bar", [user.label for user in users], [user.actual_cost for user in users]),
+            "keys": _chart("bar", [key.label for key in keys], [key.actual_cost for key in keys]),
+            "groups": _chart(
+                "bar", [group.label for group in groups], [group.actual_cost for group in groups]
+            ),
+        },
+    }
+
+
+def unpriced_models(usage: Usage) -> list[UnpricedModel]:
+    """Models recorded with no price in the last 7 days (today and the six before), most requests
+    first, each with the start of the last hour it was seen in (from the rollups)."""
+    week = merged(Sums(unpriced=part.unpriced) for part in period_parts(usage, "7d")).unpriced
+    ordered = sorted(week.items(), key=lambda item: (-item[1][0], item[0]))
+    return [
+        UnpricedModel(model, requests, datetime.fromtimestamp(last, UTC))
+        for model, (requests, last) in ordered
+    ]
+
+
+def dashboard_warnings(*, usage: Usage, now: datetime | None = None) -> dict:
+    """Unpriced models, accounts in error, accounts and keys near a quota."""
+    now = now or timezone.now()
     error_accounts, error_count = accounts_in_error()
     near_keys, near_key_count = keys_near_quota()
     return {
-        "kpis": dashboard_kpis(now=now),
-        "trend": trend,
-        "cost_bars": bar_chart(
-            [(f"{d.day:%a}", f"{d.day:%a %d %b}: {format_usd(d.actual_cost)}", d.actual_cost) for d in trend]
-        ),
-        "token_bars": bar_chart(
-            [(f"{d.day:%a}", f"{d.day:%a %d %b}: {d.tokens:,} tokens", d.tokens) for d in trend]
-        ),
-        "top_users": top_users(now=now),
-        "unpriced_models": unpriced_models_seen(days=TREND_DAYS, now=now),
+        "unpriced_models": unpriced_models(usage),
         "error_accounts": error_accounts,
         "error_account_count": error_count,
         "accounts_near_quota": accounts_near_quota(now=now),

@@ -7,6 +7,7 @@ from console.views import auth, home, reconcile_api
 
 urlpatterns = [
     path("", home.dashboard, name="dashboard"),
+    path("users/<int:pk>/usage/", home.user_usage, name="user-usage"),
     path("login/", auth.login, name="login"),
     path("logout/", auth.logout, name="logout"),
     path("password/", auth.password_change, name="password_change"),

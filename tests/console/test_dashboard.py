@@ -1,21 +1,32 @@
-"""The operator dashboard (docs/console.md#dashboard): KPIs, trend, top models and users, and
-warnings, from rollups."""
+"""The operator dashboard (docs/console.md#dashboard): KPIs, the period's charts (trend, model mix,
+top users and keys, cost per group), and warnings, from rollups."""
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from decimal import Decimal
 
 import pytest
 from django.conf import settings as live
-from django.db.models import Count, Sum
+from django.core.cache import cache
+from django.db.models import Count, F, Sum
 from django.utils import timezone
 
 from billing.cost import Usage
-from billing.models import UsageLog
+from billing.models import UsageLog, UsageRollup
 from billing.selectors import period_range
 from billing.services import usage_record
-from console.dashboard import bar_chart, dashboard_kpis, dashboard_trend, top_models
+from console.dashboard import (
+    dashboard_charts,
+    dashboard_kpis,
+    dashboard_trend,
+    dashboard_usage,
+    group_costs,
+    period_sums,
+    top_keys,
+    top_models,
+)
 from tests.factories import (
     APIKeyFactory,
     GroupFactory,
@@ -103,27 +114,91 @@ def test_the_page_shows_the_kpis(staff_client, recorded):
 
 
 def test_the_trend_has_seven_days_that_add_up_to_the_week(recorded):
-    trend = dashboard_trend()
-    assert len(trend) == 7 and trend[-1].day == timezone.localdate()
+    trend = dashboard_trend(period="7d")
+    assert len(trend) == 7 and trend[-1].start.date() == timezone.localdate()
     week = dashboard_kpis().week
-    assert sum(day.requests for day in trend) == week.requests
-    assert sum(day.actual_cost for day in trend) == week.actual_cost
+    assert sum(point.requests for point in trend) == week.requests
+    assert sum(point.actual_cost for point in trend) == week.actual_cost
     assert trend[-1].requests == 3 and trend[-4].requests == 2
-    assert [day.requests for day in trend if day.day not in (trend[-1].day, trend[-4].day)] == [0] * 5
+    assert [point.requests for point in trend if point not in (trend[-1], trend[-4])] == [0] * 5
 
 
-def test_the_chart_scales_bars_to_the_tallest_and_keeps_small_ones_visible():
-    bars = bar_chart([("Mon", "", D("10")), ("Tue", "", D("0.0001")), ("Wed", "", D("0"))], height=100)
-    assert [bar.height for bar in bars] == [100, 2, 0]
-    assert [bar.y for bar in bars] == [0, 98, 100]
-    assert bar_chart([("Mon", "", 0)])[0].height == 0
+def test_the_30_day_trend_reaches_back_to_the_ten_day_old_row(recorded):
+    trend = dashboard_trend(period="30d")
+    assert len(trend) == 30 and trend[0].start.date() == timezone.localdate() - timedelta(days=29)
+    assert trend[-11].requests == 1
+    start, _ = period_range("30d")
+    assert sum(point.actual_cost for point in trend) == ledger_sums(start)["actual"]
 
 
-def test_the_chart_is_an_svg_with_a_table_alternative(staff_client, recorded):
-    page = staff_client.get("/").content.decode()
-    assert page.count('<svg class="trend-chart"') == 2 and 'role="img"' in page
-    assert 'id="trend-table"' in page
-    assert "style=" not in page  # CSP: no inline styles
+def test_today_is_drawn_by_the_hour_so_far(recorded):
+    trend = dashboard_trend(period="today")
+    now = timezone.localtime()
+    assert trend[-1].start.hour == now.hour and len(trend) == now.hour + 1
+    assert sum(point.requests for point in trend) == 3 and trend[-1].requests == 3
+    assert trend[-1].label == f"{now:%H}:00"
+
+
+def test_closed_hours_and_days_come_from_the_cache_and_the_open_hour_is_summed_live(
+    recorded, django_assert_num_queries
+):
+    dashboard_usage(period="30d")
+    # Warm: only the open hour is summed (five queries: groups with totals, models, users, keys,
+    # unpriced models).
+    with django_assert_num_queries(5):
+        usage = dashboard_usage(period="30d")
+    assert usage.today.requests == 3
+    record(recorded["keys"][0], recorded["account"], "today-4")
+    with django_assert_num_queries(5):
+        assert dashboard_usage(period="30d").today.requests == 4
+    # A row recorded into a closed day (a backfill) moves the rollup epoch: the day is summed again.
+    record(recorded["keys"][0], recorded["account"], "late-1", ago=timedelta(days=3))
+    assert period_sums(dashboard_usage(period="7d"), "7d").requests == 6
+    # A change made behind the recorder's back (SQL on the rollups) shows once the cache is cleared.
+    UsageRollup.objects.filter(hour__lt=timezone.now() - timedelta(days=2)).update(
+        requests=F("requests") + 10
+    )
+    assert period_sums(dashboard_usage(period="7d"), "7d").requests == 6
+    cache.clear()
+    assert period_sums(dashboard_usage(period="7d"), "7d").requests > 6
+
+
+def test_the_period_switcher_swaps_the_charts_section(staff_client, recorded):
+    response = staff_client.get(
+        "/",
+        {"period": "30d", "models": "requested"},
+        headers={"HX-Request": "true", "HX-Target": "dashboard-charts"},
+    )
+    page = response.content.decode()
+    assert response.status_code == 200
+    assert page.lstrip().startswith('<div id="dashboard-charts"')
+    assert "Usage, 30 days" in page and 'aria-current="true">30 days' in " ".join(page.split())
+    assert "Top users, 30 days" in page and "Cost per group, 30 days" in page
+    assert "<html" not in page and 'data-kpi="requests"' not in page
+    data = page.split('<script id="chart-trend-data" type="application/json">')[1].split("</script>")[0]
+    assert len(json.loads(data)["labels"]) == 30
+
+
+def test_every_chart_is_a_canvas_fed_by_json_with_a_table_alternative(staff_client, recorded):
+    response = staff_client.get("/")
+    page = response.content.decode()
+    for name in ("trend", "models", "users", "keys", "groups"):
+        # No id on a canvas: htmx would copy the old canvas's style attribute (set by Chart.js) to the
+        # new one while settling a swap, which the CSP refuses.
+        assert f'<canvas data-chart="chart-{name}-data" role="img"' in page
+        assert f'<script id="chart-{name}-data" type="application/json">' in page
+        assert f'id="{name}-table"' in page
+    # CSP: the only <script> elements without a src are JSON data blocks; no inline styles.
+    assert page.count("<script>") == 0 and "style=" not in page
+    assert '<script src="/static/vendor/chartjs/chart.umd.min.js" defer></script>' in page
+    assert '<script src="/static/js/dashboard.js" defer></script>' in page
+    # The chart draws what the table shows.
+    charts = response.context["charts"]
+    assert charts["users"]["labels"] == [u.label for u in response.context["top_users"]]
+    assert charts["users"]["values"] == [str(u.actual_cost) for u in response.context["top_users"]]
+    trend = response.context["trend"]
+    assert charts["trend"]["values"] == [str(point.actual_cost) for point in trend]
+    assert charts["trend"]["tokens"] == [point.tokens for point in trend]
 
 
 def test_top_models_follow_the_model_source_toggle(recorded):
@@ -133,30 +208,63 @@ def test_top_models_follow_the_model_source_toggle(recorded):
     assert "gpt-4o" in requested and "gpt-4o-2024-08-06" not in requested
     assert "gpt-4o-2024-08-06" in upstream and "gpt-4o" not in upstream
     assert ("gpt-4o", "gpt-4o-2024-08-06") in mapping
+    assert [m.label("mapping") for m in top_models(source="mapping") if m.requested == "gpt-4o"] == [
+        "gpt-4o → gpt-4o-2024-08-06"
+    ]
     costs = [m.actual_cost for m in top_models(source="requested")]
     assert costs == sorted(costs, reverse=True)
+    assert sum(costs) == dashboard_kpis().week.actual_cost
 
 
 def test_the_toggle_swaps_only_the_top_models_card(staff_client, recorded):
-    response = staff_client.get("/", {"models": "mapping"}, headers={"HX-Request": "true"})
+    response = staff_client.get(
+        "/", {"models": "mapping", "period": "7d"}, headers={"HX-Request": "true", "HX-Target": "top-models"}
+    )
     page = response.content.decode()
     assert response.status_code == 200 and "HX-Request" in response["Vary"]
     assert page.lstrip().startswith('<section class="card shadow-sm h-100" id="top-models"')
     assert "gpt-4o</a>" in page and "gpt-4o-2024-08-06" in page and "→" in page
+    assert '<script id="chart-models-data" type="application/json">' in page
     assert "Top users" not in page and "<html" not in page
     assert 'aria-current="true">Mapping' in " ".join(page.split())
 
 
-def test_an_unknown_model_source_falls_back_to_requested(staff_client, recorded):
-    response = staff_client.get("/", {"models": "nonsense"})
-    assert response.context["model_source"] == "requested"
+@pytest.mark.parametrize(
+    "params",
+    [{"models": "nonsense"}, {"models": "REQUESTED"}, {"period": "90d"}, {"period": "today", "models": "x"}],
+)
+def test_an_unknown_model_source_or_period_is_answered_400(staff_client, params):
+    response = staff_client.get("/", params)
+    assert response.status_code == 400
+    assert b"must be one of" in response.content
 
 
-def test_top_users_rank_by_cost_with_their_emails(staff_client, recorded):
-    users = staff_client.get("/").context["top_users"]
-    assert {u.email for u in users} == {"alice@example.com", "bob@example.com"}
+def test_top_users_rank_by_cost_with_their_emails_and_link_to_their_breakdown(staff_client, recorded):
+    response = staff_client.get("/")
+    users = response.context["top_users"]
+    assert {u.label for u in users} == {"alice@example.com", "bob@example.com"}
     costs = [u.actual_cost for u in users]
     assert costs == sorted(costs, reverse=True) and sum(costs) == dashboard_kpis().week.actual_cost
+    assert f'href="/users/{recorded["alice"].pk}/usage/?period=7d"' in response.content.decode()
+
+
+def test_top_keys_and_group_costs_add_up_to_the_period(recorded):
+    sums = period_sums(dashboard_usage(period="30d"), "30d")
+    keys = top_keys(sums=sums)
+    assert [k.id for k in keys][:1] and {k.id for k in keys} == {k.pk for k in recorded["keys"]}
+    start, _ = period_range("30d")
+    assert sum(k.actual_cost for k in keys) == ledger_sums(start)["actual"]
+    assert all(k.detail in ("alice@example.com", "bob@example.com") for k in keys)
+    groups = group_costs(sums=sums)
+    assert len(groups) == 1 and groups[0].actual_cost == ledger_sums(start)["actual"]
+    assert groups[0].requests == 6
+
+
+def test_usage_with_no_group_is_its_own_bar(recorded):
+    record(APIKeyFactory(group=None), recorded["account"], "no-group-1")
+    groups = dashboard_charts(period="today")["group_costs"]
+    assert sorted(g.label for g in groups) == sorted(["No group", recorded["keys"][0].group.name])
+    assert [g.id for g in groups if g.label == "No group"] == [0]
 
 
 def test_no_warnings_show_when_nothing_needs_attention(staff_client):
@@ -235,15 +343,23 @@ def test_the_dashboard_runs_a_fixed_number_of_queries(staff_client, django_asser
             pricing_source="missing" if index % 10 == 0 else "catalog",
             created_at=now - timedelta(hours=index),
         )
-    # session, staff user, KPIs, trend, top models, top users (emails by subquery), unpriced
-    # models, accounts in error and their count, accounts near quota, keys near quota and their count.
-    with django_assert_max_num_queries(12):
-        response = staff_client.get("/")
+    # Cold: session, staff user; today's hours and the closed days, five queries each (groups with
+    # totals, models, users, keys, unpriced models); emails, key names, group names; accounts in
+    # error and their count, accounts near quota, keys near quota and their count.
+    with django_assert_max_num_queries(20):
+        response = staff_client.get("/", {"period": "30d"})
     assert response.status_code == 200
     assert len(response.context["top_models"]) == 8 and len(response.context["top_users"]) == 8
+    assert len(response.context["top_keys"]) == 8 and len(response.context["group_costs"]) == 3
     assert response.context["key_near_quota_count"] == 150
-    with django_assert_max_num_queries(3):
-        response = staff_client.get("/", {"models": "upstream"}, headers={"HX-Request": "true"})
+    # Warm: the closed hours and days come from the cache, the open hour is summed.
+    with django_assert_max_num_queries(15):
+        response = staff_client.get("/", {"period": "30d"})
+    assert response.status_code == 200
+    with django_assert_max_num_queries(10):
+        response = staff_client.get(
+            "/", {"models": "upstream"}, headers={"HX-Request": "true", "HX-Target": "top-models"}
+        )
     assert response.status_code == 200
 
 

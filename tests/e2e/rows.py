@@ -148,6 +148,7 @@ PARAMS = {
 # Which row a URL's id stands for, by the URL name's prefix.
 ID_OWNERS = {
     "accounts:user-": "user",
+    "user-usage": "user",
     "accounts:key-": "key",
     "accounts:subscription-": "subscription",
     "accounts:group-": "group",
