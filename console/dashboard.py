@@ -25,7 +25,7 @@ from accounts.models import APIKey, Group, UpstreamAccount, User
 from accounts.selectors.upstream import WARN_AT, QuotaMeter, upstream_account_quota_badge
 from billing.models import UsageRollup
 from billing.rollup_epoch import BACKFILL_AFTER, rollup_epoch
-from billing.selectors import PERIOD_DAYS, UnpricedModel, local_midnight
+from billing.selectors import PERIOD_DAYS, UnpricedModel, local_midnight, reconcile_latest_drift
 from channels.pricing import PricingSource
 from common.money import quantize_usd
 
@@ -627,11 +627,15 @@ def unpriced_models(usage: Usage) -> list[UnpricedModel]:
 
 
 def dashboard_warnings(*, usage: Usage, now: datetime | None = None) -> dict:
-    """Unpriced models, accounts in error, accounts and keys near a quota."""
+    """Unpriced models, accounts in error, accounts and keys near a quota, and the drift the
+    latest nightly reconcile found (docs/jobs.md#reconcile-runs)."""
     now = now or timezone.now()
     error_accounts, error_count = accounts_in_error()
     near_keys, near_key_count = keys_near_quota()
+    drift_batch, drift_count = reconcile_latest_drift()
     return {
+        "drift_batch": drift_batch if drift_count else None,
+        "drift_count": drift_count,
         "unpriced_models": unpriced_models(usage),
         "error_accounts": error_accounts,
         "error_account_count": error_count,

@@ -273,8 +273,38 @@ def test_no_warnings_show_when_nothing_needs_attention(staff_client):
     UsageLogFactory(api_key=key)
     page = staff_client.get("/").content.decode()
     assert 'data-warning="none"' in page
-    for kind in ("unpriced", "errors", "account-quota", "key-quota"):
+    for kind in ("drift", "unpriced", "errors", "account-quota", "key-quota"):
         assert f'data-warning="{kind}"' not in page
+
+
+def scheduled_batch(batch_id: str, *drifted: int, started_by: str = "schedule") -> None:
+    from billing.models import ReconcileRun
+
+    for scope, drift in zip(("keys", "accounts", "subscriptions", "users"), drifted, strict=False):
+        ReconcileRun.objects.create(
+            batch_id=batch_id,
+            host_id="worker-1",
+            scope=scope,
+            status="succeeded",
+            started_by_label=started_by,
+            drifted=drift,
+        )
+
+
+def test_the_nightly_reconciles_drift_shows_as_a_warning_linking_to_its_batch(staff_client):
+    scheduled_batch("nightly-1", 2, 0, 1)
+    scheduled_batch("by-hand", 9, started_by="ops@example.com")  # a run started by hand is not the nightly's
+    page = staff_client.get("/").content.decode()
+    assert 'data-warning="drift"' in page
+    assert "found 3 counters off the ledger" in page
+    assert 'href="/reconcile/batches/nightly-1/"' in page
+
+
+def test_a_later_nightly_batch_without_drift_clears_the_warning(staff_client):
+    scheduled_batch("nightly-1", 2)
+    scheduled_batch("nightly-2", 0, 0)
+    page = staff_client.get("/").content.decode()
+    assert 'data-warning="drift"' not in page and 'data-warning="none"' in page
 
 
 def test_it_warns_about_unpriced_models_and_links_to_them(staff_client, recorded):
