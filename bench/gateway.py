@@ -40,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -260,7 +261,7 @@ def wait_until_answering(server: Server, request: bytes, timeout: float) -> int:
         if time.monotonic() > deadline:
             raise RuntimeError(f"{server.name} did not answer within {timeout:.0f} s: see {server.log}")
         try:
-            ok = asyncio.run(_one(address.hostname, address.port, request))
+            ok = _on_own_loop(_one(address.hostname, address.port, request))
         except (OSError, asyncio.IncompleteReadError, ValueError, IndexError):
             ok = False
         if ok:
@@ -277,6 +278,13 @@ async def _one(host: str, port: int, request: bytes) -> bool:
         return ok
     finally:
         writer.close()
+
+
+def _on_own_loop(coroutine):
+    """asyncio.run on a thread of its own: the caller's thread may already run a loop (the test
+    suite's Playwright keeps one running in the main thread)."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
 
 
 def start_tollgate(

@@ -16,6 +16,7 @@ from billing.cost import Usage
 from billing.models import UsageLog
 from channels.snapshots import channel_snapshot_for_group
 from gateway.recorder import BatchRecorder, Entry
+from tests import event_loop
 from tests.factories import (
     APIKeyFactory,
     GroupAccountFactory,
@@ -68,7 +69,7 @@ def test_requests_finishing_together_share_transactions_and_each_is_billed_once(
     entries += entries[:5]  # replays: the same request ids again
     recorder = BatchRecorder(size=16, wait=0.005)
     try:
-        answers = asyncio.run(record_all(recorder, entries))
+        answers = event_loop.run(record_all(recorder, entries))
     finally:
         recorder.stop()
 
@@ -95,7 +96,7 @@ def test_a_record_that_cannot_be_written_fails_alone_and_the_rest_of_its_batch_i
     APIKey.objects.filter(pk=keys[1].pk).delete()  # gone between the response and its recording
     recorder = BatchRecorder(size=16, wait=0.05)
     try:
-        answers = asyncio.run(record_all(recorder, [*good[:3], doomed, *good[3:]]))
+        answers = event_loop.run(record_all(recorder, [*good[:3], doomed, *good[3:]]))
     finally:
         recorder.stop()
 
@@ -117,5 +118,5 @@ def test_stopping_records_everything_still_queued():
         await asyncio.get_running_loop().run_in_executor(None, recorder.stop)
         return await asyncio.gather(*pending)
 
-    answers = asyncio.run(submit_then_stop())
+    answers = event_loop.run(submit_then_stop())
     assert len(answers) == 10 and UsageLog.objects.count() == 10

@@ -28,6 +28,7 @@ from accounts.models import UpstreamAccount
 from gateway.limits import Full, Limit, ProcessLimiter, RedisLimiter
 from gateway.models import SlotLease
 from gateway.services import slot_lease_release, slot_lease_take
+from tests import event_loop
 from tests.concurrency import run_in_threads, run_naive_increments
 from tests.factories import UserFactory
 from tests.fake_upstream import ROOT
@@ -292,7 +293,7 @@ def test_a_refused_limit_leaves_nothing_taken_in_memory_and_in_redis(store):
         assert await limiter.take("f", [limit("key:9", 1, lease=0.2)]) is None  # "e"'s lease ended
         await limiter.close()
 
-    asyncio.run(scenario())
+    event_loop.run(scenario())
 
 
 def test_database_slots_are_all_or_nothing_and_expire_by_lease():

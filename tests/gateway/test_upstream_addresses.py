@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import socket
 
 import openai
@@ -13,6 +12,7 @@ from accounts.crypto import encrypt_credentials
 from accounts.models import UpstreamAccount
 from accounts.snapshots import snapshots_changed
 from gateway.addresses import CheckedResolver
+from tests import event_loop
 from tests.gateway.conftest import make_tenant, openai_sdk
 
 QUESTION = [{"role": "user", "content": "Where are you?"}]
@@ -35,7 +35,7 @@ class FixedAnswers(AbstractResolver):
 
 
 def resolved(resolver: CheckedResolver, host: str) -> list[str]:
-    return [result["host"] for result in asyncio.run(resolver.resolve(host, 443))]
+    return [result["host"] for result in event_loop.run(resolver.resolve(host, 443))]
 
 
 def test_a_name_that_resolves_to_the_metadata_service_is_never_connected_to(settings):
