@@ -23,7 +23,7 @@ from accounts.snapshots import (
     key_snapshot_load_by_id,
     upstream_account_snapshots_load,
 )
-from billing.cost import CacheTTL, RateSource
+from billing.cost import CacheTTL, CostBreakdown, RateSource, Usage, compute_cost
 from channels.pricing import BillingModelSource, ChannelCard, Price, price_lookup
 from channels.snapshots import ChannelSnapshot, channel_snapshot_for_group
 
@@ -134,6 +134,32 @@ def pick_billing_model(*, source: str, requested_model: str, mapped_model: str, 
     if source == BillingModelSource.UPSTREAM:
         return upstream_model or mapped
     return mapped
+
+
+def price_request(
+    *, context: BillingContext, usage: Usage, requested_model: str, mapped_model: str, upstream_model: str
+) -> tuple[PriceResolution, CostBreakdown]:
+    """A request's price and cost under `context` (docs/pricing.md): the billing model its channel
+    names, that model's price, the cost with every multiplier. One rule for the recording and for
+    the gateway's hold estimate."""
+    billing_model = pick_billing_model(
+        source=context.billing_model_source,
+        requested_model=requested_model,
+        mapped_model=mapped_model,
+        upstream_model=upstream_model,
+    )
+    resolution = resolve_price(context=context, model=billing_model)
+    breakdown = compute_cost(
+        price=resolution.price,
+        usage=usage,
+        pricing_source=resolution.pricing_source,
+        rate_multiplier=context.rate_multiplier,
+        rate_multiplier_source=context.rate_multiplier_source,
+        account_rate_multiplier=context.account_rate_multiplier,
+        cache_ttl_override=context.cache_ttl_override,
+        billing_model=billing_model,
+    )
+    return resolution, breakdown
 
 
 def resolve_price(*, context: BillingContext, model: str) -> PriceResolution:

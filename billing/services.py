@@ -16,10 +16,10 @@ from accounts.services.subscriptions import subscription_usage_charge
 from accounts.services.upstream import upstream_account_quota_charge
 from accounts.services.users import user_balance_charge
 from accounts.snapshots import AccountQuota
-from billing.cost import CostBreakdown, Usage, compute_cost
+from billing.cost import CostBreakdown, Usage
 from billing.holds import pending_settle
 from billing.models import BREAKDOWN_COLUMNS, RequestOutcome, UsageLog, UsageRollup, UsageSource
-from billing.pricing import BillingContext, billing_context, pick_billing_model, resolve_price
+from billing.pricing import BillingContext, billing_context, price_request
 from billing.rollup_epoch import BACKFILL_AFTER, rollup_epoch_bump
 from common.money import quantize_usd
 
@@ -193,22 +193,12 @@ def _priced_row(
         context = billing_context(api_key_id=api_key_id, account_id=account_id)
     elif (context.api_key_id, context.account_id) != (api_key_id, account_id):
         raise ValueError("the BillingContext belongs to another key or account")
-    billing_model = pick_billing_model(
-        source=context.billing_model_source,
+    resolution, breakdown = price_request(
+        context=context,
+        usage=usage,
         requested_model=requested_model,
         mapped_model=mapped_model,
         upstream_model=upstream_model,
-    )
-    resolution = resolve_price(context=context, model=billing_model)
-    breakdown = compute_cost(
-        price=resolution.price,
-        usage=usage,
-        pricing_source=resolution.pricing_source,
-        rate_multiplier=context.rate_multiplier,
-        rate_multiplier_source=context.rate_multiplier_source,
-        account_rate_multiplier=context.account_rate_multiplier,
-        cache_ttl_override=context.cache_ttl_override,
-        billing_model=billing_model,
     )
     row = UsageLog(
         request_id=request_id,

@@ -17,9 +17,9 @@ from typing import Any
 
 from django.conf import settings
 
-from billing.cost import Usage, compute_cost
+from billing.cost import Usage
 from billing.holds import AccountHold, HoldResult, pending_hold
-from billing.pricing import billing_context_from, pick_billing_model, resolve_price
+from billing.pricing import billing_context_from, price_request
 from common.money import quantize_usd
 from gateway.checks import QUOTA_RETRY_SECONDS
 from gateway.errors import GatewayError
@@ -48,20 +48,12 @@ def output_tokens(kind: str, body: dict) -> int:
 def estimate(*, key: Any, channel: Any, kind: str, body: dict, model: str, mapped_model: str) -> Estimate:
     usage = Usage(input_tokens=estimate_input_tokens(kind, body), output_tokens=output_tokens(kind, body))
     context = billing_context_from(key=key, channel=channel, account=None)
-    billing_model = pick_billing_model(
-        source=context.billing_model_source,
+    _resolution, breakdown = price_request(
+        context=context,
+        usage=usage,
         requested_model=model,
         mapped_model=mapped_model,
         upstream_model=mapped_model,
-    )
-    resolution = resolve_price(context=context, model=billing_model)
-    breakdown = compute_cost(
-        price=resolution.price,
-        usage=usage,
-        pricing_source=resolution.pricing_source,
-        rate_multiplier=context.rate_multiplier,
-        rate_multiplier_source=context.rate_multiplier_source,
-        billing_model=billing_model,
     )
     return Estimate(usage=usage, actual_usd=breakdown.actual_cost, total_usd=breakdown.total_cost)
 
