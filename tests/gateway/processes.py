@@ -27,8 +27,14 @@ def free_port() -> int:
 
 
 class GatewayProcess:
-    def __init__(self, **env: str) -> None:
+    """`uvicorn config.asgi:application` on the test database, with `redis_url` ("" = no Redis)
+    and the given settings."""
+
+    def __init__(self, *, redis_url: str = REDIS_URL, **env: str) -> None:
         database = settings.DATABASES["default"]
+        environment = {key: value for key, value in os.environ.items() if key != "REDIS_URL"}
+        if redis_url:
+            environment["REDIS_URL"] = redis_url
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process = subprocess.Popen(
@@ -47,9 +53,8 @@ class GatewayProcess:
             ],
             cwd=ROOT,
             env={
-                **os.environ,
+                **environment,
                 "DATABASE_URL": f"postgres://{database['USER']}@{database['HOST']}:{database['PORT']}/{database['NAME']}",
-                "REDIS_URL": REDIS_URL,
                 **env,
             },
         )

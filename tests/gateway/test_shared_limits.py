@@ -8,11 +8,7 @@ the same burst on the per-process store and sees the limit exceeded, so the harn
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -21,7 +17,6 @@ from datetime import timedelta
 import openai
 import pytest
 import redis
-from django.conf import settings
 from django.utils import timezone
 
 from accounts.models import UpstreamAccount
@@ -31,64 +26,14 @@ from gateway.services import slot_lease_release, slot_lease_take
 from tests import event_loop
 from tests.concurrency import run_in_threads, run_naive_increments
 from tests.factories import UserFactory
-from tests.fake_upstream import ROOT
 from tests.gateway.conftest import ledger_rows, make_tenant, openai_sdk
+from tests.gateway.processes import GatewayProcess
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 REDIS_URL = "redis://127.0.0.1:6379/2"
 SLOW = "slow=300,words=6"  # six chunks, 300 ms apart: about two seconds in flight
 BURST = 8
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-class GatewayProcess:
-    """`uvicorn config.asgi:application` on the test database, with the given settings."""
-
-    def __init__(self, **env: str) -> None:
-        database = settings.DATABASES["default"]
-        url = f"postgres://{database['USER']}@{database['HOST']}:{database['PORT']}/{database['NAME']}"
-        environment = {key: value for key, value in os.environ.items() if key != "REDIS_URL"}
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "config.asgi:application",
-                "--port",
-                str(self.port),
-                "--lifespan",
-                "on",
-                "--log-level",
-                "warning",
-                "--no-access-log",
-            ],
-            cwd=ROOT,
-            env={**environment, "DATABASE_URL": url, **env},
-        )
-
-    def wait(self) -> GatewayProcess:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
-                    return self
-            except OSError:
-                if time.monotonic() > deadline or self.process.poll() is not None:
-                    raise
-                time.sleep(0.1)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-        self.process.wait(timeout=60)
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +50,10 @@ def gateways(django_db_setup) -> Iterator:
         if store not in started:
             if store == "redis":
                 redis.Redis.from_url(REDIS_URL).flushdb()
-            both = (GatewayProcess(**environments[store]), GatewayProcess(**environments[store]))
+            both = (
+                GatewayProcess(redis_url="", **environments[store]),
+                GatewayProcess(redis_url="", **environments[store]),
+            )
             started[store] = (both[0].wait(), both[1].wait())
         return started[store]
 
@@ -245,7 +193,7 @@ def test_a_killed_process_frees_its_slot_when_the_lease_ends(fake_upstream, gate
         user_fields={"concurrency": 0},
     )
     survivor = gateways("redis")[0]
-    doomed = GatewayProcess(REDIS_URL=REDIS_URL, GATEWAY_SLOT_LEASE_SECONDS="4").wait()
+    doomed = GatewayProcess(redis_url=REDIS_URL, GATEWAY_SLOT_LEASE_SECONDS="4").wait()
     with ThreadPoolExecutor(1) as pool:
         pool.submit(stream, doomed.url, tenant.secret)
         fake_upstream.wait_for(lambda rows: len(rows) == 1, timeout=20)
