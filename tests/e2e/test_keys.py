@@ -263,6 +263,7 @@ def test_editing_a_key_saves_it_keeps_its_owner_and_warns_of_a_twin_name(staff_p
     page.get_by_label("Quota (USD)").fill("12.5")
     page.get_by_label("1-day limit (USD)").fill("3")
     page.get_by_label("IP denylist").fill("198.51.100.9")
+    page.get_by_label("Requests in flight").fill("3")
     page.get_by_role("button", name="Save changes").click()
     expect(page).to_have_url(re.compile(r"/keys/$"))
     expect(page.get_by_role("status").first).to_contain_text("Saved laptop.")
@@ -272,6 +273,7 @@ def test_editing_a_key_saves_it_keeps_its_owner_and_warns_of_a_twin_name(staff_p
     key.refresh_from_db()
     assert (key.user, key.name, key.quota_usd, key.rate_limit_1d_usd) == (owner, "laptop", Decimal("12.5"), 3)
     assert key.ip_denylist == ["198.51.100.9"]
+    assert key.concurrency == 3
     assert abs(key.expires_at - (timezone.now() + timedelta(days=7))) < timedelta(minutes=2)
     screenshot(page, "saved")
     assert page.console_errors == []
