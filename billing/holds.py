@@ -280,24 +280,41 @@ def _hold(cursor: Any, table: str, held: str, conditions: tuple, params: dict) -
     return cursor.fetchone() is not None
 
 
-def _which_failed(cursor: Any, table: str, conditions: tuple, params: dict) -> str:
-    """The first limit that does not fit now (the first one when the row has since made room)."""
+# A refusal names its limit by reading the row again. Between the refused UPDATE and that read an
+# in-flight request may settle and make room; the read then finds every limit fitting, and the
+# request is tried again instead of being refused under a limit that did not fail.
+HOLD_ATTEMPTS = 5
+
+
+def _hold_or_refuse(cursor: Any, table: str, held: str, conditions: tuple, params: dict) -> None:
+    """Hold on one row, or raise _Refused naming the limit that does not fit."""
+    for _attempt in range(HOLD_ATTEMPTS):
+        if _hold(cursor, table, held, conditions, params):
+            return
+        failed = _which_failed(cursor, table, conditions, params)
+        if failed is not None:
+            raise _Refused(failed)
+    # Room kept appearing and vanishing: name the first limit, as the row last stood over it.
+    raise _Refused(conditions[0][0])
+
+
+def _which_failed(cursor: Any, table: str, conditions: tuple, params: dict) -> str | None:
+    """The first limit that does not fit now; None when the row has since made room."""
     cursor.execute(_diagnose_sql(table, conditions), params)
     row = cursor.fetchone()
-    if row is not None:
-        for (name, _condition), fits in zip(conditions, row, strict=True):
-            if not fits:
-                return name
-    return conditions[0][0]
+    if row is None:
+        return conditions[0][0]
+    for (name, _condition), fits in zip(conditions, row, strict=True):
+        if not fits:
+            return name
+    return None
 
 
 def _hold_key(cursor: Any, *, key_id: int, amount: Decimal, now: datetime) -> None:
     params: dict[str, Any] = {"id": key_id, "amount": amount}
     for kind, length in windows.KEY_WINDOW_LENGTHS.items():
         params[f"expired_{kind}"] = now - length
-    conditions = _key_conditions()
-    if not _hold(cursor, APIKey._meta.db_table, "held_usd", conditions, params):
-        raise _Refused(_which_failed(cursor, APIKey._meta.db_table, conditions, params))
+    _hold_or_refuse(cursor, APIKey._meta.db_table, "held_usd", _key_conditions(), params)
 
 
 def _hold_subscription(
@@ -319,10 +336,7 @@ def _hold_subscription(
             params["current_daily"] = windows.subscription_window_start(kind, now, starts_at=starts_at, tz=tz)
         else:
             params[f"ended_{kind}"] = now - windows.SUBSCRIPTION_STEPS[kind]
-    conditions = _subscription_conditions()
-    table = Subscription._meta.db_table
-    if not _hold(cursor, table, "held_usd", conditions, params):
-        raise _Refused(_which_failed(cursor, table, conditions, params))
+    _hold_or_refuse(cursor, Subscription._meta.db_table, "held_usd", _subscription_conditions(), params)
 
 
 def _hold_balance(cursor: Any, *, user_id: int, amount: Decimal) -> None:

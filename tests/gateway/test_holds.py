@@ -187,6 +187,27 @@ def test_threads_racing_for_a_quota_hold_exactly_what_fits(key):
     assert held(User, key.user_id, "balance_held") == D("1")
 
 
+def test_a_refusal_racing_a_release_still_names_the_limit_that_failed():
+    # Only a 5h window is set. Holds that are refused while others release in between must name
+    # key_5h (or get in), never a limit the key does not have.
+    windowed = APIKeyFactory(
+        user=UserFactory(balance=D("100")), group=GroupFactory(platform="openai"), rate_limit_5h_usd=D("0.25")
+    )
+    refusals: list[str] = []
+
+    def work(index: int) -> None:
+        for attempt in range(40):
+            result = hold(windowed, f"req-{index}-{attempt}", D("0.1"))
+            if result.held:
+                pending_release(request_id=f"req-{index}-{attempt}", api_key_id=windowed.pk)
+            else:
+                refusals.append(result.refused)
+
+    assert run_in_threads(8, work) == []
+    assert refusals and set(refusals) == {"key_5h"}
+    assert held(APIKey, windowed.pk) == 0
+
+
 def test_the_harness_sees_a_race_on_a_held_column(key):
     # Control: the same harness, read-modify-write in Python, loses updates.
     assert run_naive_increments(16, model=APIKey, pk=key.pk, field="held_usd", amount=D("0.1")) == []
