@@ -7,8 +7,11 @@ docs/gateway.md#pending-records).
   An UPDATE that matches nothing rolls the whole transaction back: nothing stays held, and the
   result names the limit that did not fit.
 - `pending_settle`: the recording transaction's step (billing.services.usage_record calls it
-  right after the ledger row; a batched recorder calls it once per row): deletes the pending
-  record and lowers each hold it raised.
+  right after the ledger row): deletes the pending record and lowers each hold it raised.
+- `pending_take_many`: a batch recording's step: deletes the batch's pending records in one
+  statement and answers what each held, summed per row; the batch lowers those holds inside the
+  UPDATEs that charge the same rows (their `release_usd`), so settling adds one statement to a
+  batch, not one per request.
 - `pending_release`: the request ended with nothing to record (refused before any upstream
   answered, the client left first): the same as settle, in its own transaction.
 
@@ -181,6 +184,62 @@ def pending_release(*, request_id: str, api_key_id: int) -> bool:
         return False
     with transaction.atomic():
         return pending_settle(request_id=request_id, api_key_id=api_key_id)
+
+
+@dataclass(slots=True)
+class TakenHolds:
+    """What the pending records a batch deleted held, summed per counted row (id -> amount)."""
+
+    keys: dict[int, Decimal]
+    balances: dict[int, Decimal]  # user id
+    subscriptions: dict[int, Decimal]
+    accounts: dict[int, Decimal]
+
+
+def pending_take_many(requests: list[tuple[str, int]]) -> TakenHolds:
+    """Delete the pending records of (request id, key id) pairs, in the caller's transaction, and
+    answer their holds summed per row. The holds themselves stay raised until the caller lowers
+    them (billing.services.usage_record_batch does, in its charge UPDATEs). Nothing on other
+    databases, which hold nothing."""
+    taken = TakenHolds(keys={}, balances={}, subscriptions={}, accounts={})
+    if not requests or not holds_supported():
+        return taken
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _take_many_sql(),
+            {"request_ids": [rid for rid, _key in requests], "keys": [key for _rid, key in requests]},
+        )
+        rows = cursor.fetchall()
+    for key_id, user_id, subscription_id, account_id, held, account_held in rows:
+        taken.keys[key_id] = taken.keys.get(key_id, ZERO) + held
+        if subscription_id is None:
+            taken.balances[user_id] = taken.balances.get(user_id, ZERO) + held
+        else:
+            taken.subscriptions[subscription_id] = taken.subscriptions.get(subscription_id, ZERO) + held
+        if account_id is not None and account_held > 0:
+            taken.accounts[account_id] = taken.accounts.get(account_id, ZERO) + account_held
+    return taken
+
+
+def holds_lower(*, model: type, row_id: int, amount: Decimal) -> None:
+    """Lower one row's held amount by `amount`, for a row a batch settles but does not charge
+    (a free request, a replay); in the caller's transaction."""
+    column = _HELD_COLUMNS[model]
+    quote = connection.ops.quote_name
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {quote(model._meta.db_table)} SET {quote(column)} = {quote(column)} - %s "  # noqa: S608
+            f"WHERE {quote('id')} = %s",
+            [amount, row_id],
+        )
+
+
+_HELD_COLUMNS = {
+    APIKey: "held_usd",
+    User: "balance_held",
+    Subscription: "held_usd",
+    UpstreamAccount: "quota_held_usd",
+}
 
 
 def pending_observe(*, request_id: str, api_key_id: int, observed: dict[str, int]) -> None:
@@ -416,6 +475,17 @@ def _settle_sql() -> str:
         )
         SELECT (SELECT count(*) FROM p), (SELECT count(*) FROM k), (SELECT count(*) FROM u),
                (SELECT count(*) FROM s), (SELECT count(*) FROM a)
+    """  # noqa: S608 - only quoted model metadata goes in
+
+
+@cache
+def _take_many_sql() -> str:
+    quote = connection.ops.quote_name
+    pending = quote(PendingRequest._meta.db_table)
+    return f"""
+        DELETE FROM {pending} USING unnest(%(request_ids)s::varchar[], %(keys)s::bigint[]) AS r(rid, kid)
+        WHERE {pending}.request_id = r.rid AND {pending}.api_key_id = r.kid
+        RETURNING api_key_id, user_id, subscription_id, account_id, held_usd, account_held_usd
     """  # noqa: S608 - only quoted model metadata goes in
 
 

@@ -11,13 +11,14 @@ from typing import Any
 from django.db import connection, transaction
 from django.utils import timezone
 
+from accounts.models import APIKey, Subscription, UpstreamAccount, User
 from accounts.services.keys import KeyChargeResult, api_key_usage_charge
 from accounts.services.subscriptions import subscription_usage_charge
 from accounts.services.upstream import upstream_account_quota_charge
 from accounts.services.users import user_balance_charge
 from accounts.snapshots import AccountQuota
 from billing.cost import CostBreakdown, Usage
-from billing.holds import pending_settle
+from billing.holds import TakenHolds, holds_lower, pending_settle, pending_take_many
 from billing.models import BREAKDOWN_COLUMNS, RequestOutcome, UsageLog, UsageRollup, UsageSource
 from billing.pricing import BillingContext, billing_context, price_request
 from billing.rollup_epoch import BACKFILL_AFTER, rollup_epoch_bump
@@ -348,8 +349,8 @@ def usage_rollup_add(*, log: UsageLog) -> None:
 class BatchRecord:
     """One finished request for usage_record_batch: usage_record's arguments, as a value.
 
-    `pending_id` names the request's pending record (the hold taken before relaying, issue 13):
-    the batch settles it in the same transaction, see _settle_pending.
+    `pending_id` names the request's pending record (the hold taken before relaying); the batch
+    finds and settles it by (request_id, api_key_id) in the same transaction.
     """
 
     request_id: str
@@ -444,22 +445,17 @@ def usage_record_batch(records: list[BatchRecord]) -> list[UsageRecordResult]:
         inserted = _insert_many([item.row for item in fresh])
         for item in fresh:
             item.row_id = inserted.get((item.record.request_id, item.record.api_key_id))
-        # In key order, as the ledger rows: the settle statements lock the held rows.
-        for item in sorted(priced, key=lambda item: (item.record.api_key_id, item.record.request_id)):
-            _settle_pending(item)
+        # The requests' holds end with their charges (docs/gateway.md#holds-and-settle): one
+        # statement deletes the batch's pending records (a replay's too, if one is left), and
+        # each held row is lowered inside the UPDATE that charges it.
+        taken = pending_take_many(
+            sorted({(item.record.request_id, item.record.api_key_id) for item in priced})
+        )
         charged = [item for item in priced if item.row_id is not None]
-        counters = _charge_counters(charged)
+        counters = _charge_counters(charged, taken)
         originals = _original_ids([item for item in priced if item.row_id is None])
 
     return [_batch_result(item, priced, counters, originals) for item in priced]
-
-
-def _settle_pending(item: _Priced) -> None:
-    """The request's holds end with its charge, in the batch's transaction, as in usage_record
-    (docs/gateway.md#holds-and-settle): its pending record goes and every hold it raised is
-    lowered. A replay's pending record (if any is left) goes too, and nothing is charged for it.
-    """
-    pending_settle(request_id=item.record.request_id, api_key_id=item.record.api_key_id)
 
 
 @dataclass(slots=True)
@@ -471,8 +467,9 @@ class _Counters:
     last_of_key: dict[int, int]  # key id -> id() of the last record charged to it
 
 
-def _charge_counters(charged: list[_Priced]) -> _Counters:
-    """One UPDATE per distinct counted row with the summed charges of `charged`, in lock order."""
+def _charge_counters(charged: list[_Priced], taken: TakenHolds) -> _Counters:
+    """One UPDATE per distinct counted row with the summed charges of `charged` and the summed
+    holds of `taken` to lower, in lock order. A held row with nothing to charge is only lowered."""
     key_sums: dict[int, tuple[Decimal, _Priced]] = {}
     balance_sums: dict[int, Decimal] = {}
     subscription_sums: dict[int, tuple[Decimal, _Priced]] = {}
@@ -499,16 +496,30 @@ def _charge_counters(charged: list[_Priced]) -> _Counters:
             )
     now = max(item.row.created_at for item in charged) if charged else timezone.now()
     counters = _Counters(keys={}, balances={}, subscriptions={}, accounts={}, last_of_key={})
-    for key_id in sorted(key_sums):
+    for key_id in sorted(key_sums.keys() | taken.keys.keys()):
+        release = taken.keys.get(key_id, ZERO)
+        if key_id not in key_sums:
+            holds_lower(model=APIKey, row_id=key_id, amount=release)
+            continue
         amount, last = key_sums[key_id]
         counters.keys[key_id] = api_key_usage_charge(
-            key_id=key_id, amount_usd=amount, now=now, timezone=last.context.key_timezone
+            key_id=key_id, amount_usd=amount, now=now, timezone=last.context.key_timezone, release_usd=release
         )
         counters.last_of_key[key_id] = id(last)
     _rollup_add_many([item.row for item in charged])
-    for user_id in sorted(balance_sums):
-        counters.balances[user_id] = user_balance_charge(user_id=user_id, amount_usd=balance_sums[user_id])
-    for subscription_id in sorted(subscription_sums):
+    for user_id in sorted(balance_sums.keys() | taken.balances.keys()):
+        release = taken.balances.get(user_id, ZERO)
+        if user_id not in balance_sums:
+            holds_lower(model=User, row_id=user_id, amount=release)
+            continue
+        counters.balances[user_id] = user_balance_charge(
+            user_id=user_id, amount_usd=balance_sums[user_id], release_usd=release
+        )
+    for subscription_id in sorted(subscription_sums.keys() | taken.subscriptions.keys()):
+        release = taken.subscriptions.get(subscription_id, ZERO)
+        if subscription_id not in subscription_sums:
+            holds_lower(model=Subscription, row_id=subscription_id, amount=release)
+            continue
         amount, last = subscription_sums[subscription_id]
         counters.subscriptions[subscription_id] = subscription_usage_charge(
             subscription_id=subscription_id,
@@ -516,11 +527,20 @@ def _charge_counters(charged: list[_Priced]) -> _Counters:
             now=now,
             starts_at=last.context.subscription_starts_at,
             timezone=last.context.subscription_timezone,
+            release_usd=release,
         )
-    for account_id in sorted(account_sums):
+    for account_id in sorted(account_sums.keys() | taken.accounts.keys()):
+        release = taken.accounts.get(account_id, ZERO)
+        if account_id not in account_sums:
+            holds_lower(model=UpstreamAccount, row_id=account_id, amount=release)
+            continue
         amount, last = account_sums[account_id]
         counters.accounts[account_id] = upstream_account_quota_charge(
-            account_id=account_id, amount_usd=amount, now=now, rules=last.context.account_quota
+            account_id=account_id,
+            amount_usd=amount,
+            now=now,
+            rules=last.context.account_quota,
+            release_usd=release,
         )
     return counters
 

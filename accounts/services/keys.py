@@ -258,7 +258,12 @@ def _field(name: str):
 
 
 def api_key_usage_charge(
-    *, key_id: int, amount_usd: Decimal, now: datetime | None = None, timezone: str | None = None
+    *,
+    key_id: int,
+    amount_usd: Decimal,
+    now: datetime | None = None,
+    timezone: str | None = None,
+    release_usd: Decimal = ZERO,
 ) -> KeyChargeResult:
     """Charge one request to a key: quota and the three windows, in one atomic UPDATE.
 
@@ -269,7 +274,9 @@ def api_key_usage_charge(
     BillingContext carries it; empty means settings.TIME_ZONE), and without it it is read here
     before the UPDATE. The counters never are.
     The status flips to quota_exhausted in the same statement when the new usage reaches a
-    non-zero quota. last_used_at is written at most every 30 seconds.
+    non-zero quota. last_used_at is written at most every 30 seconds. `release_usd` lowers the
+    key's held amount in the same statement (a batch recording settles its holds this way:
+    docs/gateway.md#holds-and-settle).
 
     The result comes from the UPDATE itself (RETURNING on PostgreSQL; elsewhere a re-read in
     the same transaction, while our write still locks the row), so it is exactly what this
@@ -284,7 +291,7 @@ def api_key_usage_charge(
     tz = timezone_name(timezone)
     starts = {kind: windows.key_window_start_for(kind, now, tz) for kind in windows.KEY_WINDOW_LENGTHS}
     charge = _key_charge_returning if connection.vendor == "postgresql" else _key_charge_orm
-    row = charge(key_id=key_id, amount=amount, now=now, starts=starts)
+    row = charge(key_id=key_id, amount=amount, now=now, starts=starts, release=quantize_usd(release_usd))
     if row is None:
         raise APIKey.DoesNotExist(f"API key {key_id} does not exist")
     status, used, quota, *window_values = row
@@ -313,9 +320,9 @@ _RETURNED = (
 
 
 def _key_charge_orm(
-    *, key_id: int, amount: Decimal, now: datetime, starts: dict[str, datetime]
+    *, key_id: int, amount: Decimal, now: datetime, starts: dict[str, datetime], release: Decimal = ZERO
 ) -> tuple | None:
-    updates: dict = {"quota_used_usd": F("quota_used_usd") + amount}
+    updates: dict = {"quota_used_usd": F("quota_used_usd") + amount, "held_usd": F("held_usd") - release}
     for kind, _label, _limit, used, start in APIKey.WINDOWS:
         length = windows.KEY_WINDOW_LENGTHS[kind]
         expired = Q(**{f"{start}__isnull": True}) | Q(**{f"{start}__lte": now - length})
@@ -345,7 +352,10 @@ def _key_charge_orm(
 def _key_charge_sql() -> str:
     """The ORM form above as one PostgreSQL statement; only quoted model metadata goes in."""
     quote = connection.ops.quote_name
-    sets = [f"{quote('quota_used_usd')} = {quote('quota_used_usd')} + %(amount)s"]
+    sets = [
+        f"{quote('quota_used_usd')} = {quote('quota_used_usd')} + %(amount)s",
+        f"{quote('held_usd')} = {quote('held_usd')} - %(release)s",
+    ]
     for kind, _label, _limit, used, start in APIKey.WINDOWS:
         used, start = quote(used), quote(start)
         expired = f"{start} IS NULL OR {start} <= %(expired_{kind})s"
@@ -365,11 +375,12 @@ def _key_charge_sql() -> str:
 
 
 def _key_charge_returning(
-    *, key_id: int, amount: Decimal, now: datetime, starts: dict[str, datetime]
+    *, key_id: int, amount: Decimal, now: datetime, starts: dict[str, datetime], release: Decimal = ZERO
 ) -> tuple | None:
     params = {
         "id": key_id,
         "amount": amount,
+        "release": release,
         "now": now,
         "stale": now - LAST_USED_RESOLUTION,
         "active": Status.ACTIVE.value,

@@ -244,6 +244,7 @@ def subscription_usage_charge(
     now: datetime | None = None,
     starts_at: datetime | None = None,
     timezone: str | None = None,
+    release_usd: Decimal = ZERO,
 ) -> dict[str, Any]:
     """Charge one request to the daily, weekly and monthly windows, in one atomic UPDATE; the
     windows as it left them ({"daily_usage_usd": …, "daily_window_start": …, …}).
@@ -255,7 +256,8 @@ def subscription_usage_charge(
     end at the latest at expires_at (compared in the UPDATE, so an extension counts at once).
     The group's timezone and starts_at are configuration: pass both as the caller last read them
     (billing's BillingContext carries them; an empty timezone means settings.TIME_ZONE), or
-    neither and they are read before the UPDATE. The counters never are.
+    neither and they are read before the UPDATE. The counters never are. `release_usd` lowers the
+    subscription's held amount in the same statement (a batch recording settles its holds this way).
     """
     now = now or current_time()
     amount = quantize_usd(amount_usd)
@@ -273,7 +275,13 @@ def subscription_usage_charge(
         for kind in WINDOW_KINDS
     }
     charge = _charge_sql if connection.vendor == "postgresql" else _charge_orm
-    row = charge(subscription_id=subscription_id, amount=amount, now=now, current=current)
+    row = charge(
+        subscription_id=subscription_id,
+        amount=amount,
+        now=now,
+        current=current,
+        release=quantize_usd(release_usd),
+    )
     if row is None:
         raise Subscription.DoesNotExist(f"subscription {subscription_id} does not exist")
     return dict(zip(_RETURNED, row, strict=True))
@@ -290,10 +298,15 @@ _RETURNED = tuple(
 
 
 def _charge_orm(
-    *, subscription_id: int, amount: Decimal, now: datetime, current: dict[str, datetime]
+    *,
+    subscription_id: int,
+    amount: Decimal,
+    now: datetime,
+    current: dict[str, datetime],
+    release: Decimal = ZERO,
 ) -> tuple | None:
     term_over = Q(expires_at__lte=now)
-    updates: dict = {}
+    updates: dict = {"held_usd": F("held_usd") - release}
     for kind, _label, _limit, used, start in Subscription.WINDOWS:
         if kind == "daily":
             ended = Q(**{f"{start}__lt": current[kind]})
@@ -316,7 +329,7 @@ def _charge_orm(
 def _charge_statement() -> str:
     """The ORM form above as one PostgreSQL statement; only quoted model metadata goes in."""
     quote = connection.ops.quote_name
-    sets = []
+    sets = [f"{quote('held_usd')} = {quote('held_usd')} - %(release)s"]
     for kind, _label, _limit, used, start in Subscription.WINDOWS:
         used, start = quote(used), quote(start)
         ended = f"{start} < %(current_{kind})s" if kind == "daily" else f"{start} <= %(ended_{kind})s"
@@ -330,9 +343,14 @@ def _charge_statement() -> str:
 
 
 def _charge_sql(
-    *, subscription_id: int, amount: Decimal, now: datetime, current: dict[str, datetime]
+    *,
+    subscription_id: int,
+    amount: Decimal,
+    now: datetime,
+    current: dict[str, datetime],
+    release: Decimal = ZERO,
 ) -> tuple | None:
-    params: dict = {"id": subscription_id, "amount": amount, "now": now}
+    params: dict = {"id": subscription_id, "amount": amount, "now": now, "release": release}
     for kind in WINDOW_KINDS:
         params[f"current_{kind}"] = current[kind]
         if kind != "daily":

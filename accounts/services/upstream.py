@@ -94,6 +94,8 @@ def _merge_credentials(
 # --- Create and edit ---------------------------------------------------------------------------
 
 # Counters and window starts move only through the quota engine and the reset action.
+NO_RELEASE = Decimal(0)  # a quota charge that lowers no hold
+
 PROTECTED_FIELDS = (
     "quota_used_usd",
     "quota_daily_used_usd",
@@ -307,6 +309,7 @@ def upstream_account_quota_charge(
     amount_usd: Decimal,
     now: datetime | None = None,
     rules: AccountQuota | None = None,
+    release_usd: Decimal = NO_RELEASE,
 ) -> AccountQuota:
     """Add `amount_usd` to the account's total, daily and weekly quota usage in ONE atomic UPDATE;
     the quota as it left it (limits and settings from `rules`, used amounts and starts from the row).
@@ -326,16 +329,18 @@ def upstream_account_quota_charge(
     is the account's quota as the caller last read it (billing's BillingContext carries it; only
     its reset settings are used, never its used amounts), and without it it is read here first. A concurrent edit of them can at worst decide a request by the old
     rule. Also records `last_used_at`. Raises UpstreamAccount.DoesNotExist for an unknown id.
+    `release_usd` lowers the account's held amount in the same statement (a batch recording
+    settles its holds this way).
     """
     now = now or timezone.now()
     amount = quantize_usd(amount_usd)
     if rules is None:
         rules = AccountQuota.read_rules(account_id)
     tz = rules.zone
-    if connection.vendor == "postgresql":
-        row = _quota_charge_sql(account_id=account_id, amount=amount, now=now, rules=rules, tz=tz)
-    else:
-        row = _quota_charge_orm(account_id=account_id, amount=amount, now=now, rules=rules, tz=tz)
+    charge = _quota_charge_sql if connection.vendor == "postgresql" else _quota_charge_orm
+    row = charge(
+        account_id=account_id, amount=amount, now=now, rules=rules, tz=tz, release=quantize_usd(release_usd)
+    )
     if row is None:
         raise UpstreamAccount.DoesNotExist(f"upstream account {account_id} does not exist")
     return dataclasses.replace(rules, **dict(zip(_QUOTA_RETURNED, row, strict=True)))
@@ -352,12 +357,19 @@ _QUOTA_COLUMNS = tuple(AccountQuota.COLUMNS[name] for name in _QUOTA_RETURNED)
 
 
 def _quota_charge_orm(
-    *, account_id: int, amount: Decimal, now: datetime, rules: AccountQuota, tz: str
+    *,
+    account_id: int,
+    amount: Decimal,
+    now: datetime,
+    rules: AccountQuota,
+    tz: str,
+    release: Decimal = NO_RELEASE,
 ) -> tuple | None:
     money = models.DecimalField(max_digits=20, decimal_places=8)
     stamp = Value(now, output_field=models.DateTimeField())
     changes: dict = {
         "quota_used_usd": F("quota_used_usd") + Value(amount, output_field=money),
+        "quota_held_usd": F("quota_held_usd") - Value(release, output_field=money),
         # Coalesce first: SQLite's MAX() is NULL when any argument is (PostgreSQL ignores NULLs).
         "last_used_at": Greatest(Coalesce(F("last_used_at"), stamp), stamp),
     }
@@ -391,6 +403,7 @@ def _quota_charge_statement(daily_mode: str, weekly_mode: str) -> str:
     sets = [
         f"{total} = {total} + %(amount)s",
         f"{last} = GREATEST(COALESCE({last}, %(now)s), %(now)s)",
+        f"{quote('quota_held_usd')} = {quote('quota_held_usd')} - %(release)s",
     ]
     for period, mode in (("daily", daily_mode), ("weekly", weekly_mode)):
         used, start = quote(f"quota_{period}_used_usd"), quote(f"quota_{period}_start")
@@ -406,9 +419,15 @@ def _quota_charge_statement(daily_mode: str, weekly_mode: str) -> str:
 
 
 def _quota_charge_sql(
-    *, account_id: int, amount: Decimal, now: datetime, rules: AccountQuota, tz: str
+    *,
+    account_id: int,
+    amount: Decimal,
+    now: datetime,
+    rules: AccountQuota,
+    tz: str,
+    release: Decimal = NO_RELEASE,
 ) -> tuple | None:
-    params = {"id": account_id, "amount": amount, "now": now}
+    params = {"id": account_id, "amount": amount, "now": now, "release": release}
     for period in ("daily", "weekly"):
         mode, hour, weekday = rules.period(period)
         params[period] = _period_threshold(

@@ -19,6 +19,8 @@ from accounts.roles import ConsoleRole, console_role_required, user_change_allow
 from accounts.snapshots import snapshots_changed
 from common.money import quantize_usd
 
+ZERO = Decimal(0)
+
 # The fields that decide what someone may do in the console.
 ACCESS_FIELDS = ("is_staff", "is_superuser", "console_role")
 
@@ -165,22 +167,25 @@ def user_group_rate_remove(*, user: User, rate_id: int, actor: User | None) -> N
         snapshots_changed(user_ids=[user.pk])
 
 
-def user_balance_charge(*, user_id: int, amount_usd: Decimal) -> Decimal | None:
+def user_balance_charge(*, user_id: int, amount_usd: Decimal, release_usd: Decimal = ZERO) -> Decimal | None:
     """Take a billed amount off the balance in one atomic UPDATE; the balance it left (None for an
     unknown user).
 
     Billing may overdraw: the request was already served, so the balance can go negative
     (docs/recording.md#atomic-counters) and the gateway refuses the next one. No history row:
-    the usage ledger is the record of every charge.
+    the usage ledger is the record of every charge. `release_usd` lowers the balance's held amount
+    in the same statement (a batch recording settles its holds this way).
     """
-    amount = quantize_usd(amount_usd)
+    amount, release = quantize_usd(amount_usd), quantize_usd(release_usd)
     if connection.vendor != "postgresql":
         with transaction.atomic(savepoint=False):
-            User.objects.filter(pk=user_id).update(balance=F("balance") - amount)
+            User.objects.filter(pk=user_id).update(
+                balance=F("balance") - amount, balance_held=F("balance_held") - release
+            )
             return User.objects.filter(pk=user_id).values_list("balance", flat=True).first()
     # The same statement, precompiled: billing runs it for every request.
     with connection.cursor() as cursor:
-        cursor.execute(_balance_charge_sql(), [amount, user_id])
+        cursor.execute(_balance_charge_sql(), [amount, release, user_id])
         row = cursor.fetchone()
     return row[0] if row else None
 
@@ -188,8 +193,8 @@ def user_balance_charge(*, user_id: int, amount_usd: Decimal) -> Decimal | None:
 @cache
 def _balance_charge_sql() -> str:
     quote = connection.ops.quote_name
-    balance = quote("balance")
+    balance, held = quote("balance"), quote("balance_held")
     return (
-        f"UPDATE {quote(User._meta.db_table)} SET {balance} = {balance} - %s "  # noqa: S608
+        f"UPDATE {quote(User._meta.db_table)} SET {balance} = {balance} - %s, {held} = {held} - %s "  # noqa: S608
         f"WHERE {quote('id')} = %s RETURNING {balance}"
     )

@@ -13,8 +13,10 @@ from django.db.models import Sum
 from django.test.utils import CaptureQueriesContext
 
 from accounts.models import APIKey, Subscription, UpstreamAccount, User
+from accounts.snapshots import AccountQuota
 from billing.cost import Usage
-from billing.models import UsageLog, UsageRollup
+from billing.holds import AccountHold, pending_hold
+from billing.models import PendingRequest, UsageLog, UsageRollup
 from billing.pricing import billing_context
 from billing.services import BatchRecord, usage_record, usage_record_batch
 from tests.factories import (
@@ -201,8 +203,10 @@ def test_a_batch_is_one_insert_and_one_update_per_distinct_counted_row():
     with CaptureQueriesContext(connection) as queries:
         usage_record_batch(batch)
     statements = [query["sql"].split()[0] for query in queries.captured_queries]
-    # ledger, 3 keys, rollups, 1 balance, 1 subscription, 2 accounts (savepoint-free: the test's transaction)
+    # ledger, 3 keys, rollups, 1 balance, 1 subscription, 2 accounts (savepoint-free: the test's
+    # transaction), and one DELETE settling every pending record of the batch
     assert statements.count("INSERT") == 2
+    assert statements.count("DELETE") == 1
     assert statements.count("UPDATE") == 3 + 1 + 1 + 2
     assert "SELECT" not in statements  # no replays: nothing to look up
 
@@ -213,3 +217,77 @@ def test_a_batch_over_the_limit_is_refused_before_anything_is_written():
     with pytest.raises(ValueError, match="at most"):
         usage_record_batch([record] * 101)
     assert UsageLog.objects.count() == 0
+
+
+def hold_all(w: dict, batch: list[BatchRecord]) -> None:
+    """The holds the gateway takes before relaying each request of `batch` (one per request id)."""
+    for record in {(r.request_id, r.api_key_id): r for r in batch}.values():
+        key = APIKey.objects.get(pk=record.api_key_id)
+        subscription = w["subscription"] if key.group_id == w["subscription"].group_id else None
+        account = UpstreamAccount.objects.get(pk=record.account_id)
+        result = pending_hold(
+            request_id=record.request_id,
+            api_key_id=key.pk,
+            user_id=key.user_id,
+            amount_usd=D("0.05"),
+            now=datetime.now(UTC),
+            lease_seconds=60,
+            requested_model=record.requested_model,
+            mapped_model=record.requested_model,
+            protocol="anthropic",
+            stream=True,
+            estimate={"input_tokens": 1000, "output_tokens": 100},
+            subscription_id=subscription.pk if subscription else None,
+            subscription_limits={"daily": None, "weekly": None, "monthly": None} if subscription else None,
+            subscription_starts_at=subscription.starts_at if subscription else None,
+            subscription_timezone=subscription.group.timezone if subscription else "",
+            accounts=(
+                AccountHold(account_id=account.pk, amount_usd=D("0.04"), quota=AccountQuota.of(account)),
+            ),
+        )
+        assert result.held
+
+
+def held_columns(w: dict) -> list[Decimal]:
+    return [
+        *(APIKey.objects.values_list("held_usd", flat=True).get(pk=key.pk) for key in w["keys"]),
+        *(User.objects.values_list("balance_held", flat=True).get(pk=user.pk) for user in w["users"]),
+        Subscription.objects.values_list("held_usd", flat=True).get(pk=w["subscription"].pk),
+        *(
+            UpstreamAccount.objects.values_list("quota_held_usd", flat=True).get(pk=a.pk)
+            for a in w["accounts"]
+        ),
+    ]
+
+
+def test_a_batch_settles_every_hold_it_records_and_charges_what_row_by_row_recording_charges():
+    one_by_one, batched = world("a"), world("b")
+    for w in (one_by_one, batched):
+        # Every account with a quota, so the account holds are real.
+        UpstreamAccount.objects.filter(pk__in=[a.pk for a in w["accounts"]]).update(quota_limit_usd=D("100"))
+        hold_all(w, records(w))
+    # Everything is held but the subscriber's balance (a subscription key holds its subscription).
+    assert [amount > 0 for amount in held_columns(batched)] == [True] * 4 + [False] + [True] * 3
+
+    for record in records(one_by_one):
+        usage_record(**{name: getattr(record, name) for name in record.__slots__ if name != "pending_id"})
+    usage_record_batch(records(batched))
+
+    assert ledger(batched) == ledger(one_by_one)
+    assert counters(batched) == counters(one_by_one)
+    assert held_columns(batched) == held_columns(one_by_one) == [0] * 8
+    assert not PendingRequest.objects.exists()
+
+
+def test_a_held_request_recorded_for_free_is_settled_without_a_charge():
+    w = world("a")
+    UpstreamAccount.objects.filter(pk__in=[a.pk for a in w["accounts"]]).update(quota_limit_usd=D("100"))
+    batch = [dataclasses.replace(record, usage=Usage()) for record in records(w)[:3]]
+    hold_all(w, batch)
+    before = counters(w)
+
+    usage_record_batch(batch)
+
+    assert held_columns(w) == [0] * 8
+    assert not PendingRequest.objects.exists()
+    assert counters(w)["keys"] == before["keys"] and counters(w)["balances"] == before["balances"]

@@ -112,10 +112,11 @@ def test_a_cached_key_costs_one_hold_transaction_before_the_response(
     recording = [shape(sql) for at, sql in second if at > served["ended_at"]]
     # The account has no quota: nothing held on it, so no lock on the row every key shares.
     assert hot == ['UPDATE "accounts_apikey"', 'UPDATE "accounts_user"', 'INSERT "billing_pendingrequest"']
-    # One transaction after the response: ledger row, settle, key, rollup, balance, account quota.
+    # One transaction after the response: ledger row, pending record, then key, rollup, balance
+    # and account quota, the key and balance UPDATEs lowering their holds as they charge.
     assert recording == [
         'INSERT "billing_usagelog"',
-        'SETTLE "billing_pendingrequest"',
+        'DELETE FROM "billing_pendingrequest"',
         'UPDATE "accounts_apikey"',
         'INSERT "billing_usagerollup"',
         'UPDATE "accounts_user"',
