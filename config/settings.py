@@ -301,6 +301,10 @@ GATEWAY_SHUTDOWN_SECONDS = envfloat("GATEWAY_SHUTDOWN_SECONDS", "30")
 # live request never outlasts the total timeout; the margin covers its recording).
 GATEWAY_DEFAULT_OUTPUT_TOKENS = envint("GATEWAY_DEFAULT_OUTPUT_TOKENS", "1024")
 GATEWAY_HOLD_LEASE_SECONDS = envfloat("GATEWAY_HOLD_LEASE_SECONDS", str(GATEWAY_TOTAL_TIMEOUT + 60))
+# A held stream writes the usage it has seen so far to its pending record this often, so recovery
+# after a crash bills what was observed rather than the estimate (docs/gateway.md#pending-records);
+# shorter streams write nothing. 0 turns it off.
+GATEWAY_OBSERVE_EVERY_SECONDS = envfloat("GATEWAY_OBSERVE_EVERY_SECONDS", "5")
 # SIGTERM: how long requests in flight may still run before their upstream is cut (then recorded
 # as cut); new requests meanwhile get 503 SHUTTING_DOWN (docs/gateway.md#shutdown).
 GATEWAY_DRAIN_SECONDS = envfloat("GATEWAY_DRAIN_SECONDS", "60")

@@ -15,13 +15,15 @@ import asyncio
 import hashlib
 import logging
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import aiohttp
 from django.conf import settings
 
-from billing.holds import holds_supported, pending_release
+from billing.holds import holds_supported, pending_observe, pending_release
 from gateway import holds, metrics, recorder
 from gateway.admission import Hold, admit
 from gateway.errors import GatewayError
@@ -45,6 +47,15 @@ from gateway.relay import (
 from gateway.scheduling import AccountBoard, StickySessions, account_model, candidates, session_key
 from gateway.upstreams import RefusedAddress, UnsupportedAccount, upstream_payload, upstream_target
 from gateway.usage import COUNT_TOKENS, EMBEDDINGS, UsageMeter
+
+# The token counts a stream's checkpoint keeps, as recovery reads them (gateway.recovery).
+OBSERVED_COUNTS = (
+    "input_tokens",
+    "output_tokens",
+    "cache_creation_5m_tokens",
+    "cache_creation_1h_tokens",
+    "cache_read_tokens",
+)
 
 logger = logging.getLogger("gateway")
 
@@ -396,11 +407,15 @@ class Proxy:
             started=started,
         )
         meter = UsageMeter(kind=route.kind, body=body)
+        checkpoint = None
+        if stream and hold.pending is not None and settings.GATEWAY_OBSERVE_EVERY_SECONDS > 0:
+            checkpoint = partial(self._observe, meter, request_id=request_id, api_key_id=hold.key.id)
         self.upstreams.add(response)
         try:
             return await self._relay_answer(
                 response=response,
                 meter=meter,
+                checkpoint=checkpoint,
                 client=client,
                 stream=stream,
                 strip=strip,
@@ -426,6 +441,7 @@ class Proxy:
         timeouts: Timeouts,
         started: float,
         upstream_model: str,
+        checkpoint: Callable[[], None] | None = None,
     ) -> tuple[Relayed, UsageMeter, str]:
         if stream:
             first = await read_first_chunk(
@@ -441,6 +457,8 @@ class Proxy:
                 request_id=request_id,
                 timeouts=timeouts,
                 started=started,
+                checkpoint=checkpoint,
+                checkpoint_every=settings.GATEWAY_OBSERVE_EVERY_SECONDS,
             )
         else:
             relayed = await relay_json(
@@ -452,6 +470,17 @@ class Proxy:
                 started=started,
             )
         return relayed, meter, upstream_model
+
+    def _observe(self, meter: UsageMeter, *, request_id: str, api_key_id: int) -> None:
+        """Keep a held stream's usage so far on its pending record, in the background: if this
+        process dies, recovery bills it (usage_source "observed") instead of the admission
+        estimate (docs/gateway.md#pending-records). A write that lands after the recording has
+        settled the record matches nothing."""
+        usage, _source = meter.usage()
+        observed = {name: getattr(usage, name) for name in OBSERVED_COUNTS}
+        self._background(
+            self.db.run(pending_observe, request_id=request_id, api_key_id=api_key_id, observed=observed)
+        )
 
     async def _pass_on(self, failure: UpstreamFailure, client: ClientChannel, request_id: str) -> None:
         """The client's own mistake, as the upstream worded it (same protocol, same shape)."""

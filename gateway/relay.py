@@ -262,10 +262,18 @@ async def relay_stream(
     request_id: str,
     timeouts: Timeouts,
     started: float,
+    checkpoint: Callable[[], None] | None = None,
+    checkpoint_every: float = 0.0,
 ) -> Relayed:
-    """Pass the stream on as it arrives; keep reading after a client disconnect; never retry."""
+    """Pass the stream on as it arrives; keep reading after a client disconnect; never retry.
+
+    `checkpoint`, when given, is called every `checkpoint_every` seconds while the stream runs
+    (after the events that arrived are fed to the meter), to keep what it has seen so far."""
     loop = asyncio.get_running_loop()
     total_deadline = loop.time() + timeouts.total - (time.monotonic() - started)
+    next_checkpoint = (
+        loop.time() + checkpoint_every if checkpoint is not None and checkpoint_every > 0 else None
+    )
     first_byte_ms = int((time.monotonic() - started) * 1000)
     await client.start(
         200,
@@ -297,6 +305,9 @@ async def relay_stream(
                 for event in events:
                     name, data = sse_fields(event)
                     meter.feed_event(name, data)
+            if next_checkpoint is not None and loop.time() >= next_checkpoint:
+                checkpoint()
+                next_checkpoint = loop.time() + checkpoint_every
             deadline = min(loop.time() + timeouts.idle, total_deadline)
             try:
                 async with asyncio.timeout_at(deadline):

@@ -18,7 +18,7 @@ from billing.cost import Usage
 from billing.models import PendingRequest, UsageLog
 from billing.services import usage_record
 from gateway.tasks import pending_recover_task
-from tests.gateway.conftest import ledger_rows, make_tenant
+from tests.gateway.conftest import anthropic_sdk, ledger_rows, make_tenant
 from tests.gateway.processes import GatewayProcess
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -111,3 +111,67 @@ def test_a_killed_gateway_leaves_every_served_request_billed_once_and_nothing_he
     assert UsageLog.objects.count() == STREAMS
     assert APIKey.objects.get(pk=tenant.key.pk).quota_used_usd == spent
     assert User.objects.get(pk=tenant.user.pk).balance == Decimal(10) - spent
+
+
+def stream_message_until_cut(client) -> str:
+    try:
+        with client.messages.stream(
+            model="claude-sonnet-4-6", max_tokens=24, messages=[{"role": "user", "content": "hi"}]
+        ) as stream:
+            for _text in stream.text_stream:
+                pass
+    except Exception:  # noqa: BLE001 - mid-stream the SDK lets the transport's own error through
+        return "cut"
+    return "completed"
+
+
+def test_a_killed_gateway_bills_what_its_streams_had_observed(fake_upstream, transactional_db):
+    # Anthropic streams report their input in message_start; the gateway keeps what each stream
+    # has seen on its pending record every second, so recovery bills that, not the estimate.
+    tenant = make_tenant(
+        fake_upstream, platform="anthropic", scenarios=("slow=400",), user_fields={"concurrency": 0}
+    )
+    UpstreamAccount.objects.filter(pk=tenant.accounts[0].pk).update(concurrency=0)
+    victim = GatewayProcess(
+        GATEWAY_HOLD_LEASE_SECONDS=str(LEASE_SECONDS), GATEWAY_OBSERVE_EVERY_SECONDS="1"
+    ).wait()
+    survivor = None
+    count = 4
+    try:
+        client = anthropic_sdk(victim.url, tenant.secret)
+        with ThreadPoolExecutor(count) as pool:
+            streams = [pool.submit(stream_message_until_cut, client) for _ in range(count)]
+            # Each checkpoint has seen the input and some text.
+            wait_until(
+                lambda: (
+                    PendingRequest.objects.count() == count
+                    and all(
+                        (observed or {}).get("output_tokens", 0) > 0
+                        for observed in PendingRequest.objects.values_list("observed", flat=True)
+                    )
+                ),
+                30,
+                "a checkpoint with output on every stream",
+            )
+            victim.kill()
+            assert {stream.result() for stream in streams} == {"cut"}
+        served = fake_upstream.wait_for(lambda log: len(log) == count, timeout=30)
+        lease_end = max(PendingRequest.objects.values_list("lease_expires_at", flat=True))
+        wait_until(lambda: time.time() > lease_end.timestamp(), LEASE_SECONDS + 10, "the lease to pass")
+        survivor = GatewayProcess().wait()
+        rows = ledger_rows(count, timeout=30)
+        wait_until(lambda: not PendingRequest.objects.exists(), 30, "every pending record settled")
+    finally:
+        victim.stop()
+        if survivor is not None:
+            survivor.stop()
+
+    billed = {entry["tollgate_request_id"]: entry["billed"] for entry in served}
+    assert {(row.usage_source, row.outcome) for row in rows} == {("observed", "gateway_stopped")}
+    for row in rows:
+        # The input is what the upstream reported; the output is estimated from the text relayed
+        # by the last checkpoint (a token per four characters): some, and less than the 24 the
+        # admission estimate held for (max_tokens), which is what recovery billed before.
+        assert row.input_tokens == billed[row.request_id]["input_tokens"]
+        assert 0 < row.output_tokens < 24
+    assert APIKey.objects.get(pk=tenant.key.pk).held_usd == 0
