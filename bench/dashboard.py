@@ -83,7 +83,9 @@ def bench_database(*, keep: bool) -> Iterator[bool]:
 
     name = settings.DATABASES["default"]["NAME"] + "_bench"
     original = settings.DATABASES["default"]["NAME"]
-    with connection.cursor() as cursor:
+    # On the maintenance database, as Django's test-database creation does: the configured
+    # database itself need not exist.
+    with connection._nodb_cursor() as cursor:
         cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name])
         exists = cursor.fetchone() is not None
     if keep and exists:

@@ -346,6 +346,7 @@ JOBS_PAUSE_ACCOUNTS_EVERY_SECONDS = envint("JOBS_PAUSE_ACCOUNTS_EVERY_SECONDS", 
 JOBS_RECONCILE_HOUR = envint("JOBS_RECONCILE_HOUR", "3")
 JOBS_PRUNE_HOUR = envint("JOBS_PRUNE_HOUR", "4")
 JOBS_RECOVER_EVERY_SECONDS = envint("JOBS_RECOVER_EVERY_SECONDS", "60")
+JOBS_DASHBOARD_WARM_EVERY_SECONDS = envint("JOBS_DASHBOARD_WARM_EVERY_SECONDS", "300")
 CELERY_BEAT_SCHEDULE = {
     "expire-keys": {"task": "accounts.expire_keys", "schedule": JOBS_EXPIRE_EVERY_SECONDS},
     "expire-subscriptions": {
@@ -368,6 +369,8 @@ CELERY_BEAT_SCHEDULE = {
         "task": "gateway.pending_recover",
         "schedule": JOBS_RECOVER_EVERY_SECONDS,
     },
+    # The dashboard's closed hours and days summed into the cache ahead of the first visitor.
+    "warm-dashboard": {"task": "console.dashboard_warm", "schedule": JOBS_DASHBOARD_WARM_EVERY_SECONDS},
 }
 
 # Logs (README "Logging"): human-readable lines by default, one JSON object per line with

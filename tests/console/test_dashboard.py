@@ -10,7 +10,9 @@ from decimal import Decimal
 import pytest
 from django.conf import settings as live
 from django.core.cache import cache
+from django.db import connection
 from django.db.models import Count, F, Sum
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from billing.cost import Usage
@@ -161,6 +163,21 @@ def test_closed_hours_and_days_come_from_the_cache_and_the_open_hour_is_summed_l
     assert period_sums(dashboard_usage(period="7d"), "7d").requests == 6
     cache.clear()
     assert period_sums(dashboard_usage(period="7d"), "7d").requests > 6
+
+
+def test_the_warm_job_leaves_only_the_open_hour_for_the_first_visitor(recorded, django_assert_num_queries):
+    from console.tasks import dashboard_warm
+
+    cache.clear()
+    with CaptureQueriesContext(connection) as cold:
+        dashboard_usage(period="30d")
+    assert len(cold) > 5  # control: with nothing cached, the closed days are summed too
+    cache.clear()
+    assert dashboard_warm() == 3
+    for period in ("today", "7d", "30d"):
+        # The first visitor of each period sums only the open hour, as a warm request does.
+        with django_assert_num_queries(5):
+            assert dashboard_usage(period=period).today.requests == 3
 
 
 def test_the_period_switcher_swaps_the_charts_section(staff_client, recorded):
