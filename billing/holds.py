@@ -167,6 +167,42 @@ def pending_hold(
     return HoldResult(account_id=chosen.account_id if chosen else None, skipped_account_ids=tuple(skipped))
 
 
+def pending_move_account(*, request_id: str, api_key_id: int, to: AccountHold, now: datetime) -> bool:
+    """Failover: the request moves to another account. One transaction: hold its amount on the
+    new account (when a quota applies there), give the old account's hold back, and name the new
+    account on the pending record, so a recovery charges the account that served. False, with
+    nothing changed, when the new account's quota has no room (the gateway then skips it). True
+    without a change when the request holds nothing (no pending record) or already names it.
+
+    The pending record is locked first, as a recording does; the two account rows in ascending id
+    order, so two requests moving in opposite directions queue instead of deadlocking."""
+    try:
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute(_pending_account_sql(), {"request_id": request_id, "key": api_key_id})
+            row = cursor.fetchone()
+            if row is None or row[0] == to.account_id:
+                return True
+            old_account_id, old_amount = row
+            new_amount = quantize_usd(to.amount_usd) if to.limited else ZERO
+            steps = []
+            if old_account_id is not None and old_amount > 0:
+                steps.append((old_account_id, "release"))
+            if new_amount > 0:
+                steps.append((to.account_id, "hold"))
+            for _account_id, step in sorted(steps):
+                if step == "release":
+                    holds_lower(model=UpstreamAccount, row_id=old_account_id, amount=old_amount)
+                elif not _hold_account(cursor, to, now=now):
+                    raise _Refused("account_quota")
+            cursor.execute(
+                _pending_account_move_sql(),
+                {"request_id": request_id, "key": api_key_id, "account": to.account_id, "amount": new_amount},
+            )
+    except _Refused:
+        return False
+    return True
+
+
 def pending_settle(*, request_id: str, api_key_id: int) -> bool:
     """Delete the request's pending record and lower every hold it raised, in the caller's
     transaction (the recording's). False when there was none (no hold, or already settled)."""
@@ -476,6 +512,26 @@ def _settle_sql() -> str:
         SELECT (SELECT count(*) FROM p), (SELECT count(*) FROM k), (SELECT count(*) FROM u),
                (SELECT count(*) FROM s), (SELECT count(*) FROM a)
     """  # noqa: S608 - only quoted model metadata goes in
+
+
+@cache
+def _pending_account_sql() -> str:
+    quote = connection.ops.quote_name
+    return (
+        f"SELECT {quote('account_id')}, {quote('account_held_usd')} "  # noqa: S608
+        f"FROM {quote(PendingRequest._meta.db_table)} "
+        f"WHERE request_id = %(request_id)s AND api_key_id = %(key)s FOR UPDATE"
+    )
+
+
+@cache
+def _pending_account_move_sql() -> str:
+    quote = connection.ops.quote_name
+    return (
+        f"UPDATE {quote(PendingRequest._meta.db_table)} "  # noqa: S608
+        f"SET {quote('account_id')} = %(account)s, {quote('account_held_usd')} = %(amount)s "
+        f"WHERE request_id = %(request_id)s AND api_key_id = %(key)s"
+    )
 
 
 @cache

@@ -18,7 +18,7 @@ from typing import Any
 from django.conf import settings
 
 from billing.cost import Usage
-from billing.holds import AccountHold, HoldResult, pending_hold
+from billing.holds import AccountHold, HoldResult, pending_hold, pending_move_account
 from billing.pricing import billing_context_from, price_request
 from common.money import quantize_usd
 from gateway.checks import QUOTA_RETRY_SECONDS
@@ -110,6 +110,32 @@ def reserve(
         subscription_starts_at=subscription.starts_at if subscription is not None else None,
         subscription_timezone=group.timezone if subscription is not None else "",
         accounts=candidates,
+    )
+
+
+def move(
+    *,
+    request_id: str,
+    key: Any,
+    channel: Any,
+    account: Any,
+    kind: str,
+    body: dict,
+    model: str,
+    mapped_model: str,
+) -> bool:
+    """Failover (on a database thread): hold the request's estimate on `account`'s quota instead
+    of the account it held on; False when that quota has no room (billing.holds.pending_move_account)."""
+    guess = estimate(key=key, channel=channel, kind=kind, body=body, model=model, mapped_model=mapped_model)
+    return pending_move_account(
+        request_id=request_id,
+        api_key_id=key.id,
+        to=AccountHold(
+            account_id=account.id,
+            amount_usd=quantize_usd(guess.total_usd * account.rate_multiplier),
+            quota=account.quota if account.quota_applies else None,
+        ),
+        now=datetime.now(UTC),
     )
 
 

@@ -12,6 +12,7 @@ it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import logging
 import time
@@ -213,7 +214,7 @@ class Proxy:
         client = ClientChannel(send, receive)
         client.watch()
         last: tuple[Any, UpstreamFailure] | None = None
-        busy = 0
+        busy = no_room = 0
         attempts = 0
         try:
             for account in accounts_to_try:
@@ -228,6 +229,12 @@ class Proxy:
                 )
                 if account_slot is None:
                     busy += 1
+                    continue
+                if not await self._hold_moved_to(
+                    account, hold=hold, route=route, body=body, request_id=request_id
+                ):
+                    account_slot.release()
+                    no_room += 1
                     continue
                 self.board.touch(account.id)
                 attempts += 1
@@ -293,6 +300,10 @@ class Proxy:
                 return
         finally:
             client.close()
+        if no_room:
+            # An account that could serve had no quota left for the estimate: say so (and when
+            # to try again) rather than pass on another account's failure.
+            raise holds.refusal("account_quota", hold.key, hold.model)
         if last is None:
             raise GatewayError(
                 "NO_ACCOUNT_AVAILABLE",
@@ -317,6 +328,30 @@ class Proxy:
             status=failure.status,
             retry_after=retry_after,
         )
+
+    async def _hold_moved_to(
+        self, account: Any, *, hold: Hold, route: Route, body: dict, request_id: str
+    ) -> bool:
+        """Before relaying to an account other than the one the request holds on (failover), move
+        the account hold there, so its quota is held like the first one's; False when it has no
+        room. Nothing to do without holds or when the request already holds on `account`."""
+        pending = hold.pending
+        if pending is None or pending.account_id is None or pending.account_id == account.id:
+            return True
+        moved = await self.db.run(
+            holds.move,
+            request_id=request_id,
+            key=hold.key,
+            channel=hold.channel,
+            account=account,
+            kind=route.kind,
+            body=body,
+            model=hold.model,
+            mapped_model=hold.mapped_model,
+        )
+        if moved:
+            hold.pending = dataclasses.replace(pending, account_id=account.id)
+        return moved
 
     async def _hold(
         self,

@@ -169,6 +169,36 @@ def test_a_burst_on_an_account_quota_spends_what_fits(fake_upstream, gateway_url
     assert_exact(tenant, outcomes, status=503, code="NO_ACCOUNT_AVAILABLE", limit=cost * ROOM, cost=cost)
 
 
+def test_a_burst_failing_over_to_an_account_with_a_quota_spends_only_what_fits_there(
+    fake_upstream, gateway_url
+):
+    # The first account (no quota: the requests hold on it) answers 500 every time; each request
+    # then moves its account hold to the second, whose quota has room for ten.
+    tenant = make_tenant(
+        fake_upstream, platform="openai", scenarios=("status=500", "slow=15"), user_fields={"concurrency": 0}
+    )
+    broken, spare = tenant.accounts
+    UpstreamAccount.objects.filter(pk__in=[broken.pk, spare.pk]).update(concurrency=0)
+    cost = request_cost(tenant)
+    UpstreamAccount.objects.filter(pk=spare.pk).update(quota_limit_usd=cost * ROOM)
+    outcomes = burst([gateway_url], tenant.secret)
+
+    served = [outcome for outcome in outcomes if outcome.status == 200]
+    rows = settled(len(served))
+    assert len(served) in (10, 11), outcomes
+    assert {(o.status, o.code) for o in outcomes if o.status != 200} == {(503, "NO_ACCOUNT_AVAILABLE")}
+    assert {row.account_id for row in rows} == {spare.pk}
+    spent = sum((row.account_cost for row in rows), Decimal(0))
+    assert spent - cost < cost * ROOM  # every request served started below the spare's quota
+    spare.refresh_from_db()
+    broken.refresh_from_db()
+    assert (spare.quota_used_usd, spare.quota_held_usd, broken.quota_held_usd) == (spent, 0, 0)
+    key = APIKey.objects.get(pk=tenant.key.pk)
+    assert key.held_usd == 0 and key.quota_used_usd == sum((row.actual_cost for row in rows), Decimal(0))
+    assert User.objects.get(pk=tenant.user.pk).balance_held == 0
+    assert not PendingRequest.objects.exists()
+
+
 def test_a_burst_split_across_two_gateway_processes_spends_what_fits_once(fake_upstream, transactional_db):
     tenant = tenant_for(fake_upstream)
     cost = request_cost(tenant)

@@ -12,7 +12,7 @@ from django.db.models import Sum
 from accounts.models import APIKey, Subscription, UpstreamAccount, User
 from accounts.snapshots import AccountQuota
 from billing.cost import Usage
-from billing.holds import AccountHold, pending_hold, pending_release
+from billing.holds import AccountHold, pending_hold, pending_move_account, pending_release
 from billing.models import PendingRequest, UsageLog
 from billing.services import usage_record
 from gateway.recovery import pending_recover
@@ -139,6 +139,31 @@ def test_each_limit_refuses_with_its_own_name():
     third = hold(rich, "a3", D("0.06"), accounts=[quota, other])
     assert third.refused == "account_quota"
     assert held(APIKey, rich.pk) == D("0.12")  # the third's key hold was rolled back with it
+
+
+def test_failover_moves_the_account_hold_or_refuses_an_account_without_room(key):
+    first = UpstreamAccountFactory(platform="openai", quota_limit_usd=D("5"))
+    roomy = UpstreamAccountFactory(platform="openai", quota_limit_usd=D("5"))
+    full = UpstreamAccountFactory(platform="openai", quota_limit_usd=D("5"), quota_used_usd=D("5"))
+    unlimited = UpstreamAccountFactory(platform="openai")
+    hold(key, "r", D("0.5"), accounts=[first])
+
+    def to(account):
+        return AccountHold(account_id=account.pk, amount_usd=D("0.5"), quota=AccountQuota.of(account))
+
+    def state():
+        pending = PendingRequest.objects.get()
+        accounts = [held(UpstreamAccount, a.pk, "quota_held_usd") for a in (first, roomy, full)]
+        return pending.account_id, pending.account_held_usd, accounts
+
+    now = datetime.now(UTC)
+    assert pending_move_account(request_id="r", api_key_id=key.pk, to=to(roomy), now=now)
+    assert state() == (roomy.pk, D("0.5"), [0, D("0.5"), 0])
+    assert not pending_move_account(request_id="r", api_key_id=key.pk, to=to(full), now=now)
+    assert state() == (roomy.pk, D("0.5"), [0, D("0.5"), 0])  # nothing changed
+    assert pending_move_account(request_id="r", api_key_id=key.pk, to=to(unlimited), now=now)
+    assert state() == (unlimited.pk, 0, [0, 0, 0])
+    assert held(APIKey, key.pk) == D("0.5")  # the key's hold stays with the request
 
 
 def test_an_ended_window_counts_as_empty(key):
