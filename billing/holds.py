@@ -116,24 +116,64 @@ def pending_hold(
     """
     amount = quantize_usd(amount_usd)
     skipped: list[int] = []
+    first = accounts[0] if accounts else None
+    at_once = _AtOnce(
+        key_id=api_key_id,
+        user_id=user_id,
+        subscription_id=subscription_id,
+        amount=amount,
+        now=now,
+        subscription_limits=subscription_limits or {},
+        subscription_starts_at=subscription_starts_at,
+        subscription_timezone=subscription_timezone,
+        account=first if first is not None and first.limited else None,
+        pending=[
+            request_id,
+            api_key_id,
+            user_id,
+            subscription_id,
+            first.account_id if first else None,
+            amount,
+            quantize_usd(first.amount_usd) if first is not None and first.limited else ZERO,
+            requested_model[:200],
+            mapped_model[:200],
+            protocol,
+            stream,
+            _json(estimate),
+            now,
+            now + timedelta(seconds=lease_seconds),
+        ],
+    )
     try:
         with transaction.atomic(), connection.cursor() as cursor:
-            _hold_key(cursor, key_id=api_key_id, amount=amount, now=now)
-            if subscription_id is not None:
-                _hold_subscription(
-                    cursor,
-                    subscription_id=subscription_id,
-                    amount=amount,
-                    now=now,
-                    limits=subscription_limits or {},
-                    starts_at=subscription_starts_at,
-                    timezone=subscription_timezone,
-                )
-            else:
-                _hold_balance(cursor, user_id=user_id, amount=amount)
+            key_held, money_held, account_held, recorded = _hold_at_once(cursor, at_once)
+            if recorded:
+                return HoldResult(account_id=first.account_id if first else None)
+            # A step did not fit (or lost a race): the rest one statement at a time, from that step,
+            # with the refusal named by its own row (the slow path below, which alone is exact on
+            # every outcome; the statement above is its common case in one round trip).
+            if not key_held:
+                _hold_key(cursor, key_id=api_key_id, amount=amount, now=now)
+            if not money_held:
+                if subscription_id is not None:
+                    _hold_subscription(
+                        cursor,
+                        subscription_id=subscription_id,
+                        amount=amount,
+                        now=now,
+                        limits=subscription_limits or {},
+                        starts_at=subscription_starts_at,
+                        timezone=subscription_timezone,
+                    )
+                else:
+                    _hold_balance(cursor, user_id=user_id, amount=amount)
+            candidates = accounts
+            if key_held and money_held and at_once.account is not None and not account_held:
+                skipped.append(first.account_id)  # tried in the statement: no room
+                candidates = accounts[1:]
             chosen: AccountHold | None = None
             account_amount = ZERO
-            for candidate in accounts:
+            for candidate in candidates:
                 if not candidate.limited:
                     chosen = candidate
                     break
@@ -143,25 +183,9 @@ def pending_hold(
                 skipped.append(candidate.account_id)
             if accounts and chosen is None:
                 raise _Refused("account_quota")
-            cursor.execute(
-                _pending_insert_sql(),
-                [
-                    request_id,
-                    api_key_id,
-                    user_id,
-                    subscription_id,
-                    chosen.account_id if chosen else None,
-                    amount,
-                    account_amount,
-                    requested_model[:200],
-                    mapped_model[:200],
-                    protocol,
-                    stream,
-                    _json(estimate),
-                    now,
-                    now + timedelta(seconds=lease_seconds),
-                ],
-            )
+            pending = list(at_once.pending)
+            pending[4], pending[6] = (chosen.account_id if chosen else None), account_amount
+            cursor.execute(_pending_insert_sql(), pending)
     except _Refused as refusal:
         return HoldResult(refused=refusal.limit, skipped_account_ids=tuple(skipped))
     return HoldResult(account_id=chosen.account_id if chosen else None, skipped_account_ids=tuple(skipped))
@@ -201,6 +225,97 @@ def pending_move_account(*, request_id: str, api_key_id: int, to: AccountHold, n
     except _Refused:
         return False
     return True
+
+
+@dataclass(frozen=True, slots=True)
+class _AtOnce:
+    """What the one-statement hold needs: the rows, the amounts, and the pending record's values
+    (in _PENDING_COLUMNS order)."""
+
+    key_id: int
+    user_id: int
+    subscription_id: int | None
+    amount: Decimal
+    now: datetime
+    subscription_limits: dict[str, Decimal | None]
+    subscription_starts_at: datetime | None
+    subscription_timezone: str
+    account: AccountHold | None  # the first candidate, when a quota applies to it
+    pending: list
+
+
+def _hold_at_once(cursor: Any, hold: _AtOnce) -> tuple[bool, bool, bool, bool]:
+    """The whole hold in one statement (data-modifying CTEs), each step only when the one before
+    it matched: the key, then the balance or subscription, then the first account (when limited),
+    then the pending record. Answers which matched; the caller's transaction rolls back a partial
+    one or finishes it step by step. The rows are locked in the step-by-step order (key, money,
+    account), inside one round trip instead of one per row."""
+    params: dict[str, Any] = {"key_id": hold.key_id, "amount": hold.amount}
+    for kind, length in windows.KEY_WINDOW_LENGTHS.items():
+        params[f"expired_{kind}"] = hold.now - length
+    if hold.subscription_id is not None:
+        params["money_id"] = hold.subscription_id
+        params.update(
+            _subscription_params(
+                now=hold.now,
+                limits=hold.subscription_limits,
+                starts_at=hold.subscription_starts_at,
+                timezone=hold.subscription_timezone,
+            )
+        )
+    else:
+        params["money_id"] = hold.user_id
+    modes = None
+    if hold.account is not None:
+        rules = hold.account.quota
+        modes = (rules.daily_reset_mode, rules.weekly_reset_mode)
+        params["account_id"] = hold.account.account_id
+        params["account_amount"] = quantize_usd(hold.account.amount_usd)
+        params.update(_account_params(hold.account, now=hold.now))
+    for name, value in zip(_PENDING_COLUMNS, hold.pending, strict=True):
+        params[f"p_{name}"] = value
+    cursor.execute(_at_once_sql(hold.subscription_id is not None, modes), params)
+    key_held, money_held, account_held, recorded = cursor.fetchone()
+    return bool(key_held), bool(money_held), bool(account_held), bool(recorded)
+
+
+@cache
+def _at_once_sql(subscription: bool, account_modes: tuple[str, str] | None) -> str:
+    quote = connection.ops.quote_name
+
+    def step(name: str, table: str, held: str, amount: str, row: str, conditions: tuple, after: str) -> str:
+        where = " AND ".join(condition for _name, condition in conditions)
+        guard = f" AND EXISTS (SELECT 1 FROM {after})" if after else ""  # noqa: S608 - a CTE name
+        return (
+            f"{name} AS (UPDATE {quote(table)} SET {quote(held)} = {quote(held)} + {amount} "  # noqa: S608
+            f"WHERE {quote('id')} = %({row})s AND {where}{guard} RETURNING 1)"
+        )
+
+    steps = [step("k", APIKey._meta.db_table, "held_usd", "%(amount)s", "key_id", _key_conditions(), "")]
+    if subscription:
+        money = (Subscription._meta.db_table, "held_usd", _subscription_conditions())
+    else:
+        money = (User._meta.db_table, "balance_held", _balance_conditions())
+    steps.append(step("m", money[0], money[1], "%(amount)s", "money_id", money[2], "k"))
+    last = "m"
+    if account_modes is not None:
+        conditions = _account_conditions(*account_modes, amount="%(account_amount)s")
+        table = UpstreamAccount._meta.db_table
+        steps.append(step("a", table, "quota_held_usd", "%(account_amount)s", "account_id", conditions, "m"))
+        last = "a"
+    columns = ", ".join(quote(name) for name in _PENDING_COLUMNS)
+    values = ", ".join(
+        f"%(p_{name})s::jsonb" if name == "estimate" else f"%(p_{name})s" for name in _PENDING_COLUMNS
+    )
+    steps.append(
+        f"p AS (INSERT INTO {quote(PendingRequest._meta.db_table)} ({columns}) "  # noqa: S608
+        f"SELECT {values} WHERE EXISTS (SELECT 1 FROM {last}) RETURNING 1)"
+    )
+    account = "EXISTS (SELECT 1 FROM a)" if account_modes is not None else "false"
+    return (
+        f"WITH {', '.join(steps)} "  # noqa: S608 - only quoted model metadata goes in
+        f"SELECT EXISTS (SELECT 1 FROM k), EXISTS (SELECT 1 FROM m), {account}, EXISTS (SELECT 1 FROM p)"
+    )
 
 
 def pending_settle(*, request_id: str, api_key_id: int) -> bool:
@@ -288,8 +403,8 @@ def pending_observe(*, request_id: str, api_key_id: int, observed: dict[str, int
 # filters the UPDATE and, after a refusal, names the limit that failed (_which_failed).
 
 
-def _fits(used: str, held: str, limit: str) -> str:
-    return f"({used} + {held} + %(amount)s <= {limit} OR ({held} = 0 AND {used} < {limit}))"
+def _fits(used: str, held: str, limit: str, amount: str = "%(amount)s") -> str:
+    return f"({used} + {held} + {amount} <= {limit} OR ({held} = 0 AND {used} < {limit}))"
 
 
 @cache
@@ -334,14 +449,17 @@ def _balance_conditions() -> tuple[tuple[str, str], ...]:
 
 
 @cache
-def _account_conditions(daily_mode: str, weekly_mode: str) -> tuple[tuple[str, str], ...]:
+def _account_conditions(
+    daily_mode: str, weekly_mode: str, amount: str = "%(amount)s"
+) -> tuple[tuple[str, str], ...]:
+    """`amount`: the placeholder of the account's amount (the one-statement hold names it apart)."""
     quote = connection.ops.quote_name
     held = quote("quota_held_usd")
     total_limit = quote("quota_limit_usd")
     found = [
         (
             "account_quota",
-            f"({total_limit} <= 0 OR {_fits(quote('quota_used_usd'), held, total_limit)})",
+            f"({total_limit} <= 0 OR {_fits(quote('quota_used_usd'), held, total_limit, amount)})",
         )
     ]
     for period, mode in (("daily", daily_mode), ("weekly", weekly_mode)):
@@ -349,7 +467,7 @@ def _account_conditions(daily_mode: str, weekly_mode: str) -> tuple[tuple[str, s
         limit = quote(f"quota_{period}_limit_usd")
         compare = "<=" if mode == UpstreamAccount.ResetMode.ROLLING else "<"
         effective = f"(CASE WHEN {start} IS NULL OR {start} {compare} %({period})s THEN 0 ELSE {used} END)"
-        found.append(("account_quota", f"({limit} <= 0 OR {_fits(effective, held, limit)})"))
+        found.append(("account_quota", f"({limit} <= 0 OR {_fits(effective, held, limit, amount)})"))
     return tuple(found)
 
 
@@ -422,15 +540,8 @@ def _hold_subscription(
     starts_at: datetime | None,
     timezone: str,
 ) -> None:
-    tz = timezone_name(timezone)
-    params: dict[str, Any] = {"id": subscription_id, "amount": amount, "now": now}
-    for kind, _label, _limit, _used, _start in Subscription.WINDOWS:
-        limit = limits.get(kind)
-        params[f"limit_{kind}"] = NO_LIMIT if limit is None or limit < 0 else limit
-        if kind == "daily":
-            params["current_daily"] = windows.subscription_window_start(kind, now, starts_at=starts_at, tz=tz)
-        else:
-            params[f"ended_{kind}"] = now - windows.SUBSCRIPTION_STEPS[kind]
+    params: dict[str, Any] = {"id": subscription_id, "amount": amount}
+    params.update(_subscription_params(now=now, limits=limits, starts_at=starts_at, timezone=timezone))
     _hold_or_refuse(cursor, Subscription._meta.db_table, "held_usd", _subscription_conditions(), params)
 
 
@@ -440,14 +551,36 @@ def _hold_balance(cursor: Any, *, user_id: int, amount: Decimal) -> None:
         raise _Refused("balance")
 
 
-def _hold_account(cursor: Any, candidate: AccountHold, *, now: datetime) -> bool:
+def _subscription_params(
+    *, now: datetime, limits: dict[str, Decimal | None], starts_at: datetime | None, timezone: str
+) -> dict[str, Any]:
+    tz = timezone_name(timezone)
+    params: dict[str, Any] = {"now": now}
+    for kind, _label, _limit, _used, _start in Subscription.WINDOWS:
+        limit = limits.get(kind)
+        params[f"limit_{kind}"] = NO_LIMIT if limit is None or limit < 0 else limit
+        if kind == "daily":
+            params["current_daily"] = windows.subscription_window_start(kind, now, starts_at=starts_at, tz=tz)
+        else:
+            params[f"ended_{kind}"] = now - windows.SUBSCRIPTION_STEPS[kind]
+    return params
+
+
+def _account_params(candidate: AccountHold, *, now: datetime) -> dict[str, Any]:
     rules = candidate.quota
-    params: dict[str, Any] = {"id": candidate.account_id, "amount": quantize_usd(candidate.amount_usd)}
+    params: dict[str, Any] = {}
     for period in ("daily", "weekly"):
         mode, hour, weekday = rules.period(period)
         params[period] = _period_threshold(
             now=now, period=period, mode=mode, hour=hour, weekday=weekday, tz=rules.zone
         )
+    return params
+
+
+def _hold_account(cursor: Any, candidate: AccountHold, *, now: datetime) -> bool:
+    rules = candidate.quota
+    params: dict[str, Any] = {"id": candidate.account_id, "amount": quantize_usd(candidate.amount_usd)}
+    params.update(_account_params(candidate, now=now))
     conditions = _account_conditions(rules.daily_reset_mode, rules.weekly_reset_mode)
     return _hold(cursor, UpstreamAccount._meta.db_table, "quota_held_usd", conditions, params)
 

@@ -121,6 +121,7 @@ def test_each_limit_refuses_with_its_own_name():
     poor = APIKeyFactory(user=user, group=GroupFactory(platform="openai"))
     assert hold(poor, "b1", D("0.04")).held
     assert hold(poor, "b2", D("0.04")).refused == "balance"
+    assert held(APIKey, poor.pk) == D("0.04")  # the key step of the refused hold was rolled back
 
     group = SubscriptionGroupFactory(daily_limit_usd=D("0.1"))
     subscription = SubscriptionFactory(group=group)

@@ -75,11 +75,22 @@ def query_log(gateway_url):
 
 
 def shape(sql: str) -> str:
-    """A statement's verb and table: 'UPDATE "accounts_apikey"' (the settle CTE: 'SETTLE …')."""
+    """A statement's verb and table: 'UPDATE "accounts_apikey"'; a statement of data-modifying
+    CTEs lists each of its steps: 'WITH UPDATE "accounts_apikey", INSERT "billing_pendingrequest"'."""
     words = sql.split()
     if words[0] == "WITH":
-        return "SETTLE " + words[words.index("DELETE") + 2]
+        words = [word.lstrip("(") for word in words]
+        steps = [
+            f"{verb} {words[index + (2 if verb in ('INSERT', 'DELETE') else 1)]}"
+            for index, verb in enumerate(words)
+            if verb in ("UPDATE", "INSERT", "DELETE")
+        ]
+        return "WITH " + ", ".join(steps)
     return " ".join(word for word in words[:3] if word not in ("INTO", "SET"))[:40]
+
+
+# The hold of a balance key on an account without a quota (billing.holds: one statement).
+HOLD = 'WITH UPDATE "accounts_apikey", UPDATE "accounts_user", INSERT "billing_pendingrequest"'
 
 
 @pytest.fixture
@@ -110,8 +121,9 @@ def test_a_cached_key_costs_one_hold_transaction_before_the_response(
     # (docs/gateway.md#holds-and-settle). The recording comes after it and settles the hold.
     hot = [shape(sql) for at, sql in second if at <= served["started_at"]]
     recording = [shape(sql) for at, sql in second if at > served["ended_at"]]
-    # The account has no quota: nothing held on it, so no lock on the row every key shares.
-    assert hot == ['UPDATE "accounts_apikey"', 'UPDATE "accounts_user"', 'INSERT "billing_pendingrequest"']
+    # One statement: the key, the balance, the pending record. The account has no quota: nothing
+    # held on it, so no lock on the row every key shares.
+    assert hot == [HOLD]
     # One transaction after the response: ledger row, pending record, then key, rollup, balance
     # and account quota, the key and balance UPDATEs lowering their holds as they charge.
     assert recording == [
@@ -162,11 +174,7 @@ def test_without_redis_the_hot_path_queries_only_the_slot_leases_and_the_hold(
     slots = [sql for sql in hot if '"gateway_slotlease"' in sql]
     assert sum(sql.startswith("INSERT") for sql in slots) == 2  # the user's slot, the account's
     # Besides the slots, only the hold (docs/gateway.md#holds-and-settle).
-    assert [shape(sql) for sql in hot if sql not in slots] == [
-        'UPDATE "accounts_apikey"',
-        'UPDATE "accounts_user"',
-        'INSERT "billing_pendingrequest"',
-    ]
+    assert [shape(sql) for sql in hot if sql not in slots] == [HOLD]
 
 
 def test_a_flood_of_unknown_keys_costs_one_query_per_distinct_key(gateway_url, query_log):
