@@ -285,7 +285,7 @@ GATEWAY_DB_THREADS = envint("GATEWAY_DB_THREADS", "4")
 # The recorder thread: at most this many finished requests per transaction, and how long a batch
 # that is not full waits for more (docs/recording.md#batches).
 GATEWAY_RECORD_BATCH_SIZE = envint("GATEWAY_RECORD_BATCH_SIZE", "64")
-GATEWAY_RECORD_BATCH_WAIT_MS = envfloat("GATEWAY_RECORD_BATCH_WAIT_MS", "2")
+GATEWAY_RECORD_BATCH_WAIT_MS = envfloat("GATEWAY_RECORD_BATCH_WAIT_MS", "25")
 GATEWAY_SNAPSHOT_TTL = envfloat("GATEWAY_SNAPSHOT_TTL", "10")
 GATEWAY_SNAPSHOT_REDIS_TTL = envint("GATEWAY_SNAPSHOT_REDIS_TTL", "300")
 GATEWAY_SNAPSHOT_CACHE_SIZE = envint("GATEWAY_SNAPSHOT_CACHE_SIZE", "20000")

@@ -580,6 +580,7 @@ class Proxy:
             first_token_ms=relayed.first_byte_ms,
             client_ip=client_ip,
             user_agent=headers.get(b"user-agent", b"").decode("latin-1"),
+            finished_at=datetime.now(UTC),
         )
         hold.recorded = True  # the recording's transaction settles the holds
         self._background(self._settle(entry))

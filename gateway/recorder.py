@@ -54,6 +54,9 @@ class Entry:
     client_ip: str
     user_agent: str
     pending_id: int | None = None  # the request's pending record (issue 13 holds), settled with it
+    # When the request finished: its ledger time, not when the recorder's batch commits (up to
+    # GATEWAY_RECORD_BATCH_WAIT_MS later).
+    finished_at: datetime | None = None
 
 
 def record(entry: Entry) -> tuple[UsageRecordResult, KeySnapshot]:
@@ -76,6 +79,7 @@ def record(entry: Entry) -> tuple[UsageRecordResult, KeySnapshot]:
         user_agent=entry.user_agent,
         outcome=entry.outcome,
         usage_source=entry.usage_source,
+        created_at=entry.finished_at,
     )
     fresh = refreshed(entry.key, result)
     announce_spent(entry, fresh, result)
@@ -103,6 +107,7 @@ def record_batch(entries: list[Entry]) -> list[tuple[UsageRecordResult, KeySnaps
             outcome=entry.outcome,
             usage_source=entry.usage_source,
             pending_id=entry.pending_id,
+            created_at=entry.finished_at,
         )
         for entry in entries
     ]

@@ -85,12 +85,13 @@ def gateway_url(gateway_server, transactional_db) -> Iterator[str]:
 
 
 def ledger_rows(count: int, *, timeout: float = 10.0, **filters) -> list:
-    """The ledger rows once `count` of them exist (recording runs just after the response)."""
+    """The ledger rows once `count` of them exist (recording runs just after the response), in the
+    order the requests finished."""
     from billing.models import UsageLog
 
     deadline = time.monotonic() + timeout
     while True:
-        rows = list(UsageLog.objects.filter(**filters).order_by("id"))
+        rows = list(UsageLog.objects.filter(**filters).order_by("created_at", "id"))
         if len(rows) >= count or time.monotonic() > deadline:
             return rows
         time.sleep(0.01)
