@@ -5,6 +5,8 @@ own row."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
@@ -120,3 +122,21 @@ def test_stopping_records_everything_still_queued():
 
     answers = event_loop.run(submit_then_stop())
     assert len(answers) == 10 and UsageLog.objects.count() == 10
+
+
+def test_a_batched_row_keeps_the_time_its_request_finished():
+    keys, account, _user = tenant()
+    finished = [datetime(2026, 12, 1, 9, 0, second, tzinfo=UTC) for second in (5, 1, 3)]
+    entries = [
+        dataclasses.replace(entry_for(keys[0].pk, account.pk, f"req-{n}", 1_000), finished_at=at)
+        for n, at in enumerate(finished)
+    ]
+    recorder = BatchRecorder(size=16, wait=0.05)
+    try:
+        event_loop.run(record_all(recorder, entries))
+    finally:
+        recorder.stop()
+
+    assert recorder.batches == 1
+    rows = dict(UsageLog.objects.values_list("request_id", "created_at"))
+    assert rows == {f"req-{n}": at for n, at in enumerate(finished)}
