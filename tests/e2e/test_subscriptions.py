@@ -59,6 +59,7 @@ def test_seed_000_a_subscription_and_a_key_bound_to_its_group(
     # The 30-day subscription, through the assign page.
     page.goto("/subscriptions/")
     page.get_by_role("link", name="Assign").click()
+    page.wait_for_load_state("networkidle")  # htmx listens to the search box once the page has loaded
     page.get_by_label("Users").fill("relay-sub")
     page.get_by_role("button", name=f"Add {SEED_EMAIL}").click()
     page.get_by_label("Subscription group").select_option(label=f"{SEED_GROUP} (OpenAI, 30 days)")
