@@ -313,6 +313,8 @@ GATEWAY_DRAIN_SECONDS = envfloat("GATEWAY_DRAIN_SECONDS", "60")
 GATEWAY_LIMITS = os.getenv("GATEWAY_LIMITS", "")
 # How long a concurrency slot stays taken if its process dies; 0 = GATEWAY_TOTAL_TIMEOUT + 60.
 GATEWAY_SLOT_LEASE_SECONDS = envfloat("GATEWAY_SLOT_LEASE_SECONDS", "0")
+# Seconds the gateway waits for Redis (connect or reply) before it counts slots in its own process.
+GATEWAY_REDIS_TIMEOUT = envfloat("GATEWAY_REDIS_TIMEOUT", "2")
 # Where accounts without a base URL of their own send requests (OAuth and setup-token accounts
 # always): the providers' official endpoints; `make run` points both at the fake upstream.
 GATEWAY_OPENAI_BASE_URL = os.getenv("GATEWAY_OPENAI_BASE_URL", "https://api.openai.com")

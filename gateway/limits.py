@@ -15,7 +15,9 @@ one fits and each gets the request's token, or the first that is full answers an
 Three stores answer the same questions:
 
 - `RedisLimiter` (when `REDIS_URL` is set): one Lua script per admission over a sorted set per
-  scope (members are request tokens, scores their lease's end in Redis's own clock);
+  scope (members are request tokens, scores their lease's end in Redis's own clock), sent on one
+  pipelined connection per process (gateway/redis_wire.py); the releases of one event-loop turn
+  go in one script call;
 - `DatabaseLimiter` (no Redis): `gateway.SlotLease` rows, a unique (scope, slot number) pair per
   taken slot, in one transaction (gateway/services.py); PostgreSQL or SQLite;
 - `ProcessLimiter`: this process's memory only (`GATEWAY_LIMITS=process`): exact for one worker,
@@ -232,22 +234,34 @@ return {0, 0}
 """
 
 
+# KEYS: the scopes' sorted sets; ARGV: the token to remove from each, in the same order. Every
+# release of one event-loop turn goes in one call (RedisLimiter.release_soon).
+RELEASE_SCRIPT = """
+for i, key in ipairs(KEYS) do
+  redis.call('ZREM', key, ARGV[i])
+end
+return #KEYS
+"""
+
+
 class RedisLimiter(Limiter):
+    """The scripts above over one pipelined connection per process (gateway/redis_wire.py)."""
+
     def __init__(self, url: str) -> None:
         super().__init__()
-        import redis.asyncio as aioredis
+        from gateway.redis_wire import RedisWire
 
-        self.redis = aioredis.Redis.from_url(url)
-        self.script = self.redis.register_script(TAKE_SCRIPT)
+        self.redis = RedisWire(url, timeout=settings.GATEWAY_REDIS_TIMEOUT)
         self.fallback = ProcessLimiter()
+        self._to_release: list[tuple[str, str]] = []  # (scope, token) waiting for this turn's call
 
     async def take(self, token: str, limits: Sequence[Limit]) -> Full | None:
         args: list[Any] = [token]
         for limit in limits:
             args += [limit.limit, int(limit.lease * 1000)]
         try:
-            index, wait_ms = await self.script(
-                keys=[REDIS_PREFIX + limit.scope for limit in limits], args=args
+            index, wait_ms = await self.redis.script(
+                TAKE_SCRIPT, [REDIS_PREFIX + limit.scope for limit in limits], args
             )
         except Exception:
             logger.warning("Redis is unreachable: limits counted in this process only", exc_info=True)
@@ -257,14 +271,35 @@ class RedisLimiter(Limiter):
         return Full(int(index) - 1, int(wait_ms) / 1000)
 
     async def release(self, token: str, scopes: Sequence[str]) -> None:
-        self.fallback.release_now(token, scopes)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for scope in scopes:
-                pipe.zrem(REDIS_PREFIX + scope, token)
-            await pipe.execute()
+        await self._release_pairs([(scope, token) for scope in scopes])
+
+    def release_soon(self, token: str, scopes: Sequence[str]) -> None:
+        """Queue the slots; the first release of this event-loop turn starts one call for all of
+        them, which runs once the turn is over. A request gives back its account's slot and then
+        its own in the same turn: one round trip instead of two."""
+        first = not self._to_release
+        self._to_release.extend((scope, token) for scope in scopes)
+        if first and self._to_release:
+            task = asyncio.ensure_future(self._release_queued())
+            self.releasing.add(task)
+            task.add_done_callback(self.releasing.discard)
+
+    async def _release_queued(self) -> None:
+        pairs, self._to_release = self._to_release, []
+        try:
+            await self._release_pairs(pairs)
+        except Exception:
+            logger.warning("giving back slots %s failed: their lease frees them", pairs, exc_info=True)
+
+    async def _release_pairs(self, pairs: list[tuple[str, str]]) -> None:
+        for scope, token in pairs:
+            self.fallback.release_now(token, [scope])
+        await self.redis.script(
+            RELEASE_SCRIPT, [REDIS_PREFIX + scope for scope, _ in pairs], [token for _, token in pairs]
+        )
 
     async def close(self) -> None:
-        await self.redis.aclose()
+        await self.redis.close()
 
 
 class DatabaseLimiter(Limiter):
