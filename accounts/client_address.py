@@ -10,7 +10,7 @@ forged. Without trusted proxies the header is ignored and REMOTE_ADDR is the cli
 from __future__ import annotations
 
 import ipaddress
-from functools import cache
+from functools import cache, lru_cache
 
 from django.conf import settings
 from django.http import HttpRequest
@@ -24,6 +24,7 @@ def _networks(proxies: tuple[str, ...]) -> tuple[Network, ...]:
     return tuple(ipaddress.ip_network(proxy, strict=False) for proxy in proxies)
 
 
+@lru_cache(maxsize=4096)  # the gateway parses its peer's address on every request: few distinct ones
 def _address(value: str) -> Address | None:
     try:
         return ipaddress.ip_address(value.strip())
