@@ -16,8 +16,11 @@ docs/gateway.md#pending-records).
   answered, the client left first): the same as settle, in its own transaction.
 
 PostgreSQL only: the statements are precompiled SQL (no query building per request) and the
-settle step is one statement with data-modifying CTEs. On other databases (SQLite, the embedded
-single-process default) holds are skipped and the snapshot checks admit as before.
+settle step is one statement with data-modifying CTEs. The statements every request runs (the
+one-statement hold, settle, release, a batch's take, a stream's observed usage) are prepared on
+each connection and bound by the server (common.prepared): no quoting of parameters in Python,
+no parse and plan per request. On other databases (SQLite, the embedded single-process default)
+holds are skipped and the snapshot checks admit as before.
 
 What "fits" means, per limit L with `used` (a window read by the display rule: an ended window
 counts as empty), `held` and the estimate E: used + held + E <= L, or nothing else is held and
@@ -35,6 +38,7 @@ from functools import cache
 from typing import Any
 
 from django.db import connection, transaction
+from psycopg.types.numeric import Int8
 
 from accounts import windows
 from accounts.models import APIKey, Subscription, UpstreamAccount, User, timezone_name
@@ -42,6 +46,7 @@ from accounts.services.upstream import _period_threshold
 from accounts.snapshots import AccountQuota
 from billing.models import PendingRequest
 from common.money import quantize_usd
+from common.prepared import prepared_cursor
 
 ZERO = Decimal(0)
 NO_LIMIT = Decimal(-1)
@@ -146,7 +151,7 @@ def pending_hold(
     )
     try:
         with transaction.atomic(), connection.cursor() as cursor:
-            key_held, money_held, account_held, recorded = _hold_at_once(cursor, at_once)
+            key_held, money_held, account_held, recorded = _hold_at_once(at_once)
             if recorded:
                 return HoldResult(account_id=first.account_id if first else None)
             # A step did not fit (or lost a race): the rest one statement at a time, from that step,
@@ -244,17 +249,18 @@ class _AtOnce:
     pending: list
 
 
-def _hold_at_once(cursor: Any, hold: _AtOnce) -> tuple[bool, bool, bool, bool]:
+def _hold_at_once(hold: _AtOnce) -> tuple[bool, bool, bool, bool]:
     """The whole hold in one statement (data-modifying CTEs), each step only when the one before
     it matched: the key, then the balance or subscription, then the first account (when limited),
     then the pending record. Answers which matched; the caller's transaction rolls back a partial
     one or finishes it step by step. The rows are locked in the step-by-step order (key, money,
-    account), inside one round trip instead of one per row."""
-    params: dict[str, Any] = {"key_id": hold.key_id, "amount": hold.amount}
+    account), inside one round trip instead of one per row. Prepared (common.prepared): every id
+    goes as a bigint, every other value has psycopg's type for it or a cast in the SQL."""
+    params: dict[str, Any] = {"key_id": Int8(hold.key_id), "amount": hold.amount}
     for kind, length in windows.KEY_WINDOW_LENGTHS.items():
         params[f"expired_{kind}"] = hold.now - length
     if hold.subscription_id is not None:
-        params["money_id"] = hold.subscription_id
+        params["money_id"] = Int8(hold.subscription_id)
         params.update(
             _subscription_params(
                 now=hold.now,
@@ -264,18 +270,19 @@ def _hold_at_once(cursor: Any, hold: _AtOnce) -> tuple[bool, bool, bool, bool]:
             )
         )
     else:
-        params["money_id"] = hold.user_id
+        params["money_id"] = Int8(hold.user_id)
     modes = None
     if hold.account is not None:
         rules = hold.account.quota
         modes = (rules.daily_reset_mode, rules.weekly_reset_mode)
-        params["account_id"] = hold.account.account_id
+        params["account_id"] = Int8(hold.account.account_id)
         params["account_amount"] = quantize_usd(hold.account.amount_usd)
         params.update(_account_params(hold.account, now=hold.now))
-    for name, value in zip(_PENDING_COLUMNS, hold.pending, strict=True):
-        params[f"p_{name}"] = value
-    cursor.execute(_at_once_sql(hold.subscription_id is not None, modes), params)
-    key_held, money_held, account_held, recorded = cursor.fetchone()
+    for (name, sql_type), value in zip(_PENDING_COLUMNS.items(), hold.pending, strict=True):
+        params[f"p_{name}"] = Int8(value) if sql_type == "bigint" and value is not None else value
+    with prepared_cursor() as cursor:
+        cursor.execute(_at_once_sql(hold.subscription_id is not None, modes), params)
+        key_held, money_held, account_held, recorded = cursor.fetchone()
     return bool(key_held), bool(money_held), bool(account_held), bool(recorded)
 
 
@@ -304,9 +311,7 @@ def _at_once_sql(subscription: bool, account_modes: tuple[str, str] | None) -> s
         steps.append(step("a", table, "quota_held_usd", "%(account_amount)s", "account_id", conditions, "m"))
         last = "a"
     columns = ", ".join(quote(name) for name in _PENDING_COLUMNS)
-    values = ", ".join(
-        f"%(p_{name})s::jsonb" if name == "estimate" else f"%(p_{name})s" for name in _PENDING_COLUMNS
-    )
+    values = ", ".join(f"%(p_{name})s::{sql_type}" for name, sql_type in _PENDING_COLUMNS.items())
     steps.append(
         f"p AS (INSERT INTO {quote(PendingRequest._meta.db_table)} ({columns}) "  # noqa: S608
         f"SELECT {values} WHERE EXISTS (SELECT 1 FROM {last}) RETURNING 1)"
@@ -323,8 +328,8 @@ def pending_settle(*, request_id: str, api_key_id: int) -> bool:
     transaction (the recording's). False when there was none (no hold, or already settled)."""
     if not holds_supported():
         return False
-    with connection.cursor() as cursor:
-        cursor.execute(_settle_sql(), {"request_id": request_id, "key": api_key_id})
+    with prepared_cursor() as cursor:
+        cursor.execute(_settle_sql(), {"request_id": request_id, "key": Int8(api_key_id)})
         row = cursor.fetchone()
     return bool(row and row[0])
 
@@ -355,10 +360,10 @@ def pending_take_many(requests: list[tuple[str, int]]) -> TakenHolds:
     taken = TakenHolds(keys={}, balances={}, subscriptions={}, accounts={})
     if not requests or not holds_supported():
         return taken
-    with connection.cursor() as cursor:
+    with prepared_cursor() as cursor:
         cursor.execute(
             _take_many_sql(),
-            {"request_ids": [rid for rid, _key in requests], "keys": [key for _rid, key in requests]},
+            {"request_ids": [rid for rid, _key in requests], "keys": [Int8(key) for _rid, key in requests]},
         )
         rows = cursor.fetchall()
     for key_id, user_id, subscription_id, account_id, held, account_held in rows:
@@ -395,7 +400,12 @@ _HELD_COLUMNS = {
 
 def pending_observe(*, request_id: str, api_key_id: int, observed: dict[str, int]) -> None:
     """Keep the usage a stream has reported so far, for recovery to bill if the process dies."""
-    PendingRequest.objects.filter(request_id=request_id, api_key_id=api_key_id).update(observed=observed)
+    if not holds_supported():
+        return  # nothing is held, so there is no pending record to keep it on
+    with prepared_cursor() as cursor:
+        cursor.execute(
+            _observe_sql(), {"request_id": request_id, "key": Int8(api_key_id), "observed": _json(observed)}
+        )
 
 
 # -- Conditions ----------------------------------------------------------------------------------
@@ -587,22 +597,24 @@ def _hold_account(cursor: Any, candidate: AccountHold, *, now: datetime) -> bool
 
 # -- Statements ----------------------------------------------------------------------------------
 
-_PENDING_COLUMNS = (
-    "request_id",
-    "api_key_id",
-    "user_id",
-    "subscription_id",
-    "account_id",
-    "held_usd",
-    "account_held_usd",
-    "requested_model",
-    "mapped_model",
-    "protocol",
-    "stream",
-    "estimate",
-    "created_at",
-    "lease_expires_at",
-)
+# Each column's type, for the casts of the one-statement hold's INSERT ... SELECT: psycopg sends
+# a str or a None untyped, and a SELECT list would read an untyped value as text.
+_PENDING_COLUMNS = {
+    "request_id": "varchar",
+    "api_key_id": "bigint",
+    "user_id": "bigint",
+    "subscription_id": "bigint",
+    "account_id": "bigint",
+    "held_usd": "numeric",
+    "account_held_usd": "numeric",
+    "requested_model": "varchar",
+    "mapped_model": "varchar",
+    "protocol": "varchar",
+    "stream": "boolean",
+    "estimate": "jsonb",
+    "created_at": "timestamptz",
+    "lease_expires_at": "timestamptz",
+}
 
 
 @cache
@@ -627,7 +639,7 @@ def _settle_sql() -> str:
     held, balance_held, quota_held = quote("held_usd"), quote("balance_held"), quote("quota_held_usd")
     return f"""
         WITH p AS (
-            DELETE FROM {pending} WHERE request_id = %(request_id)s AND api_key_id = %(key)s
+            DELETE FROM {pending} WHERE request_id = %(request_id)s::varchar AND api_key_id = %(key)s::bigint
             RETURNING api_key_id AS key_id, user_id AS owner_id, subscription_id AS sub_id,
                       account_id AS acct_id, held_usd AS amount, account_held_usd AS account_amount
         ), k AS (
@@ -664,6 +676,15 @@ def _pending_account_move_sql() -> str:
         f"UPDATE {quote(PendingRequest._meta.db_table)} "  # noqa: S608
         f"SET {quote('account_id')} = %(account)s, {quote('account_held_usd')} = %(amount)s "
         f"WHERE request_id = %(request_id)s AND api_key_id = %(key)s"
+    )
+
+
+@cache
+def _observe_sql() -> str:
+    quote = connection.ops.quote_name
+    return (
+        f"UPDATE {quote(PendingRequest._meta.db_table)} SET {quote('observed')} = %(observed)s::jsonb "  # noqa: S608
+        f"WHERE request_id = %(request_id)s::varchar AND api_key_id = %(key)s::bigint"
     )
 
 
