@@ -122,7 +122,7 @@ def test_each_limit_refuses_with_its_own_name():
     poor = APIKeyFactory(user=user, group=GroupFactory(platform="openai"))
     assert hold(poor, "b1", D("0.04")).held
     assert hold(poor, "b2", D("0.04")).refused == "balance"
-    assert held(APIKey, poor.pk) == D("0.04")  # the key step of the refused hold was rolled back
+    assert held(APIKey, poor.pk) == D("0.04")  # the refused hold raised nothing, the key included
 
     group = SubscriptionGroupFactory(daily_limit_usd=D("0.1"))
     subscription = SubscriptionFactory(group=group)
@@ -140,7 +140,7 @@ def test_each_limit_refuses_with_its_own_name():
     assert (second.account_id, second.skipped_account_ids) == (other.pk, (quota.pk,))
     third = hold(rich, "a3", D("0.06"), accounts=[quota, other])
     assert third.refused == "account_quota"
-    assert held(APIKey, rich.pk) == D("0.12")  # the third's key hold was rolled back with it
+    assert held(APIKey, rich.pk) == D("0.12")  # nothing of the third stays held, its key hold neither
 
 
 def test_failover_moves_the_account_hold_or_refuses_an_account_without_room(key):
@@ -178,7 +178,7 @@ def test_an_ended_window_counts_as_empty(key):
 def prepared_holds() -> int:
     """One-statement holds prepared on this thread's connection, as PostgreSQL lists them."""
     with connection.cursor() as cursor:
-        cursor.execute("SELECT count(*) FROM pg_prepared_statements WHERE statement LIKE 'WITH k AS %%'")
+        cursor.execute("SELECT count(*) FROM pg_prepared_statements WHERE statement LIKE 'WITH lk AS %%'")
         return cursor.fetchone()[0]
 
 
