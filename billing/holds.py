@@ -16,8 +16,11 @@ docs/gateway.md#pending-records).
   answered, the client left first): the same as settle, in its own transaction.
 
 PostgreSQL only: the statements are precompiled SQL (no query building per request) and the
-settle step is one statement with data-modifying CTEs. On other databases (SQLite, the embedded
-single-process default) holds are skipped and the snapshot checks admit as before.
+settle step is one statement with data-modifying CTEs. The statements every request runs (the
+one-statement hold, settle, release, a batch's take, a stream's observed usage) are prepared on
+each connection and bound by the server (common.prepared): no quoting of parameters in Python,
+no parse and plan per request. On other databases (SQLite, the embedded single-process default)
+holds are skipped and the snapshot checks admit as before.
 
 What "fits" means, per limit L with `used` (a window read by the display rule: an ended window
 counts as empty), `held` and the estimate E: used + held + E <= L, or nothing else is held and
@@ -35,6 +38,7 @@ from functools import cache
 from typing import Any
 
 from django.db import connection, transaction
+from psycopg.types.numeric import Int8
 
 from accounts import windows
 from accounts.models import APIKey, Subscription, UpstreamAccount, User, timezone_name
@@ -42,6 +46,7 @@ from accounts.services.upstream import _period_threshold
 from accounts.snapshots import AccountQuota
 from billing.models import PendingRequest
 from common.money import quantize_usd
+from common.prepared import prepared_cursor
 
 ZERO = Decimal(0)
 NO_LIMIT = Decimal(-1)
@@ -144,33 +149,27 @@ def pending_hold(
             now + timedelta(seconds=lease_seconds),
         ],
     )
+    if _hold_at_once(at_once):
+        return HoldResult(account_id=first.account_id if first else None)
+    # Something did not fit (or the statement lost a race): the whole hold again one statement at
+    # a time, each refusal named by its own row. Alone exact on every outcome; the statement above
+    # is its common case in one round trip, and it held nothing.
     try:
         with transaction.atomic(), connection.cursor() as cursor:
-            key_held, money_held, account_held, recorded = _hold_at_once(cursor, at_once)
-            if recorded:
-                return HoldResult(account_id=first.account_id if first else None)
-            # A step did not fit (or lost a race): the rest one statement at a time, from that step,
-            # with the refusal named by its own row (the slow path below, which alone is exact on
-            # every outcome; the statement above is its common case in one round trip).
-            if not key_held:
-                _hold_key(cursor, key_id=api_key_id, amount=amount, now=now)
-            if not money_held:
-                if subscription_id is not None:
-                    _hold_subscription(
-                        cursor,
-                        subscription_id=subscription_id,
-                        amount=amount,
-                        now=now,
-                        limits=subscription_limits or {},
-                        starts_at=subscription_starts_at,
-                        timezone=subscription_timezone,
-                    )
-                else:
-                    _hold_balance(cursor, user_id=user_id, amount=amount)
+            _hold_key(cursor, key_id=api_key_id, amount=amount, now=now)
+            if subscription_id is not None:
+                _hold_subscription(
+                    cursor,
+                    subscription_id=subscription_id,
+                    amount=amount,
+                    now=now,
+                    limits=subscription_limits or {},
+                    starts_at=subscription_starts_at,
+                    timezone=subscription_timezone,
+                )
+            else:
+                _hold_balance(cursor, user_id=user_id, amount=amount)
             candidates = accounts
-            if key_held and money_held and at_once.account is not None and not account_held:
-                skipped.append(first.account_id)  # tried in the statement: no room
-                candidates = accounts[1:]
             chosen: AccountHold | None = None
             account_amount = ZERO
             for candidate in candidates:
@@ -244,17 +243,23 @@ class _AtOnce:
     pending: list
 
 
-def _hold_at_once(cursor: Any, hold: _AtOnce) -> tuple[bool, bool, bool, bool]:
-    """The whole hold in one statement (data-modifying CTEs), each step only when the one before
-    it matched: the key, then the balance or subscription, then the first account (when limited),
-    then the pending record. Answers which matched; the caller's transaction rolls back a partial
-    one or finishes it step by step. The rows are locked in the step-by-step order (key, money,
-    account), inside one round trip instead of one per row."""
-    params: dict[str, Any] = {"key_id": hold.key_id, "amount": hold.amount}
+def _hold_at_once(hold: _AtOnce) -> bool:
+    """The whole hold in one statement, all or nothing: True when it held the key, the balance or
+    subscription, the first account (when limited) and wrote the pending record; False when any
+    did not fit, and then it changed nothing (the caller names the refusal step by step).
+
+    It locks the rows first (key, then money, then account: the step-by-step order, so holds and
+    recordings queue rather than deadlock) and reads whether the estimate fits each as it stands
+    once locked; the UPDATEs and the INSERT run only when all fit. Being one statement, it needs no
+    transaction of its own: outside one it commits by itself, and no row stays locked while this
+    thread waits for a round trip or for Python's GIL (a BEGIN … COMMIT around it kept the hot key
+    row locked for as long as the thread took to send the COMMIT). Prepared (common.prepared):
+    every id goes as a bigint, every other value has psycopg's type for it or a cast in the SQL."""
+    params: dict[str, Any] = {"key_id": Int8(hold.key_id), "amount": hold.amount}
     for kind, length in windows.KEY_WINDOW_LENGTHS.items():
         params[f"expired_{kind}"] = hold.now - length
     if hold.subscription_id is not None:
-        params["money_id"] = hold.subscription_id
+        params["money_id"] = Int8(hold.subscription_id)
         params.update(
             _subscription_params(
                 now=hold.now,
@@ -264,57 +269,69 @@ def _hold_at_once(cursor: Any, hold: _AtOnce) -> tuple[bool, bool, bool, bool]:
             )
         )
     else:
-        params["money_id"] = hold.user_id
+        params["money_id"] = Int8(hold.user_id)
     modes = None
     if hold.account is not None:
         rules = hold.account.quota
         modes = (rules.daily_reset_mode, rules.weekly_reset_mode)
-        params["account_id"] = hold.account.account_id
+        params["account_id"] = Int8(hold.account.account_id)
         params["account_amount"] = quantize_usd(hold.account.amount_usd)
         params.update(_account_params(hold.account, now=hold.now))
-    for name, value in zip(_PENDING_COLUMNS, hold.pending, strict=True):
-        params[f"p_{name}"] = value
-    cursor.execute(_at_once_sql(hold.subscription_id is not None, modes), params)
-    key_held, money_held, account_held, recorded = cursor.fetchone()
-    return bool(key_held), bool(money_held), bool(account_held), bool(recorded)
+    for (name, sql_type), value in zip(_PENDING_COLUMNS.items(), hold.pending, strict=True):
+        params[f"p_{name}"] = Int8(value) if sql_type == "bigint" and value is not None else value
+    with prepared_cursor() as cursor:
+        cursor.execute(_at_once_sql(hold.subscription_id is not None, modes), params)
+        *_fits, held = cursor.fetchone()
+    return bool(held)
 
 
 @cache
 def _at_once_sql(subscription: bool, account_modes: tuple[str, str] | None) -> str:
     quote = connection.ops.quote_name
+    locks: list[str] = []
+    changes: list[str] = []
 
-    def step(name: str, table: str, held: str, amount: str, row: str, conditions: tuple, after: str) -> str:
-        where = " AND ".join(condition for _name, condition in conditions)
-        guard = f" AND EXISTS (SELECT 1 FROM {after})" if after else ""  # noqa: S608 - a CTE name
-        return (
+    def step(name: str, table: str, held: str, amount: str, row: str, conditions: tuple) -> None:
+        fits = " AND ".join(condition for _name, condition in conditions)
+        where = f"{quote('id')} = %({row})s"
+        locks.append(f"l{name} AS (SELECT ({fits}) AS fits FROM {quote(table)} WHERE {where} FOR UPDATE)")  # noqa: S608
+        changes.append(
             f"{name} AS (UPDATE {quote(table)} SET {quote(held)} = {quote(held)} + {amount} "  # noqa: S608
-            f"WHERE {quote('id')} = %({row})s AND {where}{guard} RETURNING 1)"
+            f"WHERE {where} AND (SELECT fits FROM go) RETURNING 1)"
         )
 
-    steps = [step("k", APIKey._meta.db_table, "held_usd", "%(amount)s", "key_id", _key_conditions(), "")]
+    step("k", APIKey._meta.db_table, "held_usd", "%(amount)s", "key_id", _key_conditions())
     if subscription:
-        money = (Subscription._meta.db_table, "held_usd", _subscription_conditions())
+        step(
+            "m", Subscription._meta.db_table, "held_usd", "%(amount)s", "money_id", _subscription_conditions()
+        )
     else:
-        money = (User._meta.db_table, "balance_held", _balance_conditions())
-    steps.append(step("m", money[0], money[1], "%(amount)s", "money_id", money[2], "k"))
-    last = "m"
+        step("m", User._meta.db_table, "balance_held", "%(amount)s", "money_id", _balance_conditions())
     if account_modes is not None:
         conditions = _account_conditions(*account_modes, amount="%(account_amount)s")
-        table = UpstreamAccount._meta.db_table
-        steps.append(step("a", table, "quota_held_usd", "%(account_amount)s", "account_id", conditions, "m"))
-        last = "a"
+        step(
+            "a",
+            UpstreamAccount._meta.db_table,
+            "quota_held_usd",
+            "%(account_amount)s",
+            "account_id",
+            conditions,
+        )
+    names = [f"l{lock[1]}" for lock in locks]  # lk, lm, la
+    # A row that is gone (a deleted key) fits nothing: COALESCE of no row is false.
+    fits_all = " AND ".join(f"COALESCE((SELECT fits FROM {name}), false)" for name in names)  # noqa: S608
     columns = ", ".join(quote(name) for name in _PENDING_COLUMNS)
-    values = ", ".join(
-        f"%(p_{name})s::jsonb" if name == "estimate" else f"%(p_{name})s" for name in _PENDING_COLUMNS
-    )
-    steps.append(
+    values = ", ".join(f"%(p_{name})s::{sql_type}" for name, sql_type in _PENDING_COLUMNS.items())
+    changes.append(
         f"p AS (INSERT INTO {quote(PendingRequest._meta.db_table)} ({columns}) "  # noqa: S608
-        f"SELECT {values} WHERE EXISTS (SELECT 1 FROM {last}) RETURNING 1)"
+        f"SELECT {values} WHERE (SELECT fits FROM go) RETURNING 1)"
     )
-    account = "EXISTS (SELECT 1 FROM a)" if account_modes is not None else "false"
+    # The main query reads the locks left to right (key, money, account: the rows are locked in
+    # that order) before the pending record, whose WHERE starts the writes.
+    read_locks = ", ".join(f"(SELECT fits FROM {name})" for name in names)  # noqa: S608
     return (
-        f"WITH {', '.join(steps)} "  # noqa: S608 - only quoted model metadata goes in
-        f"SELECT EXISTS (SELECT 1 FROM k), EXISTS (SELECT 1 FROM m), {account}, EXISTS (SELECT 1 FROM p)"
+        f"WITH {', '.join(locks)}, go AS (SELECT {fits_all} AS fits), {', '.join(changes)} "  # noqa: S608
+        f"SELECT {read_locks}, EXISTS (SELECT 1 FROM p)"
     )
 
 
@@ -323,8 +340,8 @@ def pending_settle(*, request_id: str, api_key_id: int) -> bool:
     transaction (the recording's). False when there was none (no hold, or already settled)."""
     if not holds_supported():
         return False
-    with connection.cursor() as cursor:
-        cursor.execute(_settle_sql(), {"request_id": request_id, "key": api_key_id})
+    with prepared_cursor() as cursor:
+        cursor.execute(_settle_sql(), {"request_id": request_id, "key": Int8(api_key_id)})
         row = cursor.fetchone()
     return bool(row and row[0])
 
@@ -355,10 +372,10 @@ def pending_take_many(requests: list[tuple[str, int]]) -> TakenHolds:
     taken = TakenHolds(keys={}, balances={}, subscriptions={}, accounts={})
     if not requests or not holds_supported():
         return taken
-    with connection.cursor() as cursor:
+    with prepared_cursor() as cursor:
         cursor.execute(
             _take_many_sql(),
-            {"request_ids": [rid for rid, _key in requests], "keys": [key for _rid, key in requests]},
+            {"request_ids": [rid for rid, _key in requests], "keys": [Int8(key) for _rid, key in requests]},
         )
         rows = cursor.fetchall()
     for key_id, user_id, subscription_id, account_id, held, account_held in rows:
@@ -395,7 +412,12 @@ _HELD_COLUMNS = {
 
 def pending_observe(*, request_id: str, api_key_id: int, observed: dict[str, int]) -> None:
     """Keep the usage a stream has reported so far, for recovery to bill if the process dies."""
-    PendingRequest.objects.filter(request_id=request_id, api_key_id=api_key_id).update(observed=observed)
+    if not holds_supported():
+        return  # nothing is held, so there is no pending record to keep it on
+    with prepared_cursor() as cursor:
+        cursor.execute(
+            _observe_sql(), {"request_id": request_id, "key": Int8(api_key_id), "observed": _json(observed)}
+        )
 
 
 # -- Conditions ----------------------------------------------------------------------------------
@@ -587,22 +609,24 @@ def _hold_account(cursor: Any, candidate: AccountHold, *, now: datetime) -> bool
 
 # -- Statements ----------------------------------------------------------------------------------
 
-_PENDING_COLUMNS = (
-    "request_id",
-    "api_key_id",
-    "user_id",
-    "subscription_id",
-    "account_id",
-    "held_usd",
-    "account_held_usd",
-    "requested_model",
-    "mapped_model",
-    "protocol",
-    "stream",
-    "estimate",
-    "created_at",
-    "lease_expires_at",
-)
+# Each column's type, for the casts of the one-statement hold's INSERT ... SELECT: psycopg sends
+# a str or a None untyped, and a SELECT list would read an untyped value as text.
+_PENDING_COLUMNS = {
+    "request_id": "varchar",
+    "api_key_id": "bigint",
+    "user_id": "bigint",
+    "subscription_id": "bigint",
+    "account_id": "bigint",
+    "held_usd": "numeric",
+    "account_held_usd": "numeric",
+    "requested_model": "varchar",
+    "mapped_model": "varchar",
+    "protocol": "varchar",
+    "stream": "boolean",
+    "estimate": "jsonb",
+    "created_at": "timestamptz",
+    "lease_expires_at": "timestamptz",
+}
 
 
 @cache
@@ -627,7 +651,7 @@ def _settle_sql() -> str:
     held, balance_held, quota_held = quote("held_usd"), quote("balance_held"), quote("quota_held_usd")
     return f"""
         WITH p AS (
-            DELETE FROM {pending} WHERE request_id = %(request_id)s AND api_key_id = %(key)s
+            DELETE FROM {pending} WHERE request_id = %(request_id)s::varchar AND api_key_id = %(key)s::bigint
             RETURNING api_key_id AS key_id, user_id AS owner_id, subscription_id AS sub_id,
                       account_id AS acct_id, held_usd AS amount, account_held_usd AS account_amount
         ), k AS (
@@ -664,6 +688,15 @@ def _pending_account_move_sql() -> str:
         f"UPDATE {quote(PendingRequest._meta.db_table)} "  # noqa: S608
         f"SET {quote('account_id')} = %(account)s, {quote('account_held_usd')} = %(amount)s "
         f"WHERE request_id = %(request_id)s AND api_key_id = %(key)s"
+    )
+
+
+@cache
+def _observe_sql() -> str:
+    quote = connection.ops.quote_name
+    return (
+        f"UPDATE {quote(PendingRequest._meta.db_table)} SET {quote('observed')} = %(observed)s::jsonb "  # noqa: S608
+        f"WHERE request_id = %(request_id)s::varchar AND api_key_id = %(key)s::bigint"
     )
 
 

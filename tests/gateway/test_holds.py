@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
+from django.db import connection
 from django.db.models import Sum
 
 from accounts.models import APIKey, Subscription, UpstreamAccount, User
@@ -121,7 +122,7 @@ def test_each_limit_refuses_with_its_own_name():
     poor = APIKeyFactory(user=user, group=GroupFactory(platform="openai"))
     assert hold(poor, "b1", D("0.04")).held
     assert hold(poor, "b2", D("0.04")).refused == "balance"
-    assert held(APIKey, poor.pk) == D("0.04")  # the key step of the refused hold was rolled back
+    assert held(APIKey, poor.pk) == D("0.04")  # the refused hold raised nothing, the key included
 
     group = SubscriptionGroupFactory(daily_limit_usd=D("0.1"))
     subscription = SubscriptionFactory(group=group)
@@ -139,7 +140,7 @@ def test_each_limit_refuses_with_its_own_name():
     assert (second.account_id, second.skipped_account_ids) == (other.pk, (quota.pk,))
     third = hold(rich, "a3", D("0.06"), accounts=[quota, other])
     assert third.refused == "account_quota"
-    assert held(APIKey, rich.pk) == D("0.12")  # the third's key hold was rolled back with it
+    assert held(APIKey, rich.pk) == D("0.12")  # nothing of the third stays held, its key hold neither
 
 
 def test_failover_moves_the_account_hold_or_refuses_an_account_without_room(key):
@@ -172,6 +173,34 @@ def test_an_ended_window_counts_as_empty(key):
         rate_limit_1d_usd=D("1"), usage_1d_usd=D("5"), window_1d_start=NOW - timedelta(days=2)
     )
     assert hold(key, amount=D("0.5")).held
+
+
+def prepared_holds() -> int:
+    """One-statement holds prepared on this thread's connection, as PostgreSQL lists them."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_prepared_statements WHERE statement LIKE 'WITH lk AS %%'")
+        return cursor.fetchone()[0]
+
+
+def test_the_hold_is_prepared_once_and_holds_after_a_reconnect_and_after_a_rollback(key):
+    # Ids of every size (psycopg would send 1 as a smallint, 70000 as an integer): one statement.
+    big = APIKeyFactory(
+        id=70000, user=UserFactory(id=70000, balance=D("10")), group=key.group, quota_usd=D("1")
+    )
+    assert hold(key, "a").held and hold(big, "b").held and hold(key, "c").held
+    assert prepared_holds() == 1
+
+    connection.close()  # as Django closes an obsolete or broken connection; the next one prepares again
+    assert hold(key, "d").held
+    assert prepared_holds() == 1
+
+    APIKey.objects.filter(pk=key.pk).update(quota_used_usd=D("0.6"))
+    assert hold(key, "e", D("0.2")).refused == "key_quota"  # rolled back: psycopg deallocates
+    assert hold(big, "f").held
+    assert prepared_holds() == 1
+    assert sorted(PendingRequest.objects.values_list("request_id", flat=True)) == ["a", "b", "c", "d", "f"]
+    assert held(APIKey, key.pk) == D("0.3") and held(User, key.user_id, "balance_held") == D("0.3")
+    assert held(APIKey, big.pk) == D("0.2") and held(User, big.user_id, "balance_held") == D("0.2")
 
 
 def test_the_recording_settles_the_hold_in_its_own_transaction(key):

@@ -83,7 +83,7 @@ def shape(sql: str) -> str:
         steps = [
             f"{verb} {words[index + (2 if verb in ('INSERT', 'DELETE') else 1)]}"
             for index, verb in enumerate(words)
-            if verb in ("UPDATE", "INSERT", "DELETE")
+            if verb in ("UPDATE", "INSERT", "DELETE") and words[index - 1] != "FOR"  # not a row lock
         ]
         return "WITH " + ", ".join(steps)
     return " ".join(word for word in words[:3] if word not in ("INTO", "SET"))[:40]
