@@ -42,6 +42,7 @@ from accounts.services.upstream import _period_threshold
 from accounts.snapshots import AccountQuota
 from billing.models import PendingRequest
 from common.money import quantize_usd
+from common.statements import Prepared
 
 ZERO = Decimal(0)
 NO_LIMIT = Decimal(-1)
@@ -375,14 +376,20 @@ def pending_take_many(requests: list[tuple[str, int]]) -> TakenHolds:
 def holds_lower(*, model: type, row_id: int, amount: Decimal) -> None:
     """Lower one row's held amount by `amount`, for a row a batch settles but does not charge
     (a free request, a replay); in the caller's transaction."""
+    statement = holds_lower_statement(model=model, row_id=row_id, amount=amount)
+    with connection.cursor() as cursor:
+        cursor.execute(statement.sql, statement.params)
+
+
+def holds_lower_statement(*, model: type, row_id: int, amount: Decimal) -> Prepared:
+    """holds_lower's UPDATE, built but not run (common.statements)."""
     column = _HELD_COLUMNS[model]
     quote = connection.ops.quote_name
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"UPDATE {quote(model._meta.db_table)} SET {quote(column)} = {quote(column)} - %s "  # noqa: S608
-            f"WHERE {quote('id')} = %s",
-            [amount, row_id],
-        )
+    return Prepared(
+        f"UPDATE {quote(model._meta.db_table)} SET {quote(column)} = {quote(column)} - %s "  # noqa: S608
+        f"WHERE {quote('id')} = %s",
+        [amount, row_id],
+    )
 
 
 _HELD_COLUMNS = {
