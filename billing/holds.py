@@ -47,6 +47,7 @@ from accounts.snapshots import AccountQuota
 from billing.models import PendingRequest
 from common.money import quantize_usd
 from common.prepared import prepared_cursor
+from common.statements import BuiltStatement
 
 ZERO = Decimal(0)
 NO_LIMIT = Decimal(-1)
@@ -253,7 +254,7 @@ def _hold_at_once(hold: _AtOnce) -> bool:
     once locked; the UPDATEs and the INSERT run only when all fit. Being one statement, it needs no
     transaction of its own: outside one it commits by itself, and no row stays locked while this
     thread waits for a round trip or for Python's GIL (a BEGIN … COMMIT around it kept the hot key
-    row locked for as long as the thread took to send the COMMIT). Prepared (common.prepared):
+    row locked for as long as the thread took to send the COMMIT). BuiltStatement (common.prepared):
     every id goes as a bigint, every other value has psycopg's type for it or a cast in the SQL."""
     params: dict[str, Any] = {"key_id": Int8(hold.key_id), "amount": hold.amount}
     for kind, length in windows.KEY_WINDOW_LENGTHS.items():
@@ -392,14 +393,20 @@ def pending_take_many(requests: list[tuple[str, int]]) -> TakenHolds:
 def holds_lower(*, model: type, row_id: int, amount: Decimal) -> None:
     """Lower one row's held amount by `amount`, for a row a batch settles but does not charge
     (a free request, a replay); in the caller's transaction."""
+    statement = holds_lower_statement(model=model, row_id=row_id, amount=amount)
+    with connection.cursor() as cursor:
+        cursor.execute(statement.sql, statement.params)
+
+
+def holds_lower_statement(*, model: type, row_id: int, amount: Decimal) -> BuiltStatement:
+    """holds_lower's UPDATE, built but not run (common.statements)."""
     column = _HELD_COLUMNS[model]
     quote = connection.ops.quote_name
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"UPDATE {quote(model._meta.db_table)} SET {quote(column)} = {quote(column)} - %s "  # noqa: S608
-            f"WHERE {quote('id')} = %s",
-            [amount, row_id],
-        )
+    return BuiltStatement(
+        f"UPDATE {quote(model._meta.db_table)} SET {quote(column)} = {quote(column)} - %s "  # noqa: S608
+        f"WHERE {quote('id')} = %s",
+        [amount, row_id],
+    )
 
 
 _HELD_COLUMNS = {

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
-from functools import cache
+from functools import cache, partial
 from typing import Any
 
 from django.db import connection, transaction
@@ -13,17 +14,18 @@ from django.db.models import Field
 from django.utils import timezone
 
 from accounts.models import APIKey, Subscription, UpstreamAccount, User
-from accounts.services.keys import KeyChargeResult, api_key_usage_charge
-from accounts.services.subscriptions import subscription_usage_charge
-from accounts.services.upstream import upstream_account_quota_charge
-from accounts.services.users import user_balance_charge
+from accounts.services.keys import KeyChargeResult, api_key_usage_charge, api_key_usage_charge_statement
+from accounts.services.subscriptions import subscription_usage_charge, subscription_usage_charge_statement
+from accounts.services.upstream import upstream_account_quota_charge, upstream_account_quota_charge_statement
+from accounts.services.users import user_balance_charge, user_balance_charge_statement
 from accounts.snapshots import AccountQuota
 from billing.cost import CostBreakdown, Usage
-from billing.holds import TakenHolds, holds_lower, pending_settle, pending_take_many
+from billing.holds import TakenHolds, holds_lower, holds_lower_statement, pending_settle, pending_take_many
 from billing.models import BREAKDOWN_COLUMNS, RequestOutcome, UsageLog, UsageRollup, UsageSource
 from billing.pricing import BillingContext, billing_context, price_request
 from billing.rollup_epoch import BACKFILL_AFTER, rollup_epoch_bump
 from common.money import quantize_usd
+from common.statements import BuiltStatement, run_at_once
 
 ZERO = Decimal(0)
 
@@ -458,8 +460,10 @@ def usage_record_batch(records: list[BatchRecord]) -> list[UsageRecordResult]:
             sorted({(item.record.request_id, item.record.api_key_id) for item in priced})
         )
         charged = [item for item in priced if item.row_id is not None]
-        counters = _charge_counters(charged, taken)
+        # Read before the first counter UPDATE: from then on the key's row is locked (every hold
+        # on it waits) until COMMIT, so nothing else runs in between.
         originals = _original_ids([item for item in priced if item.row_id is None])
+        counters = _charge_counters(charged, taken)
 
     return [_batch_result(item, priced, counters, originals) for item in priced]
 
@@ -502,53 +506,120 @@ def _charge_counters(charged: list[_Priced], taken: TakenHolds) -> _Counters:
             )
     now = max(item.row.created_at for item in charged) if charged else timezone.now()
     counters = _Counters(keys={}, balances={}, subscriptions={}, accounts={}, last_of_key={})
+    steps: list[_Step] = []
     for key_id in sorted(key_sums.keys() | taken.keys.keys()):
         release = taken.keys.get(key_id, ZERO)
         if key_id not in key_sums:
-            holds_lower(model=APIKey, row_id=key_id, amount=release)
+            steps.append(_lower(APIKey, key_id, release))
             continue
         amount, last = key_sums[key_id]
-        counters.keys[key_id] = api_key_usage_charge(
-            key_id=key_id, amount_usd=amount, now=now, timezone=last.context.key_timezone, release_usd=release
+        charge = {
+            "key_id": key_id,
+            "amount_usd": amount,
+            "now": now,
+            "timezone": last.context.key_timezone,
+            "release_usd": release,
+        }
+        steps.append(
+            _Step(
+                partial(api_key_usage_charge, **charge),
+                partial(api_key_usage_charge_statement, **charge),
+                partial(counters.keys.__setitem__, key_id),
+            )
         )
         counters.last_of_key[key_id] = id(last)
-    _rollup_add_many([item.row for item in charged])
+    rows = [item.row for item in charged]
+    if rows:
+        steps.append(_Step(partial(_rollup_add_many, rows), partial(_rollup_many_statement, rows), _ignore))
     for user_id in sorted(balance_sums.keys() | taken.balances.keys()):
         release = taken.balances.get(user_id, ZERO)
         if user_id not in balance_sums:
-            holds_lower(model=User, row_id=user_id, amount=release)
+            steps.append(_lower(User, user_id, release))
             continue
-        counters.balances[user_id] = user_balance_charge(
-            user_id=user_id, amount_usd=balance_sums[user_id], release_usd=release
+        charge = {"user_id": user_id, "amount_usd": balance_sums[user_id], "release_usd": release}
+        steps.append(
+            _Step(
+                partial(user_balance_charge, **charge),
+                partial(user_balance_charge_statement, **charge),
+                partial(counters.balances.__setitem__, user_id),
+            )
         )
     for subscription_id in sorted(subscription_sums.keys() | taken.subscriptions.keys()):
         release = taken.subscriptions.get(subscription_id, ZERO)
         if subscription_id not in subscription_sums:
-            holds_lower(model=Subscription, row_id=subscription_id, amount=release)
+            steps.append(_lower(Subscription, subscription_id, release))
             continue
         amount, last = subscription_sums[subscription_id]
-        counters.subscriptions[subscription_id] = subscription_usage_charge(
-            subscription_id=subscription_id,
-            amount_usd=amount,
-            now=now,
-            starts_at=last.context.subscription_starts_at,
-            timezone=last.context.subscription_timezone,
-            release_usd=release,
+        charge = {
+            "subscription_id": subscription_id,
+            "amount_usd": amount,
+            "now": now,
+            "starts_at": last.context.subscription_starts_at,
+            "timezone": last.context.subscription_timezone,
+            "release_usd": release,
+        }
+        steps.append(
+            _Step(
+                partial(subscription_usage_charge, **charge),
+                partial(subscription_usage_charge_statement, **charge),
+                partial(counters.subscriptions.__setitem__, subscription_id),
+            )
         )
     for account_id in sorted(account_sums.keys() | taken.accounts.keys()):
         release = taken.accounts.get(account_id, ZERO)
         if account_id not in account_sums:
-            holds_lower(model=UpstreamAccount, row_id=account_id, amount=release)
+            steps.append(_lower(UpstreamAccount, account_id, release))
             continue
         amount, last = account_sums[account_id]
-        counters.accounts[account_id] = upstream_account_quota_charge(
-            account_id=account_id,
-            amount_usd=amount,
-            now=now,
-            rules=last.context.account_quota,
-            release_usd=release,
+        charge = {
+            "account_id": account_id,
+            "amount_usd": amount,
+            "now": now,
+            "rules": last.context.account_quota,
+            "release_usd": release,
+        }
+        steps.append(
+            _Step(
+                partial(upstream_account_quota_charge, **charge),
+                partial(upstream_account_quota_charge_statement, **charge),
+                partial(counters.accounts.__setitem__, account_id),
+            )
         )
+    if connection.vendor == "postgresql":
+        # Every statement built first, then all sent at once: PostgreSQL runs them back to back in
+        # this order (the lock order), and the key row the first one locks waits for one round
+        # trip to COMMIT instead of one per statement, each also waiting for this thread to get
+        # the GIL back (docs/recording.md#batches).
+        statements = [step.prepare() for step in steps]
+        for step, result in zip(steps, run_at_once(statements), strict=True):
+            step.keep(result)
+    else:
+        for step in steps:
+            step.keep(step.single())
     return counters
+
+
+@dataclass(frozen=True, slots=True)
+class _Step:
+    """One counter statement of a batch: run alone (`single`, any database), or built for
+    run_at_once (`prepare`, PostgreSQL); `keep` stores what it answered."""
+
+    single: Callable[[], Any]
+    prepare: Callable[[], BuiltStatement]
+    keep: Callable[[Any], None]
+
+
+def _ignore(result: Any) -> None:
+    return None
+
+
+def _lower(model: type, row_id: int, amount: Decimal) -> _Step:
+    """A held row the batch settles without charging it: only its held amount goes down."""
+    return _Step(
+        partial(holds_lower, model=model, row_id=row_id, amount=amount),
+        partial(holds_lower_statement, model=model, row_id=row_id, amount=amount),
+        _ignore,
+    )
 
 
 def _original_ids(replays: list[_Priced]) -> dict[tuple[str, int], int]:
@@ -678,6 +749,19 @@ def _rollup_add_many(logs: list[UsageLog]) -> None:
     """usage_rollup_add for several rows: summed per rollup row, one upsert, rows in a fixed order."""
     if not logs:
         return
+    rows = _rollup_rows(logs)
+    with connection.cursor() as cursor:
+        cursor.execute(_rollup_many_sql(connection.vendor, _statement_rows(len(rows))), _rows_params(rows))
+
+
+def _rollup_many_statement(logs: list[UsageLog]) -> BuiltStatement:
+    """_rollup_add_many's upsert on PostgreSQL, built but not run (common.statements)."""
+    rows = _rollup_rows(logs)
+    return BuiltStatement(_rollup_many_sql(connection.vendor, _statement_rows(len(rows))), _rows_params(rows))
+
+
+def _rollup_rows(logs: list[UsageLog]) -> list[list]:
+    """The upsert's rows: `logs` summed per rollup row, in a fixed order."""
     sums: dict[tuple, list] = {}
     for log in logs:
         values = _rollup_values(log)
@@ -690,8 +774,7 @@ def _rollup_add_many(logs: list[UsageLog]) -> None:
         amounts = sums[dimensions]
         money_values = [money.get_db_prep_save(amount, connection) for amount in amounts[-3:]]
         rows.append([*dimensions, *amounts[:-3], *money_values])
-    with connection.cursor() as cursor:
-        cursor.execute(_rollup_many_sql(connection.vendor, _statement_rows(len(rows))), _rows_params(rows))
+    return rows
 
 
 @cache

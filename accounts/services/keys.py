@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
-from functools import cache
+from functools import cache, partial
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -37,6 +37,7 @@ from accounts.rules import api_key_hash, ip_rule_conflicts, key_status, parse_ip
 from accounts.selectors.keys import DISPLAY_PREFIX_LENGTH, key_group_problem
 from accounts.snapshots import snapshots_changed
 from common.money import quantize_usd
+from common.statements import BuiltStatement
 
 logger = logging.getLogger(__name__)
 
@@ -282,6 +283,37 @@ def api_key_usage_charge(
     the same transaction, while our write still locks the row), so it is exactly what this
     charge produced.
     """
+    if connection.vendor == "postgresql":
+        return api_key_usage_charge_statement(
+            key_id=key_id, amount_usd=amount_usd, now=now, timezone=timezone, release_usd=release_usd
+        ).run()
+    now, amount, starts = _charge_inputs(key_id=key_id, amount_usd=amount_usd, now=now, timezone=timezone)
+    row = _key_charge_orm(
+        key_id=key_id, amount=amount, now=now, starts=starts, release=quantize_usd(release_usd)
+    )
+    return _key_charge_result(key_id, amount, row)
+
+
+def api_key_usage_charge_statement(
+    *,
+    key_id: int,
+    amount_usd: Decimal,
+    now: datetime | None = None,
+    timezone: str | None = None,
+    release_usd: Decimal = ZERO,
+) -> BuiltStatement:
+    """api_key_usage_charge's UPDATE on PostgreSQL, built but not run (common.statements): its
+    `read` answers the KeyChargeResult, or raises APIKey.DoesNotExist."""
+    now, amount, starts = _charge_inputs(key_id=key_id, amount_usd=amount_usd, now=now, timezone=timezone)
+    params = _key_charge_params(
+        key_id=key_id, amount=amount, now=now, starts=starts, release=quantize_usd(release_usd)
+    )
+    return BuiltStatement(_key_charge_sql(), params, partial(_key_charge_result, key_id, amount))
+
+
+def _charge_inputs(
+    *, key_id: int, amount_usd: Decimal, now: datetime | None, timezone: str | None
+) -> tuple[datetime, Decimal, dict[str, datetime]]:
     now = now or current_time()
     amount = quantize_usd(amount_usd)
     if amount < 0:
@@ -290,8 +322,10 @@ def api_key_usage_charge(
         timezone = APIKey.objects.values_list("timezone", flat=True).get(pk=key_id)
     tz = timezone_name(timezone)
     starts = {kind: windows.key_window_start_for(kind, now, tz) for kind in windows.KEY_WINDOW_LENGTHS}
-    charge = _key_charge_returning if connection.vendor == "postgresql" else _key_charge_orm
-    row = charge(key_id=key_id, amount=amount, now=now, starts=starts, release=quantize_usd(release_usd))
+    return now, amount, starts
+
+
+def _key_charge_result(key_id: int, amount: Decimal, row: tuple | None) -> KeyChargeResult:
     if row is None:
         raise APIKey.DoesNotExist(f"API key {key_id} does not exist")
     status, used, quota, *window_values = row
@@ -374,9 +408,9 @@ def _key_charge_sql() -> str:
     )
 
 
-def _key_charge_returning(
+def _key_charge_params(
     *, key_id: int, amount: Decimal, now: datetime, starts: dict[str, datetime], release: Decimal = ZERO
-) -> tuple | None:
+) -> dict[str, Any]:
     params = {
         "id": key_id,
         "amount": amount,
@@ -389,6 +423,4 @@ def _key_charge_returning(
     for kind, length in windows.KEY_WINDOW_LENGTHS.items():
         params[f"expired_{kind}"] = now - length
         params[f"start_{kind}"] = starts[kind]
-    with connection.cursor() as cursor:
-        cursor.execute(_key_charge_sql(), params)
-        return cursor.fetchone()
+    return params

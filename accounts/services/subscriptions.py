@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
-from functools import cache
+from functools import cache, partial
 from typing import Any
 
 from django.core.exceptions import ValidationError
@@ -24,6 +24,7 @@ from accounts import windows
 from accounts.models import Group, Subscription, User, timezone_name
 from accounts.snapshots import snapshots_changed
 from common.money import quantize_usd
+from common.statements import BuiltStatement
 
 logger = logging.getLogger(__name__)
 
@@ -259,6 +260,68 @@ def subscription_usage_charge(
     neither and they are read before the UPDATE. The counters never are. `release_usd` lowers the
     subscription's held amount in the same statement (a batch recording settles its holds this way).
     """
+    if connection.vendor == "postgresql":
+        return subscription_usage_charge_statement(
+            subscription_id=subscription_id,
+            amount_usd=amount_usd,
+            now=now,
+            starts_at=starts_at,
+            timezone=timezone,
+            release_usd=release_usd,
+        ).run()
+    now, amount, current = _charge_inputs(
+        subscription_id=subscription_id,
+        amount_usd=amount_usd,
+        now=now,
+        starts_at=starts_at,
+        timezone=timezone,
+    )
+    row = _charge_orm(
+        subscription_id=subscription_id,
+        amount=amount,
+        now=now,
+        current=current,
+        release=quantize_usd(release_usd),
+    )
+    return _charge_result(subscription_id, row)
+
+
+def subscription_usage_charge_statement(
+    *,
+    subscription_id: int,
+    amount_usd: Decimal,
+    now: datetime | None = None,
+    starts_at: datetime | None = None,
+    timezone: str | None = None,
+    release_usd: Decimal = ZERO,
+) -> BuiltStatement:
+    """subscription_usage_charge's UPDATE on PostgreSQL, built but not run (common.statements):
+    its `read` answers the windows, or raises Subscription.DoesNotExist."""
+    now, amount, current = _charge_inputs(
+        subscription_id=subscription_id,
+        amount_usd=amount_usd,
+        now=now,
+        starts_at=starts_at,
+        timezone=timezone,
+    )
+    params = _charge_params(
+        subscription_id=subscription_id,
+        amount=amount,
+        now=now,
+        current=current,
+        release=quantize_usd(release_usd),
+    )
+    return BuiltStatement(_charge_statement(), params, partial(_charge_result, subscription_id))
+
+
+def _charge_inputs(
+    *,
+    subscription_id: int,
+    amount_usd: Decimal,
+    now: datetime | None,
+    starts_at: datetime | None,
+    timezone: str | None,
+) -> tuple[datetime, Decimal, dict[str, datetime]]:
     now = now or current_time()
     amount = quantize_usd(amount_usd)
     if amount < 0:
@@ -274,14 +337,10 @@ def subscription_usage_charge(
         kind: windows.subscription_window_start(kind, now, starts_at=starts_at, tz=tz)
         for kind in WINDOW_KINDS
     }
-    charge = _charge_sql if connection.vendor == "postgresql" else _charge_orm
-    row = charge(
-        subscription_id=subscription_id,
-        amount=amount,
-        now=now,
-        current=current,
-        release=quantize_usd(release_usd),
-    )
+    return now, amount, current
+
+
+def _charge_result(subscription_id: int, row: tuple | None) -> dict[str, Any]:
     if row is None:
         raise Subscription.DoesNotExist(f"subscription {subscription_id} does not exist")
     return dict(zip(_RETURNED, row, strict=True))
@@ -342,19 +401,17 @@ def _charge_statement() -> str:
     )
 
 
-def _charge_sql(
+def _charge_params(
     *,
     subscription_id: int,
     amount: Decimal,
     now: datetime,
     current: dict[str, datetime],
     release: Decimal = ZERO,
-) -> tuple | None:
+) -> dict[str, Any]:
     params: dict = {"id": subscription_id, "amount": amount, "now": now, "release": release}
     for kind in WINDOW_KINDS:
         params[f"current_{kind}"] = current[kind]
         if kind != "daily":
             params[f"ended_{kind}"] = now - windows.SUBSCRIPTION_STEPS[kind]
-    with connection.cursor() as cursor:
-        cursor.execute(_charge_statement(), params)
-        return cursor.fetchone()
+    return params

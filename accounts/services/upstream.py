@@ -15,7 +15,7 @@ import dataclasses
 from collections.abc import Iterable
 from datetime import datetime
 from decimal import Decimal
-from functools import cache
+from functools import cache, partial
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -44,6 +44,7 @@ from accounts.snapshots import AccountQuota, snapshots_changed
 from accounts.upstream_urls import upstream_url_problem
 from accounts.windows import PERIOD_LENGTHS, _boundary_at_or_before, zone
 from common.money import quantize_usd
+from common.statements import BuiltStatement
 
 Type = UpstreamAccount.Type
 
@@ -332,15 +333,53 @@ def upstream_account_quota_charge(
     `release_usd` lowers the account's held amount in the same statement (a batch recording
     settles its holds this way).
     """
+    if connection.vendor == "postgresql":
+        return upstream_account_quota_charge_statement(
+            account_id=account_id, amount_usd=amount_usd, now=now, rules=rules, release_usd=release_usd
+        ).run()
     now = now or timezone.now()
     amount = quantize_usd(amount_usd)
     if rules is None:
         rules = AccountQuota.read_rules(account_id)
-    tz = rules.zone
-    charge = _quota_charge_sql if connection.vendor == "postgresql" else _quota_charge_orm
-    row = charge(
-        account_id=account_id, amount=amount, now=now, rules=rules, tz=tz, release=quantize_usd(release_usd)
+    row = _quota_charge_orm(
+        account_id=account_id,
+        amount=amount,
+        now=now,
+        rules=rules,
+        tz=rules.zone,
+        release=quantize_usd(release_usd),
     )
+    return _quota_charge_result(account_id, rules, row)
+
+
+def upstream_account_quota_charge_statement(
+    *,
+    account_id: int,
+    amount_usd: Decimal,
+    now: datetime | None = None,
+    rules: AccountQuota | None = None,
+    release_usd: Decimal = NO_RELEASE,
+) -> BuiltStatement:
+    """upstream_account_quota_charge's UPDATE on PostgreSQL, built but not run
+    (common.statements): its `read` answers the quota, or raises UpstreamAccount.DoesNotExist."""
+    now = now or timezone.now()
+    amount = quantize_usd(amount_usd)
+    if rules is None:
+        rules = AccountQuota.read_rules(account_id)
+    params = {"id": account_id, "amount": amount, "now": now, "release": quantize_usd(release_usd)}
+    for period in ("daily", "weekly"):
+        mode, hour, weekday = rules.period(period)
+        params[period] = _period_threshold(
+            now=now, period=period, mode=mode, hour=hour, weekday=weekday, tz=rules.zone
+        )
+    return BuiltStatement(
+        _quota_charge_statement(rules.daily_reset_mode, rules.weekly_reset_mode),
+        params,
+        partial(_quota_charge_result, account_id, rules),
+    )
+
+
+def _quota_charge_result(account_id: int, rules: AccountQuota, row: tuple | None) -> AccountQuota:
     if row is None:
         raise UpstreamAccount.DoesNotExist(f"upstream account {account_id} does not exist")
     return dataclasses.replace(rules, **dict(zip(_QUOTA_RETURNED, row, strict=True)))
@@ -416,26 +455,6 @@ def _quota_charge_statement(daily_mode: str, weekly_mode: str) -> str:
         f"UPDATE {quote(UpstreamAccount._meta.db_table)} SET {', '.join(sets)} "  # noqa: S608
         f"WHERE {quote('id')} = %(id)s RETURNING {', '.join(quote(column) for column in _QUOTA_COLUMNS)}"
     )
-
-
-def _quota_charge_sql(
-    *,
-    account_id: int,
-    amount: Decimal,
-    now: datetime,
-    rules: AccountQuota,
-    tz: str,
-    release: Decimal = NO_RELEASE,
-) -> tuple | None:
-    params = {"id": account_id, "amount": amount, "now": now, "release": release}
-    for period in ("daily", "weekly"):
-        mode, hour, weekday = rules.period(period)
-        params[period] = _period_threshold(
-            now=now, period=period, mode=mode, hour=hour, weekday=weekday, tz=tz
-        )
-    with connection.cursor() as cursor:
-        cursor.execute(_quota_charge_statement(rules.daily_reset_mode, rules.weekly_reset_mode), params)
-        return cursor.fetchone()
 
 
 # --- Marks from the gateway's failover (docs/gateway.md#failover) -----------------------------

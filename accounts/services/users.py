@@ -18,6 +18,7 @@ from accounts.models import BalanceHistory, User, UserGroupRate
 from accounts.roles import ConsoleRole, console_role_required, user_change_allowed
 from accounts.snapshots import snapshots_changed
 from common.money import quantize_usd
+from common.statements import BuiltStatement
 
 ZERO = Decimal(0)
 
@@ -184,9 +185,19 @@ def user_balance_charge(*, user_id: int, amount_usd: Decimal, release_usd: Decim
             )
             return User.objects.filter(pk=user_id).values_list("balance", flat=True).first()
     # The same statement, precompiled: billing runs it for every request.
-    with connection.cursor() as cursor:
-        cursor.execute(_balance_charge_sql(), [amount, release, user_id])
-        row = cursor.fetchone()
+    return user_balance_charge_statement(user_id=user_id, amount_usd=amount, release_usd=release).run()
+
+
+def user_balance_charge_statement(
+    *, user_id: int, amount_usd: Decimal, release_usd: Decimal = ZERO
+) -> BuiltStatement:
+    """user_balance_charge's UPDATE on PostgreSQL, built but not run (common.statements): its
+    `read` answers the balance it left, None for an unknown user."""
+    amount, release = quantize_usd(amount_usd), quantize_usd(release_usd)
+    return BuiltStatement(_balance_charge_sql(), [amount, release, user_id], _first_column)
+
+
+def _first_column(row: tuple | None) -> Decimal | None:
     return row[0] if row else None
 
 

@@ -12,13 +12,17 @@ from django.db import connection
 from django.db.models import Sum
 from django.test.utils import CaptureQueriesContext
 
+import common.statements
 from accounts.models import APIKey, Subscription, UpstreamAccount, User
+from accounts.services.keys import api_key_usage_charge_statement
+from accounts.services.users import user_balance_charge_statement
 from accounts.snapshots import AccountQuota
 from billing.cost import Usage
-from billing.holds import AccountHold, pending_hold
+from billing.holds import AccountHold, holds_lower_statement, pending_hold
 from billing.models import PendingRequest, UsageLog, UsageRollup
 from billing.pricing import billing_context
 from billing.services import BatchRecord, usage_record, usage_record_batch
+from common.statements import run_at_once
 from tests.factories import (
     APIKeyFactory,
     GroupFactory,
@@ -202,7 +206,8 @@ def test_a_batch_is_one_insert_and_one_update_per_distinct_counted_row():
     batch = [dataclasses.replace(r, context=contexts[r.api_key_id, r.account_id]) for r in records(w)]
     with CaptureQueriesContext(connection) as queries:
         usage_record_batch(batch)
-    statements = [query["sql"].split()[0] for query in queries.captured_queries]
+    # (the counter statements go to PostgreSQL as one query string: count its statements)
+    statements = [part.split()[0] for query in queries.captured_queries for part in query["sql"].split(";\n")]
     # ledger, 3 keys, rollups, 1 balance, 1 subscription, 2 accounts (savepoint-free: the test's
     # transaction), and one DELETE settling every pending record of the batch
     assert statements.count("INSERT") == 2
@@ -331,3 +336,120 @@ def test_a_batch_stores_nulls_json_and_quoted_text_as_recording_row_by_row_does(
     assert [result.duplicate for result in again] == [True] * len(results) + [False]
     assert [result.usage_log_id for result in again[:-1]] == [result.usage_log_id for result in results]
     assert again[-1].usage_log_id == UsageLog.objects.get(request_id="r-new").pk
+
+
+postgresql_only = pytest.mark.skipif(
+    connection.vendor != "postgresql", reason="the counter statements are pipelined on PostgreSQL only"
+)
+
+
+@postgresql_only
+def test_a_batch_sends_every_counter_statement_at_once_in_lock_order_after_everything_else(monkeypatch):
+    # The key row the first counter UPDATE locks is what every request's hold waits for: nothing
+    # but the other counter statements may run between it and COMMIT, and those go in one round trip.
+    import billing.services
+
+    w = world("a")
+    usage_record_batch(records(w)[:4])  # so the next batch has replays to look up
+    sent = []
+
+    def spy(statements):
+        sent.append([statement.sql for statement in statements])
+        return run_at_once(statements)
+
+    monkeypatch.setattr(billing.services, "run_at_once", spy)
+    contexts = {}
+    for record in records(w):
+        pair = (record.api_key_id, record.account_id)
+        contexts.setdefault(pair, billing_context(api_key_id=pair[0], account_id=pair[1]))
+    batch = [dataclasses.replace(r, context=contexts[r.api_key_id, r.account_id]) for r in records(w)]
+    with CaptureQueriesContext(connection) as queries:
+        usage_record_batch(batch)
+
+    assert len(sent) == 1
+    tables = [sql.split()[1].strip('"') for sql in sent[0]]
+    assert tables == [
+        *[APIKey._meta.db_table] * 3,
+        "INTO",  # the rollup upsert
+        User._meta.db_table,
+        Subscription._meta.db_table,
+        *[UpstreamAccount._meta.db_table] * 2,
+    ]
+    # Everything else (ledger INSERT, pending DELETE, the replays' SELECT) ran before them, and
+    # they went as one query (the batch's atomic block is a savepoint in the test's transaction).
+    captured = [query["sql"] for query in queries.captured_queries]
+    assert [sql.split()[0] for sql in captured] == [
+        "SAVEPOINT",
+        "INSERT",
+        "DELETE",
+        "SELECT",
+        "UPDATE",
+        "RELEASE",
+    ]
+    together = captured[4].split(";\n")
+    assert [sql.split()[0] for sql in together] == [sql.split()[0] for sql in sent[0]]
+    assert _updated_ids(together, APIKey) == sorted(key.pk for key in w["keys"])
+    assert _updated_ids(together, UpstreamAccount) == sorted(account.pk for account in w["accounts"])
+
+
+def _updated_ids(statements: list[str], model: type) -> list[int]:
+    """The ids the UPDATEs of `model`'s table among `statements` charged, in order."""
+    update = f'UPDATE "{model._meta.db_table}"'
+    return [
+        int(sql.rsplit("WHERE", 1)[1].split("=")[1].split()[0])
+        for sql in statements
+        if sql.startswith(update)
+    ]
+
+
+@postgresql_only
+@pytest.mark.parametrize("binding", ["client", "server"])
+def test_statements_run_at_once_answer_in_order_in_one_round_trip(monkeypatch, binding):
+    w = world("a")
+    key, user = w["keys"][0], w["users"][0]
+    pipelines = []
+    if binding == "server":  # psycopg's pipeline mode instead of one query string
+        monkeypatch.setattr(common.statements, "_binds_client_side", lambda cursor: False)
+        pipeline = type(connection.connection).pipeline
+
+        def counting(self):
+            pipelines.append(True)
+            return pipeline(self)
+
+        monkeypatch.setattr(type(connection.connection), "pipeline", counting)
+    now = datetime.now(UTC)
+    statements = [
+        api_key_usage_charge_statement(key_id=key.pk, amount_usd=D("0.5"), now=now, timezone=""),
+        holds_lower_statement(model=APIKey, row_id=key.pk, amount=D(0)),
+        user_balance_charge_statement(user_id=user.pk, amount_usd=D("0.25")),
+        user_balance_charge_statement(user_id=user.pk + 1000, amount_usd=D("1")),
+    ]
+    with CaptureQueriesContext(connection) as queries:
+        answers = run_at_once(statements)
+
+    assert answers[0].quota_used_usd == D("0.5") and answers[1] is None
+    assert answers[2] == D("50") - D("0.25") and answers[3] is None  # an unknown user: no balance
+    assert APIKey.objects.get(pk=key.pk).quota_used_usd == D("0.5")
+    if binding == "client":
+        assert len(queries.captured_queries) == 1
+    else:
+        assert len(pipelines) == 1 and len(queries.captured_queries) == 4
+
+
+@postgresql_only
+def test_a_charge_of_a_missing_row_fails_the_whole_batch():
+    w = world("a")
+    batch = [
+        dataclasses.replace(record, account_id=UpstreamAccount.objects.order_by("-pk")[0].pk + 1000)
+        for record in records(w)
+    ]
+    before = counters(w)
+
+    with pytest.raises(UpstreamAccount.DoesNotExist):
+        usage_record_batch(batch)
+
+    # Rolled back: no ledger row, no counter moved, and the connection works on.
+    assert UsageLog.objects.count() == 0
+    assert counters(w) == before
+    usage_record_batch(records(w))
+    assert UsageLog.objects.count() == len(plan()) - 1
