@@ -254,7 +254,7 @@ def _hold_at_once(hold: _AtOnce) -> bool:
     once locked; the UPDATEs and the INSERT run only when all fit. Being one statement, it needs no
     transaction of its own: outside one it commits by itself, and no row stays locked while this
     thread waits for a round trip or for Python's GIL (a BEGIN … COMMIT around it kept the hot key
-    row locked for as long as the thread took to send the COMMIT). BuiltStatement (common.prepared):
+    row locked for as long as the thread took to send the COMMIT). Prepared (common.prepared):
     every id goes as a bigint, every other value has psycopg's type for it or a cast in the SQL."""
     params: dict[str, Any] = {"key_id": Int8(hold.key_id), "amount": hold.amount}
     for kind, length in windows.KEY_WINDOW_LENGTHS.items():

@@ -1,4 +1,4 @@
-"""BuiltStatement statements on Django's PostgreSQL connection, for the few statements every gateway
+"""Prepared statements on Django's PostgreSQL connection, for the few statements every gateway
 request runs (billing.holds).
 
 Django's cursor binds on the client: psycopg quotes each parameter into the SQL text in Python,
