@@ -325,6 +325,10 @@ CHANGES_NO_SNAPSHOT = {
     "user_balance_charge": "a counter charge, not configuration",
     "subscription_usage_charge": "a counter charge, not configuration",
     "upstream_account_quota_charge": "a counter charge, not configuration",
+    "api_key_usage_charge_statement": "builds a counter charge's statement; runs nothing",
+    "user_balance_charge_statement": "builds a counter charge's statement; runs nothing",
+    "subscription_usage_charge_statement": "builds a counter charge's statement; runs nothing",
+    "upstream_account_quota_charge_statement": "builds a counter charge's statement; runs nothing",
 }
 
 
