@@ -30,7 +30,7 @@ from gateway.admission import Hold, admit
 from gateway.errors import GatewayError
 from gateway.failover import PASS_ON, RETRY_AND_DISABLE, RETRY_AND_RATE_LIMIT, classify, rate_limited_until
 from gateway.incoming import Route, parse_body, read_body
-from gateway.limits import limiter_for
+from gateway.limits import Slot, limiter_for
 from gateway.logs import hide_credentials
 from gateway.relay import (
     UPSTREAM_CUT,
@@ -201,8 +201,9 @@ class Proxy:
                 retry_after=settings.GATEWAY_NO_ACCOUNT_RETRY_SECONDS,
             )
         accounts_to_try = found.accounts
+        early: Slot | None = None  # the first candidate's slot, taken while the hold runs
         if self.holds and route.kind != COUNT_TOKENS:
-            accounts_to_try = await self._hold(
+            accounts_to_try, early = await self._hold_and_first_slot(
                 hold=hold,
                 accounts=found.accounts,
                 kind=route.kind,
@@ -224,9 +225,12 @@ class Proxy:
                     raise GatewayError(
                         "SHUTTING_DOWN", "The gateway is shutting down: send the request again."
                     )
-                account_slot = await self.limiter.take_account(
-                    account_id=account.id, concurrency=account.concurrency, token=request_id
-                )
+                if early is not None and account is accounts_to_try[0]:
+                    account_slot, early = early, None
+                else:
+                    account_slot = await self.limiter.take_account(
+                        account_id=account.id, concurrency=account.concurrency, token=request_id
+                    )
                 if account_slot is None:
                     busy += 1
                     continue
@@ -300,6 +304,8 @@ class Proxy:
                 return
         finally:
             client.close()
+            if early is not None:
+                early.release()  # not reached (shutting down before the first attempt)
         if no_room:
             # An account that could serve had no quota left for the estimate: say so (and when
             # to try again) rather than pass on another account's failure.
@@ -352,6 +358,26 @@ class Proxy:
         if moved:
             hold.pending = dataclasses.replace(pending, account_id=account.id)
         return moved
+
+    async def _hold_and_first_slot(self, *, accounts: tuple, request_id: str, **hold: Any) -> tuple:
+        """The hold (a database round trip) and the first candidate's slot (a Redis one) at once,
+        as the hold nearly always chooses that account: (the accounts to try, that slot when the
+        hold chose its account, else None; a None slot also when the account was full)."""
+        first = accounts[0]
+        taking = asyncio.ensure_future(
+            self.limiter.take_account(account_id=first.id, concurrency=first.concurrency, token=request_id)
+        )
+        try:
+            accounts_to_try = await self._hold(accounts=accounts, request_id=request_id, **hold)
+        except BaseException:
+            self._background(_give_back(taking))
+            raise
+        slot = await taking
+        if accounts_to_try and accounts_to_try[0] is first:
+            return accounts_to_try, slot
+        if slot is not None:
+            slot.release()  # the hold skipped that account (no quota room): its slot is not needed
+        return accounts_to_try, None
 
     async def _hold(
         self,
@@ -635,3 +661,10 @@ def _upstream_path(route: Route) -> str:
         "messages": "/v1/messages",
         "count_tokens": "/v1/messages/count_tokens",
     }[route.kind]
+
+
+async def _give_back(taking: asyncio.Future) -> None:
+    """Release a slot whose taking was started for a request that then failed."""
+    slot = await taking
+    if slot is not None:
+        slot.release()

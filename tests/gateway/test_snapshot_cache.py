@@ -21,7 +21,7 @@ from django.db import connection
 from accounts.models import APIKey, UpstreamAccount, User
 from accounts.services.keys import api_key_set_enabled
 from accounts.services.users import user_balance_adjust
-from gateway.limits import RedisLimiter
+from gateway.limits import REDIS_PREFIX, RedisLimiter
 from tests.factories import StaffFactory
 from tests.fake_upstream import ROOT
 from tests.gateway.conftest import gateway_app, ledger_rows, make_tenant
@@ -135,6 +135,43 @@ def test_a_cached_key_costs_one_hold_transaction_before_the_response(
         'UPDATE "accounts_user"',
         'UPDATE "accounts_upstreamaccount"',
     ]
+
+
+def account_slots_taken(account_id: int) -> int:
+    """Slots of the account still taken in Redis, once the releases in flight have landed."""
+    client = redis.Redis.from_url(REDIS_LIMITS_URL)
+    deadline = time.monotonic() + 3
+    while (taken := client.zcard(f"{REDIS_PREFIX}account:{account_id}")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return taken
+
+
+def test_the_first_accounts_slot_taken_beside_the_hold_is_given_back_when_the_hold_skips_or_refuses(
+    fake_upstream, gateway_url, redis_limits
+):
+    # The first account's quota is spent: the hold skips it for the second, so the slot taken on
+    # the first while the hold ran must be given back.
+    tenant = make_tenant(
+        fake_upstream, platform="openai", scenarios=("", ""), key_fields={"quota_usd": Decimal("1")}
+    )
+    first, second = tenant.accounts
+    UpstreamAccount.objects.filter(pk=first.pk).update(
+        concurrency=1,
+        quota_limit_usd=Decimal("1"),
+        quota_used_usd=Decimal("0.9999"),
+        quota_held_usd=Decimal("0.5"),
+    )
+    UpstreamAccount.objects.filter(pk=second.pk).update(concurrency=1)
+    assert chat(gateway_url, tenant.secret).status_code == 200
+    assert [row.account_id for row in ledger_rows(1)] == [second.pk]
+    assert (account_slots_taken(first.pk), account_slots_taken(second.pk)) == (0, 0)
+    # Now the key's own hold does not fit (another request's hold is on it): refused, and the
+    # slot taken meanwhile on the first candidate (whichever the scheduler puts first) is given back.
+    UpstreamAccount.objects.filter(pk=first.pk).update(quota_used_usd=0, quota_held_usd=0)
+    APIKey.objects.filter(pk=tenant.key.pk).update(quota_used_usd=Decimal("0.6"), held_usd=Decimal("0.5"))
+    refused = chat(gateway_url, tenant.secret)
+    assert (refused.status_code, refused.json()["error"]["code"]) == (429, "API_KEY_QUOTA_EXHAUSTED")
+    assert (account_slots_taken(first.pk), account_slots_taken(second.pk)) == (0, 0)
 
 
 def test_requests_arriving_together_on_a_cold_cache_load_the_channel_and_the_accounts_once(
