@@ -8,6 +8,7 @@ import threading
 import tracemalloc
 from datetime import timedelta
 from decimal import Decimal
+from zoneinfo import ZoneInfo
 
 import pytest
 from django.db import connection
@@ -56,6 +57,14 @@ class Ledger:
 
     def __init__(self, hours_ago: tuple[float, ...] = (50, 30, 26, 7, 6, 3, 1, 0.2)) -> None:
         self.now = timezone.now()
+        # The daily boundaries (the account's fixed reset, the subscription's local midnight) fall
+        # four to five hours ago, between the charges 6 and 3 hours old, whatever the time of day
+        # the suite runs: a boundary inside the last charge's 12 minutes ended every daily window
+        # the tests inject drift into (it failed at 00:00–00:12 UTC with a fixed 09:00 Tokyo reset).
+        self.reset_hour = (self.now.astimezone(ZoneInfo("Asia/Tokyo")).hour - 4) % 24
+        utc_offset = (4 - self.now.hour) % 24
+        utc_offset -= 24 if utc_offset > 12 else 0
+        midnight_zone = f"Etc/GMT{-utc_offset:+d}" if utc_offset else "Etc/GMT"  # Etc/GMT-3 is UTC+3
         self.user = UserFactory(balance=D("0"))
         user_balance_adjust(
             user_id=self.user.pk, operation="add", amount=D("20"), note="top-up", changed_by=None
@@ -63,14 +72,14 @@ class Ledger:
         self.account = UpstreamAccountFactory(
             rate_multiplier=D("0.5"),
             quota_daily_reset_mode="fixed",
-            quota_daily_reset_hour=9,
+            quota_daily_reset_hour=self.reset_hour,
             quota_timezone="Asia/Tokyo",
             quota_weekly_reset_mode="rolling",
         )
         self.key = APIKeyFactory(
             user=self.user, group=GroupFactory(rate_multiplier=D("1.5")), timezone="Europe/Berlin"
         )
-        sub_group = SubscriptionGroupFactory(timezone="America/New_York")
+        sub_group = SubscriptionGroupFactory(timezone=midnight_zone)
         self.subscription = SubscriptionFactory(
             user=self.user, group=sub_group, starts_at=self.now - timedelta(days=12)
         )
