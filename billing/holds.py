@@ -170,10 +170,9 @@ def pending_hold(
                 )
             else:
                 _hold_balance(cursor, user_id=user_id, amount=amount)
-            candidates = accounts
             chosen: AccountHold | None = None
             account_amount = ZERO
-            for candidate in candidates:
+            for candidate in accounts:
                 if not candidate.limited:
                     chosen = candidate
                     break

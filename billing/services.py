@@ -521,10 +521,11 @@ def _charge_counters(charged: list[_Priced], taken: TakenHolds) -> _Counters:
             "release_usd": release,
         }
         steps.append(
-            _Step(
-                partial(api_key_usage_charge, **charge),
-                partial(api_key_usage_charge_statement, **charge),
+            _charge_step(
+                api_key_usage_charge,
+                api_key_usage_charge_statement,
                 partial(counters.keys.__setitem__, key_id),
+                charge,
             )
         )
         counters.last_of_key[key_id] = id(last)
@@ -538,10 +539,11 @@ def _charge_counters(charged: list[_Priced], taken: TakenHolds) -> _Counters:
             continue
         charge = {"user_id": user_id, "amount_usd": balance_sums[user_id], "release_usd": release}
         steps.append(
-            _Step(
-                partial(user_balance_charge, **charge),
-                partial(user_balance_charge_statement, **charge),
+            _charge_step(
+                user_balance_charge,
+                user_balance_charge_statement,
                 partial(counters.balances.__setitem__, user_id),
+                charge,
             )
         )
     for subscription_id in sorted(subscription_sums.keys() | taken.subscriptions.keys()):
@@ -559,10 +561,11 @@ def _charge_counters(charged: list[_Priced], taken: TakenHolds) -> _Counters:
             "release_usd": release,
         }
         steps.append(
-            _Step(
-                partial(subscription_usage_charge, **charge),
-                partial(subscription_usage_charge_statement, **charge),
+            _charge_step(
+                subscription_usage_charge,
+                subscription_usage_charge_statement,
                 partial(counters.subscriptions.__setitem__, subscription_id),
+                charge,
             )
         )
     for account_id in sorted(account_sums.keys() | taken.accounts.keys()):
@@ -579,10 +582,11 @@ def _charge_counters(charged: list[_Priced], taken: TakenHolds) -> _Counters:
             "release_usd": release,
         }
         steps.append(
-            _Step(
-                partial(upstream_account_quota_charge, **charge),
-                partial(upstream_account_quota_charge_statement, **charge),
+            _charge_step(
+                upstream_account_quota_charge,
+                upstream_account_quota_charge_statement,
                 partial(counters.accounts.__setitem__, account_id),
+                charge,
             )
         )
     if connection.vendor == "postgresql":
@@ -613,13 +617,20 @@ def _ignore(result: Any) -> None:
     return None
 
 
+def _charge_step(
+    single: Callable[..., Any],
+    statement: Callable[..., BuiltStatement],
+    keep: Callable[[Any], None],
+    arguments: dict[str, Any],
+) -> _Step:
+    """A counter function and its statement builder, both with the same arguments."""
+    return _Step(partial(single, **arguments), partial(statement, **arguments), keep)
+
+
 def _lower(model: type, row_id: int, amount: Decimal) -> _Step:
     """A held row the batch settles without charging it: only its held amount goes down."""
-    return _Step(
-        partial(holds_lower, model=model, row_id=row_id, amount=amount),
-        partial(holds_lower_statement, model=model, row_id=row_id, amount=amount),
-        _ignore,
-    )
+    arguments = {"model": model, "row_id": row_id, "amount": amount}
+    return _charge_step(holds_lower, holds_lower_statement, _ignore, arguments)
 
 
 def _original_ids(replays: list[_Priced]) -> dict[tuple[str, int], int]:

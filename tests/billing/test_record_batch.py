@@ -79,6 +79,12 @@ def plan() -> list[tuple[str, int, int, Usage]]:
     return rows
 
 
+def record_one_by_one(batch: list[BatchRecord]) -> None:
+    """What the batch is compared with: each record in its own usage_record transaction."""
+    for record in batch:
+        usage_record(**{name: getattr(record, name) for name in record.__slots__ if name != "pending_id"})
+
+
 def records(w: dict) -> list[BatchRecord]:
     return [
         BatchRecord(
@@ -133,8 +139,7 @@ def counters(w: dict) -> dict:
 
 def test_a_batch_leaves_the_same_ledger_rows_and_counters_as_recording_row_by_row():
     one_by_one, batched = world("a"), world("b")
-    for record in records(one_by_one):
-        usage_record(**{name: getattr(record, name) for name in record.__slots__ if name != "pending_id"})
+    record_one_by_one(records(one_by_one))
     results = usage_record_batch(records(batched))
 
     assert ledger(batched) == ledger(one_by_one)
@@ -274,8 +279,7 @@ def test_a_batch_settles_every_hold_it_records_and_charges_what_row_by_row_recor
     # Everything is held but the subscriber's balance (a subscription key holds its subscription).
     assert [amount > 0 for amount in held_columns(batched)] == [True] * 4 + [False] + [True] * 3
 
-    for record in records(one_by_one):
-        usage_record(**{name: getattr(record, name) for name in record.__slots__ if name != "pending_id"})
+    record_one_by_one(records(one_by_one))
     usage_record_batch(records(batched))
 
     assert ledger(batched) == ledger(one_by_one)
@@ -317,8 +321,7 @@ def test_a_batch_stores_nulls_json_and_quoted_text_as_recording_row_by_row_does(
     # On PostgreSQL the batch sends each column as one array (INSERT … SELECT * FROM unnest):
     # every value goes through an array literal, so compare with the one-row INSERT's values.
     one_by_one, batched = world("a"), world("b")
-    for record in awkward(one_by_one):
-        usage_record(**{name: getattr(record, name) for name in record.__slots__ if name != "pending_id"})
+    record_one_by_one(awkward(one_by_one))
     results = usage_record_batch(awkward(batched))
 
     assert ledger(batched) == ledger(one_by_one)

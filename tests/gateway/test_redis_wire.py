@@ -102,6 +102,12 @@ class SilentServer:
         self.answer = answer
         self.received = bytearray()
         self.connections = 0
+        self.listening: asyncio.Server | None = None
+
+    async def url(self, path: str = "/0") -> str:
+        """Start listening on a free loopback port: a Redis URL that reaches this server."""
+        self.listening = await asyncio.start_server(self.handle, "127.0.0.1", 0)
+        return f"127.0.0.1:{self.listening.sockets[0].getsockname()[1]}{path}"
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
@@ -120,14 +126,12 @@ class SilentServer:
 def test_the_url_password_and_database_are_sent_before_the_first_command():
     async def scenario() -> bytes:
         server = SilentServer(answer=True)
-        listening = await asyncio.start_server(server.handle, "127.0.0.1", 0)
-        port = listening.sockets[0].getsockname()[1]
-        wire = RedisWire(f"redis://gate:s%40cret@127.0.0.1:{port}/3")
+        wire = RedisWire(f"redis://gate:s%40cret@{await server.url('/3')}")
         try:
             assert await wire.call("PING") == b"OK"
         finally:
             await wire.close()
-            listening.close()
+            server.listening.close()
         return bytes(server.received)
 
     sent = event_loop.run(scenario())
@@ -137,16 +141,14 @@ def test_the_url_password_and_database_are_sent_before_the_first_command():
 def test_a_silent_redis_fails_the_command_in_time_and_the_next_one_connects_again():
     async def scenario() -> int:
         server = SilentServer(answer=False)
-        listening = await asyncio.start_server(server.handle, "127.0.0.1", 0)
-        port = listening.sockets[0].getsockname()[1]
-        wire = RedisWire(f"redis://127.0.0.1:{port}/0", timeout=0.2)
+        wire = RedisWire(f"redis://{await server.url()}", timeout=0.2)
         try:
             for _ in range(2):
                 with pytest.raises(RedisUnavailable, match="did not answer"):
                     await wire.call("PING")
         finally:
             await wire.close()
-            listening.close()
+            server.listening.close()
         return server.connections
 
     assert event_loop.run(scenario()) == 2
@@ -155,12 +157,10 @@ def test_a_silent_redis_fails_the_command_in_time_and_the_next_one_connects_agai
 def test_redis_going_away_fails_the_waiting_commands_and_the_limiter_counts_in_its_process():
     async def scenario() -> None:
         server = SilentServer(answer=False)
-        listening = await asyncio.start_server(server.handle, "127.0.0.1", 0)
-        port = listening.sockets[0].getsockname()[1]
-        limiter = RedisLimiter(f"redis://127.0.0.1:{port}/0")
+        limiter = RedisLimiter(f"redis://{await server.url()}")
         waiting = asyncio.ensure_future(limiter.redis.call("PING"))
         await asyncio.sleep(0.1)
-        listening.close()
+        server.listening.close()
         limiter.redis._protocol.transport.close()  # as a restart of Redis would
         with pytest.raises(RedisUnavailable):
             await waiting
