@@ -27,7 +27,14 @@ def usage():
     user = UserFactory(email="dana@example.com", balance=Decimal("50"))
     key = APIKeyFactory(user=user, group=group, name="dana-laptop")
     account = UpstreamAccountFactory(name="anthropic-main")
+    # Every row falls inside today, newest first, at any time of day: the tests below count the
+    # rows "today" shows and expect none before it (fixed offsets like "2 hours ago" were
+    # yesterday's rows for the first two hours after midnight).
     now = timezone.now()
+    since_midnight = now - timezone.localtime(now).replace(hour=0, minute=0, second=0, microsecond=0)
+
+    def moment(eighths: int):
+        return now - since_midnight * eighths / 8
     for index in range(6):
         model = "claude-sonnet-4-5" if index % 2 == 0 else "claude-haiku-4-5"
         usage_record(
@@ -42,7 +49,7 @@ def usage():
             status_code=429 if index == 5 else 200,
             client_ip="203.0.113.7",
             user_agent="claude-cli/2.0",
-            created_at=now - timedelta(minutes=7 * index),
+            created_at=moment(index),
         )
     usage_record(
         request_id="req-unpriced",
@@ -50,7 +57,7 @@ def usage():
         account_id=account.pk,
         requested_model="acme-llm-9000",
         usage=Usage(input_tokens=500, output_tokens=50),
-        created_at=now - timedelta(hours=2),
+        created_at=moment(7),
     )
     return key
 
