@@ -590,12 +590,13 @@ def _charge_counters(charged: list[_Priced], taken: TakenHolds) -> _Counters:
             )
         )
     if connection.vendor == "postgresql":
-        # Every statement built first, then all sent at once: PostgreSQL runs them back to back in
-        # this order (the lock order), and the key row the first one locks waits for one round
-        # trip to COMMIT instead of one per statement, each also waiting for this thread to get
-        # the GIL back (docs/recording.md#batches).
+        # Every statement built first, then all sent at once with the COMMIT: PostgreSQL runs them
+        # back to back in this order (the lock order), and the key row the first one locks is free
+        # when the server has run the string, not a round trip per statement later, each also
+        # waiting for this thread to get the GIL back (docs/recording.md#batches). Nothing of the
+        # batch is written after this.
         statements = [step.prepare() for step in steps]
-        for step, result in zip(steps, run_at_once(statements), strict=True):
+        for step, result in zip(steps, run_at_once(statements, commit=True), strict=True):
             step.keep(result)
     else:
         for step in steps:

@@ -5,7 +5,9 @@ RETURNING on PostgreSQL. Its `*_statement` builder answers a `BuiltStatement`: t
 and how to read the row it returns; the single-call function runs it with `BuiltStatement.run`.
 A batch recording (billing.services.usage_record_batch) instead sends all its charges with
 `run_at_once`: one query string, which PostgreSQL runs statement after statement, so the hot rows
-the first one locks are not held across one round trip (and one wait for the GIL) per statement
+the first one locks are not held across one round trip (and one wait for the GIL) per statement.
+With `commit=True` the string also ends the transaction, so those rows are free as soon as the
+server has run it, not once this thread has read the answers and sent COMMIT
 (docs/recording.md#batches).
 """
 
@@ -15,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from django.db import connection
+from django.db import DatabaseError, connection
 
 
 def _no_row(row: tuple | None) -> None:
@@ -25,11 +27,14 @@ def _no_row(row: tuple | None) -> None:
 @dataclass(frozen=True, slots=True)
 class BuiltStatement:
     """One PostgreSQL statement, built but not run: what `read` makes of the row it returns (the
-    first row of its RETURNING, None when it returned no row or has no RETURNING)."""
+    first row of its RETURNING, None when it returned no row or has no RETURNING). `missing`, for a
+    statement that must change a row, builds the error to raise when it changed none (what `read`
+    raises then): run_at_once(commit=True) checks it inside the database, before the COMMIT."""
 
     sql: str
     params: Any
     read: Callable[[tuple | None], Any] = _no_row
+    missing: Callable[[], Exception] | None = None
 
     def run(self) -> Any:
         with connection.cursor() as cursor:
@@ -37,7 +42,7 @@ class BuiltStatement:
             return self.read(cursor.fetchone() if cursor.description else None)
 
 
-def run_at_once(statements: list[BuiltStatement]) -> list:
+def run_at_once(statements: list[BuiltStatement], *, commit: bool = False) -> list:
     """Run `statements` in order, in the caller's transaction, in one round trip; what each one's
     `read` answers, in order. PostgreSQL only.
 
@@ -47,26 +52,71 @@ def run_at_once(statements: list[BuiltStatement]) -> list:
     PostgreSQL runs them one after the other in the order given, so rows are locked in that order,
     as running them one by one would. The first failing statement raises here (the rest are not
     run) and the caller's atomic block rolls its transaction back, as with one-by-one execution.
-    A `read` that raises (a row that does not exist) does so after all the statements ran, still
-    inside that transaction.
+
+    `commit=True`, from the outermost atomic block, ends the string with COMMIT: the rows the
+    statements lock are released when the server has run them, not a round trip (and a wait for
+    the GIL) later; the atomic block's own commit then finds nothing to do. Each statement with a
+    `missing` error is wrapped so that changing no row fails inside the database (SQLSTATE P0002,
+    raised here as that error) and the COMMIT never runs. The caller must have nothing left to
+    write after this call. Inside a nested block (a savepoint: the caller's caller owns the
+    transaction) `commit` is ignored, and a `read` that raises does so after all the statements
+    ran, still inside that transaction.
 
     With server-side binding the statements go through psycopg's pipeline mode instead: one round
     trip too, but psycopg polls the socket (and gives up the GIL) once per statement queued.
     """
     if not statements:
         return []
-    with connection.cursor() as cursor:
-        if not _binds_client_side(cursor.cursor):
-            return _run_pipelined(statements)
-        # Each statement bound as execute() would bind it; no parameters left for the whole.
-        sql = ";\n".join(cursor.cursor.mogrify(statement.sql, statement.params) for statement in statements)
-        cursor.execute(sql)
-        answers = []
-        for index, statement in enumerate(statements):
-            if index:
-                cursor.nextset()
-            answers.append(statement.read(cursor.fetchone() if cursor.description else None))
-        return answers
+    commit = commit and len(connection.atomic_blocks) == 1
+    sent = [_guarded(statement, index) for index, statement in enumerate(statements)] if commit else statements
+    try:
+        with connection.cursor() as cursor:
+            if not _binds_client_side(cursor.cursor):
+                return _run_pipelined(sent, commit=commit)
+            # Each statement bound as execute() would bind it; no parameters left for the whole.
+            parts = [cursor.cursor.mogrify(statement.sql, statement.params) for statement in sent]
+            cursor.execute(";\n".join([*parts, "COMMIT"] if commit else parts))
+            answers = []
+            for index, statement in enumerate(statements):
+                if index:
+                    cursor.nextset()
+                answers.append(statement.read(cursor.fetchone() if cursor.description else None))
+            return answers
+    except DatabaseError as error:
+        missing = _missing_statement(error, statements)
+        if missing is None:
+            raise
+        raise missing() from error
+
+
+# A statement that must change a row, as run_at_once(commit=True) sends it: the guard row calls
+# tollgate_row_required (common/migrations/0001) whether or not the statement returned a row.
+_GUARDED = (
+    "WITH changed AS ({sql}) SELECT changed.* FROM "
+    "(SELECT tollgate_row_required(EXISTS (SELECT FROM changed), {index})) AS required "
+    "LEFT JOIN changed ON true"
+)
+_MISSING = "tollgate_row_required: statement "
+
+
+def _guarded(statement: BuiltStatement, index: int) -> BuiltStatement:
+    if statement.missing is None:
+        return statement
+    sql = _GUARDED.format(sql=statement.sql, index=index)
+    return BuiltStatement(sql, statement.params, statement.read, statement.missing)
+
+
+def _missing_statement(error: DatabaseError, statements: list[BuiltStatement]) -> Callable[[], Exception] | None:
+    """The `missing` of the statement the guard stopped at, if that is what `error` is."""
+    cause = error.__cause__
+    diag = getattr(cause, "diag", None)
+    if getattr(cause, "sqlstate", None) != "P0002" or diag is None:
+        return None
+    message = diag.message_primary or ""
+    if not message.startswith(_MISSING):
+        return None
+    index = int(message.removeprefix(_MISSING).split()[0])
+    return statements[index].missing
 
 
 def _binds_client_side(cursor: Any) -> bool:
@@ -74,7 +124,7 @@ def _binds_client_side(cursor: Any) -> bool:
     return hasattr(cursor, "mogrify")
 
 
-def _run_pipelined(statements: list[BuiltStatement]) -> list:
+def _run_pipelined(statements: list[BuiltStatement], *, commit: bool) -> list:
     """run_at_once through psycopg's pipeline mode (for server-side binding cursors)."""
     connection.ensure_connection()
     cursors = []
@@ -84,6 +134,9 @@ def _run_pipelined(statements: list[BuiltStatement]) -> list:
                 cursor = connection.cursor()  # one per statement: a cursor keeps only its last result
                 cursors.append(cursor)
                 cursor.execute(statement.sql, statement.params)
+            if commit:
+                with connection.cursor() as cursor:
+                    cursor.execute("COMMIT")
         # Leaving the block synced the pipeline: every result is in, no further round trip.
         return [
             statement.read(cursor.fetchone() if cursor.description else None)

@@ -308,7 +308,12 @@ def api_key_usage_charge_statement(
     params = _key_charge_params(
         key_id=key_id, amount=amount, now=now, starts=starts, release=quantize_usd(release_usd)
     )
-    return BuiltStatement(_key_charge_sql(), params, partial(_key_charge_result, key_id, amount))
+    return BuiltStatement(
+        _key_charge_sql(),
+        params,
+        partial(_key_charge_result, key_id, amount),
+        missing=partial(APIKey.DoesNotExist, f"API key {key_id} does not exist"),
+    )
 
 
 def _charge_inputs(

@@ -311,7 +311,12 @@ def subscription_usage_charge_statement(
         current=current,
         release=quantize_usd(release_usd),
     )
-    return BuiltStatement(_charge_statement(), params, partial(_charge_result, subscription_id))
+    return BuiltStatement(
+        _charge_statement(),
+        params,
+        partial(_charge_result, subscription_id),
+        missing=partial(Subscription.DoesNotExist, f"subscription {subscription_id} does not exist"),
+    )
 
 
 def _charge_inputs(

@@ -354,11 +354,12 @@ def test_a_batch_sends_every_counter_statement_at_once_in_lock_order_after_every
 
     w = world("a")
     usage_record_batch(records(w)[:4])  # so the next batch has replays to look up
-    sent = []
+    sent, options = [], []
 
-    def spy(statements):
+    def spy(statements, **given):
         sent.append([statement.sql for statement in statements])
-        return run_at_once(statements)
+        options.append(given)
+        return run_at_once(statements, **given)
 
     monkeypatch.setattr(billing.services, "run_at_once", spy)
     contexts = {}
@@ -369,7 +370,7 @@ def test_a_batch_sends_every_counter_statement_at_once_in_lock_order_after_every
     with CaptureQueriesContext(connection) as queries:
         usage_record_batch(batch)
 
-    assert len(sent) == 1
+    assert len(sent) == 1 and options == [{"commit": True}]
     tables = [sql.split()[1].strip('"') for sql in sent[0]]
     assert tables == [
         *[APIKey._meta.db_table] * 3,
@@ -453,6 +454,109 @@ def test_a_charge_of_a_missing_row_fails_the_whole_batch():
 
     # Rolled back: no ledger row, no counter moved, and the connection works on.
     assert UsageLog.objects.count() == 0
+    assert counters(w) == before
+    usage_record_batch(records(w))
+    assert UsageLog.objects.count() == len(plan()) - 1
+
+
+# --- the COMMIT in the same round trip (a batch in its own transaction, as the recorder runs it) -----
+
+
+def _locked_elsewhere(model: type, row_id: int) -> bool:
+    """Whether another connection finds `row_id` locked right now (it does not wait for it)."""
+    import psycopg
+
+    settings = connection.settings_dict
+    with psycopg.connect(
+        host=settings["HOST"], port=settings["PORT"], user=settings["USER"], dbname=settings["NAME"],
+        password=settings["PASSWORD"] or None, autocommit=True,
+    ) as other:
+        try:
+            other.execute(
+                f'SELECT 1 FROM "{model._meta.db_table}" WHERE id = %s FOR UPDATE NOWAIT', [row_id]
+            )
+        except psycopg.errors.LockNotAvailable:
+            return True
+    return False
+
+
+@postgresql_only
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("binding", ["client", "server"])
+def test_a_batch_in_its_own_transaction_frees_the_hot_rows_when_its_counter_statements_return(
+    monkeypatch, binding
+):
+    # Every hold on a busy key waits for its row: it must not stay locked while the recorder
+    # thread reads the answers and waits for the GIL to send COMMIT.
+    import billing.services
+
+    if binding == "server":
+        monkeypatch.setattr(common.statements, "_binds_client_side", lambda cursor: False)
+    w = world("a")
+    key = w["keys"][0]
+    seen = []
+
+    def then_look(statements, **given):
+        answers = run_at_once(statements, **given)
+        seen.append(_locked_elsewhere(APIKey, key.pk))  # still inside the batch's atomic block
+        return answers
+
+    monkeypatch.setattr(billing.services, "run_at_once", then_look)
+    results = usage_record_batch(records(w))
+
+    assert seen == [False]
+    assert len(results) == len(records(w)) and UsageLog.objects.count() == len(plan()) - 1
+    # What row-by-row recording of the same requests leaves, as the nested batches above.
+    assert counters(w) == _counters_recorded_one_by_one()
+
+
+def _counters_recorded_one_by_one() -> dict:
+    other = world("b")
+    record_one_by_one(records(other))
+    return counters(other)
+
+
+@postgresql_only
+@pytest.mark.django_db(transaction=True)
+def test_the_same_look_inside_a_callers_transaction_finds_the_rows_still_locked(monkeypatch):
+    # The control: without the COMMIT in the string (a batch nested in a caller's transaction,
+    # which that caller ends) another connection does see the lock, so the test above can see it.
+    import billing.services
+    from django.db import transaction
+
+    w = world("a")
+    key = w["keys"][0]
+    seen = []
+
+    def then_look(statements, **given):
+        answers = run_at_once(statements, **given)
+        seen.append(_locked_elsewhere(APIKey, key.pk))
+        return answers
+
+    monkeypatch.setattr(billing.services, "run_at_once", then_look)
+    with transaction.atomic():
+        usage_record_batch(records(w))
+
+    assert seen == [True]
+    assert UsageLog.objects.count() == len(plan()) - 1
+
+
+@postgresql_only
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("binding", ["client", "server"])
+def test_a_missing_row_stops_a_committing_batch_before_its_commit(monkeypatch, binding):
+    if binding == "server":
+        monkeypatch.setattr(common.statements, "_binds_client_side", lambda cursor: False)
+    w = world("a")
+    missing = UpstreamAccount.objects.order_by("-pk")[0].pk + 1000
+    batch = [dataclasses.replace(record, account_id=missing) for record in records(w)]
+    before = counters(w)
+
+    with pytest.raises(UpstreamAccount.DoesNotExist, match=f"upstream account {missing} does not exist"):
+        usage_record_batch(batch)
+
+    # The guard failed inside the database: nothing committed, and the connection works on.
+    assert UsageLog.objects.count() == 0 and PendingRequest.objects.count() == 0
     assert counters(w) == before
     usage_record_batch(records(w))
     assert UsageLog.objects.count() == len(plan()) - 1

@@ -126,14 +126,17 @@ def test_a_cached_key_costs_one_hold_transaction_before_the_response(
     # held on it, so no lock on the row every key shares.
     assert hot == [HOLD]
     # One transaction after the response: ledger row, pending record, then key, rollup, balance
-    # and account quota, the key and balance UPDATEs lowering their holds as they charge.
+    # and account quota, the key and balance UPDATEs lowering their holds as they charge, and the
+    # COMMIT in the same string. The key and account UPDATEs are wrapped (WITH) in the check that
+    # they found their row, which stops the string before COMMIT if not.
     assert recording == [
         'INSERT "billing_usagelog"',
         'DELETE FROM "billing_pendingrequest"',
-        'UPDATE "accounts_apikey"',
+        'WITH UPDATE "accounts_apikey"',
         'INSERT "billing_usagerollup"',
         'UPDATE "accounts_user"',
-        'UPDATE "accounts_upstreamaccount"',
+        'WITH UPDATE "accounts_upstreamaccount"',
+        "COMMIT",
     ]
 
 
