@@ -67,7 +67,7 @@ def test_a_killed_gateway_leaves_every_served_request_billed_once_and_nothing_he
             assert key.held_usd == PendingRequest.objects.aggregate(total=Sum("held_usd"))["total"] > 0
             victim.kill()
             assert {stream.result() for stream in streams} == {"APIConnectionError"}
-        served = fake_upstream.wait_for(lambda log: len(log) == STREAMS, timeout=30)
+        served = fake_upstream.wait_for(lambda log: len(log) == STREAMS and all_ended(log), timeout=30)
         assert all(entry["client_disconnected"] for entry in served)
         assert not UsageLog.objects.exists()  # the dead process recorded nothing
 
@@ -125,6 +125,13 @@ def stream_message_until_cut(client) -> str:
     return "completed"
 
 
+def all_ended(log: list[dict]) -> bool:
+    """Whether the fake upstream has finished every request of its log. A request enters the log
+    when it arrives and gets its outcome and what it billed when the upstream sees the client go:
+    on a loaded machine that can come well after the gateway died."""
+    return all(entry["ended_at"] is not None for entry in log)
+
+
 def test_a_killed_gateway_bills_what_its_streams_had_observed(fake_upstream, transactional_db):
     # Anthropic streams report their input in message_start; the gateway keeps what each stream
     # has seen on its pending record every second, so recovery bills that, not the estimate.
@@ -155,7 +162,7 @@ def test_a_killed_gateway_bills_what_its_streams_had_observed(fake_upstream, tra
             )
             victim.kill()
             assert {stream.result() for stream in streams} == {"cut"}
-        served = fake_upstream.wait_for(lambda log: len(log) == count, timeout=30)
+        served = fake_upstream.wait_for(lambda log: len(log) == count and all_ended(log), timeout=30)
         lease_end = max(PendingRequest.objects.values_list("lease_expires_at", flat=True))
         wait_until(lambda: time.time() > lease_end.timestamp(), LEASE_SECONDS + 10, "the lease to pass")
         survivor = GatewayProcess().wait()
