@@ -1,0 +1,81 @@
+"""The ledger's and rollup's statement parameters (billing.services): a value that skips
+get_db_prep_save is one that preparing would hand back unchanged, so every stored value is the
+same as with full preparation."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from zoneinfo import ZoneInfo
+
+import pytest
+from django.db import connection
+from django.utils.translation import gettext_lazy
+
+from billing.models import RequestOutcome, UsageLog, UsageRollup, UsageSource
+from billing.services import prepared_as_is
+
+FIELDS = [
+    field
+    for model in (UsageLog, UsageRollup)
+    for field in model._meta.concrete_fields
+    if not field.primary_key
+]
+
+# What a ledger row may hold, and what it should not but might.
+VALUES = [
+    None,
+    "",
+    "req-1",
+    "claude-sonnet-4-5",
+    'it\'s "quoted"',
+    "10.0.0.1",
+    "::ffff:10.0.0.1",
+    RequestOutcome.COMPLETED,
+    UsageSource.REPORTED,
+    gettext_lazy("lazy"),
+    0,
+    7,
+    -1,
+    2**40,
+    True,
+    False,
+    1.5,
+    "42",
+    Decimal("0E-8"),
+    Decimal("0.01267500"),
+    Decimal("-0"),
+    Decimal("1.3"),
+    Decimal("12345678901.12345678"),
+    Decimal("NaN"),
+    Decimal("Infinity"),
+    datetime(2026, 11, 25, 12, 30, tzinfo=UTC),
+    datetime(2026, 11, 25, 21, 30, tzinfo=ZoneInfo("Asia/Tokyo")),
+    datetime(2026, 11, 25, 12, 30),
+    date(2026, 11, 25),
+    {"version": 3, "usage_source": "reported"},
+    [],
+]
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="values skip preparation on PostgreSQL only")
+def test_every_value_that_skips_preparation_on_postgresql_is_what_preparing_it_gives():
+    skipped = 0
+    for field in FIELDS:
+        as_is = prepared_as_is(field, "postgresql")
+        for value in VALUES:
+            if as_is is not None and as_is(value):
+                prepared = field.get_db_prep_save(value, connection)
+                # repr too: a Decimal's exponent and a datetime's zone must survive, not just equality.
+                assert (type(prepared), prepared, repr(prepared)) == (type(value), value, repr(value)), (
+                    field,
+                    value,
+                )
+                skipped += 1
+    assert skipped > 100  # the check is not vacuous: most of a row's values skip
+
+
+def test_json_ips_integers_and_every_field_off_postgresql_are_always_prepared():
+    always = ["breakdown", "client_ip", "input_tokens", "duration_ms", "first_token_ms", "status_code"]
+    assert [prepared_as_is(UsageLog._meta.get_field(name), "postgresql") for name in always] == [None] * 6
+    assert {prepared_as_is(field, "sqlite") for field in FIELDS} == {None}
