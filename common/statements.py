@@ -68,7 +68,9 @@ def run_at_once(statements: list[BuiltStatement], *, commit: bool = False) -> li
     if not statements:
         return []
     commit = commit and len(connection.atomic_blocks) == 1
-    sent = [_guarded(statement, index) for index, statement in enumerate(statements)] if commit else statements
+    sent = (
+        [_guarded(statement, index) for index, statement in enumerate(statements)] if commit else statements
+    )
     try:
         with connection.cursor() as cursor:
             if not _binds_client_side(cursor.cursor):
@@ -106,7 +108,9 @@ def _guarded(statement: BuiltStatement, index: int) -> BuiltStatement:
     return BuiltStatement(sql, statement.params, statement.read, statement.missing)
 
 
-def _missing_statement(error: DatabaseError, statements: list[BuiltStatement]) -> Callable[[], Exception] | None:
+def _missing_statement(
+    error: DatabaseError, statements: list[BuiltStatement]
+) -> Callable[[], Exception] | None:
     """The `missing` of the statement the guard stopped at, if that is what `error` is."""
     cause = error.__cause__
     diag = getattr(cause, "diag", None)

@@ -468,13 +468,15 @@ def _locked_elsewhere(model: type, row_id: int) -> bool:
 
     settings = connection.settings_dict
     with psycopg.connect(
-        host=settings["HOST"], port=settings["PORT"], user=settings["USER"], dbname=settings["NAME"],
-        password=settings["PASSWORD"] or None, autocommit=True,
+        host=settings["HOST"],
+        port=settings["PORT"],
+        user=settings["USER"],
+        dbname=settings["NAME"],
+        password=settings["PASSWORD"] or None,
+        autocommit=True,
     ) as other:
         try:
-            other.execute(
-                f'SELECT 1 FROM "{model._meta.db_table}" WHERE id = %s FOR UPDATE NOWAIT', [row_id]
-            )
+            other.execute(f'SELECT 1 FROM "{model._meta.db_table}" WHERE id = %s FOR UPDATE NOWAIT', [row_id])
         except psycopg.errors.LockNotAvailable:
             return True
     return False
@@ -521,8 +523,9 @@ def _counters_recorded_one_by_one() -> dict:
 def test_the_same_look_inside_a_callers_transaction_finds_the_rows_still_locked(monkeypatch):
     # The control: without the COMMIT in the string (a batch nested in a caller's transaction,
     # which that caller ends) another connection does see the lock, so the test above can see it.
-    import billing.services
     from django.db import transaction
+
+    import billing.services
 
     w = world("a")
     key = w["keys"][0]

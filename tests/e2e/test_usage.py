@@ -35,6 +35,7 @@ def usage():
 
     def moment(eighths: int):
         return now - since_midnight * eighths / 8
+
     for index in range(6):
         model = "claude-sonnet-4-5" if index % 2 == 0 else "claude-haiku-4-5"
         usage_record(
