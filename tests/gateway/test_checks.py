@@ -16,9 +16,11 @@ from decimal import Decimal
 
 import httpx2 as httpx
 import pytest
+from django.conf import settings
 from django.utils import timezone
 
 from accounts.models import APIKey, Group, Subscription, User
+from accounts.windows import subscription_window_start
 from tests.factories import (
     ChannelFactory,
     ChannelGroupFactory,
@@ -72,6 +74,10 @@ def restricted_tenant(fake_upstream, *, subscription: bool, scenario: str = ""):
 def break_from(tenant, first: int, *, subscription: bool) -> None:
     """Make every check from `first` on fail (those that apply to the group's kind)."""
     now = timezone.now()
+    # The subscription's daily window is today's, as a charge now would start it: a window begun
+    # "a minute ago" was yesterday's, already over, for the first minute after midnight, and the
+    # request fell through to the 5h limit's code.
+    today = subscription_window_start("daily", now, starts_at=now, tz=settings.TIME_ZONE)
     key = APIKey.objects.filter(pk=tenant.key.pk)
     user = User.objects.filter(pk=tenant.user.pk)
     group = Group.objects.filter(pk=tenant.group.pk)
@@ -85,7 +91,7 @@ def break_from(tenant, first: int, *, subscription: bool) -> None:
         9: lambda: key.update(expires_at=now - timedelta(minutes=1)),
         10: lambda: key.update(quota_usd=Decimal("1"), quota_used_usd=Decimal("1")),
         11: lambda: Subscription.objects.filter(user=tenant.user).update(
-            daily_usage_usd=Decimal("5"), daily_window_start=now - timedelta(minutes=1)
+            daily_usage_usd=Decimal("5"), daily_window_start=today
         ),
         12: lambda: user.update(balance=Decimal("0")),
         13: lambda: key.update(
