@@ -304,6 +304,9 @@ def start_tollgate(
         "DEBUG": "false",
         "ALLOWED_HOSTS": "*",
         "DJANGO_SETTINGS_MODULE": "config.settings",
+        # This checkout's generated secrets for a --baseline checkout too: the tenant's account
+        # credentials were encrypted with this checkout's key.
+        "TOLLGATE_VAR_DIR": os.environ.get("TOLLGATE_VAR_DIR", str(ROOT / "var")),
     }
     if redis_url:
         env["REDIS_URL"] = redis_url
