@@ -281,6 +281,7 @@ _PREPARED_AS_IS_ON_POSTGRESQL: dict[type[Field], Callable[[Any], bool]] = {
 }
 
 
+@cache  # asked once per field, not per row (the rollup's hour and money come here per row)
 def prepared_as_is(field: Field, vendor: str) -> Callable[[Any], bool] | None:
     """Which values `field`'s get_db_prep_save returns unchanged on `vendor`; None: assume none does."""
     if vendor != "postgresql":

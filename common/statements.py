@@ -27,14 +27,14 @@ def _no_row(row: tuple | None) -> None:
 @dataclass(frozen=True, slots=True)
 class BuiltStatement:
     """One PostgreSQL statement, built but not run: what `read` makes of the row it returns (the
-    first row of its RETURNING, None when it returned no row or has no RETURNING). `missing`, for a
-    statement that must change a row, builds the error to raise when it changed none (what `read`
-    raises then): run_at_once(commit=True) checks it inside the database, before the COMMIT."""
+    first row of its RETURNING, None when it returned no row or has no RETURNING). `requires_row`:
+    the statement must change a row, and `read(None)` raises the error for one that changed none;
+    run_at_once(commit=True) checks it inside the database, before the COMMIT."""
 
     sql: str
     params: Any
     read: Callable[[tuple | None], Any] = _no_row
-    missing: Callable[[], Exception] | None = None
+    requires_row: bool = False
 
     def run(self) -> Any:
         with connection.cursor() as cursor:
@@ -55,9 +55,9 @@ def run_at_once(statements: list[BuiltStatement], *, commit: bool = False) -> li
 
     `commit=True`, from the outermost atomic block, ends the string with COMMIT: the rows the
     statements lock are released when the server has run them, not a round trip (and a wait for
-    the GIL) later; the atomic block's own commit then finds nothing to do. Each statement with a
-    `missing` error is wrapped so that changing no row fails inside the database (SQLSTATE P0002,
-    raised here as that error) and the COMMIT never runs. The caller must have nothing left to
+    the GIL) later; the atomic block's own commit then finds nothing to do. Each statement that
+    `requires_row` is wrapped so that changing no row fails inside the database (SQLSTATE P0002,
+    raised here as the error its `read(None)` raises) and the COMMIT never runs. The caller must have nothing left to
     write after this call. Inside a nested block (a savepoint: the caller's caller owns the
     transaction) `commit` is ignored, and a `read` that raises does so after all the statements
     ran, still inside that transaction.
@@ -85,10 +85,11 @@ def run_at_once(statements: list[BuiltStatement], *, commit: bool = False) -> li
                 answers.append(statement.read(cursor.fetchone() if cursor.description else None))
             return answers
     except DatabaseError as error:
-        missing = _missing_statement(error, statements)
-        if missing is None:
+        stopped = _stopped_statement(error, statements)
+        if stopped is None:
             raise
-        raise missing() from error
+        stopped.read(None)  # raises the statement's own "does not exist"
+        raise
 
 
 # A statement that must change a row, as run_at_once(commit=True) sends it: the guard row calls
@@ -102,16 +103,14 @@ _MISSING = "tollgate_row_required: statement "
 
 
 def _guarded(statement: BuiltStatement, index: int) -> BuiltStatement:
-    if statement.missing is None:
+    if not statement.requires_row:
         return statement
     sql = _GUARDED.format(sql=statement.sql, index=index)
-    return BuiltStatement(sql, statement.params, statement.read, statement.missing)
+    return BuiltStatement(sql, statement.params, statement.read, requires_row=True)
 
 
-def _missing_statement(
-    error: DatabaseError, statements: list[BuiltStatement]
-) -> Callable[[], Exception] | None:
-    """The `missing` of the statement the guard stopped at, if that is what `error` is."""
+def _stopped_statement(error: DatabaseError, statements: list[BuiltStatement]) -> BuiltStatement | None:
+    """The statement the row guard stopped at, if that is what `error` is."""
     cause = error.__cause__
     diag = getattr(cause, "diag", None)
     if getattr(cause, "sqlstate", None) != "P0002" or diag is None:
@@ -119,8 +118,7 @@ def _missing_statement(
     message = diag.message_primary or ""
     if not message.startswith(_MISSING):
         return None
-    index = int(message.removeprefix(_MISSING).split()[0])
-    return statements[index].missing
+    return statements[int(message.removeprefix(_MISSING).split()[0])]
 
 
 def _binds_client_side(cursor: Any) -> bool:

@@ -312,7 +312,7 @@ def api_key_usage_charge_statement(
         _key_charge_sql(),
         params,
         partial(_key_charge_result, key_id, amount),
-        missing=partial(APIKey.DoesNotExist, f"API key {key_id} does not exist"),
+        requires_row=True,
     )
 
 

@@ -315,7 +315,7 @@ def subscription_usage_charge_statement(
         _charge_statement(),
         params,
         partial(_charge_result, subscription_id),
-        missing=partial(Subscription.DoesNotExist, f"subscription {subscription_id} does not exist"),
+        requires_row=True,
     )
 
 

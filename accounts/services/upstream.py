@@ -376,7 +376,7 @@ def upstream_account_quota_charge_statement(
         _quota_charge_statement(rules.daily_reset_mode, rules.weekly_reset_mode),
         params,
         partial(_quota_charge_result, account_id, rules),
-        missing=partial(UpstreamAccount.DoesNotExist, f"upstream account {account_id} does not exist"),
+        requires_row=True,
     )
 
 
