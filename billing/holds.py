@@ -6,6 +6,8 @@ docs/gateway.md#pending-records).
   conditional UPDATE that only matches while the estimate still fits every limit of that row.
   An UPDATE that matches nothing rolls the whole transaction back: nothing stays held, and the
   result names the limit that did not fit.
+- `pending_hold_many`: the same for several requests of one key in one query string that ends
+  with COMMIT (docs/gateway.md#hold-batches): the key's row is locked once per batch.
 - `pending_settle`: the recording transaction's step (billing.services.usage_record calls it
   right after the ledger row): deletes the pending record and lowers each hold it raised.
 - `pending_take_many`: a batch recording's step: deletes the batch's pending records in one
@@ -37,7 +39,7 @@ from decimal import Decimal
 from functools import cache
 from typing import Any
 
-from django.db import connection, transaction
+from django.db import DatabaseError, InterfaceError, OperationalError, connection, transaction
 from psycopg.types.numeric import Int8
 
 from accounts import windows
@@ -47,7 +49,7 @@ from accounts.snapshots import AccountQuota
 from billing.models import PendingRequest
 from common.money import quantize_usd
 from common.prepared import prepared_cursor
-from common.statements import BuiltStatement
+from common.statements import BuiltStatement, run_at_once
 
 ZERO = Decimal(0)
 NO_LIMIT = Decimal(-1)
@@ -92,95 +94,185 @@ def holds_supported() -> bool:
     return connection.vendor == "postgresql"
 
 
-def pending_hold(
-    *,
-    request_id: str,
-    api_key_id: int,
-    user_id: int,
-    amount_usd: Decimal,
-    now: datetime,
-    lease_seconds: float,
-    requested_model: str,
-    mapped_model: str,
-    protocol: str,
-    stream: bool,
-    estimate: dict[str, int],
-    subscription_id: int | None = None,
-    subscription_limits: dict[str, Decimal | None] | None = None,
-    subscription_starts_at: datetime | None = None,
-    subscription_timezone: str = "",
-    accounts: tuple[AccountHold, ...] = (),
-) -> HoldResult:
+@dataclass(frozen=True, slots=True)
+class HoldRequest:
+    """What `pending_hold` takes, for one request: `pending_hold_many` takes a list of them."""
+
+    request_id: str
+    api_key_id: int
+    user_id: int
+    amount_usd: Decimal
+    now: datetime
+    lease_seconds: float
+    requested_model: str
+    mapped_model: str
+    protocol: str
+    stream: bool
+    estimate: dict[str, int]
+    subscription_id: int | None = None
+    subscription_limits: dict[str, Decimal | None] | None = None
+    subscription_starts_at: datetime | None = None
+    subscription_timezone: str = ""
+    accounts: tuple[AccountHold, ...] = ()
+
+
+def pending_hold(**request: Any) -> HoldResult:
     """Hold `amount_usd` on the key and on the subscription (when `subscription_id`) or else the
     balance, and an account's amount on one of `accounts`; write the pending record. One
-    transaction; see the module docstring for "fits".
+    transaction; see the module docstring for "fits". Takes HoldRequest's fields.
 
     `accounts` lists the candidates in the order the gateway will try them: the first without a
     quota limit (nothing to hold: no statement, no lock on a row every key shares) or with room
     is chosen, and named on the record so recovery can charge the account that most likely
     served. When none is, the result is refused with "account_quota".
     """
-    amount = quantize_usd(amount_usd)
-    skipped: list[int] = []
-    first = accounts[0] if accounts else None
-    at_once = _AtOnce(
-        key_id=api_key_id,
-        user_id=user_id,
-        subscription_id=subscription_id,
+    return _hold_one(HoldRequest(**request))
+
+
+def _hold_one(hold: HoldRequest) -> HoldResult:
+    at_once = _at_once_of(hold)
+    if _hold_at_once(at_once):
+        return _held_at_once(hold)
+    return _hold_step_by_step(hold, at_once)
+
+
+def pending_hold_many(requests: list[HoldRequest]) -> list[HoldResult | Exception]:
+    """`pending_hold` for several requests of ONE key at once (docs/gateway.md#hold-batches): each
+    request's one-statement hold, all in one query string that ends with COMMIT, so the key's row
+    is locked once, for the time the server takes to run them, and the batch waits for one
+    commit's flush instead of one each. Each statement still holds its own request all or nothing,
+    on the rows as the statements before it left them.
+
+    A request whose statement did not fit (or every request, when the string failed) then goes the
+    step-by-step way alone, which names its refusal. A request's own error is its answer, so the
+    others' holds still reach their requests (who settle or release them). The statements run in
+    ascending order of the account they lock (none first), so the batch takes the key, its money
+    row, then accounts by id: the order every hold and recording takes. Requests whose money row
+    differs (a subscription that changed under a snapshot) are held one by one instead."""
+    if len({request.api_key_id for request in requests}) != 1:
+        raise ValueError("a hold batch is for one key's requests")
+    money_rows = {(request.subscription_id, request.user_id) for request in requests}
+    if len(requests) == 1 or len(money_rows) > 1:
+        return [_hold_alone(request) for request in requests]
+    at_once: dict[int, _AtOnce] = {}
+    results: dict[int, HoldResult | Exception] = {}
+    for index, request in enumerate(requests):
+        try:
+            at_once[index] = _at_once_of(request)
+        except Exception as error:  # noqa: BLE001 - this request's answer
+            results[index] = error
+    order = sorted(at_once, key=lambda index: _account_order(at_once[index]))
+    statements = [_at_once_statement(at_once[index]) for index in order]
+    try:
+        with transaction.atomic():
+            answers = run_at_once(statements, commit=True)
+    except (OperationalError, InterfaceError):
+        # The connection failed: the server may have run the COMMIT before the answer was lost.
+        # A request whose pending record exists now was held by this string.
+        answers = _pending_now(requests[0].api_key_id, [requests[index].request_id for index in order])
+    except DatabaseError:
+        # A statement failed, so the string stopped before its COMMIT and nothing of it stays:
+        # each request alone, as if it had come by itself.
+        answers = [False] * len(order)
+    for index, held in zip(order, answers, strict=True):
+        if held:
+            results[index] = _held_at_once(requests[index])
+            continue
+        try:
+            results[index] = _hold_step_by_step(requests[index], at_once[index])
+        except Exception as error:  # noqa: BLE001 - this request's own failure (its id held twice)
+            results[index] = error
+    return [results[index] for index in range(len(requests))]
+
+
+def _hold_alone(request: HoldRequest) -> HoldResult | Exception:
+    try:
+        return _hold_one(request)
+    except Exception as error:  # noqa: BLE001 - this request's answer
+        return error
+
+
+def _account_order(hold: _AtOnce) -> int:
+    return -1 if hold.account is None else hold.account.account_id
+
+
+def _pending_now(key_id: int, request_ids: list[str]) -> list[bool]:
+    found = set(
+        PendingRequest.objects.filter(api_key_id=key_id, request_id__in=request_ids).values_list(
+            "request_id", flat=True
+        )
+    )
+    return [request_id in found for request_id in request_ids]
+
+
+def _at_once_of(hold: HoldRequest) -> _AtOnce:
+    first = hold.accounts[0] if hold.accounts else None
+    amount = quantize_usd(hold.amount_usd)
+    return _AtOnce(
+        key_id=hold.api_key_id,
+        user_id=hold.user_id,
+        subscription_id=hold.subscription_id,
         amount=amount,
-        now=now,
-        subscription_limits=subscription_limits or {},
-        subscription_starts_at=subscription_starts_at,
-        subscription_timezone=subscription_timezone,
+        now=hold.now,
+        subscription_limits=hold.subscription_limits or {},
+        subscription_starts_at=hold.subscription_starts_at,
+        subscription_timezone=hold.subscription_timezone,
         account=first if first is not None and first.limited else None,
         pending=[
-            request_id,
-            api_key_id,
-            user_id,
-            subscription_id,
+            hold.request_id,
+            hold.api_key_id,
+            hold.user_id,
+            hold.subscription_id,
             first.account_id if first else None,
             amount,
             quantize_usd(first.amount_usd) if first is not None and first.limited else ZERO,
-            requested_model[:200],
-            mapped_model[:200],
-            protocol,
-            stream,
-            _json(estimate),
-            now,
-            now + timedelta(seconds=lease_seconds),
+            hold.requested_model[:200],
+            hold.mapped_model[:200],
+            hold.protocol,
+            hold.stream,
+            _json(hold.estimate),
+            hold.now,
+            hold.now + timedelta(seconds=hold.lease_seconds),
         ],
     )
-    if _hold_at_once(at_once):
-        return HoldResult(account_id=first.account_id if first else None)
-    # Something did not fit (or the statement lost a race): the whole hold again one statement at
-    # a time, each refusal named by its own row. Alone exact on every outcome; the statement above
-    # is its common case in one round trip, and it held nothing.
+
+
+def _held_at_once(hold: HoldRequest) -> HoldResult:
+    return HoldResult(account_id=hold.accounts[0].account_id if hold.accounts else None)
+
+
+def _hold_step_by_step(hold: HoldRequest, at_once: _AtOnce) -> HoldResult:
+    """Something did not fit (or the statement lost a race): the whole hold again one statement at
+    a time, each refusal named by its own row. Alone exact on every outcome; the one-statement
+    hold is its common case in one round trip, and it held nothing."""
+    amount = at_once.amount
+    skipped: list[int] = []
     try:
         with transaction.atomic(), connection.cursor() as cursor:
-            _hold_key(cursor, key_id=api_key_id, amount=amount, now=now)
-            if subscription_id is not None:
+            _hold_key(cursor, key_id=hold.api_key_id, amount=amount, now=hold.now)
+            if hold.subscription_id is not None:
                 _hold_subscription(
                     cursor,
-                    subscription_id=subscription_id,
+                    subscription_id=hold.subscription_id,
                     amount=amount,
-                    now=now,
-                    limits=subscription_limits or {},
-                    starts_at=subscription_starts_at,
-                    timezone=subscription_timezone,
+                    now=hold.now,
+                    limits=hold.subscription_limits or {},
+                    starts_at=hold.subscription_starts_at,
+                    timezone=hold.subscription_timezone,
                 )
             else:
-                _hold_balance(cursor, user_id=user_id, amount=amount)
+                _hold_balance(cursor, user_id=hold.user_id, amount=amount)
             chosen: AccountHold | None = None
             account_amount = ZERO
-            for candidate in accounts:
+            for candidate in hold.accounts:
                 if not candidate.limited:
                     chosen = candidate
                     break
-                if _hold_account(cursor, candidate, now=now):
+                if _hold_account(cursor, candidate, now=hold.now):
                     chosen, account_amount = candidate, quantize_usd(candidate.amount_usd)
                     break
                 skipped.append(candidate.account_id)
-            if accounts and chosen is None:
+            if hold.accounts and chosen is None:
                 raise _Refused("account_quota")
             pending = list(at_once.pending)
             pending[4], pending[6] = (chosen.account_id if chosen else None), account_amount
@@ -255,6 +347,14 @@ def _hold_at_once(hold: _AtOnce) -> bool:
     thread waits for a round trip or for Python's GIL (a BEGIN … COMMIT around it kept the hot key
     row locked for as long as the thread took to send the COMMIT). Prepared (common.prepared):
     every id goes as a bigint, every other value has psycopg's type for it or a cast in the SQL."""
+    statement = _at_once_statement(hold)
+    with prepared_cursor() as cursor:
+        cursor.execute(statement.sql, statement.params)
+        return statement.read(cursor.fetchone())
+
+
+def _at_once_statement(hold: _AtOnce) -> BuiltStatement:
+    """The one-statement hold, built (common.statements): its row reads True when it held."""
     params: dict[str, Any] = {"key_id": Int8(hold.key_id), "amount": hold.amount}
     for kind, length in windows.KEY_WINDOW_LENGTHS.items():
         params[f"expired_{kind}"] = hold.now - length
@@ -279,10 +379,11 @@ def _hold_at_once(hold: _AtOnce) -> bool:
         params.update(_account_params(hold.account, now=hold.now))
     for (name, sql_type), value in zip(_PENDING_COLUMNS.items(), hold.pending, strict=True):
         params[f"p_{name}"] = Int8(value) if sql_type == "bigint" and value is not None else value
-    with prepared_cursor() as cursor:
-        cursor.execute(_at_once_sql(hold.subscription_id is not None, modes), params)
-        *_fits, held = cursor.fetchone()
-    return bool(held)
+    return BuiltStatement(_at_once_sql(hold.subscription_id is not None, modes), params, _read_held)
+
+
+def _read_held(row: tuple | None) -> bool:
+    return bool(row and row[-1])
 
 
 @cache

@@ -282,6 +282,12 @@ GATEWAY_MAX_BODY_BYTES = envint("GATEWAY_MAX_BODY_BYTES", str(32 * 1024 * 1024))
 GATEWAY_MAX_ATTEMPTS = envint("GATEWAY_MAX_ATTEMPTS", "3")
 GATEWAY_UPSTREAM_POOL_SIZE = envint("GATEWAY_UPSTREAM_POOL_SIZE", "512")
 GATEWAY_DB_THREADS = envint("GATEWAY_DB_THREADS", "4")
+# Holds of one key that wait while its hold runs go together, at most this many per query string
+# (docs/gateway.md#hold-batches).
+GATEWAY_HOLD_BATCH_SIZE = envint("GATEWAY_HOLD_BATCH_SIZE", "64")
+# How long Python lets one thread keep the GIL when another wants it (5 ms by default): a database
+# thread whose answer has come waits for the event loop at most this long (docs/gateway.md#serving).
+GATEWAY_SWITCH_INTERVAL_MS = envfloat("GATEWAY_SWITCH_INTERVAL_MS", "1")
 # The recorder thread: at most this many finished requests per transaction, and how long a batch
 # that is not full waits for more (docs/recording.md#batches).
 GATEWAY_RECORD_BATCH_SIZE = envint("GATEWAY_RECORD_BATCH_SIZE", "64")

@@ -29,7 +29,7 @@ class Hold:
     mapped_model: str  # after the channel's mapping
     slot: Slot
     released: bool = field(default=False)
-    # Issue 13: the estimate held for the request and its pending record (gateway.holds.reserve,
+    # Issue 13: the estimate held for the request and its pending record (gateway.holds.HoldQueue,
     # docs/gateway.md#holds-and-settle), None until held; `recorded` once a recording will settle it.
     pending: Any = field(default=None)
     recorded: bool = field(default=False)

@@ -29,6 +29,7 @@ import os
 import random
 import secrets
 import signal
+import sys
 import threading
 import time
 
@@ -90,6 +91,10 @@ class Gateway:
             from gateway.proxy import Proxy
             from gateway.recorder import BatchRecorder
 
+            if settings.GATEWAY_SWITCH_INTERVAL_MS > 0:
+                # Process-wide: a database or recorder thread whose answer has arrived gets the GIL
+                # from the event loop within this, not Python's 5 ms (docs/gateway.md#serving).
+                sys.setswitchinterval(settings.GATEWAY_SWITCH_INTERVAL_MS / 1000)
             self.db = DatabaseThreads(settings.GATEWAY_DB_THREADS)
             self.session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(

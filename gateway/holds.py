@@ -4,26 +4,42 @@
 docs/gateway.md#stream-accounting (a token per four characters plus four per message), output
 tokens from `max_tokens` / `max_completion_tokens` / `max_output_tokens` or
 `GATEWAY_DEFAULT_OUTPUT_TOKENS`, priced by the card the recording will bill it with (the same
-BillingContext, billing model and multipliers). `reserve` runs on a database thread and holds it
-(billing.holds.pending_hold: one transaction, with the pending record); the recording settles it.
+BillingContext, billing model and multipliers). `HoldQueue` holds it with the pending record,
+together with the same key's other holds waiting then (`reserve_many` on a database thread,
+billing.holds.pending_hold_many; docs/gateway.md#hold-batches); the recording settles it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
+import functools
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
+from django.db import connection
 
 from billing.cost import Usage
-from billing.holds import AccountHold, HoldResult, pending_hold, pending_move_account
+from billing.holds import (
+    AccountHold,
+    HoldRequest,
+    HoldResult,
+    pending_hold_many,
+    pending_move_account,
+    pending_release,
+)
 from billing.pricing import billing_context_from, price_request
 from common.money import quantize_usd
 from gateway.checks import QUOTA_RETRY_SECONDS
 from gateway.errors import GatewayError
 from gateway.usage import EMBEDDINGS, estimate_input_tokens
+
+logger = logging.getLogger("gateway")
 
 OUTPUT_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 
@@ -58,7 +74,7 @@ def estimate(*, key: Any, channel: Any, kind: str, body: dict, model: str, mappe
     return Estimate(usage=usage, actual_usd=breakdown.actual_cost, total_usd=breakdown.total_cost)
 
 
-def reserve(
+def hold_request(
     *,
     request_id: str,
     key: Any,
@@ -70,9 +86,10 @@ def reserve(
     mapped_model: str,
     protocol: str,
     stream: bool,
-) -> HoldResult:
-    """Estimate and hold (on a database thread): the key, the balance or subscription, and the
-    first of `accounts` (candidates in the order they will be tried) whose quota has room."""
+) -> HoldRequest:
+    """What to hold for one request (on a database thread: pricing may load the catalog): the key,
+    the balance or subscription, and the first of `accounts` (candidates in the order they will be
+    tried) whose quota has room."""
     guess = estimate(key=key, channel=channel, kind=kind, body=body, model=model, mapped_model=mapped_model)
     group = key.group
     subscription = key.subscription if group is not None and group.is_subscription else None
@@ -85,7 +102,7 @@ def reserve(
         for account in accounts
     )
     usage = guess.usage
-    return pending_hold(
+    return HoldRequest(
         request_id=request_id,
         api_key_id=key.id,
         user_id=key.user_id,
@@ -111,6 +128,162 @@ def reserve(
         subscription_timezone=group.timezone if subscription is not None else "",
         accounts=candidates,
     )
+
+
+def reserve_many(requests: list[dict[str, Any]]) -> list[HoldResult | Exception]:
+    """Estimate and hold several requests of one key at once (on a database thread), each with
+    `hold_request`'s arguments (docs/gateway.md#hold-batches); a request's own error (a body the
+    estimate cannot read, a database error of its own) is its answer, and costs the others nothing."""
+    answers: list[HoldResult | Exception | None] = [None] * len(requests)
+    holdable: list[tuple[int, HoldRequest]] = []
+    for index, request in enumerate(requests):
+        try:
+            holdable.append((index, hold_request(**request)))
+        except Exception as error:  # noqa: BLE001 - this request's answer
+            answers[index] = error
+    if holdable:
+        results = pending_hold_many([hold for _index, hold in holdable])
+        for (index, _hold), result in zip(holdable, results, strict=True):
+            answers[index] = result
+    if any(isinstance(answer, Exception) for answer in answers):
+        connection.close_if_unusable_or_obsolete()  # as a failed job does (gateway.db)
+    return answers  # type: ignore[return-value]  # every index is answered above
+
+
+class HoldQueue:
+    """The holds of one process, taken in batches per key (docs/gateway.md#hold-batches).
+
+    A key with no hold running has its request's hold started at once, alone, so a key that is not
+    busy waits for nothing. Holds of that key that arrive while one runs wait for it, and then go
+    together as the next batch (up to `size`): a hot key's requests lock its row once per batch,
+    and wait for one commit, instead of queueing on the row one by one. Keys never wait for each
+    other. `hold_many` runs on a database thread and answers each request's HoldResult (or its own
+    error). A request that stops waiting (cancelled) before its batch starts is left out of it; one
+    whose hold was taken all the same (cancelled while its batch ran, or just after) has it given
+    back with `release`, in the background: `tasks` lists what is still running, for a drain.
+    """
+
+    def __init__(
+        self,
+        *,
+        db: Any,
+        size: int,
+        hold_many: Callable[[list], list[HoldResult | Exception]],
+        release: Callable[[Any], Any],
+    ) -> None:
+        self.db = db
+        self.size = max(1, size)
+        self.hold_many = hold_many
+        self.release = release
+        self.batches = 0  # hold batches run, for tests and the benchmark
+        self._waiting: dict[int, list[tuple[Any, asyncio.Future]]] = {}
+        self._running: dict[int, asyncio.Task] = {}
+        self._releasing: set[asyncio.Task] = set()
+
+    @property
+    def tasks(self) -> set[asyncio.Task]:
+        return {*self._running.values(), *self._releasing}
+
+    @property
+    def idle(self) -> bool:
+        return not self._running and not self._releasing
+
+    async def reserve(self, key_id: int, request: Any) -> HoldResult:
+        future = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(key_id, []).append((request, future))
+        if key_id not in self._running:
+            self._start(key_id)
+        try:
+            return await future
+        except asyncio.CancelledError:
+            # Cancelled after its answer was set but before it resumed: the hold is this request's.
+            if (
+                future.done()
+                and not future.cancelled()
+                and future.exception() is None
+                and future.result().held
+            ):
+                self._release_later(request)
+            raise
+
+    def _start(self, key_id: int) -> None:
+        # A context of its own: a batch's log lines belong to no one request of it.
+        task = asyncio.get_running_loop().create_task(self._run(key_id), context=contextvars.Context())
+        self._running[key_id] = task
+        task.add_done_callback(functools.partial(self._ended, key_id))
+
+    async def _run(self, key_id: int) -> None:
+        try:
+            while waiting := self._waiting.pop(key_id, None):
+                live = [(request, future) for request, future in waiting if not future.done()]
+                batch, rest = live[: self.size], live[self.size :]
+                if rest:
+                    self._waiting[key_id] = rest
+                if batch:
+                    await self._hold(batch)
+        finally:
+            # Here, not in a done callback: a request arriving once this returns starts a new run.
+            if self._running.get(key_id) is asyncio.current_task():
+                del self._running[key_id]
+
+    def _ended(self, key_id: int, task: asyncio.Task) -> None:
+        if self._running.get(key_id) is task:  # cancelled before it ever ran
+            del self._running[key_id]
+        if task.cancelled() or task.exception() is not None:
+            for _request, future in self._waiting.pop(key_id, []):
+                future.cancel()
+
+    async def _hold(self, batch: list[tuple[Any, asyncio.Future]]) -> None:
+        self.batches += 1
+        job = asyncio.ensure_future(self.db.run(self.hold_many, [request for request, _ in batch]))
+        try:
+            results = await asyncio.shield(job)
+        except asyncio.CancelledError:
+            # Shutting down: the database thread finishes the batch anyway; what it holds for
+            # requests that will never relay goes back once it has.
+            for _request, future in batch:
+                future.cancel()
+            job.add_done_callback(functools.partial(self._answer_finished, batch))
+            raise
+        except Exception as error:  # noqa: BLE001 - handed to each request that waits for it
+            for _request, future in batch:
+                if not future.done():
+                    future.set_exception(error)
+            return
+        self._answer(batch, results)
+
+    def _answer_finished(self, batch: list[tuple[Any, asyncio.Future]], job: asyncio.Future) -> None:
+        if not job.cancelled() and job.exception() is None:
+            self._answer(batch, job.result())
+
+    def _answer(self, batch: list[tuple[Any, asyncio.Future]], results: list) -> None:
+        for (request, future), result in zip(batch, results, strict=True):
+            if future.done():  # it stopped waiting while its batch ran
+                if not isinstance(result, Exception) and result.held:
+                    self._release_later(request)
+            elif isinstance(result, Exception):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
+
+    def _release_later(self, request: Any) -> None:
+        task = asyncio.ensure_future(self._release(request))
+        self._releasing.add(task)
+        task.add_done_callback(self._releasing.discard)
+
+    async def _release(self, request: Any) -> None:
+        try:
+            await self.db.run(self.release, request)
+        except Exception:
+            logger.exception(
+                "giving back a hold whose request stopped waiting failed: recovery settles its "
+                "pending record when the lease ends"
+            )
+
+
+def release_reserved(request: dict[str, Any]) -> None:
+    """Give back the hold of a request (`hold_request`'s arguments) that will not be relayed."""
+    pending_release(request_id=request["request_id"], api_key_id=request["key"].id)
 
 
 def move(

@@ -74,6 +74,12 @@ class Proxy:
         self.limiter = limiter_for(db)
         self.recordings: set[asyncio.Task] = set()
         self.holds = holds_supported()
+        self.hold_queue = holds.HoldQueue(
+            db=db,
+            size=settings.GATEWAY_HOLD_BATCH_SIZE,
+            hold_many=holds.reserve_many,
+            release=holds.release_reserved,
+        )
         # Upstream answers being relayed: closed when a drain's time is up (docs/gateway.md#shutdown).
         self.upstreams: set[aiohttp.ClientResponse] = set()
         self.cut_by_shutdown = False
@@ -390,20 +396,23 @@ class Proxy:
         protocol: str,
         stream: bool,
     ) -> tuple:
-        """Hold the estimate and write the pending record (one transaction on a database thread);
-        the accounts to try, the one held on first. Raises the refusal of a limit it did not fit."""
-        result = await self.db.run(
-            holds.reserve,
-            request_id=request_id,
-            key=hold.key,
-            channel=hold.channel,
-            accounts=list(accounts),
-            kind=kind,
-            body=body,
-            model=hold.model,
-            mapped_model=hold.mapped_model,
-            protocol=protocol,
-            stream=stream,
+        """Hold the estimate and write the pending record (on a database thread, together with the
+        key's other holds waiting then: docs/gateway.md#hold-batches); the accounts to try, the one
+        held on first. Raises the refusal of a limit it did not fit."""
+        result = await self.hold_queue.reserve(
+            hold.key.id,
+            {
+                "request_id": request_id,
+                "key": hold.key,
+                "channel": hold.channel,
+                "accounts": list(accounts),
+                "kind": kind,
+                "body": body,
+                "model": hold.model,
+                "mapped_model": hold.mapped_model,
+                "protocol": protocol,
+                "stream": stream,
+            },
         )
         if not result.held:
             raise holds.refusal(result.refused, hold.key, hold.model)
@@ -641,16 +650,18 @@ class Proxy:
         return len(cut)
 
     async def drain(self, *, timeout: float) -> None:
-        """Wait for the recordings and slot releases still running (shutdown)."""
+        """Wait for the recordings, slot releases and holds still running (shutdown)."""
         deadline = time.monotonic() + timeout
-        while self.recordings or self.limiter.releasing:
+        while self.recordings or self.limiter.releasing or not self.hold_queue.idle:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 logging.getLogger("gateway.shutdown").error(
                     "%d recordings did not finish in %.0f s", len(self.recordings), timeout
                 )
                 return
-            await asyncio.wait({*self.recordings, *self.limiter.releasing}, timeout=remaining)
+            await asyncio.wait(
+                {*self.recordings, *self.limiter.releasing, *self.hold_queue.tasks}, timeout=remaining
+            )
 
 
 def _upstream_path(route: Route) -> str:

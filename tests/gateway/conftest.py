@@ -26,7 +26,7 @@ import uvicorn
 from accounts.models import APIKey, Group, UpstreamAccount, User
 from accounts.services.keys import api_key_create
 from accounts.services.upstream import upstream_account_create
-from tests.factories import GroupFactory, UserFactory
+from tests.factories import APIKeyFactory, GroupFactory, UserFactory
 
 
 class ThreadedServer:
@@ -76,11 +76,13 @@ def gateway_server(django_db_setup) -> Iterator[ThreadedServer]:
 @pytest.fixture
 def gateway_url(gateway_server, transactional_db) -> Iterator[str]:
     yield gateway_server.url
-    # Recordings (and slot releases) finish just after their response: let them, before the test's
-    # rows are flushed.
+    # Recordings (and slot releases, and holds given back) finish just after their response: let
+    # them, before the test's rows are flushed.
     proxy = gateway_app().proxy
     deadline = time.monotonic() + 15
-    while (proxy.recordings or proxy.limiter.releasing) and time.monotonic() < deadline:
+    while (
+        proxy.recordings or proxy.limiter.releasing or not proxy.hold_queue.idle
+    ) and time.monotonic() < deadline:
         time.sleep(0.01)
 
 
@@ -112,6 +114,19 @@ def openai_sdk(gateway_url: str, secret: str, *, strict: bool = True) -> openai.
 def anthropic_sdk(gateway_url: str, secret: str, *, strict: bool = True) -> anthropic.Anthropic:
     return anthropic.Anthropic(
         api_key=secret, base_url=gateway_url, max_retries=0, _strict_response_validation=strict
+    )
+
+
+def held(model, pk, field="held_usd"):
+    """What a counted row holds now (docs/gateway.md#holds-and-settle)."""
+    return model.objects.values_list(field, flat=True).get(pk=pk)
+
+
+@pytest.fixture
+def key():
+    """A key with a $1 quota on an OpenAI group, its user's balance $10: for the hold tests."""
+    return APIKeyFactory(
+        user=UserFactory(balance=Decimal("10")), group=GroupFactory(platform="openai"), quota_usd=Decimal("1")
     )
 
 

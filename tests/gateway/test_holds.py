@@ -26,6 +26,7 @@ from tests.factories import (
     UpstreamAccountFactory,
     UserFactory,
 )
+from tests.gateway.conftest import held
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -64,17 +65,6 @@ def hold(key, request_id="req-1", amount=D("0.1"), *, accounts=(), subscription=
             AccountHold(account_id=account.pk, amount_usd=amount, quota=AccountQuota.of(account))
             for account in accounts
         ),
-    )
-
-
-def held(model, pk, field="held_usd"):
-    return model.objects.values_list(field, flat=True).get(pk=pk)
-
-
-@pytest.fixture
-def key():
-    return APIKeyFactory(
-        user=UserFactory(balance=D("10")), group=GroupFactory(platform="openai"), quota_usd=D("1")
     )
 
 
