@@ -221,7 +221,10 @@ class Proxy:
         client = ClientChannel(send, receive)
         client.watch()
         last: tuple[Any, UpstreamFailure] | None = None
-        busy = no_room = 0
+        # Candidates the hold passed over for want of quota room count as such, like a failed move:
+        # when the rest fail too, the answer says an account's quota is the reason.
+        no_room = len(hold.pending.skipped_account_ids) if hold.pending is not None else 0
+        busy = 0
         attempts = 0
         try:
             for account in accounts_to_try:

@@ -78,8 +78,14 @@ def gateway_url(gateway_server, transactional_db) -> Iterator[str]:
     yield gateway_server.url
     # Recordings (and slot releases, and holds given back) finish just after their response: let
     # them, before the test's rows are flushed.
+    background_finished(timeout=15)
+
+
+def background_finished(*, timeout: float = 10.0) -> None:
+    """Wait until the gateway's work after its responses (recordings and the snapshot refreshes
+    they bring, slot releases, holds given back) is done."""
     proxy = gateway_app().proxy
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + timeout
     while (
         proxy.recordings or proxy.limiter.releasing or not proxy.hold_queue.idle
     ) and time.monotonic() < deadline:

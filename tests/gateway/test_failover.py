@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import time
 from datetime import timedelta
+from decimal import Decimal
 
 import anthropic
 import httpx2 as httpx
@@ -13,7 +14,14 @@ import pytest
 from django.utils import timezone
 
 from accounts.models import GroupAccount, UpstreamAccount
-from tests.gateway.conftest import anthropic_sdk, ledger_rows, make_account, make_tenant, openai_sdk
+from tests.gateway.conftest import (
+    anthropic_sdk,
+    background_finished,
+    ledger_rows,
+    make_account,
+    make_tenant,
+    openai_sdk,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -85,6 +93,27 @@ def test_when_every_account_fails_the_client_gets_the_last_error_in_its_shape(fa
     assert "Rate limit reached" in error["message"]
     assert 7 <= int(refused.value.response.headers["retry-after"]) <= 9
     assert len(fake_upstream.requests()) == 2
+
+
+def test_when_the_account_with_room_fails_and_the_other_had_none_the_client_hears_of_the_quota(
+    fake_upstream, gateway_url
+):
+    # The first account by priority has a $1 quota; the second (no quota) answers 500.
+    tenant = make_tenant(fake_upstream, platform="openai", scenarios=("", "status=500"))
+    short, broken = tenant.accounts
+    UpstreamAccount.objects.filter(pk=short.pk).update(quota_limit_usd=Decimal("1"))
+    client = openai_sdk(gateway_url, tenant.secret)
+    client.chat.completions.create(model="gpt-4o", messages=QUESTION)  # the gateway caches `short`
+    background_finished()
+    # Another process spends the rest of the quota: the cached snapshot still shows room, so the
+    # hold is where the first account is passed over, and the second is the only one tried.
+    UpstreamAccount.objects.filter(pk=short.pk).update(quota_used_usd=Decimal("1"))
+    with pytest.raises(openai.InternalServerError) as refused:
+        client.chat.completions.create(model="gpt-4o", messages=QUESTION)
+    assert refused.value.status_code == 503
+    assert refused.value.body["code"] == "NO_ACCOUNT_AVAILABLE"
+    assert "quota left" in refused.value.body["message"], "the quota, not the other account's 500"
+    assert served_accounts(fake_upstream) == ["", "status=500"]
 
 
 def test_a_request_error_is_passed_on_and_not_retried(fake_upstream, gateway_url):
