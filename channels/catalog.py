@@ -180,6 +180,11 @@ def catalog_warm() -> None:
     _snapshot()
 
 
+def catalog_loaded() -> bool:
+    """Whether the catalog is in memory, so that a lookup costs a search and not its import."""
+    return _snapshot.cache_info().currsize > 0
+
+
 @cache
 def _snapshot() -> DataSnapshot:
     # Imported here: the data module is large and only the pricing pages and billing need it.

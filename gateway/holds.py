@@ -34,6 +34,7 @@ from billing.holds import (
     pending_release,
 )
 from billing.pricing import billing_context_from, price_request
+from channels.catalog import catalog_loaded
 from common.money import quantize_usd
 from gateway.checks import QUOTA_RETRY_SECONDS
 from gateway.errors import GatewayError
@@ -74,6 +75,23 @@ def estimate(*, key: Any, channel: Any, kind: str, body: dict, model: str, mappe
     return Estimate(usage=usage, actual_usd=breakdown.actual_cost, total_usd=breakdown.total_cost)
 
 
+def early_estimate(
+    *, key: Any, channel: Any, kind: str, body: dict, model: str, mapped_model: str
+) -> Estimate | None:
+    """The estimate priced on the event loop while the admission's Redis round trip is under way
+    (docs/gateway.md#holds-and-settle), so that the hold does not wait for it; None when the
+    catalog is not loaded yet (its import would stall the loop) or the body cannot be priced
+    (the hold then prices it on its database thread, and answers that body's own error)."""
+    if not catalog_loaded():
+        return None
+    try:
+        return estimate(
+            key=key, channel=channel, kind=kind, body=body, model=model, mapped_model=mapped_model
+        )
+    except Exception:  # noqa: BLE001 - the hold prices it again and answers the error there
+        return None
+
+
 def hold_request(
     *,
     request_id: str,
@@ -86,11 +104,16 @@ def hold_request(
     mapped_model: str,
     protocol: str,
     stream: bool,
+    guess: Estimate | None = None,
 ) -> HoldRequest:
     """What to hold for one request (on a database thread: pricing may load the catalog): the key,
     the balance or subscription, and the first of `accounts` (candidates in the order they will be
-    tried) whose quota has room."""
-    guess = estimate(key=key, channel=channel, kind=kind, body=body, model=model, mapped_model=mapped_model)
+    tried) whose quota has room. `guess`: the request's estimate when the caller has priced it
+    already (`early_estimate`)."""
+    if guess is None:
+        guess = estimate(
+            key=key, channel=channel, kind=kind, body=body, model=model, mapped_model=mapped_model
+        )
     group = key.group
     subscription = key.subscription if group is not None and group.is_subscription else None
     candidates = tuple(

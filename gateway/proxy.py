@@ -128,23 +128,42 @@ class Proxy:
         channel = await self.auth.channel(group.id) if group is not None else None
         platform = group.platform if group is not None else protocol
         mapped = channel.map_model(platform=platform, model=model) if channel is not None else model
-        decision = await admit(
-            key=key,
-            channel=channel,
-            now=datetime.now(UTC),
-            client_ip=client_ip,
-            protocol=protocol,
-            model=model,
-            mapped_model=mapped,
-            limiter=self.limiter,
-            request_id=request_id,
+        # Started at once (eagerly): with Redis, its script is written at the end of this turn.
+        admission = asyncio.Task(
+            admit(
+                key=key,
+                channel=channel,
+                now=datetime.now(UTC),
+                client_ip=client_ip,
+                protocol=protocol,
+                model=model,
+                mapped_model=mapped,
+                limiter=self.limiter,
+                request_id=request_id,
+            ),
+            loop=asyncio.get_running_loop(),
+            eager_start=True,
         )
+        guess = None
+        try:
+            if self.holds and route.kind != COUNT_TOKENS and not admission.done():
+                # Price the hold's estimate while the admission's round trip is under way: a turn
+                # first, so that the script leaves before the pricing (docs/gateway.md#holds-and-settle).
+                await asyncio.sleep(0)
+                guess = holds.early_estimate(
+                    key=key, channel=channel, kind=route.kind, body=body, model=model, mapped_model=mapped
+                )
+            decision = await admission
+        except BaseException:
+            _abandon(admission)
+            raise
         if isinstance(decision, GatewayError):
             raise decision
         metrics.note_model(model)
         try:
             await self._relay(
                 hold=decision,
+                guess=guess,
                 route=route,
                 protocol=protocol,
                 raw=raw,
@@ -169,6 +188,7 @@ class Proxy:
         self,
         *,
         hold: Hold,
+        guess: holds.Estimate | None,
         route: Route,
         protocol: str,
         raw: bytes,
@@ -211,6 +231,7 @@ class Proxy:
         if self.holds and route.kind != COUNT_TOKENS:
             accounts_to_try, early = await self._hold_and_first_slot(
                 hold=hold,
+                guess=guess,
                 accounts=found.accounts,
                 kind=route.kind,
                 body=body,
@@ -392,6 +413,7 @@ class Proxy:
         self,
         *,
         hold: Hold,
+        guess: holds.Estimate | None,
         accounts: tuple,
         kind: str,
         body: dict,
@@ -415,6 +437,7 @@ class Proxy:
                 "mapped_model": hold.mapped_model,
                 "protocol": protocol,
                 "stream": stream,
+                "guess": guess,
             },
         )
         if not result.held:
@@ -675,6 +698,18 @@ def _upstream_path(route: Route) -> str:
         "messages": "/v1/messages",
         "count_tokens": "/v1/messages/count_tokens",
     }[route.kind]
+
+
+def _abandon(admission: asyncio.Task) -> None:
+    """The request stopped before it read its admission: stop it, or give back what it took."""
+    if not admission.done():
+        admission.cancel()
+    elif (
+        not admission.cancelled()
+        and admission.exception() is None
+        and isinstance(decision := admission.result(), Hold)
+    ):
+        decision.release()
 
 
 async def _give_back(taking: asyncio.Future) -> None:
