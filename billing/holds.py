@@ -8,6 +8,8 @@ docs/gateway.md#pending-records).
   result names the limit that did not fit.
 - `pending_hold_many`: the same for several requests of one key in one query string that ends
   with COMMIT (docs/gateway.md#hold-batches): the key's row is locked once per batch.
+- `pending_hold_statement` / `pending_hold_finish`: the one-statement hold for a caller that
+  sends it on its own connection (docs/gateway.md#holds-on-the-event-loop), then the rest.
 - `pending_settle`: the recording transaction's step (billing.services.usage_record calls it
   right after the ledger row): deletes the pending record and lowers each hold it raised.
 - `pending_take_many`: a batch recording's step: deletes the batch's pending records in one
@@ -183,6 +185,30 @@ def pending_hold_many(requests: list[HoldRequest]) -> list[HoldResult | Exceptio
         except Exception as error:  # noqa: BLE001 - this request's own failure (its id held twice)
             results[index] = error
     return [results[index] for index in range(len(requests))]
+
+
+def pending_hold_statement(hold: HoldRequest) -> BuiltStatement:
+    """`hold`'s one-statement hold, for a caller that sends it on a connection of its own (the
+    gateway's event loop, docs/gateway.md#holds-on-the-event-loop): it needs no transaction, and
+    its read answers True when it held. Then `pending_hold_finish`."""
+    return _at_once_statement(_at_once_of(hold))
+
+
+def pending_hold_finish(hold: HoldRequest, *, held: bool) -> HoldResult | Exception:
+    """After `pending_hold_statement` ran: the result when it held; else the step-by-step hold, in
+    a transaction on this thread's connection (which names the refusal), or its own error."""
+    if held:
+        return _held_at_once(hold)
+    try:
+        return _hold_step_by_step(hold, _at_once_of(hold))
+    except Exception as error:  # noqa: BLE001 - this request's answer
+        return error
+
+
+def pending_exists(*, request_id: str, api_key_id: int) -> bool:
+    """Whether the request's pending record is there: after a connection failed under a hold, it
+    tells whether the hold committed before the answer was lost."""
+    return _pending_now(api_key_id, [request_id])[0]
 
 
 def _hold_alone(request: HoldRequest) -> HoldResult | Exception:

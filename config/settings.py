@@ -285,6 +285,9 @@ GATEWAY_DB_THREADS = envint("GATEWAY_DB_THREADS", "4")
 # Holds of one key that wait while its hold runs go together, at most this many per query string
 # (docs/gateway.md#hold-batches).
 GATEWAY_HOLD_BATCH_SIZE = envint("GATEWAY_HOLD_BATCH_SIZE", "64")
+# A hold that goes alone is sent from the event loop on one of at most this many connections per
+# process (0: every hold on a database thread; docs/gateway.md#holds-on-the-event-loop).
+GATEWAY_LOOP_HOLD_CONNECTIONS = envint("GATEWAY_LOOP_HOLD_CONNECTIONS", "4")
 # How long Python lets one thread keep the GIL when another wants it (5 ms by default): a database
 # thread whose answer has come waits for the event loop at most this long (docs/gateway.md#serving).
 GATEWAY_SWITCH_INTERVAL_MS = envfloat("GATEWAY_SWITCH_INTERVAL_MS", "1")

@@ -176,6 +176,8 @@ class Gateway:
         self.draining = True
         self.started = False
         await self.proxy.drain(timeout=settings.GATEWAY_SHUTDOWN_SECONDS)
+        if self.proxy.loop_holds is not None:
+            await self.proxy.loop_holds.close()
         await self.proxy.limiter.close()
         await self.auth.stop()
         await self.session.close()

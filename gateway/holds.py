@@ -15,12 +15,13 @@ import asyncio
 import contextvars
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+import psycopg
 from django.conf import settings
 from django.db import connection
 
@@ -29,7 +30,10 @@ from billing.holds import (
     AccountHold,
     HoldRequest,
     HoldResult,
+    pending_exists,
+    pending_hold_finish,
     pending_hold_many,
+    pending_hold_statement,
     pending_move_account,
     pending_release,
 )
@@ -173,6 +177,114 @@ def reserve_many(requests: list[dict[str, Any]]) -> list[HoldResult | Exception]
     return answers  # type: ignore[return-value]  # every index is answered above
 
 
+def loop_connection_params() -> dict[str, Any]:
+    """What `LoopHolds` connects with: Django's own parameters for its database (read on a
+    database thread), as a connection in autocommit that prepares every statement."""
+    params = dict(connection.get_connection_params())
+    params.pop("cursor_factory", None)  # Django's is a synchronous cursor
+    return {**params, "autocommit": True, "prepare_threshold": 0}
+
+
+class LoopHolds:
+    """Lone holds sent from the event loop, on connections of their own
+    (docs/gateway.md#holds-on-the-event-loop).
+
+    A hold that goes alone (its key has no other waiting) is one statement that needs no
+    transaction: the event loop sends it on a psycopg AsyncConnection and reads the answer, so the
+    request does not wait for a database thread to take the job, nor for the event loop to take
+    the answer back. At most `size` connections; when all are busy, or the request's estimate was
+    not priced early, or a connection cannot be opened, `fallback` (`reserve_many`, on a database
+    thread) holds it as before. The rest of a hold (refused: the step-by-step transaction that
+    names the limit) runs on a database thread. A connection that breaks under a statement is
+    closed, and the pending record tells whether the hold committed before the answer was lost.
+    """
+
+    def __init__(
+        self, *, db: Any, size: int, fallback: Callable[[list], list[HoldResult | Exception]]
+    ) -> None:
+        self.db = db
+        self.size = size
+        self.fallback = fallback
+        self.held = 0  # holds this sent from the event loop, for tests and the benchmark
+        # Told each statement before it is sent, as Django's execute wrappers are on its own
+        # connections (tracing, tests): these connections are not Django's.
+        self.observers: list[Callable[[str], None]] = []
+        self.closed = False
+        self._params: dict[str, Any] | None = None
+        self._idle: list[psycopg.AsyncConnection] = []
+        self._open = 0  # connections open or opening, idle or in use
+
+    async def hold(self, request: dict[str, Any]) -> list[HoldResult | Exception]:
+        """`reserve_many([request])`'s answer."""
+        if request.get("guess") is None or self.closed or (not self._idle and self._open >= self.size):
+            return await self.db.run(self.fallback, [request])
+        try:
+            hold = hold_request(**request)
+            statement = pending_hold_statement(hold)
+        except Exception as error:  # noqa: BLE001 - this request's answer, as reserve_many gives it
+            return [error]
+        try:
+            link = await self._take()
+        except (psycopg.Error, OSError):
+            logger.warning("a connection for holds on the event loop could not be opened", exc_info=True)
+            return await self.db.run(self.fallback, [request])
+        for observer in self.observers:
+            observer(statement.sql)
+        try:
+            cursor = await link.execute(statement.sql, statement.params, prepare=True)
+            held = statement.read(await cursor.fetchone())
+        except psycopg.Error:
+            if not link.broken and not link.closed:
+                self._give(link)
+                held = False  # the statement failed alone (autocommit): it held nothing
+            else:
+                await self._discard(link)
+                held = await self.db.run(
+                    pending_exists, request_id=hold.request_id, api_key_id=hold.api_key_id
+                )
+        except BaseException:
+            await self._discard(link)  # cut off mid-statement: the connection's state is unknown
+            raise
+        else:
+            self._give(link)
+        if held:
+            self.held += 1
+            return [pending_hold_finish(hold, held=True)]
+        return [await self.db.run(pending_hold_finish, hold, held=False)]
+
+    async def _take(self) -> psycopg.AsyncConnection:
+        if self._idle:
+            return self._idle.pop()
+        self._open += 1
+        try:
+            if self._params is None:
+                self._params = await self.db.run(loop_connection_params)
+            return await psycopg.AsyncConnection.connect(**self._params)
+        except BaseException:
+            self._open -= 1
+            raise
+
+    def _give(self, link: psycopg.AsyncConnection) -> None:
+        if self.closed:
+            asyncio.ensure_future(self._discard(link))
+        else:
+            self._idle.append(link)
+
+    async def _discard(self, link: psycopg.AsyncConnection) -> None:
+        self._open -= 1
+        try:
+            await link.close()
+        except Exception:  # noqa: BLE001 - closing a broken connection may fail: it is gone either way
+            logger.debug("closing a connection for holds failed", exc_info=True)
+
+    async def close(self) -> None:
+        """Shutting down: close the idle connections (one in use is closed when given back)."""
+        self.closed = True
+        idle, self._idle = self._idle, []
+        for link in idle:
+            await self._discard(link)
+
+
 class HoldQueue:
     """The holds of one process, taken in batches per key (docs/gateway.md#hold-batches).
 
@@ -193,11 +305,13 @@ class HoldQueue:
         size: int,
         hold_many: Callable[[list], list[HoldResult | Exception]],
         release: Callable[[Any], Any],
+        alone: Callable[[Any], Awaitable[list[HoldResult | Exception]]] | None = None,
     ) -> None:
         self.db = db
         self.size = max(1, size)
         self.hold_many = hold_many
         self.release = release
+        self.alone = alone  # a batch of one, on the event loop (LoopHolds.hold), else hold_many
         self.batches = 0  # hold batches run, for tests and the benchmark
         self._waiting: dict[int, list[tuple[Any, asyncio.Future]]] = {}
         self._running: dict[int, asyncio.Task] = {}
@@ -258,7 +372,11 @@ class HoldQueue:
 
     async def _hold(self, batch: list[tuple[Any, asyncio.Future]]) -> None:
         self.batches += 1
-        job = asyncio.ensure_future(self.db.run(self.hold_many, [request for request, _ in batch]))
+        if len(batch) == 1 and self.alone is not None:
+            work = self.alone(batch[0][0])
+        else:
+            work = self.db.run(self.hold_many, [request for request, _ in batch])
+        job = asyncio.ensure_future(work)
         try:
             results = await asyncio.shield(job)
         except asyncio.CancelledError:

@@ -74,11 +74,17 @@ class Proxy:
         self.limiter = limiter_for(db)
         self.recordings: set[asyncio.Task] = set()
         self.holds = holds_supported()
+        self.loop_holds = (
+            holds.LoopHolds(db=db, size=settings.GATEWAY_LOOP_HOLD_CONNECTIONS, fallback=holds.reserve_many)
+            if self.holds and settings.GATEWAY_LOOP_HOLD_CONNECTIONS > 0
+            else None
+        )
         self.hold_queue = holds.HoldQueue(
             db=db,
             size=settings.GATEWAY_HOLD_BATCH_SIZE,
             hold_many=holds.reserve_many,
             release=holds.release_reserved,
+            alone=self.loop_holds.hold if self.loop_holds is not None else None,
         )
         # Upstream answers being relayed: closed when a drain's time is up (docs/gateway.md#shutdown).
         self.upstreams: set[aiohttp.ClientResponse] = set()

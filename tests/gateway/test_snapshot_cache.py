@@ -40,24 +40,30 @@ def chat(url: str, secret: str) -> httpx.Response:
 
 
 class QueryLog:
-    """Every statement the gateway's database threads and its recorder thread run, with when it ran."""
+    """Every statement the gateway's database threads, its recorder thread and its event loop's
+    hold connections (docs/gateway.md#holds-on-the-event-loop) run, with when it ran."""
 
     def __init__(self) -> None:
         self.statements: list[tuple[float, str]] = []
         self.lock = threading.Lock()
 
     def __call__(self, execute, sql, params, many, context):
+        self.saw(sql)
+        return execute(sql, params, many, context)
+
+    def saw(self, sql: str) -> None:
         with self.lock:
             self.statements.append((time.time(), sql))
-        return execute(sql, params, many, context)
 
     def install(self) -> None:
         gateway_app().db.on_every_thread(lambda: connection.execute_wrappers.append(self))
         gateway_app().proxy.recorder.on_thread(lambda: connection.execute_wrappers.append(self))
+        gateway_app().proxy.loop_holds.observers.append(self.saw)
 
     def remove(self) -> None:
         gateway_app().db.on_every_thread(lambda: connection.execute_wrappers.remove(self))
         gateway_app().proxy.recorder.on_thread(lambda: connection.execute_wrappers.remove(self))
+        gateway_app().proxy.loop_holds.observers.remove(self.saw)
 
     def before(self, moment: float) -> list[str]:
         return [sql for at, sql in self.statements if at <= moment]

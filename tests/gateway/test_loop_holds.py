@@ -1,0 +1,182 @@
+"""Holds sent from the event loop on connections of their own (docs/gateway.md#holds-on-the-event-loop):
+the same rows held as on a database thread, refusals named, broken connections survived."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+from django.db import connection
+
+from accounts.models import APIKey, UpstreamAccount, User
+from accounts.snapshots import key_snapshot_load_by_id, upstream_account_snapshots_load
+from billing.holds import HoldResult
+from billing.models import PendingRequest
+from channels.catalog import catalog_warm
+from channels.snapshots import channel_snapshot_for_group
+from gateway.db import DatabaseThreads
+from gateway.holds import LoopHolds, estimate, reserve_many
+from tests import event_loop
+from tests.factories import UpstreamAccountFactory
+from tests.gateway.conftest import (
+    background_finished,
+    gateway_app,
+    held,
+    ledger_rows,
+    make_tenant,
+    openai_sdk,
+)
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+D = Decimal
+BODY = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 24}
+
+
+def gateway_request(key, request_id: str, accounts=(), *, priced: bool = True) -> dict:
+    """What the proxy hands the hold queue for one request (gateway.proxy.Proxy._hold)."""
+    snapshot = key_snapshot_load_by_id(key.pk)
+    channel = channel_snapshot_for_group(key.group_id)
+    loaded = upstream_account_snapshots_load([account.pk for account in accounts])
+    fields = {"key": snapshot, "channel": channel, "kind": "chat", "body": BODY, "model": "gpt-4o"}
+    return {
+        **fields,
+        "request_id": request_id,
+        "accounts": [loaded[account.pk] for account in accounts],
+        "mapped_model": "gpt-4o",
+        "protocol": "openai",
+        "stream": False,
+        "guess": estimate(**fields, mapped_model="gpt-4o") if priced else None,
+    }
+
+
+def cost(key) -> Decimal:
+    return gateway_request(key, "price")["guess"].actual_usd
+
+
+def on_loop(work):
+    """Run `work(loop_holds)` on a fresh event loop with two database threads; then close both."""
+    catalog_warm()
+    db = DatabaseThreads(2)
+
+    async def run():
+        loop_holds = LoopHolds(db=db, size=2, fallback=reserve_many)
+        try:
+            return await work(loop_holds)
+        finally:
+            await loop_holds.close()
+
+    try:
+        return event_loop.run(run())
+    finally:
+        db.shutdown()
+
+
+def backends() -> int:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        return cursor.fetchone()[0]
+
+
+def terminate(pid: int) -> None:
+    """End a backend as a database restart or a network cut would."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_terminate_backend(%s)", [pid])
+
+
+def test_a_lone_hold_is_sent_from_the_event_loop_and_holds_every_counted_row(key):
+    account = UpstreamAccountFactory(platform="openai", quota_limit_usd=D("5"))
+    before = backends()
+
+    first, second = gateway_request(key, "r1", [account]), gateway_request(key, "r2", [account])
+
+    async def work(loop_holds):
+        (result,) = await loop_holds.hold(first)
+        (again,) = await loop_holds.hold(second)
+        return result, again, loop_holds.held, loop_holds._open
+
+    result, again, sent, opened = on_loop(work)
+    assert result == again == HoldResult(account_id=account.pk)
+    assert (sent, opened) == (2, 1), "both sent from the loop, on one connection kept between them"
+    assert held(APIKey, key.pk) == held(User, key.user_id, "balance_held") == 2 * cost(key)
+    assert held(UpstreamAccount, account.pk, "quota_held_usd") == 2 * cost(key)
+    assert sorted(PendingRequest.objects.values_list("request_id", flat=True)) == ["r1", "r2"]
+    assert backends() == before, "closed with the gateway"
+
+
+def test_a_hold_that_does_not_fit_is_refused_by_its_limit_on_a_database_thread(key):
+    APIKey.objects.filter(pk=key.pk).update(quota_used_usd=key.quota_usd)
+
+    request = gateway_request(key, "r1")
+
+    async def work(loop_holds):
+        (refused,) = await loop_holds.hold(request)
+        return refused, loop_holds.held, len(loop_holds._idle)
+
+    refused, sent, idle = on_loop(work)
+    assert refused.refused == "key_quota"
+    assert (sent, idle) == (0, 1), "not counted as held; its connection is kept for the next"
+    assert held(APIKey, key.pk) == 0 and not PendingRequest.objects.exists()
+
+
+def test_a_connection_that_breaks_under_a_hold_is_replaced_and_the_hold_taken_once(key):
+    requests = [gateway_request(key, name) for name in ("r1", "r2", "r3")]
+
+    async def work(loop_holds):
+        await loop_holds.hold(requests[0])
+        (link,) = loop_holds._idle
+        await loop_holds.db.run(terminate, link.info.backend_pid)
+        (result,) = await loop_holds.hold(requests[1])
+        (after,) = await loop_holds.hold(requests[2])
+        return result, after, loop_holds.held, loop_holds._open
+
+    result, after, sent, opened = on_loop(work)
+    assert result.held and after.held
+    assert (sent, opened) == (2, 1), "r2 held on a database thread; r3 on a new connection"
+    assert held(APIKey, key.pk) == 3 * cost(key)
+    assert PendingRequest.objects.count() == 3
+
+
+def test_a_request_id_held_twice_is_its_own_error_and_the_connection_stays_usable(key):
+    first, second = gateway_request(key, "r1"), gateway_request(key, "r2")
+
+    async def work(loop_holds):
+        await loop_holds.hold(first)
+        (twice,) = await loop_holds.hold(first)
+        (next_one,) = await loop_holds.hold(second)
+        return twice, next_one, loop_holds.held, loop_holds._open
+
+    twice, next_one, sent, opened = on_loop(work)
+    assert isinstance(twice, Exception) and "pending" in str(twice).lower()
+    assert next_one.held and (sent, opened) == (2, 1)
+    assert held(APIKey, key.pk) == 2 * cost(key)
+
+
+def test_a_hold_not_priced_early_or_beyond_the_connections_goes_to_a_database_thread(key):
+    unpriced_request, request = gateway_request(key, "r1", priced=False), gateway_request(key, "r2")
+
+    async def work(loop_holds):
+        (unpriced,) = await loop_holds.hold(unpriced_request)
+        loop_holds.size = 0  # every connection busy
+        (crowded,) = await loop_holds.hold(request)
+        return unpriced, crowded, loop_holds.held, loop_holds._open
+
+    unpriced, crowded, sent, opened = on_loop(work)
+    assert unpriced.held and crowded.held
+    assert (sent, opened) == (0, 0)
+    assert held(APIKey, key.pk) == 2 * cost(key)
+
+
+def test_a_request_through_the_gateway_is_held_from_its_event_loop(fake_upstream, gateway_url):
+    tenant = make_tenant(fake_upstream, platform="openai")
+    loop_holds = gateway_app().proxy.loop_holds
+    background_finished()
+    before = loop_holds.held
+    openai_sdk(gateway_url, tenant.secret).chat.completions.create(**BODY)
+    assert loop_holds.held == before + 1
+    (row,) = ledger_rows(1)
+    background_finished()
+    assert held(APIKey, tenant.key.pk) == 0 and not PendingRequest.objects.exists()
+    assert APIKey.objects.get(pk=tenant.key.pk).quota_used_usd == row.actual_cost
