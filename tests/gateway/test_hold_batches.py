@@ -159,6 +159,19 @@ def queue_on(db: DatabaseThreads, gate: Gate | None = None, release=None) -> Hol
     return HoldQueue(db=db, size=64, hold_many=hold_many, release=release or give_back)
 
 
+def gated_run(main, *, threads: int = 1, call: int = 1, release=None):
+    """`main(queue, gate)` on a fresh event loop, against a queue on `threads` database threads
+    whose `call`-th batch waits at the gate: the queue, and what `main` answered."""
+    db = DatabaseThreads(threads)
+    gate = Gate(call=call)
+    queue = queue_on(db, gate, release=release)
+    try:
+        return queue, event_loop.run(main(queue, gate))
+    finally:
+        gate.opened.set()
+        db.shutdown()
+
+
 async def until(condition) -> None:
     for _ in range(2000):
         if condition():
@@ -169,11 +182,8 @@ async def until(condition) -> None:
 
 def test_the_queue_holds_a_hot_keys_waiting_requests_together_and_a_quiet_key_at_once(key):
     quiet = APIKeyFactory(user=UserFactory(balance=D("10")), group=key.group)
-    db = DatabaseThreads(2)
-    gate = Gate(call=1)
-    queue = queue_on(db, gate)
 
-    async def main():
+    async def main(queue, gate):
         first = asyncio.ensure_future(queue.reserve(key.pk, request(key, "k0")))
         await until(gate.entered.is_set)  # k0's batch is running on a database thread
         rest = [asyncio.ensure_future(queue.reserve(key.pk, request(key, f"k{n}"))) for n in range(1, 9)]
@@ -181,11 +191,7 @@ def test_the_queue_holds_a_hot_keys_waiting_requests_together_and_a_quiet_key_at
         gate.opened.set()
         return await first, await asyncio.gather(*rest), alone
 
-    try:
-        first, rest, alone = event_loop.run(main())
-    finally:
-        gate.opened.set()
-        db.shutdown()
+    queue, (first, rest, alone) = gated_run(main, threads=2)
     assert first.held and alone.held and all(result.held for result in rest)
     assert queue.batches == 3  # k0 alone, q0 alone beside it, k1..k8 together after k0
     assert held(APIKey, key.pk) == D("0.9")
@@ -193,11 +199,7 @@ def test_the_queue_holds_a_hot_keys_waiting_requests_together_and_a_quiet_key_at
 
 
 def test_a_request_cancelled_while_its_batch_runs_has_its_hold_given_back(key):
-    db = DatabaseThreads(1)
-    gate = Gate(call=1)
-    queue = queue_on(db, gate)
-
-    async def main():
+    async def main(queue, gate):
         waiting = asyncio.ensure_future(queue.reserve(key.pk, request(key, "gone")))
         await until(gate.entered.is_set)
         waiting.cancel()
@@ -205,22 +207,15 @@ def test_a_request_cancelled_while_its_batch_runs_has_its_hold_given_back(key):
         await until(lambda: queue.idle)
         return waiting.cancelled()
 
-    try:
-        assert event_loop.run(main())
-    finally:
-        gate.opened.set()
-        db.shutdown()
+    queue, cancelled = gated_run(main)
+    assert cancelled
     assert queue.batches == 1
     assert held(APIKey, key.pk) == 0
     assert not PendingRequest.objects.exists()
 
 
 def test_a_request_cancelled_before_its_batch_starts_is_left_out_of_it(key):
-    db = DatabaseThreads(1)
-    gate = Gate(call=1)
-    queue = queue_on(db, gate)
-
-    async def main():
+    async def main(queue, gate):
         first = asyncio.ensure_future(queue.reserve(key.pk, request(key, "first")))
         await until(gate.entered.is_set)
         left = asyncio.ensure_future(queue.reserve(key.pk, request(key, "left")))
@@ -230,27 +225,19 @@ def test_a_request_cancelled_before_its_batch_starts_is_left_out_of_it(key):
         gate.opened.set()
         return await first, await stays
 
-    try:
-        first, stays = event_loop.run(main())
-    finally:
-        gate.opened.set()
-        db.shutdown()
+    queue, (first, stays) = gated_run(main)
     assert first.held and stays.held and queue.batches == 2
     assert sorted(PendingRequest.objects.values_list("request_id", flat=True)) == ["first", "stays"]
 
 
 def test_a_give_back_that_fails_costs_the_rest_of_its_batch_nothing(key, caplog):
-    db = DatabaseThreads(1)
-    gate = Gate(call=2)
     failures = []
 
     def failing_release(hold: HoldRequest) -> None:
         failures.append(hold.request_id)
         raise RuntimeError("the database went away")
 
-    queue = queue_on(db, gate, release=failing_release)
-
-    async def main():
+    async def main(queue, gate):
         first = asyncio.ensure_future(queue.reserve(key.pk, request(key, "first")))
         await asyncio.sleep(0)
         gone = asyncio.ensure_future(queue.reserve(key.pk, request(key, "gone")))
@@ -263,11 +250,7 @@ def test_a_give_back_that_fails_costs_the_rest_of_its_batch_nothing(key, caplog)
         return answers
 
     with caplog.at_level(logging.ERROR, logger="gateway"):
-        try:
-            answers = event_loop.run(main())
-        finally:
-            gate.opened.set()
-            db.shutdown()
+        _queue, answers = gated_run(main, call=2, release=failing_release)
     assert all(answer.held for answer in answers)
     assert failures == ["gone"]
     assert "giving back a hold whose request stopped waiting failed" in caplog.text
