@@ -205,9 +205,19 @@ def pending_hold_finish(hold: HoldRequest, *, held: bool) -> HoldResult | Except
         return error
 
 
-def pending_exists(*, request_id: str, api_key_id: int) -> bool:
+def pending_exists(*, request_id: str, api_key_id: int, ended_backend: tuple[int, str] | None = None) -> bool:
     """Whether the request's pending record is there: after a connection failed under a hold, it
-    tells whether the hold committed before the answer was lost."""
+    tells whether the hold committed before the answer was lost. `ended_backend`: that
+    connection's (backend pid, application name). The server may not have noticed the lost client
+    yet and still be running the statement (waiting for a row's lock, say): it is ended first
+    (waiting up to 5 s for it to go), so that the answer cannot change afterwards."""
+    if ended_backend is not None:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity "
+                "WHERE pid = %s AND application_name = %s AND usename = current_user",
+                list(ended_backend),
+            )
     return _pending_now(api_key_id, [request_id])[0]
 
 

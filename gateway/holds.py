@@ -177,12 +177,27 @@ def reserve_many(requests: list[dict[str, Any]]) -> list[HoldResult | Exception]
     return answers  # type: ignore[return-value]  # every index is answered above
 
 
-def loop_connection_params() -> dict[str, Any]:
+LOOP_HOLDS_APPLICATION = "tollgate gateway holds"  # pg_stat_activity's application_name
+CONNECT_RETRY_SECONDS = 5.0  # after a connection for holds could not be opened
+
+
+def loop_connection_params() -> dict[str, Any] | None:
     """What `LoopHolds` connects with: Django's own parameters for its database (read on a
-    database thread), as a connection in autocommit that prepares every statement."""
+    database thread), as a connection in autocommit that prepares every statement; None when
+    Django's connection needs a setup of its own that these would skip (`assume_role`)."""
+    if connection.settings_dict.get("OPTIONS", {}).get("assume_role"):
+        return None
     params = dict(connection.get_connection_params())
     params.pop("cursor_factory", None)  # Django's is a synchronous cursor
-    return {**params, "autocommit": True, "prepare_threshold": 0}
+    return {**params, "autocommit": True, "prepare_threshold": 0, "application_name": LOOP_HOLDS_APPLICATION}
+
+
+def _finish_on_thread(hold: HoldRequest) -> HoldResult | Exception:
+    """The step-by-step rest of a hold the event loop's statement did not take (a database thread)."""
+    result = pending_hold_finish(hold, held=False)
+    if isinstance(result, Exception):
+        connection.close_if_unusable_or_obsolete()  # as reserve_many does
+    return result
 
 
 class LoopHolds:
@@ -213,23 +228,34 @@ class LoopHolds:
         self._params: dict[str, Any] | None = None
         self._idle: list[psycopg.AsyncConnection] = []
         self._open = 0  # connections open or opening, idle or in use
+        self._closing: set[asyncio.Task] = set()
+        self._connect_after = 0.0  # loop time: no new connection before (a connect failed)
 
     async def hold(self, request: dict[str, Any]) -> list[HoldResult | Exception]:
         """`reserve_many([request])`'s answer."""
-        if request.get("guess") is None or self.closed or (not self._idle and self._open >= self.size):
+        if request.get("guess") is None or not self._can_take():
             return await self.db.run(self.fallback, [request])
         try:
             hold = hold_request(**request)
             statement = pending_hold_statement(hold)
         except Exception as error:  # noqa: BLE001 - this request's answer, as reserve_many gives it
             return [error]
+        for observer in self.observers:
+            observer(statement.sql)
         try:
             link = await self._take()
         except (psycopg.Error, OSError):
-            logger.warning("a connection for holds on the event loop could not be opened", exc_info=True)
+            self._connect_after = asyncio.get_running_loop().time() + CONNECT_RETRY_SECONDS
+            logger.warning(
+                "a connection for holds on the event loop could not be opened; the database "
+                "threads hold for the next %.0f s",
+                CONNECT_RETRY_SECONDS,
+                exc_info=True,
+            )
             return await self.db.run(self.fallback, [request])
-        for observer in self.observers:
-            observer(statement.sql)
+        if link is None:  # these connections cannot be set up as Django's are
+            return await self.db.run(self.fallback, [request])
+        backend = (link.info.backend_pid, LOOP_HOLDS_APPLICATION)
         try:
             cursor = await link.execute(statement.sql, statement.params, prepare=True)
             held = statement.read(await cursor.fetchone())
@@ -240,7 +266,10 @@ class LoopHolds:
             else:
                 await self._discard(link)
                 held = await self.db.run(
-                    pending_exists, request_id=hold.request_id, api_key_id=hold.api_key_id
+                    pending_exists,
+                    request_id=hold.request_id,
+                    api_key_id=hold.api_key_id,
+                    ended_backend=backend,
                 )
         except BaseException:
             await self._discard(link)  # cut off mid-statement: the connection's state is unknown
@@ -250,15 +279,28 @@ class LoopHolds:
         if held:
             self.held += 1
             return [pending_hold_finish(hold, held=True)]
-        return [await self.db.run(pending_hold_finish, hold, held=False)]
+        return [await self.db.run(_finish_on_thread, hold)]
 
-    async def _take(self) -> psycopg.AsyncConnection:
+    def _can_take(self) -> bool:
+        if self.closed:
+            return False
+        if self._idle:
+            return True
+        return self._open < self.size and asyncio.get_running_loop().time() >= self._connect_after
+
+    async def _take(self) -> psycopg.AsyncConnection | None:
         if self._idle:
             return self._idle.pop()
         self._open += 1
         try:
             if self._params is None:
                 self._params = await self.db.run(loop_connection_params)
+                if self._params is None:
+                    logger.warning("holds go through the database threads: Django's connection sets a role")
+                    self.closed = True
+            if self.closed:
+                self._open -= 1
+                return None
             return await psycopg.AsyncConnection.connect(**self._params)
         except BaseException:
             self._open -= 1
@@ -266,7 +308,9 @@ class LoopHolds:
 
     def _give(self, link: psycopg.AsyncConnection) -> None:
         if self.closed:
-            asyncio.ensure_future(self._discard(link))
+            task = asyncio.ensure_future(self._discard(link))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
         else:
             self._idle.append(link)
 
@@ -277,12 +321,16 @@ class LoopHolds:
         except Exception:  # noqa: BLE001 - closing a broken connection may fail: it is gone either way
             logger.debug("closing a connection for holds failed", exc_info=True)
 
-    async def close(self) -> None:
-        """Shutting down: close the idle connections (one in use is closed when given back)."""
+    async def close(self, *, timeout: float = 5.0) -> None:
+        """Shutting down: close the idle connections, and wait (up to `timeout`) for those in use
+        to come back and be closed."""
         self.closed = True
         idle, self._idle = self._idle, []
         for link in idle:
             await self._discard(link)
+        deadline = asyncio.get_running_loop().time() + timeout
+        while (self._open or self._closing) and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
 
 
 class HoldQueue:

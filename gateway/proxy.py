@@ -152,13 +152,16 @@ class Proxy:
         )
         guess = None
         try:
-            if self.holds and route.kind != COUNT_TOKENS and not admission.done():
-                # Price the hold's estimate while the admission's round trip is under way: a turn
-                # first, so that the script leaves before the pricing (docs/gateway.md#holds-and-settle).
-                await asyncio.sleep(0)
-                guess = holds.early_estimate(
-                    key=key, channel=channel, kind=route.kind, body=body, model=model, mapped_model=mapped
-                )
+            if self.holds and route.kind != COUNT_TOKENS:
+                if not admission.done():
+                    # Price the hold's estimate while the admission's round trip is under way: a
+                    # turn first, so that the script leaves before the pricing
+                    # (docs/gateway.md#holds-and-settle).
+                    await asyncio.sleep(0)
+                if not _refused_at_once(admission):
+                    guess = holds.early_estimate(
+                        key=key, channel=channel, kind=route.kind, body=body, model=model, mapped_model=mapped
+                    )
             decision = await admission
         except BaseException:
             _abandon(admission)
@@ -704,6 +707,15 @@ def _upstream_path(route: Route) -> str:
         "messages": "/v1/messages",
         "count_tokens": "/v1/messages/count_tokens",
     }[route.kind]
+
+
+def _refused_at_once(admission: asyncio.Task) -> bool:
+    """The admission has already answered, and not with a Hold (nothing to price for)."""
+    if not admission.done():
+        return False
+    return (
+        admission.cancelled() or admission.exception() is not None or not isinstance(admission.result(), Hold)
+    )
 
 
 def _abandon(admission: asyncio.Task) -> None:

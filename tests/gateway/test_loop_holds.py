@@ -3,19 +3,31 @@ the same rows held as on a database thread, refusals named, broken connections s
 
 from __future__ import annotations
 
+import logging
+import socket
+import threading
+import time
 from decimal import Decimal
 
+import psycopg
 import pytest
 from django.db import connection
 
 from accounts.models import APIKey, UpstreamAccount, User
 from accounts.snapshots import key_snapshot_load_by_id, upstream_account_snapshots_load
-from billing.holds import HoldResult
+from billing.holds import HoldResult, pending_exists, pending_hold_statement
 from billing.models import PendingRequest
 from channels.catalog import catalog_warm
 from channels.snapshots import channel_snapshot_for_group
 from gateway.db import DatabaseThreads
-from gateway.holds import LoopHolds, estimate, reserve_many
+from gateway.holds import (
+    LOOP_HOLDS_APPLICATION,
+    LoopHolds,
+    estimate,
+    hold_request,
+    loop_connection_params,
+    reserve_many,
+)
 from tests import event_loop
 from tests.factories import UpstreamAccountFactory
 from tests.gateway.conftest import (
@@ -169,8 +181,16 @@ def test_a_hold_not_priced_early_or_beyond_the_connections_goes_to_a_database_th
     assert held(APIKey, key.pk) == 2 * cost(key)
 
 
-def test_a_request_through_the_gateway_is_held_from_its_event_loop(fake_upstream, gateway_url):
-    tenant = make_tenant(fake_upstream, platform="openai")
+@pytest.mark.parametrize(
+    "limits",
+    [
+        pytest.param({}, id="slots to take: the estimate is priced while the admission runs"),
+        pytest.param({"concurrency": 0}, id="no slots: admitted at once, the estimate priced after"),
+    ],
+)
+def test_a_request_through_the_gateway_is_held_from_its_event_loop(fake_upstream, gateway_url, limits):
+    tenant = make_tenant(fake_upstream, platform="openai", user_fields=limits)
+    UpstreamAccount.objects.filter(pk=tenant.accounts[0].pk).update(concurrency=limits.get("concurrency", 1))
     loop_holds = gateway_app().proxy.loop_holds
     background_finished()
     before = loop_holds.held
@@ -180,3 +200,68 @@ def test_a_request_through_the_gateway_is_held_from_its_event_loop(fake_upstream
     background_finished()
     assert held(APIKey, tenant.key.pk) == 0 and not PendingRequest.objects.exists()
     assert APIKey.objects.get(pk=tenant.key.pk).quota_used_usd == row.actual_cost
+
+
+def test_a_lost_connections_statement_still_waiting_is_ended_before_its_hold_is_read_back(key):
+    # A connection cut while its hold waits for a row's lock: the server has not noticed (it only
+    # reads from the client between statements), so the statement would still commit once the
+    # lock is free, after the gateway had read back "not held" and held the request again.
+    params = dict(connection.get_connection_params())
+    params.pop("cursor_factory", None)
+    statement = pending_hold_statement(hold_request(**gateway_request(key, "r1")))
+    locker = psycopg.connect(**params)
+    locker.execute("SELECT 1 FROM accounts_apikey WHERE id = %s FOR UPDATE", [key.pk])  # as a recording
+    lost = psycopg.connect(**params, autocommit=True, application_name=LOOP_HOLDS_APPLICATION)
+    pid = lost.info.backend_pid
+    outcome = []
+
+    def send() -> None:
+        try:
+            lost.execute(statement.sql, statement.params)
+            outcome.append("committed")
+        except psycopg.OperationalError:
+            outcome.append("ended")
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    try:
+        while not waits_for_a_lock(pid):
+            time.sleep(0.01)
+        assert not pending_exists(
+            request_id="r1", api_key_id=key.pk, ended_backend=(pid, LOOP_HOLDS_APPLICATION)
+        )
+        locker.rollback()  # the row is free: a statement still running would now commit
+        sender.join(10)
+    finally:
+        locker.close()
+        lost.close()
+    assert outcome == ["ended"]
+    assert not PendingRequest.objects.exists() and held(APIKey, key.pk) == 0
+
+
+def waits_for_a_lock(pid: int) -> bool:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s", [pid])
+        row = cursor.fetchone()
+    return bool(row and row[0] == "Lock")
+
+
+def test_a_connection_that_cannot_be_opened_sends_holds_to_the_threads_and_is_not_retried_at_once(
+    key, caplog
+):
+    requests = [gateway_request(key, name) for name in ("r1", "r2")]
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        closed_port = unused.getsockname()[1]  # nothing listens there once this is closed
+
+    async def work(loop_holds):
+        params = await loop_holds.db.run(loop_connection_params)
+        loop_holds._params = {**params, "host": "127.0.0.1", "port": closed_port, "connect_timeout": 2}
+        answers = [(await loop_holds.hold(request))[0] for request in requests]
+        return answers, loop_holds.held, loop_holds._open
+
+    with caplog.at_level(logging.WARNING, logger="gateway"):
+        answers, sent, opened = on_loop(work)
+    assert all(answer.held for answer in answers) and (sent, opened) == (0, 0)
+    assert caplog.text.count("could not be opened") == 1, "the second hold did not try again"
+    assert held(APIKey, key.pk) == 2 * cost(key)
