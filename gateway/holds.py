@@ -110,10 +110,10 @@ def hold_request(
     stream: bool,
     guess: Estimate | None = None,
 ) -> HoldRequest:
-    """What to hold for one request (on a database thread: pricing may load the catalog): the key,
-    the balance or subscription, and the first of `accounts` (candidates in the order they will be
-    tried) whose quota has room. `guess`: the request's estimate when the caller has priced it
-    already (`early_estimate`)."""
+    """What to hold for one request: the key, the balance or subscription, and the first of
+    `accounts` (candidates in the order they will be tried) whose quota has room. `guess`: the
+    request's estimate when the caller has priced it already (`early_estimate`); without it this
+    prices it, which may load the catalog, so it then runs on a database thread."""
     if guess is None:
         guess = estimate(
             key=key, channel=channel, kind=kind, body=body, model=model, mapped_model=mapped_model

@@ -709,24 +709,25 @@ def _upstream_path(route: Route) -> str:
     }[route.kind]
 
 
+def _admitted(admission: asyncio.Task) -> Hold | None:
+    """The Hold an admission that has finished answered; None when it refused, failed or was
+    cancelled (or has not finished)."""
+    if not admission.done() or admission.cancelled() or admission.exception() is not None:
+        return None
+    decision = admission.result()
+    return decision if isinstance(decision, Hold) else None
+
+
 def _refused_at_once(admission: asyncio.Task) -> bool:
     """The admission has already answered, and not with a Hold (nothing to price for)."""
-    if not admission.done():
-        return False
-    return (
-        admission.cancelled() or admission.exception() is not None or not isinstance(admission.result(), Hold)
-    )
+    return admission.done() and _admitted(admission) is None
 
 
 def _abandon(admission: asyncio.Task) -> None:
     """The request stopped before it read its admission: stop it, or give back what it took."""
     if not admission.done():
         admission.cancel()
-    elif (
-        not admission.cancelled()
-        and admission.exception() is None
-        and isinstance(decision := admission.result(), Hold)
-    ):
+    elif (decision := _admitted(admission)) is not None:
         decision.release()
 
 

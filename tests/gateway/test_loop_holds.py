@@ -206,12 +206,11 @@ def test_a_lost_connections_statement_still_waiting_is_ended_before_its_hold_is_
     # A connection cut while its hold waits for a row's lock: the server has not noticed (it only
     # reads from the client between statements), so the statement would still commit once the
     # lock is free, after the gateway had read back "not held" and held the request again.
-    params = dict(connection.get_connection_params())
-    params.pop("cursor_factory", None)
+    params = loop_connection_params()  # the gateway's own, as LoopHolds opens them
     statement = pending_hold_statement(hold_request(**gateway_request(key, "r1")))
-    locker = psycopg.connect(**params)
+    locker = psycopg.connect(**{**params, "autocommit": False})
     locker.execute("SELECT 1 FROM accounts_apikey WHERE id = %s FOR UPDATE", [key.pk])  # as a recording
-    lost = psycopg.connect(**params, autocommit=True, application_name=LOOP_HOLDS_APPLICATION)
+    lost = psycopg.connect(**params)
     pid = lost.info.backend_pid
     outcome = []
 
