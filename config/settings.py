@@ -288,6 +288,8 @@ GATEWAY_HOLD_BATCH_SIZE = envint("GATEWAY_HOLD_BATCH_SIZE", "64")
 # A hold that goes alone is sent from the event loop on one of at most this many connections per
 # process (0: every hold on a database thread; docs/gateway.md#holds-on-the-event-loop).
 GATEWAY_LOOP_HOLD_CONNECTIONS = envint("GATEWAY_LOOP_HOLD_CONNECTIONS", "4")
+# The hold starts beside the admission's round trip, not after it (docs/gateway.md#the-hold-beside-the-admission).
+GATEWAY_HOLD_BESIDE_ADMISSION = envbool("GATEWAY_HOLD_BESIDE_ADMISSION", "true")
 # How long Python lets one thread keep the GIL when another wants it (5 ms by default): a database
 # thread whose answer has come waits for the event loop at most this long (docs/gateway.md#serving).
 GATEWAY_SWITCH_INTERVAL_MS = envfloat("GATEWAY_SWITCH_INTERVAL_MS", "1")

@@ -15,6 +15,7 @@ import asyncio
 import contextvars
 import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -499,6 +500,43 @@ def move(
         ),
         now=datetime.now(UTC),
     )
+
+
+class BesideAdmission:
+    """Whether a request's hold may start beside its admission instead of after it
+    (docs/gateway.md#the-hold-beside-the-admission).
+
+    Beside, a request that the admission then refuses (its user's or key's concurrency, the RPM)
+    has held its estimate for a moment for nothing, and another request of the key could be
+    refused for that moment's sake. So a key whose user or key this process has just seen refused
+    by the admission, or whose hold was refused, holds after the admission again for `pause`
+    seconds. Process-local: another process learns it from its own refusals.
+    """
+
+    def __init__(self, *, enabled: bool, pause: float = 10.0, size: int = 10_000) -> None:
+        self.enabled = enabled
+        self.pause = pause
+        self.size = size
+        self._until: dict[tuple[str, int], float] = {}  # ("key" | "user", id) -> monotonic time
+
+    def allows(self, key: Any) -> bool:
+        if not self.enabled:
+            return False
+        if not self._until:
+            return True
+        now = time.monotonic()
+        return (
+            self._until.get(("key", key.id), 0.0) <= now
+            and self._until.get(("user", key.user_id), 0.0) <= now
+        )
+
+    def refused(self, key: Any) -> None:
+        now = time.monotonic()
+        if len(self._until) >= self.size:
+            self._until = {scope: until for scope, until in self._until.items() if until > now}
+            if len(self._until) >= self.size:
+                self._until.clear()
+        self._until[("key", key.id)] = self._until[("user", key.user_id)] = now + self.pause
 
 
 def refusal(limit: str, key: Any, model: str) -> GatewayError:

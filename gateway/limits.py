@@ -73,6 +73,10 @@ class Slot:
             limiter.release_soon(self.token, self.scopes)
 
 
+# The codes `request_limits` refuses with: the admission's own refusals, after the snapshot checks.
+SLOT_REFUSALS = frozenset({"USER_CONCURRENCY_EXCEEDED", "API_KEY_CONCURRENCY_EXCEEDED", "USER_RPM_EXCEEDED"})
+
+
 def request_limits(key: Any) -> list[tuple[Limit, str, str]]:
     """Check 14's limits for a key snapshot, in order, each with its refusal code and message."""
     user, group = key.user, key.group

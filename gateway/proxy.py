@@ -17,6 +17,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any
@@ -27,10 +28,11 @@ from django.conf import settings
 from billing.holds import holds_supported, pending_observe, pending_release
 from gateway import holds, metrics, recorder
 from gateway.admission import Hold, admit
+from gateway.checks import model_refusal
 from gateway.errors import GatewayError
 from gateway.failover import PASS_ON, RETRY_AND_DISABLE, RETRY_AND_RATE_LIMIT, classify, rate_limited_until
 from gateway.incoming import Route, parse_body, read_body
-from gateway.limits import Slot, limiter_for
+from gateway.limits import SLOT_REFUSALS, Slot, limiter_for
 from gateway.logs import hide_credentials
 from gateway.relay import (
     UPSTREAM_CUT,
@@ -45,7 +47,14 @@ from gateway.relay import (
     relay_json,
     relay_stream,
 )
-from gateway.scheduling import AccountBoard, StickySessions, account_model, candidates, session_key
+from gateway.scheduling import (
+    AccountBoard,
+    Candidates,
+    StickySessions,
+    account_model,
+    candidates,
+    session_key,
+)
 from gateway.upstreams import RefusedAddress, UnsupportedAccount, upstream_payload, upstream_target
 from gateway.usage import COUNT_TOKENS, EMBEDDINGS, UsageMeter
 
@@ -59,6 +68,16 @@ OBSERVED_COUNTS = (
 )
 
 logger = logging.getLogger("gateway")
+
+
+@dataclass(slots=True)
+class EarlyHold:
+    """A hold started beside the admission: the candidates it was taken for, and the task that
+    answers `Proxy._hold_and_first_slot`'s (accounts to try, first slot, pending hold)."""
+
+    conversation: str
+    found: Candidates
+    task: asyncio.Future
 
 
 class Proxy:
@@ -86,6 +105,7 @@ class Proxy:
             release=holds.release_reserved,
             alone=self.loop_holds.hold if self.loop_holds is not None else None,
         )
+        self.beside_admission = holds.BesideAdmission(enabled=settings.GATEWAY_HOLD_BESIDE_ADMISSION)
         # Upstream answers being relayed: closed when a drain's time is up (docs/gateway.md#shutdown).
         self.upstreams: set[aiohttp.ClientResponse] = set()
         self.cut_by_shutdown = False
@@ -150,29 +170,39 @@ class Proxy:
             loop=asyncio.get_running_loop(),
             eager_start=True,
         )
-        guess = None
+        guess: holds.Estimate | None = None
+        early: EarlyHold | None = None
         try:
             if self.holds and route.kind != COUNT_TOKENS:
-                if not admission.done():
-                    # Price the hold's estimate while the admission's round trip is under way: a
-                    # turn first, so that the script leaves before the pricing
-                    # (docs/gateway.md#holds-and-settle).
-                    await asyncio.sleep(0)
-                if not _refused_at_once(admission):
-                    guess = holds.early_estimate(
-                        key=key, channel=channel, kind=route.kind, body=body, model=model, mapped_model=mapped
-                    )
+                guess, early = await self._price_and_hold_beside(
+                    admission,
+                    key=key,
+                    channel=channel,
+                    model=model,
+                    mapped_model=mapped,
+                    route=route,
+                    body=body,
+                    request_id=request_id,
+                    protocol=protocol,
+                )
             decision = await admission
         except BaseException:
             _abandon(admission)
+            if early is not None:
+                self._give_back_early(early, request_id=request_id, api_key_id=key.id)
             raise
         if isinstance(decision, GatewayError):
+            if decision.code in SLOT_REFUSALS:
+                self.beside_admission.refused(key)
+            if early is not None:
+                self._give_back_early(early, request_id=request_id, api_key_id=key.id)
             raise decision
         metrics.note_model(model)
         try:
             await self._relay(
                 hold=decision,
                 guess=guess,
+                early=early,
                 route=route,
                 protocol=protocol,
                 raw=raw,
@@ -193,11 +223,56 @@ class Proxy:
                     self.db.run(pending_release, request_id=request_id, api_key_id=decision.key.id)
                 )
 
+    async def _price_and_hold_beside(
+        self,
+        admission: asyncio.Task,
+        *,
+        key: Any,
+        channel: Any,
+        model: str,
+        mapped_model: str,
+        route: Route,
+        body: dict,
+        request_id: str,
+        protocol: str,
+    ) -> tuple[holds.Estimate | None, EarlyHold | None]:
+        """While the admission's round trip is under way: price the hold's estimate, then start the
+        hold itself when it may go beside the admission (docs/gateway.md#the-hold-beside-the-admission)."""
+        if not admission.done():
+            await asyncio.sleep(0)  # a turn first, so that the admission's script leaves before
+        if _refused_at_once(admission):
+            return None, None
+        guess = holds.early_estimate(
+            key=key, channel=channel, kind=route.kind, body=body, model=model, mapped_model=mapped_model
+        )
+        group = key.group
+        if (
+            guess is None
+            or group is None
+            or not self.beside_admission.allows(key)
+            # A model the channel does not allow is refused after the slots: nothing to hold for.
+            or model_refusal(channel, platform=group.platform, model=model, mapped_model=mapped_model)
+        ):
+            return guess, None
+        early = await self._hold_early(
+            key=key,
+            channel=channel,
+            model=model,
+            mapped_model=mapped_model,
+            guess=guess,
+            route=route,
+            body=body,
+            request_id=request_id,
+            protocol=protocol,
+        )
+        return guess, early
+
     async def _relay(
         self,
         *,
         hold: Hold,
         guess: holds.Estimate | None,
+        early: EarlyHold | None,
         route: Route,
         protocol: str,
         raw: bytes,
@@ -209,20 +284,13 @@ class Proxy:
         receive,
         send,
     ) -> None:
-        key, group = hold.key, hold.key.group
         stream = bool(body.get("stream")) and route.kind not in (EMBEDDINGS, COUNT_TOKENS)
-        accounts = await self.auth.accounts([member.account_id for member in group.members])
-        conversation = session_key(kind=route.kind, body=body, key_id=key.id)
-        found = candidates(
-            platform=group.platform,
-            members=group.members,
-            accounts=accounts,
-            model=hold.mapped_model,
-            routed=group.routed_account_ids(hold.model),
-            now=datetime.now(UTC),
-            board=self.board,
-            sticky_account_id=self.sticky.get(conversation),
-        )
+        if early is not None:
+            conversation, found = early.conversation, early.found
+        else:
+            conversation, found = await self._candidates(
+                key=hold.key, model=hold.model, mapped_model=hold.mapped_model, kind=route.kind, body=body
+            )
         if not found.accounts:
             if found.unsupported:
                 raise GatewayError(
@@ -236,10 +304,23 @@ class Proxy:
                 retry_after=settings.GATEWAY_NO_ACCOUNT_RETRY_SECONDS,
             )
         accounts_to_try = found.accounts
-        early: Slot | None = None  # the first candidate's slot, taken while the hold runs
-        if self.holds and route.kind != COUNT_TOKENS:
-            accounts_to_try, early = await self._hold_and_first_slot(
+        first_slot: Slot | None = None  # the first candidate's slot, taken while the hold runs
+        if early is not None:
+            accounts_to_try, first_slot = await self._early_hold_result(
+                early,
                 hold=hold,
+                guess=guess,
+                route=route,
+                body=body,
+                request_id=request_id,
+                protocol=protocol,
+            )
+        elif self.holds and route.kind != COUNT_TOKENS:
+            accounts_to_try, first_slot, hold.pending = await self._hold_and_first_slot(
+                key=hold.key,
+                channel=hold.channel,
+                model=hold.model,
+                mapped_model=hold.mapped_model,
                 guess=guess,
                 accounts=found.accounts,
                 kind=route.kind,
@@ -264,8 +345,8 @@ class Proxy:
                     raise GatewayError(
                         "SHUTTING_DOWN", "The gateway is shutting down: send the request again."
                     )
-                if early is not None and account is accounts_to_try[0]:
-                    account_slot, early = early, None
+                if first_slot is not None and account is accounts_to_try[0]:
+                    account_slot, first_slot = first_slot, None
                 else:
                     account_slot = await self.limiter.take_account(
                         account_id=account.id, concurrency=account.concurrency, token=request_id
@@ -343,8 +424,8 @@ class Proxy:
                 return
         finally:
             client.close()
-            if early is not None:
-                early.release()  # not reached (shutting down before the first attempt)
+            if first_slot is not None:
+                first_slot.release()  # not reached (shutting down before the first attempt)
         if no_room:
             # An account that could serve had no quota left for the estimate: say so (and when
             # to try again) rather than pass on another account's failure.
@@ -398,30 +479,146 @@ class Proxy:
             hold.pending = dataclasses.replace(pending, account_id=account.id)
         return moved
 
+    async def _candidates(
+        self, *, key: Any, model: str, mapped_model: str, kind: str, body: dict
+    ) -> tuple[str, Candidates]:
+        """The request's conversation (for sticky sessions) and its candidate accounts, in order."""
+        group = key.group
+        accounts = await self.auth.accounts([member.account_id for member in group.members])
+        conversation = session_key(kind=kind, body=body, key_id=key.id)
+        found = candidates(
+            platform=group.platform,
+            members=group.members,
+            accounts=accounts,
+            model=mapped_model,
+            routed=group.routed_account_ids(model),
+            now=datetime.now(UTC),
+            board=self.board,
+            sticky_account_id=self.sticky.get(conversation),
+        )
+        return conversation, found
+
+    async def _hold_early(
+        self,
+        *,
+        key: Any,
+        channel: Any,
+        model: str,
+        mapped_model: str,
+        guess: holds.Estimate,
+        route: Route,
+        body: dict,
+        request_id: str,
+        protocol: str,
+    ) -> EarlyHold | None:
+        """Choose the candidates and start the hold (and the first candidate's slot) before the
+        admission has answered (docs/gateway.md#the-hold-beside-the-admission); None when there is
+        no candidate (the relay answers that, after the admission)."""
+        conversation, found = await self._candidates(
+            key=key, model=model, mapped_model=mapped_model, kind=route.kind, body=body
+        )
+        if not found.accounts:
+            return None
+        task = asyncio.ensure_future(
+            self._hold_and_first_slot(
+                key=key,
+                channel=channel,
+                model=model,
+                mapped_model=mapped_model,
+                guess=guess,
+                accounts=found.accounts,
+                kind=route.kind,
+                body=body,
+                request_id=request_id,
+                protocol=protocol,
+                stream=bool(body.get("stream")) and route.kind not in (EMBEDDINGS, COUNT_TOKENS),
+            )
+        )
+        return EarlyHold(conversation=conversation, found=found, task=task)
+
+    async def _early_hold_result(
+        self,
+        early: EarlyHold,
+        *,
+        hold: Hold,
+        guess: holds.Estimate | None,
+        route: Route,
+        body: dict,
+        request_id: str,
+        protocol: str,
+    ) -> tuple[tuple, Slot | None]:
+        """The hold started beside the admission, now that the admission let the request in: the
+        accounts to try and the first one's slot. A refusal is tried once more, held the usual
+        way: what did not fit may have been another request's hold, taken beside an admission
+        that then refused it and not yet given back."""
+        try:
+            accounts_to_try, first_slot, hold.pending = await asyncio.shield(early.task)
+        except GatewayError:
+            self.beside_admission.refused(hold.key)
+        except BaseException:
+            self._give_back_early(early, request_id=request_id, api_key_id=hold.key.id)
+            raise
+        else:
+            return accounts_to_try, first_slot
+        accounts_to_try, first_slot, hold.pending = await self._hold_and_first_slot(
+            key=hold.key,
+            channel=hold.channel,
+            model=hold.model,
+            mapped_model=hold.mapped_model,
+            guess=guess,
+            accounts=early.found.accounts,
+            kind=route.kind,
+            body=body,
+            request_id=request_id,
+            protocol=protocol,
+            stream=bool(body.get("stream")) and route.kind not in (EMBEDDINGS, COUNT_TOKENS),
+        )
+        return accounts_to_try, first_slot
+
+    def _give_back_early(self, early: EarlyHold, *, request_id: str, api_key_id: int) -> None:
+        """The request will not be relayed (its admission refused it, or it stopped): once the hold
+        started beside the admission has finished, give back its slot and its holds."""
+
+        async def give_back() -> None:
+            try:
+                _accounts, slot, pending = await early.task
+            except BaseException:  # noqa: BLE001 - refused or failed: it holds nothing
+                return
+            if slot is not None:
+                slot.release()
+            if pending is not None:
+                await self.db.run(pending_release, request_id=request_id, api_key_id=api_key_id)
+
+        self._background(give_back())
+
     async def _hold_and_first_slot(self, *, accounts: tuple, request_id: str, **hold: Any) -> tuple:
         """The hold (a database round trip) and the first candidate's slot (a Redis one) at once,
         as the hold nearly always chooses that account: (the accounts to try, that slot when the
-        hold chose its account, else None; a None slot also when the account was full)."""
+        hold chose its account, else None; a None slot also when the account was full, the
+        pending hold)."""
         first = accounts[0]
         taking = asyncio.ensure_future(
             self.limiter.take_account(account_id=first.id, concurrency=first.concurrency, token=request_id)
         )
         try:
-            accounts_to_try = await self._hold(accounts=accounts, request_id=request_id, **hold)
+            accounts_to_try, pending = await self._hold(accounts=accounts, request_id=request_id, **hold)
         except BaseException:
             self._background(_give_back(taking))
             raise
         slot = await taking
         if accounts_to_try and accounts_to_try[0] is first:
-            return accounts_to_try, slot
+            return accounts_to_try, slot, pending
         if slot is not None:
             slot.release()  # the hold skipped that account (no quota room): its slot is not needed
-        return accounts_to_try, None
+        return accounts_to_try, None, pending
 
     async def _hold(
         self,
         *,
-        hold: Hold,
+        key: Any,
+        channel: Any,
+        model: str,
+        mapped_model: str,
         guess: holds.Estimate | None,
         accounts: tuple,
         kind: str,
@@ -429,34 +626,33 @@ class Proxy:
         request_id: str,
         protocol: str,
         stream: bool,
-    ) -> tuple:
-        """Hold the estimate and write the pending record (on a database thread, together with the
-        key's other holds waiting then: docs/gateway.md#hold-batches); the accounts to try, the one
-        held on first. Raises the refusal of a limit it did not fit."""
+    ) -> tuple[tuple, Any]:
+        """Hold the estimate and write the pending record (together with the key's other holds
+        waiting then: docs/gateway.md#hold-batches); the accounts to try, the one held on first,
+        and the pending hold. Raises the refusal of a limit it did not fit."""
         result = await self.hold_queue.reserve(
-            hold.key.id,
+            key.id,
             {
                 "request_id": request_id,
-                "key": hold.key,
-                "channel": hold.channel,
+                "key": key,
+                "channel": channel,
                 "accounts": list(accounts),
                 "kind": kind,
                 "body": body,
-                "model": hold.model,
-                "mapped_model": hold.mapped_model,
+                "model": model,
+                "mapped_model": mapped_model,
                 "protocol": protocol,
                 "stream": stream,
                 "guess": guess,
             },
         )
         if not result.held:
-            raise holds.refusal(result.refused, hold.key, hold.model)
-        hold.pending = result
+            raise holds.refusal(result.refused, key, model)
         if result.account_id is None:
-            return accounts
+            return accounts, result
         skipped = set(result.skipped_account_ids)
         held = [account for account in accounts if account.id == result.account_id]
-        return (*held, *(a for a in accounts if a.id != result.account_id and a.id not in skipped))
+        return (*held, *(a for a in accounts if a.id != result.account_id and a.id not in skipped)), result
 
     async def _attempt(
         self,
