@@ -25,6 +25,7 @@ from billing.models import BREAKDOWN_COLUMNS, RequestOutcome, UsageLog, UsageRol
 from billing.pricing import BillingContext, billing_context, price_request
 from billing.rollup_epoch import BACKFILL_AFTER, rollup_epoch_bump
 from common.money import quantize_usd
+from common.prepared import prepared_cursor
 from common.statements import BuiltStatement, run_at_once
 
 ZERO = Decimal(0)
@@ -808,7 +809,10 @@ def _insert_many(rows: list[UsageLog]) -> dict[tuple[str, int], int]:
     if not rows:
         return {}
     sql = _insert_many_sql(connection.vendor, _statement_rows(len(rows)))
-    with connection.cursor() as cursor:
+    # On PostgreSQL one statement whatever the batch's size (arrays): prepared and bound by the
+    # server, so the ~45 columns' values are not quoted into its text in Python
+    # (docs/recording.md#batches).
+    with prepared_cursor() if connection.vendor == "postgresql" else connection.cursor() as cursor:
         cursor.execute(sql, _rows_params([_log_values(row) for row in rows]))
         return {(request_id, key_id): pk for request_id, key_id, pk in cursor.fetchall()}
 

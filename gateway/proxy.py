@@ -77,6 +77,7 @@ class EarlyHold:
 
     conversation: str
     found: Candidates
+    ask: dict[str, Any]  # what the hold queue is asked to hold (`_hold_ask`), the accounts aside
     task: asyncio.Future
 
 
@@ -254,7 +255,7 @@ class Proxy:
             or model_refusal(channel, platform=group.platform, model=model, mapped_model=mapped_model)
         ):
             return guess, None
-        early = await self._hold_early(
+        ask = _hold_ask(
             key=key,
             channel=channel,
             model=model,
@@ -265,6 +266,7 @@ class Proxy:
             request_id=request_id,
             protocol=protocol,
         )
+        early = await self._hold_early(ask)
         return guess, early
 
     async def _relay(
@@ -307,28 +309,21 @@ class Proxy:
         first_slot: Slot | None = None  # the first candidate's slot, taken while the hold runs
         if early is not None:
             accounts_to_try, first_slot = await self._early_hold_result(
-                early,
-                hold=hold,
+                early, hold=hold, request_id=request_id
+            )
+        elif self.holds and route.kind != COUNT_TOKENS:
+            ask = _hold_ask(
+                key=hold.key,
+                channel=hold.channel,
+                model=hold.model,
+                mapped_model=hold.mapped_model,
                 guess=guess,
                 route=route,
                 body=body,
                 request_id=request_id,
                 protocol=protocol,
             )
-        elif self.holds and route.kind != COUNT_TOKENS:
-            accounts_to_try, first_slot, hold.pending = await self._hold_and_first_slot(
-                key=hold.key,
-                channel=hold.channel,
-                model=hold.model,
-                mapped_model=hold.mapped_model,
-                guess=guess,
-                accounts=found.accounts,
-                kind=route.kind,
-                body=body,
-                request_id=request_id,
-                protocol=protocol,
-                stream=stream,
-            )
+            accounts_to_try, first_slot, hold.pending = await self._hold_and_first_slot(ask, found.accounts)
         client = ClientChannel(send, receive)
         client.watch()
         last: tuple[Any, UpstreamFailure] | None = None
@@ -498,54 +493,24 @@ class Proxy:
         )
         return conversation, found
 
-    async def _hold_early(
-        self,
-        *,
-        key: Any,
-        channel: Any,
-        model: str,
-        mapped_model: str,
-        guess: holds.Estimate,
-        route: Route,
-        body: dict,
-        request_id: str,
-        protocol: str,
-    ) -> EarlyHold | None:
+    async def _hold_early(self, ask: dict[str, Any]) -> EarlyHold | None:
         """Choose the candidates and start the hold (and the first candidate's slot) before the
         admission has answered (docs/gateway.md#the-hold-beside-the-admission); None when there is
         no candidate (the relay answers that, after the admission)."""
         conversation, found = await self._candidates(
-            key=key, model=model, mapped_model=mapped_model, kind=route.kind, body=body
+            key=ask["key"],
+            model=ask["model"],
+            mapped_model=ask["mapped_model"],
+            kind=ask["kind"],
+            body=ask["body"],
         )
         if not found.accounts:
             return None
-        task = asyncio.ensure_future(
-            self._hold_and_first_slot(
-                key=key,
-                channel=channel,
-                model=model,
-                mapped_model=mapped_model,
-                guess=guess,
-                accounts=found.accounts,
-                kind=route.kind,
-                body=body,
-                request_id=request_id,
-                protocol=protocol,
-                stream=bool(body.get("stream")) and route.kind not in (EMBEDDINGS, COUNT_TOKENS),
-            )
-        )
-        return EarlyHold(conversation=conversation, found=found, task=task)
+        task = asyncio.ensure_future(self._hold_and_first_slot(ask, found.accounts))
+        return EarlyHold(conversation=conversation, found=found, ask=ask, task=task)
 
     async def _early_hold_result(
-        self,
-        early: EarlyHold,
-        *,
-        hold: Hold,
-        guess: holds.Estimate | None,
-        route: Route,
-        body: dict,
-        request_id: str,
-        protocol: str,
+        self, early: EarlyHold, *, hold: Hold, request_id: str
     ) -> tuple[tuple, Slot | None]:
         """The hold started beside the admission, now that the admission let the request in: the
         accounts to try and the first one's slot. A refusal is tried once more, held the usual
@@ -561,17 +526,7 @@ class Proxy:
         else:
             return accounts_to_try, first_slot
         accounts_to_try, first_slot, hold.pending = await self._hold_and_first_slot(
-            key=hold.key,
-            channel=hold.channel,
-            model=hold.model,
-            mapped_model=hold.mapped_model,
-            guess=guess,
-            accounts=early.found.accounts,
-            kind=route.kind,
-            body=body,
-            request_id=request_id,
-            protocol=protocol,
-            stream=bool(body.get("stream")) and route.kind not in (EMBEDDINGS, COUNT_TOKENS),
+            early.ask, early.found.accounts
         )
         return accounts_to_try, first_slot
 
@@ -591,17 +546,19 @@ class Proxy:
 
         self._background(give_back())
 
-    async def _hold_and_first_slot(self, *, accounts: tuple, request_id: str, **hold: Any) -> tuple:
+    async def _hold_and_first_slot(self, ask: dict[str, Any], accounts: tuple) -> tuple:
         """The hold (a database round trip) and the first candidate's slot (a Redis one) at once,
         as the hold nearly always chooses that account: (the accounts to try, that slot when the
         hold chose its account, else None; a None slot also when the account was full, the
         pending hold)."""
         first = accounts[0]
         taking = asyncio.ensure_future(
-            self.limiter.take_account(account_id=first.id, concurrency=first.concurrency, token=request_id)
+            self.limiter.take_account(
+                account_id=first.id, concurrency=first.concurrency, token=ask["request_id"]
+            )
         )
         try:
-            accounts_to_try, pending = await self._hold(accounts=accounts, request_id=request_id, **hold)
+            accounts_to_try, pending = await self._hold(ask, accounts)
         except BaseException:
             self._background(_give_back(taking))
             raise
@@ -612,42 +569,14 @@ class Proxy:
             slot.release()  # the hold skipped that account (no quota room): its slot is not needed
         return accounts_to_try, None, pending
 
-    async def _hold(
-        self,
-        *,
-        key: Any,
-        channel: Any,
-        model: str,
-        mapped_model: str,
-        guess: holds.Estimate | None,
-        accounts: tuple,
-        kind: str,
-        body: dict,
-        request_id: str,
-        protocol: str,
-        stream: bool,
-    ) -> tuple[tuple, Any]:
+    async def _hold(self, ask: dict[str, Any], accounts: tuple) -> tuple[tuple, Any]:
         """Hold the estimate and write the pending record (together with the key's other holds
         waiting then: docs/gateway.md#hold-batches); the accounts to try, the one held on first,
         and the pending hold. Raises the refusal of a limit it did not fit."""
-        result = await self.hold_queue.reserve(
-            key.id,
-            {
-                "request_id": request_id,
-                "key": key,
-                "channel": channel,
-                "accounts": list(accounts),
-                "kind": kind,
-                "body": body,
-                "model": model,
-                "mapped_model": mapped_model,
-                "protocol": protocol,
-                "stream": stream,
-                "guess": guess,
-            },
-        )
+        key = ask["key"]
+        result = await self.hold_queue.reserve(key.id, {**ask, "accounts": list(accounts)})
         if not result.held:
-            raise holds.refusal(result.refused, key, model)
+            raise holds.refusal(result.refused, key, ask["model"])
         if result.account_id is None:
             return accounts, result
         skipped = set(result.skipped_account_ids)
@@ -893,6 +822,34 @@ class Proxy:
             await asyncio.wait(
                 {*self.recordings, *self.limiter.releasing, *self.hold_queue.tasks}, timeout=remaining
             )
+
+
+def _hold_ask(
+    *,
+    key: Any,
+    channel: Any,
+    model: str,
+    mapped_model: str,
+    guess: holds.Estimate | None,
+    route: Route,
+    body: dict,
+    request_id: str,
+    protocol: str,
+) -> dict[str, Any]:
+    """What the hold queue holds for a request (gateway.holds.hold_request's arguments), the
+    candidate accounts aside."""
+    return {
+        "request_id": request_id,
+        "key": key,
+        "channel": channel,
+        "kind": route.kind,
+        "body": body,
+        "model": model,
+        "mapped_model": mapped_model,
+        "protocol": protocol,
+        "stream": bool(body.get("stream")) and route.kind not in (EMBEDDINGS, COUNT_TOKENS),
+        "guess": guess,
+    }
 
 
 def _upstream_path(route: Route) -> str:
