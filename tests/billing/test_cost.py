@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal, localcontext
 from typing import Any
 
 import pytest
@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from billing.cost import CostBreakdown, Usage, compute_cost
 from channels.patterns import select_interval
 from channels.pricing import Price, PriceInterval
-from common.money import format_usd_exact
+from common.money import format_usd_exact, quantize_usd
 
 D = Decimal
 EIGHT_PLACES = D("0.00000001")
@@ -806,3 +806,20 @@ def test_doubling_every_token_count_doubles_the_cost_exactly_on_8_decimal_prices
 
     for name in (*TOKEN_COMPONENTS, "total_cost"):
         assert getattr(twice, name) == 2 * getattr(once, name), name
+
+
+@pytest.mark.parametrize(
+    ("amount", "expect"),
+    [
+        ("0.000000005", "0.00000001"),
+        ("-0.000000005", "-0.00000001"),
+        ("0.0000000049999", "0"),
+        ("123456789012345678901234567890.123456785", "123456789012345678901234567890.12345679"),
+    ],
+)
+def test_quantize_usd_rounds_half_away_from_zero_whatever_the_threads_context(amount, expect):
+    # A caller's narrow context (5 digits, rounding down) must not reach the money's rounding.
+    with localcontext() as narrow:
+        narrow.prec, narrow.rounding = 5, ROUND_DOWN
+        rounded = quantize_usd(Decimal(amount))
+    assert rounded == Decimal(expect) and rounded.as_tuple().exponent == -8
