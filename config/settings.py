@@ -293,6 +293,9 @@ GATEWAY_HOLD_BESIDE_ADMISSION = envbool("GATEWAY_HOLD_BESIDE_ADMISSION", "true")
 # How long Python lets one thread keep the GIL when another wants it (5 ms by default): a database
 # thread whose answer has come waits for the event loop at most this long (docs/gateway.md#serving).
 GATEWAY_SWITCH_INTERVAL_MS = envfloat("GATEWAY_SWITCH_INTERVAL_MS", "1")
+# Once started, what a gateway process has loaded is frozen out of the garbage collector's full
+# collections (gc.freeze: docs/gateway.md#serving).
+GATEWAY_GC_FREEZE = envbool("GATEWAY_GC_FREEZE", "true")
 # The recorder thread: at most this many finished requests per transaction, and how long a batch
 # that is not full waits for more (docs/recording.md#batches).
 GATEWAY_RECORD_BATCH_SIZE = envint("GATEWAY_RECORD_BATCH_SIZE", "64")

@@ -24,6 +24,7 @@ is over, and every log line about it carries its request id (common.logs).
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import random
@@ -51,6 +52,15 @@ shutdown_logger = logging.getLogger("gateway.shutdown")  # about the process, no
 # from the OS (and again in a forked child) cost no system call per request, unlike `secrets`.
 _ids = random.Random(secrets.randbits(256))
 os.register_at_fork(after_in_child=lambda: _ids.seed(secrets.randbits(256)))
+
+
+def _freeze_startup_objects(_warmed: asyncio.Future) -> None:
+    """Once the price catalog is loaded: collect, then move every object alive (Django, the
+    catalog, the modules: about 125,000) out of the garbage collector's reach. A full collection
+    walked them all, ~80 ms with the event loop stopped and every request in flight waiting;
+    now it walks only what was made since (docs/gateway.md#serving)."""
+    gc.collect()
+    gc.freeze()
 
 
 def new_request_id() -> str:
@@ -111,6 +121,8 @@ class Gateway:
             # that request's recording (and every request queued behind it) about a second. Loaded
             # in the background, so that start-up does not wait for it.
             self._warming = asyncio.ensure_future(self.db.run(catalog_warm))
+            if settings.GATEWAY_GC_FREEZE:
+                self._warming.add_done_callback(_freeze_startup_objects)
             self.auth = SnapshotCache(db=self.db)
             await self.auth.start()
             recorder = BatchRecorder(
