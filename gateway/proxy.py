@@ -266,7 +266,7 @@ class Proxy:
             request_id=request_id,
             protocol=protocol,
         )
-        early = await self._hold_early(ask)
+        early = await self._hold_early(ask, admission)
         return guess, early
 
     async def _relay(
@@ -323,7 +323,13 @@ class Proxy:
                 request_id=request_id,
                 protocol=protocol,
             )
-            accounts_to_try, first_slot, hold.pending = await self._hold_and_first_slot(ask, found.accounts)
+            try:
+                accounts_to_try, first_slot, hold.pending = await self._hold_and_first_slot(
+                    ask, found.accounts
+                )
+            except GatewayError:
+                self.beside_admission.refused(hold.key)  # its next requests hold after the admission
+                raise
         client = ClientChannel(send, receive)
         client.watch()
         last: tuple[Any, UpstreamFailure] | None = None
@@ -493,10 +499,10 @@ class Proxy:
         )
         return conversation, found
 
-    async def _hold_early(self, ask: dict[str, Any]) -> EarlyHold | None:
+    async def _hold_early(self, ask: dict[str, Any], admission: asyncio.Task) -> EarlyHold | None:
         """Choose the candidates and start the hold (and the first candidate's slot) before the
         admission has answered (docs/gateway.md#the-hold-beside-the-admission); None when there is
-        no candidate (the relay answers that, after the admission)."""
+        no candidate (the relay answers that, after the admission) or the admission has refused."""
         conversation, found = await self._candidates(
             key=ask["key"],
             model=ask["model"],
@@ -504,7 +510,7 @@ class Proxy:
             kind=ask["kind"],
             body=ask["body"],
         )
-        if not found.accounts:
+        if not found.accounts or _refused_at_once(admission):  # (the accounts may have been loaded)
             return None
         task = asyncio.ensure_future(self._hold_and_first_slot(ask, found.accounts))
         return EarlyHold(conversation=conversation, found=found, ask=ask, task=task)
@@ -537,7 +543,7 @@ class Proxy:
         async def give_back() -> None:
             try:
                 _accounts, slot, pending = await early.task
-            except BaseException:  # noqa: BLE001 - refused or failed: it holds nothing
+            except Exception:  # noqa: BLE001 - refused or failed: it holds nothing
                 return
             if slot is not None:
                 slot.release()
@@ -562,7 +568,15 @@ class Proxy:
         except BaseException:
             self._background(_give_back(taking))
             raise
-        slot = await taking
+        try:
+            slot = await taking
+        except BaseException:
+            # Held, but the request stops here (the slot's store failed, or it was cancelled):
+            # nobody else knows of this hold yet, so give it back now.
+            self._background(
+                self.db.run(pending_release, request_id=ask["request_id"], api_key_id=ask["key"].id)
+            )
+            raise
         if accounts_to_try and accounts_to_try[0] is first:
             return accounts_to_try, slot, pending
         if slot is not None:

@@ -12,7 +12,8 @@ import openai
 import psycopg
 import pytest
 
-from accounts.models import APIKey, User
+from accounts.models import APIKey, UpstreamAccount, User
+from accounts.services.keys import api_key_create
 from billing.models import PendingRequest
 from gateway.holds import BesideAdmission, loop_connection_params
 from tests.gateway.conftest import (
@@ -79,6 +80,8 @@ def test_a_request_the_admission_refuses_gives_back_the_hold_it_took_beside_it(
         key_fields={"concurrency": 1},
         user_fields={"concurrency": 0},
     )
+    UpstreamAccount.objects.filter(pk=tenant.accounts[0].pk).update(concurrency=2)
+    _other_key, other_secret = api_key_create(user=tenant.user, group=tenant.group, name="other")
     with ThreadPoolExecutor(1) as pool:
         first = pool.submit(chat, gateway_url, tenant.secret, stream=True)
         fake_upstream.wait_for(lambda rows: len(rows) == 1, timeout=20)
@@ -89,11 +92,14 @@ def test_a_request_the_admission_refuses_gives_back_the_hold_it_took_beside_it(
         in_flight = PendingRequest.objects.get()
         assert held(APIKey, tenant.key.pk) == in_flight.held_usd > 0
         assert held(User, tenant.user.pk, "balance_held") == in_flight.held_usd
+        # So was the account's slot taken beside it: the account's second slot serves another key.
+        assert chat(gateway_url, other_secret) == (200, None)
+        assert len(hold_statements.sent) == 3
         # The key was just refused by its admission: the next request holds after it (no hold).
         assert chat(gateway_url, tenant.secret) == (429, "API_KEY_CONCURRENCY_EXCEEDED")
-        assert len(hold_statements.sent) == 2
+        assert len(hold_statements.sent) == 3
         assert first.result(timeout=30) == (200, None)
-    assert len(ledger_rows(1)) == 1
+    assert len(ledger_rows(2)) == 2
     background_finished()
     assert not PendingRequest.objects.exists()
     assert held(APIKey, tenant.key.pk) == held(User, tenant.user.pk, "balance_held") == 0
@@ -169,12 +175,19 @@ def test_a_refusal_pauses_the_key_and_its_user_for_a_while():
     assert beside.allows(refused) and beside.allows(same_user)
 
 
-def test_the_pauses_kept_are_bounded():
-    beside = BesideAdmission(enabled=True, pause=60, size=4)
+def test_the_pauses_kept_are_bounded_ended_ones_going_first():
+    beside = BesideAdmission(enabled=True, pause=0.05, size=4)
+    beside.refused(Snapshot(1, 10))
+    threading.Event().wait(0.06)
+    beside.refused(Snapshot(2, 11))
+    beside.refused(Snapshot(3, 12))  # full: the ended pause of key 1 and user 10 makes room
+    assert len(beside._until) == 4
+    assert not beside.allows(Snapshot(2, 11)) and not beside.allows(Snapshot(3, 12))
+    long = BesideAdmission(enabled=True, pause=60, size=4)
     for number in range(10):
-        beside.refused(Snapshot(number, 100 + number))
-    assert len(beside._until) <= 4
-    assert not beside.allows(Snapshot(9, 109))  # the latest is kept
+        long.refused(Snapshot(number, 100 + number))
+    assert len(long._until) <= 4
+    assert not long.allows(Snapshot(9, 109))  # the latest is kept
 
 
 def test_switched_off_nothing_goes_beside():
