@@ -286,7 +286,7 @@ class Proxy:
         receive,
         send,
     ) -> None:
-        stream = bool(body.get("stream")) and route.kind not in (EMBEDDINGS, COUNT_TOKENS)
+        stream = _streams(route, body)
         if early is not None:
             conversation, found = early.conversation, early.found
         else:
@@ -838,6 +838,11 @@ class Proxy:
             )
 
 
+def _streams(route: Route, body: dict) -> bool:
+    """Whether the request is relayed as a stream (embeddings and count_tokens never are)."""
+    return bool(body.get("stream")) and route.kind not in (EMBEDDINGS, COUNT_TOKENS)
+
+
 def _hold_ask(
     *,
     key: Any,
@@ -861,7 +866,7 @@ def _hold_ask(
         "model": model,
         "mapped_model": mapped_model,
         "protocol": protocol,
-        "stream": bool(body.get("stream")) and route.kind not in (EMBEDDINGS, COUNT_TOKENS),
+        "stream": _streams(route, body),
         "guess": guess,
     }
 

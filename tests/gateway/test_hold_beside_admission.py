@@ -70,16 +70,21 @@ def hold_statements(gateway_url):
     observers.remove(statements)
 
 
-def test_a_request_the_admission_refuses_gives_back_the_hold_it_took_beside_it(
-    fake_upstream, gateway_url, hold_statements
-):
-    tenant = make_tenant(
+def one_request_at_a_time(fake_upstream):
+    """A tenant whose key allows one request in flight, on an account with slow streams."""
+    return make_tenant(
         fake_upstream,
         platform="openai",
         scenarios=(SLOW,),
         key_fields={"concurrency": 1},
         user_fields={"concurrency": 0},
     )
+
+
+def test_a_request_the_admission_refuses_gives_back_the_hold_it_took_beside_it(
+    fake_upstream, gateway_url, hold_statements
+):
+    tenant = one_request_at_a_time(fake_upstream)
     UpstreamAccount.objects.filter(pk=tenant.accounts[0].pk).update(concurrency=2)
     _other_key, other_secret = api_key_create(user=tenant.user, group=tenant.group, name="other")
     with ThreadPoolExecutor(1) as pool:
@@ -139,13 +144,7 @@ def test_a_hold_refused_on_both_tries_names_the_limit(fake_upstream, gateway_url
 
 
 def test_switched_off_a_refused_request_sends_no_hold(fake_upstream, gateway_url, hold_statements):
-    tenant = make_tenant(
-        fake_upstream,
-        platform="openai",
-        scenarios=(SLOW,),
-        key_fields={"concurrency": 1},
-        user_fields={"concurrency": 0},
-    )
+    tenant = one_request_at_a_time(fake_upstream)
     beside = gateway_app().proxy.beside_admission
     beside.enabled = False
     try:
