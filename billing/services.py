@@ -7,11 +7,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from functools import cache, partial
+from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 
+import orjson
 from django.db import connection, models, transaction
 from django.db.models import Field
 from django.utils import timezone
+from psycopg.types.json import Jsonb
 
 from accounts.models import APIKey, Subscription, UpstreamAccount, User
 from accounts.services.keys import KeyChargeResult, api_key_usage_charge, api_key_usage_charge_statement
@@ -251,7 +254,7 @@ _LOG_FIELDS = [field for field in UsageLog._meta.concrete_fields if not field.pr
 # Why values skip get_db_prep_save: its calls, 42 values a row, were most of the recorder's time
 # building a batch, and on PostgreSQL (Django 6.1) a str, bool, auto id, finite Decimal or aware
 # datetime comes back unchanged. Anything else is prepared: JSON (Jsonb), IPs (Inet), integer
-# fields (psycopg's Int2/Int4, which an unnest array must not mix with ints), every value on SQLite.
+# fields (psycopg's Int2/Int4), every value on SQLite.
 
 
 def _str_or_none(value: Any) -> bool:
@@ -754,14 +757,15 @@ def _batch_result(
 
 
 # -- multi-row statements -------------------------------------------------------------------------
-# On PostgreSQL a batch's INSERTs take their rows from unnest() of one typed array per column, so
-# the statement has as many placeholders as the table has columns, whatever the batch size.
-# psycopg binds client-side: it parses a query's placeholders with a regex and quotes each
-# parameter, and caches the parsing only for queries of at most 50 parameters. A VALUES list of
-# 64 ledger rows (2,688 parameters) was parsed again and quoted value by value on every batch,
-# about a tenth of the gateway's CPU. SQLite has no arrays and keeps the VALUES list.
-# unnest returns the arrays' elements in order and the INSERT takes them in that order, as it
+# On PostgreSQL a batch's INSERTs take their rows from ONE jsonb parameter: the rows as JSON arrays,
+# each element read back and cast to its column's type (docs/recording.md#batches). The statement
+# has one placeholder whatever the batch size, and the client's work is one orjson call: psycopg
+# binds client-side with a regex and a quote per value (a VALUES list of 64 ledger rows, 2,688
+# parameters, was parsed and quoted on every batch), and an array per column cost a dumper per
+# element (about 0.3 ms a ledger row and 1.3 ms a batch on the slow machine of 2026-12-03).
+# jsonb_array_elements returns the rows in order and the INSERT takes them in that order, as it
 # takes a VALUES list's rows: the lock order the callers sort their rows into still holds.
+# SQLite keeps the VALUES list.
 
 
 def _statement_rows(count: int) -> int | None:
@@ -770,23 +774,43 @@ def _statement_rows(count: int) -> int | None:
 
 
 def _rows_source(fields: list[Field], count: int | None) -> str:
-    """Where a multi-row INSERT takes its rows from: `count` VALUES rows, or (None) unnest of one
-    array parameter per field, cast to the column's type (psycopg would otherwise guess it from
-    the values, or send text for a column of NULLs)."""
+    """Where a multi-row INSERT takes its rows from: `count` VALUES rows, or (None) the elements of
+    one jsonb array of rows, each value cast to its column's type as the values were cast before
+    (explicitly: a varchar(n) value is cut at n, as the column's own assignment would refuse)."""
     if count is None:
-        arrays = ", ".join(f"%s::{field.db_type(connection)}[]" for field in fields)
-        return f"SELECT * FROM unnest({arrays})"  # noqa: S608 (model metadata only)
+        values = ", ".join(_json_element(index, field) for index, field in enumerate(fields))
+        return f"SELECT {values} FROM jsonb_array_elements(%s::jsonb) AS r"  # noqa: S608 (model metadata only)
     one = f"({', '.join(['%s'] * len(fields))})"
     return f"VALUES {', '.join([one] * count)}"
 
 
+def _json_element(index: int, field: Field) -> str:
+    if isinstance(field, models.JSONField):
+        # A JSON column keeps the document; Python's None is SQL NULL, as Django saves it.
+        return f"NULLIF(r->{index}, 'null'::jsonb)"
+    return f"(r->>{index})::{field.db_type(connection)}"
+
+
 def _rows_params(rows: list[list]) -> list:
-    """_rows_source's parameters for rows of prepared values: one list per column (arrays), or
-    every value row after row. psycopg refuses an array whose values dump to different types
-    (an int among Decimals): pass money through its field's get_db_prep_save."""
+    """_rows_source's parameters for rows of prepared values: the rows as one JSON text, or every
+    value row after row."""
     if connection.vendor == "postgresql":
-        return [list(column) for column in zip(*rows, strict=True)]
+        return [orjson.dumps(rows, default=_json_value).decode()]
     return [value for row in rows for value in row]
+
+
+def _json_value(value: Any) -> Any:
+    """A prepared value orjson does not write itself, as its column's text: money exactly (a
+    Decimal's digits, never a float), an address, a JSON column's document."""
+    if type(value) is Decimal:
+        if not value.is_finite():
+            raise ValueError(f"{value} is not an amount of money")
+        return str(value)
+    if isinstance(value, IPv4Address | IPv6Address):
+        return str(value)
+    if isinstance(value, Jsonb):
+        return value.obj
+    raise TypeError(f"{type(value).__name__} has no JSON form for a batch row")
 
 
 @cache

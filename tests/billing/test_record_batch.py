@@ -304,22 +304,23 @@ def test_a_held_request_recorded_for_free_is_settled_without_a_charge():
 
 def awkward(w: dict) -> list[BatchRecord]:
     """records(w) with no account at all (a column of NULLs), columns mixing NULLs and values,
-    IPv4 and IPv6 addresses, and text that needs quoting inside a PostgreSQL array literal."""
+    IPv4 and IPv6 addresses, and text that needs escaping in an array literal or in JSON."""
     return [
         dataclasses.replace(
             record,
             account_id=None,
             first_token_ms=None if index % 3 else 40 + index,
             client_ip=(None, "203.0.113.9", "2001:db8::1")[index % 3],
-            user_agent=('say "hi", {x} \\ NULL é', "NULL", "")[index % 3],
+            user_agent=('say "hi", {x} \\ NULL é', "NULL \\u0041\t\u2028 null", "")[index % 3],
         )
         for index, record in enumerate(records(w))
     ]
 
 
 def test_a_batch_stores_nulls_json_and_quoted_text_as_recording_row_by_row_does():
-    # On PostgreSQL the batch sends each column as one array (INSERT … SELECT * FROM unnest):
-    # every value goes through an array literal, so compare with the one-row INSERT's values.
+    # On PostgreSQL the batch sends its rows as one JSON document (INSERT … SELECT … FROM
+    # jsonb_array_elements): every value goes through JSON text, so compare with the one-row
+    # INSERT's values.
     one_by_one, batched = world("a"), world("b")
     record_one_by_one(awkward(one_by_one))
     results = usage_record_batch(awkward(batched))
@@ -327,7 +328,7 @@ def test_a_batch_stores_nulls_json_and_quoted_text_as_recording_row_by_row_does(
     assert ledger(batched) == ledger(one_by_one)
     assert counters(batched) == counters(one_by_one)
     rows = UsageLog.objects.filter(api_key__in=batched["keys"])
-    assert {row.user_agent for row in rows} == {'say "hi", {x} \\ NULL é', "NULL", ""}
+    assert {row.user_agent for row in rows} == {'say "hi", {x} \\ NULL é', "NULL \\u0041\t\u2028 null", ""}
     assert {row.breakdown["usage_source"] for row in rows} == {"reported"}  # an object, not a string
     # The rows went in in the order the batch sorted them into (ids follow it): the lock order.
     inserted = list(rows.order_by("id").values_list("api_key_id", "request_id"))

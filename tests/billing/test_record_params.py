@@ -4,6 +4,7 @@ same as with full preparation."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from zoneinfo import ZoneInfo
@@ -79,3 +80,54 @@ def test_json_ips_integers_and_every_field_off_postgresql_are_always_prepared():
     always = ["breakdown", "client_ip", "input_tokens", "duration_ms", "first_token_ms", "status_code"]
     assert [prepared_as_is(UsageLog._meta.get_field(name), "postgresql") for name in always] == [None] * 6
     assert {prepared_as_is(field, "sqlite") for field in FIELDS} == {None}
+
+
+@pytest.mark.django_db
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="batches send JSON rows on PostgreSQL only")
+def test_a_batch_row_carries_money_addresses_json_and_nulls_exactly_through_its_json_text():
+    from billing.services import _rows_params, _rows_source
+
+    fields = [
+        UsageLog._meta.get_field(name)
+        for name in (
+            "actual_cost",
+            "rate_multiplier",
+            "client_ip",
+            "breakdown",
+            "created_at",
+            "first_token_ms",
+        )
+    ]
+    when = datetime(2026, 11, 25, 21, 30, 0, 123456, tzinfo=ZoneInfo("Asia/Tokyo"))
+    rows = [
+        [field.get_db_prep_save(value, connection) for field, value in zip(fields, row, strict=True)]
+        for row in (
+            # 20 significant digits: a float would keep about 16 of them.
+            [
+                Decimal("98765432109.87654321"),
+                Decimal("1.234567"),
+                "2001:db8::1",
+                {"a": ["1.5", None]},
+                when,
+                7,
+            ],
+            [Decimal("0E-8"), Decimal("-0.000001"), None, None, None, None],
+        )
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(_rows_source(fields, None), _rows_params(rows))
+        stored = [list(row) for row in cursor.fetchall()]
+
+    stored[0][3] = json.loads(stored[0][3])  # Django's connection reads jsonb as its text
+    assert stored[0] == [
+        Decimal("98765432109.87654321"),
+        Decimal("1.234567"),
+        "2001:db8::1",
+        {"a": ["1.5", None]},
+        when,
+        7,
+    ]
+    assert stored[1] == [Decimal("0E-8"), Decimal("-0.000001"), None, None, None, None]
+    with pytest.raises(TypeError) as refused:  # orjson's error, raised from ours
+        _rows_params([[Decimal("NaN")]])
+    assert "NaN is not an amount of money" in str(refused.value.__cause__)

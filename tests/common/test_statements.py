@@ -1,0 +1,145 @@
+"""common.statements.bind: the hot statements' values written into SQL as psycopg's client-side
+binding writes them, so a query string run_at_once sends is the one psycopg would have built."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import UTC, date, datetime, timedelta, timezone
+from decimal import Decimal
+from zoneinfo import ZoneInfo
+
+import pytest
+from django.db import connection
+from psycopg.types.json import Jsonb
+from psycopg.types.numeric import Int2, Int4, Int8
+
+import common.statements
+from billing.models import RequestOutcome
+from common.statements import bind, literal
+
+pytestmark = [
+    pytest.mark.django_db,
+    pytest.mark.skipif(connection.vendor != "postgresql", reason="client-side binding is psycopg's"),
+]
+
+VALUES = [
+    None,
+    True,
+    False,
+    0,
+    -0,
+    7,
+    -1,
+    2**63 - 1,
+    -(2**63),
+    Int8(5),
+    Int8(-5),
+    Int4(3),
+    Int2(-2),
+    Decimal("0"),
+    Decimal("-0"),
+    Decimal("0E-8"),
+    Decimal("0.01267500"),
+    Decimal("-12345678901.12345678"),
+    Decimal("1E+2"),
+    Decimal("NaN"),
+    Decimal("-Infinity"),
+    datetime(2026, 12, 3, 12, 0, tzinfo=UTC),
+    datetime(2026, 12, 3, 12, 0, 1, 123456, tzinfo=UTC),
+    datetime(2026, 12, 3, 21, 0, 1, 5, tzinfo=ZoneInfo("Asia/Tokyo")),
+    datetime(2026, 7, 1, 3, 0, tzinfo=ZoneInfo("America/St_Johns")),  # -02:30
+    datetime(1890, 1, 1, tzinfo=ZoneInfo("Asia/Tokyo")),  # +09:18:59, seconds in the offset
+    datetime(2026, 1, 1, tzinfo=timezone(timedelta(hours=-5))),
+    datetime(2026, 12, 3, 12, 0),  # naive
+    "",
+    "gpt-4o-mini",
+    "it's 'quoted'",
+    "é ü 中文 \u2028 \t\n",
+    "back\\slash",
+    "-- not a comment",
+    RequestOutcome.COMPLETED,  # a str subclass
+    date(2026, 12, 3),
+    [Decimal("1.5"), None],
+    Jsonb({"a": 1}),
+    1.5,
+]
+
+
+@pytest.fixture
+def client_cursor():
+    with connection.cursor() as cursor:
+        yield cursor.cursor  # psycopg's ClientCursor under Django's wrapper
+
+
+def test_every_value_is_written_as_psycopg_writes_it(client_cursor):
+    written_here = 0
+    for value in VALUES:
+        ours = literal(value)
+        if ours is not None:
+            assert ours == client_cursor.mogrify("%s", (value,)), value
+            written_here += 1
+        assert bind(client_cursor, "SELECT %s", (value,)) == client_cursor.mogrify("SELECT %s", (value,)), (
+            value
+        )
+    assert written_here >= 25  # the check is not vacuous: most of them skip psycopg
+
+
+def test_a_value_written_here_reads_back_as_itself(client_cursor):
+    for value in VALUES:
+        if literal(value) is None or value is None:
+            continue
+        client_cursor.execute(bind(client_cursor, "SELECT %s", (value,)))
+        assert client_cursor.fetchone()[0] == value, value
+
+
+def test_named_positional_and_percent_placeholders_bind_as_psycopg_binds_them(client_cursor):
+    cases = [
+        ("SELECT %(a)s, %(b)s, %(a)s WHERE 'x' LIKE 'x%%'", {"a": Decimal("-1.5"), "b": "o'k", "unused": 1}),
+        ("SELECT %s, %s, 100 %% 7", (Int8(9), datetime(2026, 1, 1, tzinfo=UTC))),
+        ("SELECT 1", None),
+        ("SELECT %s", ("back\\slash",)),
+    ]
+    for sql, params in cases:
+        assert bind(client_cursor, sql, params) == client_cursor.mogrify(sql, params), sql
+
+
+def test_a_placeholder_bind_does_not_know_and_mixed_placeholders_are_left_to_psycopg(client_cursor):
+    assert bind(client_cursor, "SELECT %t", (5,)) == client_cursor.mogrify("SELECT %t", (5,))
+    with pytest.raises(Exception) as ours:
+        bind(client_cursor, "SELECT %s, %(a)s", {"a": 1})
+    with pytest.raises(Exception) as theirs:
+        client_cursor.mogrify("SELECT %s, %(a)s", {"a": 1})
+    assert type(ours.value) is type(theirs.value)
+
+
+def test_recording_and_hold_batches_send_exactly_what_psycopg_would_bind(monkeypatch):
+    # Every statement of real batches (counters, rollup; holds), bound both ways.
+    from billing.holds import pending_hold_many
+    from billing.services import usage_record_batch
+    from tests.billing.test_record_batch import records, world
+    from tests.factories import APIKeyFactory, UpstreamAccountFactory
+    from tests.gateway.test_hold_batches import request
+
+    compared = []
+    real_bind = common.statements.bind
+
+    def both(cursor, sql, params):
+        ours = real_bind(cursor, sql, params)
+        assert ours == cursor.mogrify(sql, params)
+        compared.append(sql)
+        return ours
+
+    monkeypatch.setattr(common.statements, "bind", both)
+    w = world("a")
+    usage_record_batch(records(w))
+    usage_record_batch(
+        [dataclasses.replace(record, request_id=f"{record.request_id}-again") for record in records(w)]
+    )
+    recorded = len(compared)
+    key = APIKeyFactory(user__balance=Decimal("10"))
+    account = UpstreamAccountFactory(platform="openai", quota_limit_usd=Decimal("5"))
+    assert all(
+        result.held
+        for result in pending_hold_many([request(key, f"r{n}", "0.1", [account]) for n in range(3)])
+    )
+    assert recorded >= 6 and len(compared) > recorded
