@@ -31,6 +31,7 @@ from tests.factories import (
     UpstreamAccountFactory,
     UserFactory,
 )
+from tests.sent import statements_run
 
 pytestmark = pytest.mark.django_db
 
@@ -212,7 +213,9 @@ def test_a_batch_is_one_insert_and_one_update_per_distinct_counted_row():
     with CaptureQueriesContext(connection) as queries:
         usage_record_batch(batch)
     # (the counter statements go to PostgreSQL as one query string: count its statements)
-    statements = [part.split()[0] for query in queries.captured_queries for part in query["sql"].split(";\n")]
+    statements = [
+        part.split()[0] for query in queries.captured_queries for part in statements_run(query["sql"])
+    ]
     # ledger, 3 keys, rollups, 1 balance, 1 subscription, 2 accounts (savepoint-free: the test's
     # transaction), and one DELETE settling every pending record of the batch
     assert statements.count("INSERT") == 2
@@ -383,7 +386,7 @@ def test_a_batch_sends_every_counter_statement_at_once_in_lock_order_after_every
     # Everything else (ledger INSERT, pending DELETE, the replays' SELECT) ran before them, and
     # they went as one query (the batch's atomic block is a savepoint in the test's transaction).
     captured = [query["sql"] for query in queries.captured_queries]
-    assert [sql.split()[0] for sql in captured] == [
+    assert [statements_run(sql)[0].split()[0] for sql in captured] == [
         "SAVEPOINT",
         "INSERT",
         "DELETE",
@@ -391,7 +394,7 @@ def test_a_batch_sends_every_counter_statement_at_once_in_lock_order_after_every
         "UPDATE",
         "RELEASE",
     ]
-    together = captured[4].split(";\n")
+    together = statements_run(captured[4])
     assert [sql.split()[0] for sql in together] == [sql.split()[0] for sql in sent[0]]
     assert _updated_ids(together, APIKey) == sorted(key.pk for key in w["keys"])
     assert _updated_ids(together, UpstreamAccount) == sorted(account.pk for account in w["accounts"])

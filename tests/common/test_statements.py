@@ -10,12 +10,15 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from psycopg.types.json import Jsonb
 from psycopg.types.numeric import Int2, Int4, Int8
 
 import common.statements
 from billing.models import RequestOutcome
-from common.statements import bind, literal
+from common.statements import BuiltStatement, bind, literal, run_at_once
+
+D0 = Decimal(0)
 
 pytestmark = [
     pytest.mark.django_db,
@@ -112,8 +115,8 @@ def test_a_placeholder_bind_does_not_know_and_mixed_placeholders_are_left_to_psy
     assert type(ours.value) is type(theirs.value)
 
 
-def test_recording_and_hold_batches_send_exactly_what_psycopg_would_bind(monkeypatch):
-    # Every statement of real batches (counters, rollup; holds), bound both ways.
+def test_recording_and_hold_batches_send_every_value_as_psycopg_would_bind_it(monkeypatch):
+    # Every value of real batches (counters, rollup; holds), written both ways.
     from billing.holds import pending_hold_many
     from billing.services import usage_record_batch
     from tests.billing.test_record_batch import records, world
@@ -121,15 +124,15 @@ def test_recording_and_hold_batches_send_exactly_what_psycopg_would_bind(monkeyp
     from tests.gateway.test_hold_batches import request
 
     compared = []
-    real_bind = common.statements.bind
+    real = common.statements._literal_of
 
-    def both(cursor, sql, params):
-        ours = real_bind(cursor, sql, params)
-        assert ours == cursor.mogrify(sql, params)
-        compared.append(sql)
+    def both(cursor, value):
+        ours = real(cursor, value)
+        assert ours == cursor.mogrify("%s", (value,)), value
+        compared.append(value)
         return ours
 
-    monkeypatch.setattr(common.statements, "bind", both)
+    monkeypatch.setattr(common.statements, "_literal_of", both)
     w = world("a")
     usage_record_batch(records(w))
     usage_record_batch(
@@ -138,8 +141,51 @@ def test_recording_and_hold_batches_send_exactly_what_psycopg_would_bind(monkeyp
     recorded = len(compared)
     key = APIKeyFactory(user__balance=Decimal("10"))
     account = UpstreamAccountFactory(platform="openai", quota_limit_usd=Decimal("5"))
-    assert all(
-        result.held
-        for result in pending_hold_many([request(key, f"r{n}", "0.1", [account]) for n in range(3)])
+    held = pending_hold_many([request(key, f"r{n}", "0.1", [account]) for n in range(3)])
+    assert all(result.held for result in held)
+    assert recorded >= 30 and len(compared) >= recorded + 3 * 20
+
+
+def _sum_and_echo(a: Decimal, b: Decimal, text: str) -> BuiltStatement:
+    return BuiltStatement(
+        "SELECT %(a)s::numeric + %(b)s::numeric, %(text)s::text, %(a)s::numeric",
+        {"a": a, "b": b, "text": text},
+        read=tuple,
     )
-    assert recorded >= 6 and len(compared) > recorded
+
+
+def _prepared_here(sql: str) -> int:
+    name = common.statements._server_form(sql)[0]
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_prepared_statements WHERE name = %s", [name])
+        return cursor.fetchone()[0]
+
+
+def test_a_statement_run_at_once_is_prepared_once_a_session_and_executed_by_name_with_its_values():
+    first = run_at_once([_sum_and_echo(Decimal("1.5"), Decimal("2.25"), "it's, (here)")])
+    with CaptureQueriesContext(connection) as queries:
+        again = run_at_once([_sum_and_echo(Decimal("-0.1"), Decimal("0.1"), "\\ and é")] * 2)
+
+    assert first == [(Decimal("3.75"), "it's, (here)", Decimal("1.5"))]
+    assert again == [(Decimal("0.0"), "\\ and é", Decimal("-0.1"))] * 2
+    assert _prepared_here(_sum_and_echo(D0, D0, "").sql) == 1
+    [sent] = [query["sql"] for query in queries.captured_queries]
+    assert sent.count("EXECUTE tollgate_") == 2 and sent.count("tollgate_prepare(") == 1
+
+
+def test_a_statement_is_prepared_again_after_psycopg_deallocates_every_prepared_statement():
+    statement = _sum_and_echo(Decimal("1"), Decimal("2"), "x")
+    assert run_at_once([statement]) == [(Decimal("3"), "x", Decimal("1"))]
+    with connection.cursor() as cursor:
+        cursor.execute("DEALLOCATE ALL")  # what psycopg sends after a rollback when it prepared its own
+    assert _prepared_here(statement.sql) == 0
+    assert run_at_once([statement]) == [(Decimal("3"), "x", Decimal("1"))]
+    assert _prepared_here(statement.sql) == 1
+
+
+def test_a_guarded_statement_has_one_text_whatever_its_place_in_the_string():
+    positional = BuiltStatement("UPDATE t SET a = %s WHERE id = %s", [1, 2], requires_row=True)
+    named = BuiltStatement("UPDATE t SET a = %(a)s", {"a": 1}, requires_row=True)
+    for statement in (positional, named):
+        first, fifth = common.statements._guarded(statement, 0), common.statements._guarded(statement, 4)
+        assert first.sql == fifth.sql and first.params != fifth.params

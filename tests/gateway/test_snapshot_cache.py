@@ -25,6 +25,7 @@ from gateway.limits import REDIS_PREFIX, RedisLimiter
 from tests.factories import StaffFactory
 from tests.fake_upstream import ROOT
 from tests.gateway.conftest import gateway_app, ledger_rows, make_tenant
+from tests.sent import statements_run
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -127,7 +128,7 @@ def test_a_cached_key_costs_one_hold_transaction_before_the_response(
     # (docs/gateway.md#holds-and-settle). The recording comes after it and settles the hold.
     hot = [shape(sql) for at, sql in second if at <= served["started_at"]]
     # The counter statements go as one query string (docs/recording.md#batches): each counts.
-    recording = [shape(part) for at, sql in second if at > served["ended_at"] for part in sql.split(";\n")]
+    recording = [shape(part) for at, sql in second if at > served["ended_at"] for part in statements_run(sql)]
     # One statement: the key, the balance, the pending record. The account has no quota: nothing
     # held on it, so no lock on the row every key shares.
     assert hot == [HOLD]
