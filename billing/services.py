@@ -809,6 +809,8 @@ def _json_value(value: Any) -> Any:
     if isinstance(value, IPv4Address | IPv6Address):
         return str(value)
     if isinstance(value, Jsonb):
+        # The document itself, written by orjson rather than the field's encoder: the ledger's
+        # JSON (the breakdown) holds only strings, numbers, booleans, lists and dicts.
         return value.obj
     raise TypeError(f"{type(value).__name__} has no JSON form for a batch row")
 

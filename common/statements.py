@@ -68,9 +68,10 @@ def run_at_once(statements: list[BuiltStatement], *, commit: bool = False) -> li
     transaction) `commit` is ignored, and a `read` that raises does so after all the statements
     ran, still inside that transaction.
 
-    Each statement is prepared once per connection (`PREPARE`, a round trip of its own the first
-    time) and sent as `EXECUTE name(values)`: PostgreSQL parses, analyses and plans a 4 kB hold
-    statement in about 1.5 ms on a slow machine, which every request of a hold batch paid.
+    Each statement goes as `EXECUTE name(values)` of a statement the session prepared, and the
+    string starts with the call that prepares those it lacks (below): PostgreSQL parses, analyses
+    and plans a 4 kB hold statement in about 1.5 ms on a slow machine, which every request of a
+    hold batch paid.
 
     With server-side binding the statements go through psycopg's pipeline mode instead: one round
     trip too, but psycopg polls the socket (and gives up the GIL) once per statement queued.
@@ -102,6 +103,9 @@ def run_at_once(statements: list[BuiltStatement], *, commit: bool = False) -> li
                 answers.append(statement.read(cursor.fetchone() if cursor.description else None))
             return answers
     except DatabaseError as error:
+        if getattr(error.__cause__, "sqlstate", None) == CACHED_PLAN_CHANGED:
+            global _generation
+            _generation += 1
         stopped = _stopped_statement(error, statements)
         if stopped is None:
             raise
@@ -124,6 +128,9 @@ _MISSING = "tollgate_row_required: statement "
 def _guarded(statement: BuiltStatement, index: int) -> BuiltStatement:
     if not statement.requires_row:
         return statement
+    if statement.params is None:  # nothing for psycopg to bind: the position goes in as text
+        sql = _GUARDED.format(sql=statement.sql, index=index)
+        return BuiltStatement(sql, None, statement.read, requires_row=True)
     if isinstance(statement.params, dict):
         sql = _GUARDED.format(sql=statement.sql, index=f"%({_GUARD_INDEX})s")
         params: Any = {**statement.params, _GUARD_INDEX: index}
@@ -255,43 +262,81 @@ def bind(cursor: Any, sql: str, params: Any) -> str:
 
 # --- statements prepared once per session -------------------------------------------------------
 # A string of run_at_once executes each statement as EXECUTE name(values), after one
-# SELECT tollgate_prepare(name, text), … (common/migrations/0002) that prepares those the session
-# does not have yet. Nothing here remembers what a session prepared: psycopg deallocates every
-# prepared statement after a rollback on a connection where it prepared its own, and SQL-level
-# PREPARE outlives the transaction it ran in, so only the server knows.
+# SELECT tollgate_prepare(name, types, text), … (common/migrations/0002) that prepares those the
+# session does not have yet. Nothing here remembers what a session prepared: psycopg deallocates
+# every prepared statement after a rollback on a connection where it prepared its own, and
+# SQL-level PREPARE outlives the transaction it ran in, so only the server knows.
+#
+# Each parameter is declared with the type its value had as a literal in the bound string (a
+# Decimal is numeric, an int bigint, an aware datetime timestamptz, a bool boolean), so the
+# statement means what it meant bound; the rest (text, NULL, what psycopg writes with a cast)
+# is left for PostgreSQL to infer from where the parameter stands, as an untyped literal was.
+# Undeclared, `%(limit)s < 0` reads the limit as an integer and EXECUTE would round 2.50 to 3.
 
 _DOLLAR_QUOTE = "$tollgate_statement$"
+_INT8_LOW, _INT8_HIGH = -(2**63), 2**63
+# Bumped when PostgreSQL refuses a prepared statement whose result changed shape (a migration
+# altered a column it returns): every statement is prepared again under a new name.
+_generation = 0
+CACHED_PLAN_CHANGED = "0A000"
+
+
+def _declared_type(value: Any) -> str:
+    kind = type(value)
+    if kind is Decimal:
+        return "numeric"
+    if kind is bool:
+        return "boolean"
+    if kind in _INTS:
+        return (
+            "bigint" if _INT8_LOW <= value < _INT8_HIGH else "numeric"
+        )  # (`in range` walks an int subclass)
+    if kind is datetime and value.utcoffset() is not None:
+        return "timestamptz"
+    return "unknown"
 
 
 @lru_cache(maxsize=512)
-def _server_form(sql: str) -> tuple[str, str, tuple[str | int, ...]] | None:
-    """The name `sql` is prepared under (from its text: the same in every process and session),
-    the call that prepares it, and the parameter each of its $1, $2… takes (one per distinct
-    name); None when it has no parameter or one bind would not take apart either."""
+def _numbered(sql: str) -> tuple[str, tuple[str | int, ...]] | None:
+    """`sql` with $1, $2… for its placeholders (one per distinct name), and the parameter each
+    number takes; None when it goes bound instead: no parameter, a placeholder bind would not take
+    apart either, or one that, numbered, would run into the text beside it."""
     template = _template(sql)
     if template is None or _DOLLAR_QUOTE in sql:
         return None
     texts, keys = template
     if not keys:
         return None
+    for before, after in zip(texts, texts[1:], strict=False):
+        if (before and (before[-1].isalnum() or before[-1] in "_$")) or (after and after[0].isdigit()):
+            return None
     order = tuple(dict.fromkeys(keys))
     numbered = [texts[0]]
     for key, text in zip(keys, texts[1:], strict=True):
         numbered.append(f"${order.index(key) + 1}")
         numbered.append(text)
-    name = "tollgate_" + hashlib.blake2b(sql.encode(), digest_size=12).hexdigest()
-    prepare = f"tollgate_prepare('{name}', {_DOLLAR_QUOTE}{''.join(numbered)}{_DOLLAR_QUOTE})"
-    return name, prepare, order
+    return "".join(numbered), order
+
+
+@lru_cache(maxsize=512)
+def _prepared_as(sql: str, types: tuple[str, ...], generation: int) -> tuple[str, str]:
+    """The name `sql` is prepared under with these parameter types (from its text and types, so
+    every process and session agrees on it) and the call that prepares it."""
+    body, _order = _numbered(sql)
+    declared = ", ".join(types)
+    signature = f"{generation}\0{declared}\0{sql}"
+    name = "tollgate_" + hashlib.blake2b(signature.encode(), digest_size=12).hexdigest()
+    return name, f"tollgate_prepare('{name}', '{declared}', {_DOLLAR_QUOTE}{body}{_DOLLAR_QUOTE})"
 
 
 def _executed(cursor: Any, statement: BuiltStatement) -> tuple[str | None, str]:
     """The call that prepares `statement` (None: it goes bound) and what the string runs."""
-    form = _server_form(statement.sql) if statement.params else None
-    if form is None:
+    numbered = _numbered(statement.sql) if statement.params else None
+    if numbered is None:
         return None, bind(cursor, statement.sql, statement.params)
-    name, prepare, order = form
-    values = ", ".join(_literal_of(cursor, statement.params[key]) for key in order)
-    return prepare, f"EXECUTE {name}({values})"
+    values = [statement.params[key] for key in numbered[1]]
+    name, prepare = _prepared_as(statement.sql, tuple(_declared_type(value) for value in values), _generation)
+    return prepare, f"EXECUTE {name}({', '.join(_literal_of(cursor, value) for value in values)})"
 
 
 def _literal_of(cursor: Any, value: Any) -> str:

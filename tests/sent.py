@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import re
 
-_PREPARE = re.compile(r"tollgate_prepare\('(\w+)', \$tollgate_statement\$(.*?)\$tollgate_statement\$\)", re.S)
+_PREPARE = re.compile(
+    r"tollgate_prepare\('(\w+)', '[^']*', \$tollgate_statement\$(.*?)\$tollgate_statement\$\)", re.S
+)
 _EXECUTE = re.compile(r"EXECUTE (\w+)\((.*)\)", re.S)
 
 

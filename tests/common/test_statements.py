@@ -154,11 +154,14 @@ def _sum_and_echo(a: Decimal, b: Decimal, text: str) -> BuiltStatement:
     )
 
 
-def _prepared_here(sql: str) -> int:
-    name = common.statements._server_form(sql)[0]
+def _prepared_here(statement: BuiltStatement) -> list[list[str]]:
+    """The parameter types the session prepared `statement` with, once per preparation."""
+    values = [statement.params[key] for key in common.statements._numbered(statement.sql)[1]]
+    types = tuple(common.statements._declared_type(value) for value in values)
+    name, _ = common.statements._prepared_as(statement.sql, types, common.statements._generation)
     with connection.cursor() as cursor:
-        cursor.execute("SELECT count(*) FROM pg_prepared_statements WHERE name = %s", [name])
-        return cursor.fetchone()[0]
+        cursor.execute("SELECT parameter_types::text[] FROM pg_prepared_statements WHERE name = %s", [name])
+        return [row[0] for row in cursor.fetchall()]
 
 
 def test_a_statement_run_at_once_is_prepared_once_a_session_and_executed_by_name_with_its_values():
@@ -168,7 +171,7 @@ def test_a_statement_run_at_once_is_prepared_once_a_session_and_executed_by_name
 
     assert first == [(Decimal("3.75"), "it's, (here)", Decimal("1.5"))]
     assert again == [(Decimal("0.0"), "\\ and é", Decimal("-0.1"))] * 2
-    assert _prepared_here(_sum_and_echo(D0, D0, "").sql) == 1
+    assert _prepared_here(_sum_and_echo(D0, D0, "")) == [["numeric", "numeric", "text"]]
     [sent] = [query["sql"] for query in queries.captured_queries]
     assert sent.count("EXECUTE tollgate_") == 2 and sent.count("tollgate_prepare(") == 1
 
@@ -178,9 +181,23 @@ def test_a_statement_is_prepared_again_after_psycopg_deallocates_every_prepared_
     assert run_at_once([statement]) == [(Decimal("3"), "x", Decimal("1"))]
     with connection.cursor() as cursor:
         cursor.execute("DEALLOCATE ALL")  # what psycopg sends after a rollback when it prepared its own
-    assert _prepared_here(statement.sql) == 0
+    assert _prepared_here(statement) == []
     assert run_at_once([statement]) == [(Decimal("3"), "x", Decimal("1"))]
-    assert _prepared_here(statement.sql) == 1
+    assert _prepared_here(statement) == [["numeric", "numeric", "text"]]
+
+
+def test_each_parameter_is_declared_with_the_type_its_literal_had_and_the_rest_is_inferred():
+    statement = BuiltStatement(
+        "SELECT %(limit)s < 0, %(id)s = 1, %(at)s, %(flag)s, %(name)s::varchar, %(none)s::numeric",
+        {"limit": Decimal("2.50"), "id": Int8(7), "at": datetime(2026, 1, 1, tzinfo=UTC), "flag": True},
+        read=tuple,
+    )
+    statement = dataclasses.replace(statement, params={**statement.params, "name": "n", "none": None})
+    assert run_at_once([statement]) == [(False, False, datetime(2026, 1, 1, tzinfo=UTC), True, "n", None)]
+    # Left undeclared, `%(limit)s < 0` would make the limit an integer (2.50 read as 3).
+    assert _prepared_here(statement) == [
+        ["numeric", "bigint", "timestamp with time zone", "boolean", "character varying", "numeric"]
+    ]
 
 
 def test_a_guarded_statement_has_one_text_whatever_its_place_in_the_string():

@@ -115,6 +115,27 @@ def test_a_batch_locks_accounts_in_ascending_id_order_and_answers_each_request_i
     assert sorted(PendingRequest.objects.values_list("request_id", flat=True)) == ["none", "on-high"]
 
 
+def test_a_batch_holds_against_a_subscription_limit_in_cents_exactly(key):
+    # 2.35 of 2.50 used: 0.05 fits three times, not four. The batch's prepared statement declares
+    # the limit numeric; read as an integer it would be 3 and let the fourth through.
+    subscription = SubscriptionFactory(
+        user=key.user, daily_usage_usd=D("2.35"), daily_window_start=datetime.now(UTC)
+    )
+    on_subscription = {
+        "subscription_id": subscription.pk,
+        "subscription_limits": {"daily": D("2.50")},
+        "subscription_starts_at": subscription.starts_at,
+        "subscription_timezone": "UTC",
+    }
+    with CaptureQueriesContext(connection) as queries:
+        results = pending_hold_many(
+            [replace(request(key, f"s{n}", "0.05"), **on_subscription) for n in range(4)]
+        )
+    assert [result.refused for result in results] == ["", "", "", "subscription_daily"]
+    assert held(Subscription, subscription.pk) == D("0.15")
+    assert [query for query in queries.captured_queries if expanded(query["sql"]).count("INSERT INTO") == 4]
+
+
 def test_requests_of_one_key_with_different_money_rows_are_held_one_by_one(key):
     subscription = SubscriptionFactory(user=key.user)
     on_subscription = replace(request(key, "sub"), subscription_id=subscription.pk, subscription_limits={})
