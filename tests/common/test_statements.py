@@ -206,3 +206,19 @@ def test_a_guarded_statement_has_one_text_whatever_its_place_in_the_string():
     for statement in (positional, named):
         first, fifth = common.statements._guarded(statement, 0), common.statements._guarded(statement, 4)
         assert first.sql == fifth.sql and first.params != fifth.params
+
+
+def test_a_statement_whose_result_changed_shape_after_a_migration_is_prepared_again_under_a_new_name():
+    from django.db import DatabaseError, transaction
+
+    with connection.cursor() as cursor:
+        cursor.execute("CREATE TABLE tollgate_shape_test (id bigint PRIMARY KEY, a text)")
+        cursor.execute("INSERT INTO tollgate_shape_test VALUES (1, 'one')")
+    statement = BuiltStatement("SELECT * FROM tollgate_shape_test WHERE id = %s", [1], read=tuple)
+    assert run_at_once([statement]) == [(1, "one")]
+    with connection.cursor() as cursor:
+        cursor.execute("ALTER TABLE tollgate_shape_test ADD COLUMN b text DEFAULT 'two'")
+
+    with pytest.raises(DatabaseError, match="cached plan must not change result type"), transaction.atomic():
+        run_at_once([statement])
+    assert run_at_once([statement]) == [(1, "one", "two")]
