@@ -1,0 +1,748 @@
+"""The gateway's upstream HTTP client (gateway/upstream_http.py) over real loopback sockets, against
+small servers of the test's own that send exactly the bytes a case needs."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import itertools
+import re
+import socket
+import ssl
+import struct
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from gateway.addresses import CheckedResolver
+from gateway.upstream_http import BUFFER_LIMIT, UpstreamBroken, UpstreamClient, UpstreamConnectError
+from tests import event_loop
+from tests.gateway.test_upstream_addresses import fixed_answers
+
+HEADERS = (("content-type", "application/json"), ("authorization", "Bearer sk-test"))
+BODY = b'{"model": "gpt-4o"}'
+
+
+@pytest.fixture(autouse=True)
+def _private_networks_allowed(settings):
+    settings.UPSTREAM_ALLOW_PRIVATE_NETWORKS = True  # the servers are on loopback
+
+
+def answer(body: bytes, *headers: str, status: str = "200 OK") -> bytes:
+    extra = "".join(f"{header}\r\n" for header in headers)
+    return f"HTTP/1.1 {status}\r\ncontent-length: {len(body)}\r\n{extra}\r\n".encode() + body
+
+
+Conversation = Callable[["Upstream", asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
+
+
+class Upstream:
+    """A server on loopback: each connection it accepts (numbered from 0) runs `conversation`."""
+
+    def __init__(self, conversation: Conversation, *, host: str = "127.0.0.1", tls=None) -> None:
+        self.conversation = conversation
+        self.host = host
+        self.tls = tls
+        self.requests: list[bytes] = []
+        self.connections = 0
+        self._writers: list[asyncio.StreamWriter] = []
+
+    async def __aenter__(self) -> Upstream:
+        self.server = await asyncio.start_server(self._accepted, self.host, 0, ssl=self.tls)
+        self.port = self.server.sockets[0].getsockname()[1]
+        authority = f"[{self.host}]" if ":" in self.host else self.host
+        self.url = f"{'https' if self.tls else 'http'}://{authority}:{self.port}"
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        self.server.close()
+        for writer in self._writers:
+            writer.transport.abort()
+        await self.server.wait_closed()
+
+    async def _accepted(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        number = self.connections
+        self.connections += 1
+        self._writers.append(writer)
+        try:
+            await self.conversation(self, reader, writer, number)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass  # the client went: the conversation is over
+        finally:
+            writer.close()
+
+    async def request(self, reader: asyncio.StreamReader) -> bytes:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(re.search(rb"content-length: (\d+)", head).group(1))
+        request = head + await reader.readexactly(length)
+        self.requests.append(request)
+        return request
+
+
+def answering(*answers: bytes, delay: float = 0.0) -> Conversation:
+    """Answer the requests of each connection with `answers` in turn (the last one repeated)."""
+
+    async def conversation(upstream, reader, writer, number) -> None:
+        for index in itertools.count():
+            await upstream.request(reader)
+            await asyncio.sleep(delay)
+            writer.write(answers[min(index, len(answers) - 1)])
+            await writer.drain()
+
+    return conversation
+
+
+def silent() -> Conversation:
+    """Read the request, then never answer."""
+
+    async def conversation(upstream, reader, writer, number) -> None:
+        await upstream.request(reader)
+        await asyncio.sleep(60)
+
+    return conversation
+
+
+def reset(writer: asyncio.StreamWriter) -> None:
+    """Close with a reset (RST), not an orderly FIN."""
+    writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
+
+
+async def post(client: UpstreamClient, url: str, *, connect_timeout: float = 5.0):
+    return await client.post(url + "/v1/chat/completions", BODY, HEADERS, connect_timeout=connect_timeout)
+
+
+async def read_all(response) -> bytes:
+    received = b""
+    while chunk := await response.readany():
+        received += chunk
+    return received
+
+
+# --- requests and answers ----------------------------------------------------------------------
+
+
+def test_the_request_names_its_host_and_length_asks_for_no_compression_and_sends_no_user_agent():
+    async def scenario() -> tuple[bytes, int]:
+        async with Upstream(answering(answer(b"{}"))) as upstream:
+            client = UpstreamClient(limit=4)
+            response = await client.post(
+                upstream.url + "/v1/messages?beta=true", b"hello", HEADERS, connect_timeout=5
+            )
+            await response.read()
+            await client.close()
+            return upstream.requests[0], upstream.port
+
+    request, port = event_loop.run(scenario())
+    assert request == (
+        b"POST /v1/messages?beta=true HTTP/1.1\r\n"
+        + f"host: 127.0.0.1:{port}\r\n".encode()
+        + b"accept-encoding: identity\r\n"
+        + b"content-type: application/json\r\nauthorization: Bearer sk-test\r\n"
+        + b"content-length: 5\r\n\r\nhello"
+    )
+
+
+def test_a_sized_answer_is_read_whole_and_its_connection_serves_the_next_request():
+    async def scenario() -> tuple[list, int, int]:
+        async with Upstream(
+            answering(answer(b'{"n": 1}'), answer(b'{"n": 2}'), answer(b'{"n": 3}'))
+        ) as upstream:
+            client = UpstreamClient(limit=4)
+            bodies = []
+            for _ in range(3):
+                response = await post(client, upstream.url)
+                bodies.append((response.status, await response.read()))
+            idle = client.idle_connections
+            await client.close()
+            return bodies, upstream.connections, idle
+
+    bodies, connections, idle = event_loop.run(scenario())
+    assert bodies == [(200, b'{"n": 1}'), (200, b'{"n": 2}'), (200, b'{"n": 3}')]
+    assert connections == 1
+    assert idle == 1
+
+
+def test_a_chunked_answer_is_read_whole_and_its_connection_kept():
+    async def conversation(upstream, reader, writer, number) -> None:
+        while True:
+            await upstream.request(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n")
+            await asyncio.sleep(0.02)
+            writer.write(b"6\r\n world\r\n0\r\n\r\n")
+
+    async def scenario() -> tuple[list, int]:
+        async with Upstream(conversation) as upstream:
+            client = UpstreamClient(limit=4)
+            bodies = [await (await post(client, upstream.url)).read() for _ in range(2)]
+            await client.close()
+            return bodies, upstream.connections
+
+    assert event_loop.run(scenario()) == ([b"hello world", b"hello world"], 1)
+
+
+def test_an_answer_without_a_length_is_read_until_the_server_closes_and_its_connection_is_gone():
+    async def conversation(upstream, reader, writer, number) -> None:
+        await upstream.request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\ndata: 1\n\n")
+        await asyncio.sleep(0.02)
+        writer.write(b"data: 2\n\n")
+        await writer.drain()
+        writer.close()
+
+    async def scenario() -> tuple[bytes, int]:
+        async with Upstream(conversation) as upstream:
+            client = UpstreamClient(limit=4)
+            body = await read_all(await post(client, upstream.url))
+            await asyncio.sleep(0.01)
+            open_connections = client.open_connections
+            await client.close()
+            return body, open_connections
+
+    assert event_loop.run(scenario()) == (b"data: 1\n\ndata: 2\n\n", 0)
+
+
+def test_header_names_are_lower_case_and_repeated_headers_joined():
+    headers = ("X-Thing: a", "OpenAI-Processing-MS: 12", "x-thing: b")
+
+    async def scenario() -> dict:
+        async with Upstream(answering(answer(b"{}", *headers))) as upstream:
+            client = UpstreamClient(limit=4)
+            response = await post(client, upstream.url)
+            await client.close()
+            return response.headers
+
+    headers = event_loop.run(scenario())
+    assert headers["x-thing"] == "a, b"
+    assert headers["openai-processing-ms"] == "12"
+
+
+def test_an_interim_answer_is_skipped_for_the_answer_that_follows():
+    early_hints = b"HTTP/1.1 103 Early Hints\r\nlink: </style.css>\r\n\r\n"
+
+    async def scenario() -> tuple[int, dict, bytes]:
+        async with Upstream(answering(early_hints + answer(b"{}"))) as upstream:
+            client = UpstreamClient(limit=4)
+            response = await post(client, upstream.url)
+            body = await response.read()
+            await client.close()
+            return response.status, response.headers, body
+
+    status, headers, body = event_loop.run(scenario())
+    assert (status, body) == (200, b"{}")
+    assert "link" not in headers
+
+
+def test_read_up_to_stops_at_its_size_and_leaves_the_rest_to_read():
+    async def scenario() -> tuple[bytes, bytes]:
+        async with Upstream(answering(answer(b"0123456789" * 10))) as upstream:
+            client = UpstreamClient(limit=4)
+            response = await post(client, upstream.url)
+            first = await response.read_up_to(15)
+            rest = await read_all(response)
+            await client.close()
+            return first, rest
+
+    first, rest = event_loop.run(scenario())
+    assert first == b"012345678901234"
+    assert len(rest) == 85
+
+
+def test_an_answer_that_is_not_http_is_a_broken_connection():
+    async def scenario() -> None:
+        async with Upstream(answering(b"SSH-2.0-OpenSSH_9.6\r\n\r\n")) as upstream:
+            client = UpstreamClient(limit=4)
+            with pytest.raises(UpstreamBroken, match="not valid HTTP"):
+                await post(client, upstream.url)
+            assert client.open_connections == 0
+            await client.close()
+
+    event_loop.run(scenario())
+
+
+def test_a_header_value_with_a_line_break_is_never_sent():
+    async def scenario() -> None:
+        async with Upstream(answering(answer(b"{}"))) as upstream:
+            client = UpstreamClient(limit=4)
+            with pytest.raises(UpstreamConnectError, match="line break"):
+                await client.post(
+                    upstream.url, BODY, (("x-api-key", "sk\r\nx-injected: 1"),), connect_timeout=5
+                )
+            assert upstream.connections == 0
+            await client.close()
+
+    event_loop.run(scenario())
+
+
+# --- broken connections ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ending", ["closed", "reset"])
+def test_what_arrived_before_a_drop_is_handed_over_before_the_error(ending):
+    async def conversation(upstream, reader, writer, number) -> None:
+        await upstream.request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n" + b"x" * 40)
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        if ending == "reset":
+            reset(writer)
+        else:
+            writer.close()
+
+    async def scenario() -> tuple[bytes, str]:
+        async with Upstream(conversation) as upstream:
+            client = UpstreamClient(limit=4)
+            response = await post(client, upstream.url)
+            received = b""
+            with pytest.raises(UpstreamBroken) as broken:
+                while True:
+                    received += await response.readany()
+            await client.close()
+            return received, str(broken.value)
+
+    received, error = event_loop.run(scenario())
+    assert received == b"x" * 40
+    assert "mid-answer" in error
+
+
+def test_reading_a_whole_body_that_was_cut_short_raises():
+    async def conversation(upstream, reader, writer, number) -> None:
+        await upstream.request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n" + b"x" * 40)
+        await writer.drain()
+        writer.close()
+
+    async def scenario() -> None:
+        async with Upstream(conversation) as upstream:
+            client = UpstreamClient(limit=4)
+            response = await post(client, upstream.url)
+            with pytest.raises(UpstreamBroken, match="mid-answer"):
+                await response.read()
+            await client.close()
+
+    event_loop.run(scenario())
+
+
+def test_a_connection_closed_before_the_answer_is_broken_and_not_retried_when_it_was_new():
+    async def conversation(upstream, reader, writer, number) -> None:
+        await upstream.request(reader)  # then closes without a word
+
+    async def scenario() -> int:
+        async with Upstream(conversation) as upstream:
+            client = UpstreamClient(limit=4)
+            with pytest.raises(UpstreamBroken, match="before answering"):
+                await post(client, upstream.url)
+            await client.close()
+            return len(upstream.requests)
+
+    assert event_loop.run(scenario()) == 1
+
+
+def test_a_reused_connection_closed_as_the_request_left_is_retried_once_on_a_new_one():
+    async def conversation(upstream, reader, writer, number) -> None:
+        await upstream.request(reader)
+        writer.write(answer(f'{{"connection": {number}}}'.encode()))
+        if number == 0:
+            # Its keep-alive time is up just as the second request arrives: closed unanswered.
+            await upstream.request(reader)
+            reset(writer)
+            return
+        await asyncio.sleep(60)
+
+    async def scenario() -> tuple[bytes, bytes, int]:
+        async with Upstream(conversation) as upstream:
+            client = UpstreamClient(limit=4)
+            first = await (await post(client, upstream.url)).read()
+            second = await (await post(client, upstream.url)).read()
+            await client.close()
+            return first, second, len(upstream.requests)
+
+    assert event_loop.run(scenario()) == (b'{"connection": 0}', b'{"connection": 1}', 3)
+
+
+def test_a_reused_connection_that_had_begun_to_answer_is_not_retried():
+    async def conversation(upstream, reader, writer, number) -> None:
+        await upstream.request(reader)
+        writer.write(answer(b"{}"))
+        await upstream.request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\n")
+        await writer.drain()
+        reset(writer)
+
+    async def scenario() -> int:
+        async with Upstream(conversation) as upstream:
+            client = UpstreamClient(limit=4)
+            await (await post(client, upstream.url)).read()
+            with pytest.raises(UpstreamBroken):
+                await post(client, upstream.url)
+            await client.close()
+            return len(upstream.requests)
+
+    assert event_loop.run(scenario()) == 2
+
+
+# --- the pool ----------------------------------------------------------------------------------
+
+
+def test_an_answer_with_connection_close_does_not_leave_its_connection_in_the_pool():
+    async def conversation(upstream, reader, writer, number) -> None:
+        await upstream.request(reader)
+        writer.write(answer(b"{}", "connection: close"))
+        await asyncio.sleep(60)  # the server keeps it open: the client must not use it again
+
+    async def scenario() -> int:
+        async with Upstream(conversation) as upstream:
+            client = UpstreamClient(limit=4)
+            for _ in range(2):
+                await (await post(client, upstream.url)).read()
+            await client.close()
+            return upstream.connections
+
+    assert event_loop.run(scenario()) == 2
+
+
+def test_a_connection_the_server_closed_while_idle_is_not_used_again():
+    async def conversation(upstream, reader, writer, number) -> None:
+        await upstream.request(reader)
+        writer.write(answer(b"{}"))
+        await writer.drain()
+        await asyncio.sleep(0.02)  # (then closed, as a server does after its keep-alive time)
+
+    async def scenario() -> tuple[int, int, int]:
+        async with Upstream(conversation) as upstream:
+            client = UpstreamClient(limit=4)
+            await (await post(client, upstream.url)).read()
+            await asyncio.sleep(0.1)
+            left_open = client.open_connections
+            await (await post(client, upstream.url)).read()
+            await client.close()
+            return left_open, upstream.connections, len(upstream.requests)
+
+    assert event_loop.run(scenario()) == (0, 2, 2)
+
+
+def test_an_answer_left_unread_closes_its_connection_instead_of_returning_it():
+    async def conversation(upstream, reader, writer, number) -> None:
+        while True:
+            await upstream.request(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n" + b"x" * 10)
+            await asyncio.sleep(0.05)
+            writer.write(b"x" * 990)
+
+    async def scenario() -> tuple[int, int]:
+        async with Upstream(conversation) as upstream:
+            client = UpstreamClient(limit=4)
+            response = await post(client, upstream.url)
+            response.release()  # 990 bytes still to come: the connection cannot carry another request
+            left_open = client.open_connections
+            await (await post(client, upstream.url)).read()
+            await client.close()
+            return left_open, upstream.connections
+
+    assert event_loop.run(scenario()) == (0, 2)
+
+
+def test_a_connection_idle_past_its_time_is_closed_and_not_used_again():
+    async def scenario() -> tuple[int, int]:
+        async with Upstream(answering(answer(b"{}"))) as upstream:
+            client = UpstreamClient(limit=4, idle_seconds=0.2)
+            await (await post(client, upstream.url)).read()
+            await asyncio.sleep(0.5)  # two sweeps
+            left_open = client.open_connections
+            await (await post(client, upstream.url)).read()
+            await client.close()
+            return left_open, upstream.connections
+
+    assert event_loop.run(scenario()) == (0, 2)
+
+
+def test_a_server_keep_alive_timeout_shortens_how_long_its_connection_is_kept():
+    async def scenario() -> int:
+        async with Upstream(answering(answer(b"{}", "keep-alive: timeout=1, max=100"))) as upstream:
+            client = UpstreamClient(limit=4)
+            for _ in range(2):
+                await (await post(client, upstream.url)).read()
+            await client.close()
+            return upstream.connections
+
+    # Kept for a second less than the server's timeout: not at all.
+    assert event_loop.run(scenario()) == 2
+
+
+def test_at_the_cap_a_caller_waits_for_a_connection_to_come_free():
+    async def scenario() -> tuple[list, int, float]:
+        async with Upstream(answering(answer(b"{}"), delay=0.1)) as upstream:
+            client = UpstreamClient(limit=1)
+            most = 0
+
+            async def one() -> bytes:
+                nonlocal most
+                response = await post(client, upstream.url)
+                most = max(most, client.open_connections)
+                return await response.read()
+
+            started = time.monotonic()
+            bodies = await asyncio.gather(one(), one(), one())
+            elapsed = time.monotonic() - started
+            await client.close()
+            return bodies, upstream.connections, elapsed
+
+    bodies, connections, elapsed = event_loop.run(scenario())
+    assert bodies == [b"{}"] * 3
+    assert connections == 1  # each waited for the one connection and used it in turn
+    assert elapsed >= 0.3
+
+
+def test_at_the_cap_a_caller_gives_up_after_its_connect_timeout():
+    async def scenario() -> int:
+        async with Upstream(silent()) as upstream:
+            client = UpstreamClient(limit=1)
+            stuck = asyncio.ensure_future(post(client, upstream.url))
+            await asyncio.sleep(0.05)
+            with pytest.raises(TimeoutError):
+                await post(client, upstream.url, connect_timeout=0.1)
+            stuck.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await stuck
+            open_connections = client.open_connections
+            await client.close()
+            return open_connections
+
+    assert event_loop.run(scenario()) == 0
+
+
+def test_at_the_cap_an_idle_connection_to_another_host_makes_way():
+    async def scenario() -> tuple[bytes, int]:
+        async with Upstream(answering(answer(b"a"))) as first, Upstream(answering(answer(b"b"))) as second:
+            client = UpstreamClient(limit=1)
+            await (await post(client, first.url)).read()
+            body = await (await post(client, second.url)).read()
+            open_connections = client.open_connections
+            await client.close()
+            return body, open_connections
+
+    assert event_loop.run(scenario()) == (b"b", 1)
+
+
+def test_a_head_slower_than_the_callers_deadline_ends_the_call_and_frees_its_place():
+    async def scenario() -> tuple[int, bytes]:
+        async with Upstream(silent()) as slow, Upstream(answering(answer(b"{}"))) as quick:
+            client = UpstreamClient(limit=1)
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.2):
+                    await post(client, slow.url)
+            open_connections = client.open_connections
+            body = await (await post(client, quick.url, connect_timeout=0.5)).read()
+            await client.close()
+            return open_connections, body
+
+    assert event_loop.run(scenario()) == (0, b"{}")
+
+
+def test_closing_an_answer_wakes_its_reader_with_an_error():
+    async def conversation(upstream, reader, writer, number) -> None:
+        await upstream.request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n")
+        await asyncio.sleep(60)
+
+    async def scenario() -> tuple[bytes, int]:
+        async with Upstream(conversation) as upstream:
+            client = UpstreamClient(limit=4)
+            response = await post(client, upstream.url)
+            first = await response.readany()
+            reading = asyncio.ensure_future(response.readany())
+            await asyncio.sleep(0.02)
+            response.close()  # what a drain's time up does to a stream still running
+            with pytest.raises(UpstreamBroken, match="closed"):
+                await reading
+            open_connections = client.open_connections
+            await client.close()
+            return first, open_connections
+
+    assert event_loop.run(scenario()) == (b"hello", 0)
+
+
+def test_a_stream_read_slower_than_it_arrives_stops_the_connection_reading():
+    size = 32 * 1024 * 1024
+
+    async def conversation(upstream, reader, writer, number) -> None:
+        await upstream.request(reader)
+        writer.write(f"HTTP/1.1 200 OK\r\ncontent-length: {size}\r\n\r\n".encode())
+        piece = b"x" * 65536
+        for _ in range(size // len(piece)):
+            writer.write(piece)
+            await writer.drain()
+        upstream.finished = True
+
+    async def scenario() -> tuple[int, bool, int, bool]:
+        async with Upstream(conversation) as upstream:
+            upstream.finished = False
+            client = UpstreamClient(limit=4)
+            response = await post(client, upstream.url)
+            await asyncio.sleep(0.3)
+            buffered, finished_early = response.buffered, upstream.finished
+            received = len(await read_all(response))
+            await asyncio.sleep(0.01)
+            await client.close()
+            return buffered, finished_early, received, upstream.finished
+
+    buffered, finished_early, received, finished = event_loop.run(scenario())
+    assert buffered <= BUFFER_LIMIT + 256 * 1024  # one socket read past the limit at most
+    assert not finished_early
+    assert (received, finished) == (size, True)
+
+
+def test_closing_the_client_closes_its_connections_idle_and_in_use():
+    async def scenario() -> tuple[int, str]:
+        async with Upstream(answering(answer(b"{}"))) as idle, Upstream(silent()) as busy:
+            client = UpstreamClient(limit=4)
+            await (await post(client, idle.url)).read()
+            waiting = asyncio.ensure_future(post(client, busy.url))
+            await asyncio.sleep(0.05)
+            await client.close()
+            with pytest.raises(UpstreamBroken) as broken:
+                await waiting
+            return client.open_connections, str(broken.value)
+
+    open_connections, error = event_loop.run(scenario())
+    assert open_connections == 0
+    assert "shutting down" in error
+
+
+# --- addresses and TLS -------------------------------------------------------------------------
+
+
+def test_an_address_nobody_listens_on_is_a_connect_error_carrying_the_os_error():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # closed again before the call: nothing listens there
+
+    async def scenario() -> None:
+        client = UpstreamClient(limit=4)
+        with pytest.raises(UpstreamConnectError) as refused:
+            await post(client, f"http://127.0.0.1:{port}")
+        assert isinstance(refused.value.os_error, ConnectionRefusedError)
+        assert client.open_connections == 0
+        await client.close()
+
+    event_loop.run(scenario())
+
+
+def test_a_name_resolving_only_to_refused_addresses_is_never_connected_to(settings):
+    settings.UPSTREAM_ALLOW_PRIVATE_NETWORKS = False
+
+    async def scenario() -> int:
+        async with Upstream(answering(answer(b"{}"))) as upstream:
+            client = UpstreamClient(limit=4, resolver=CheckedResolver(fixed_answers("127.0.0.1")))
+            with pytest.raises(UpstreamConnectError, match="relay.test resolves only to refused .*loopback"):
+                await post(client, f"http://relay.test:{upstream.port}")
+            await client.close()
+            return upstream.connections
+
+    assert event_loop.run(scenario()) == 0
+
+
+def test_the_next_address_is_tried_when_the_first_refuses_the_connection():
+    async def scenario() -> tuple[bytes, bytes]:
+        async with Upstream(answering(answer(b"{}"))) as upstream:
+            # Nothing listens on 127.0.0.2 (the server is bound to 127.0.0.1 only).
+            resolver = CheckedResolver(fixed_answers("127.0.0.2", "127.0.0.1"))
+            client = UpstreamClient(limit=4, resolver=resolver)
+            body = await (await post(client, f"http://relay.test:{upstream.port}")).read()
+            await client.close()
+            return body, upstream.requests[0]
+
+    body, request = event_loop.run(scenario())
+    assert body == b"{}"
+    assert b"\r\nhost: relay.test:" in request
+
+
+def test_an_ipv6_upstream_is_reached_by_its_address():
+    try:
+        socket.create_server(("::1", 0), family=socket.AF_INET6).close()
+    except OSError:
+        pytest.skip("this machine has no IPv6 loopback")
+
+    async def scenario() -> tuple[bytes, bytes, int]:
+        async with Upstream(answering(answer(b"{}")), host="::1") as upstream:
+            client = UpstreamClient(limit=4)
+            body = await (await post(client, upstream.url)).read()
+            await client.close()
+            return body, upstream.requests[0], upstream.port
+
+    body, request, port = event_loop.run(scenario())
+    assert body == b"{}"
+    assert f"\r\nhost: [::1]:{port}\r\n".encode() in request
+
+
+def certificate(directory: Path, name: str) -> tuple[ssl.SSLContext, str]:
+    """A self-signed certificate for `name`: the server's TLS context, and the PEM to trust it."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    pem = cert.public_bytes(serialization.Encoding.PEM).decode()
+    (directory / "cert.pem").write_text(pem)
+    (directory / "key.pem").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(directory / "cert.pem", directory / "key.pem")
+    return server, pem
+
+
+def test_https_reaches_a_server_whose_certificate_names_the_host(tmp_path):
+    server_tls, pem = certificate(tmp_path, "relay.test")
+
+    async def scenario() -> tuple[bytes, int]:
+        async with Upstream(answering(answer(b"{}")), tls=server_tls) as upstream:
+            client = UpstreamClient(
+                limit=4,
+                resolver=CheckedResolver(fixed_answers("127.0.0.1")),
+                ssl_context=ssl.create_default_context(cadata=pem),
+            )
+            url = f"https://relay.test:{upstream.port}"
+            bodies = [await (await post(client, url)).read() for _ in range(2)]
+            await client.close()
+            return b"".join(bodies), upstream.connections
+
+    assert event_loop.run(scenario()) == (b"{}{}", 1)
+
+
+def test_https_refuses_a_certificate_for_another_name(tmp_path):
+    server_tls, pem = certificate(tmp_path, "someone-else.test")
+
+    async def scenario() -> None:
+        async with Upstream(answering(answer(b"{}")), tls=server_tls) as upstream:
+            client = UpstreamClient(
+                limit=4,
+                resolver=CheckedResolver(fixed_answers("127.0.0.1")),
+                ssl_context=ssl.create_default_context(cadata=pem),
+            )
+            with pytest.raises(UpstreamConnectError) as refused:
+                await post(client, f"https://relay.test:{upstream.port}")
+            assert isinstance(refused.value.os_error, ssl.SSLCertVerificationError)
+            assert client.open_connections == 0
+            await client.close()
+
+    event_loop.run(scenario())
