@@ -516,6 +516,7 @@ class UpstreamClient:
 
     async def _connection(self, target: _Target, connect_timeout: float, *, fresh: bool) -> _Connection:
         async with asyncio.timeout(connect_timeout):
+            woken = False
             while True:
                 if self._closed:
                     raise UpstreamConnectError(OSError("the upstream client is closed"))
@@ -523,7 +524,9 @@ class UpstreamClient:
                     return connection
                 if self.limit <= 0 or self._open < self.limit or self._close_an_idle_connection():
                     break
-                await self._wait_for_a_place()
+                # Woken, but another call took the place first: this one stays first in line.
+                await self._wait_for_a_place(first=woken)
+                woken = True
             self._open += 1
             try:
                 connection = await self._open_connection(target)
@@ -548,9 +551,12 @@ class UpstreamClient:
         oldest.abort(None)
         return True
 
-    async def _wait_for_a_place(self) -> None:
+    async def _wait_for_a_place(self, *, first: bool) -> None:
         waiter = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
+        if first:
+            self._waiters.appendleft(waiter)
+        else:
+            self._waiters.append(waiter)
         try:
             await waiter
         except BaseException:
@@ -597,6 +603,9 @@ class UpstreamClient:
             except BaseException:
                 sock.close()
                 raise
+            if connection.closed:  # the server closed it at once: no better than a refusal
+                failure = ConnectionResetError(f"{address[0]} closed the connection as it opened")
+                continue
             return connection
         raise UpstreamConnectError(failure or OSError(f"{target.host} has no address"))
 

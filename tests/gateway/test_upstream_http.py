@@ -11,10 +11,13 @@ import socket
 import ssl
 import struct
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
+import uvloop
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -22,11 +25,24 @@ from cryptography.x509.oid import NameOID
 
 from gateway.addresses import CheckedResolver
 from gateway.upstream_http import BUFFER_LIMIT, UpstreamBroken, UpstreamClient, UpstreamConnectError
-from tests import event_loop
 from tests.gateway.test_upstream_addresses import fixed_answers
 
 HEADERS = (("content-type", "application/json"), ("authorization", "Bearer sk-test"))
 BODY = b'{"model": "gpt-4o"}'
+T = TypeVar("T")
+
+
+@pytest.fixture(params=["asyncio", "uvloop"])
+def run(request) -> Callable[[Coroutine[Any, Any, T]], T]:
+    """Run a scenario on asyncio's own loop, then on uvloop's (the gateway's, under uvicorn)."""
+    runner = asyncio.run if request.param == "asyncio" else uvloop.run
+
+    def run(coroutine: Coroutine[Any, Any, T]) -> T:
+        # A thread of its own: the browser tests keep a loop running in the main thread.
+        with ThreadPoolExecutor(1, thread_name_prefix="test-loop") as pool:
+            return pool.submit(runner, coroutine).result()
+
+    return run
 
 
 @pytest.fixture(autouse=True)
@@ -128,7 +144,7 @@ async def read_all(response) -> bytes:
 # --- requests and answers ----------------------------------------------------------------------
 
 
-def test_the_request_names_its_host_and_length_asks_for_no_compression_and_sends_no_user_agent():
+def test_the_request_names_its_host_and_length_asks_for_no_compression_and_sends_no_user_agent(run):
     async def scenario() -> tuple[bytes, int]:
         async with Upstream(answering(answer(b"{}"))) as upstream:
             client = UpstreamClient(limit=4)
@@ -139,7 +155,7 @@ def test_the_request_names_its_host_and_length_asks_for_no_compression_and_sends
             await client.close()
             return upstream.requests[0], upstream.port
 
-    request, port = event_loop.run(scenario())
+    request, port = run(scenario())
     assert request == (
         b"POST /v1/messages?beta=true HTTP/1.1\r\n"
         + f"host: 127.0.0.1:{port}\r\n".encode()
@@ -149,7 +165,7 @@ def test_the_request_names_its_host_and_length_asks_for_no_compression_and_sends
     )
 
 
-def test_a_sized_answer_is_read_whole_and_its_connection_serves_the_next_request():
+def test_a_sized_answer_is_read_whole_and_its_connection_serves_the_next_request(run):
     async def scenario() -> tuple[list, int, int]:
         async with Upstream(
             answering(answer(b'{"n": 1}'), answer(b'{"n": 2}'), answer(b'{"n": 3}'))
@@ -163,13 +179,13 @@ def test_a_sized_answer_is_read_whole_and_its_connection_serves_the_next_request
             await client.close()
             return bodies, upstream.connections, idle
 
-    bodies, connections, idle = event_loop.run(scenario())
+    bodies, connections, idle = run(scenario())
     assert bodies == [(200, b'{"n": 1}'), (200, b'{"n": 2}'), (200, b'{"n": 3}')]
     assert connections == 1
     assert idle == 1
 
 
-def test_a_chunked_answer_is_read_whole_and_its_connection_kept():
+def test_a_chunked_answer_is_read_whole_and_its_connection_kept(run):
     async def conversation(upstream, reader, writer, number) -> None:
         while True:
             await upstream.request(reader)
@@ -184,10 +200,10 @@ def test_a_chunked_answer_is_read_whole_and_its_connection_kept():
             await client.close()
             return bodies, upstream.connections
 
-    assert event_loop.run(scenario()) == ([b"hello world", b"hello world"], 1)
+    assert run(scenario()) == ([b"hello world", b"hello world"], 1)
 
 
-def test_an_answer_without_a_length_is_read_until_the_server_closes_and_its_connection_is_gone():
+def test_an_answer_without_a_length_is_read_until_the_server_closes_and_its_connection_is_gone(run):
     async def conversation(upstream, reader, writer, number) -> None:
         await upstream.request(reader)
         writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\ndata: 1\n\n")
@@ -205,10 +221,10 @@ def test_an_answer_without_a_length_is_read_until_the_server_closes_and_its_conn
             await client.close()
             return body, open_connections
 
-    assert event_loop.run(scenario()) == (b"data: 1\n\ndata: 2\n\n", 0)
+    assert run(scenario()) == (b"data: 1\n\ndata: 2\n\n", 0)
 
 
-def test_header_names_are_lower_case_and_repeated_headers_joined():
+def test_header_names_are_lower_case_and_repeated_headers_joined(run):
     headers = ("X-Thing: a", "OpenAI-Processing-MS: 12", "x-thing: b")
 
     async def scenario() -> dict:
@@ -218,12 +234,12 @@ def test_header_names_are_lower_case_and_repeated_headers_joined():
             await client.close()
             return response.headers
 
-    headers = event_loop.run(scenario())
+    headers = run(scenario())
     assert headers["x-thing"] == "a, b"
     assert headers["openai-processing-ms"] == "12"
 
 
-def test_an_interim_answer_is_skipped_for_the_answer_that_follows():
+def test_an_interim_answer_is_skipped_for_the_answer_that_follows(run):
     early_hints = b"HTTP/1.1 103 Early Hints\r\nlink: </style.css>\r\n\r\n"
 
     async def scenario() -> tuple[int, dict, bytes]:
@@ -234,12 +250,12 @@ def test_an_interim_answer_is_skipped_for_the_answer_that_follows():
             await client.close()
             return response.status, response.headers, body
 
-    status, headers, body = event_loop.run(scenario())
+    status, headers, body = run(scenario())
     assert (status, body) == (200, b"{}")
     assert "link" not in headers
 
 
-def test_read_up_to_stops_at_its_size_and_leaves_the_rest_to_read():
+def test_read_up_to_stops_at_its_size_and_leaves_the_rest_to_read(run):
     async def scenario() -> tuple[bytes, bytes]:
         async with Upstream(answering(answer(b"0123456789" * 10))) as upstream:
             client = UpstreamClient(limit=4)
@@ -249,12 +265,12 @@ def test_read_up_to_stops_at_its_size_and_leaves_the_rest_to_read():
             await client.close()
             return first, rest
 
-    first, rest = event_loop.run(scenario())
+    first, rest = run(scenario())
     assert first == b"012345678901234"
     assert len(rest) == 85
 
 
-def test_an_answer_that_is_not_http_is_a_broken_connection():
+def test_an_answer_that_is_not_http_is_a_broken_connection(run):
     async def scenario() -> None:
         async with Upstream(answering(b"SSH-2.0-OpenSSH_9.6\r\n\r\n")) as upstream:
             client = UpstreamClient(limit=4)
@@ -263,10 +279,10 @@ def test_an_answer_that_is_not_http_is_a_broken_connection():
             assert client.open_connections == 0
             await client.close()
 
-    event_loop.run(scenario())
+    run(scenario())
 
 
-def test_a_header_value_with_a_line_break_is_never_sent():
+def test_a_header_value_with_a_line_break_is_never_sent(run):
     async def scenario() -> None:
         async with Upstream(answering(answer(b"{}"))) as upstream:
             client = UpstreamClient(limit=4)
@@ -277,14 +293,14 @@ def test_a_header_value_with_a_line_break_is_never_sent():
             assert upstream.connections == 0
             await client.close()
 
-    event_loop.run(scenario())
+    run(scenario())
 
 
 # --- broken connections ------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("ending", ["closed", "reset"])
-def test_what_arrived_before_a_drop_is_handed_over_before_the_error(ending):
+def test_what_arrived_before_a_drop_is_handed_over_before_the_error(ending, run):
     async def conversation(upstream, reader, writer, number) -> None:
         await upstream.request(reader)
         writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n" + b"x" * 40)
@@ -306,12 +322,12 @@ def test_what_arrived_before_a_drop_is_handed_over_before_the_error(ending):
             await client.close()
             return received, str(broken.value)
 
-    received, error = event_loop.run(scenario())
+    received, error = run(scenario())
     assert received == b"x" * 40
     assert "mid-answer" in error
 
 
-def test_reading_a_whole_body_that_was_cut_short_raises():
+def test_reading_a_whole_body_that_was_cut_short_raises(run):
     async def conversation(upstream, reader, writer, number) -> None:
         await upstream.request(reader)
         writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n" + b"x" * 40)
@@ -326,10 +342,10 @@ def test_reading_a_whole_body_that_was_cut_short_raises():
                 await response.read()
             await client.close()
 
-    event_loop.run(scenario())
+    run(scenario())
 
 
-def test_a_connection_closed_before_the_answer_is_broken_and_not_retried_when_it_was_new():
+def test_a_connection_closed_before_the_answer_is_broken_and_not_retried_when_it_was_new(run):
     async def conversation(upstream, reader, writer, number) -> None:
         await upstream.request(reader)  # then closes without a word
 
@@ -341,10 +357,10 @@ def test_a_connection_closed_before_the_answer_is_broken_and_not_retried_when_it
             await client.close()
             return len(upstream.requests)
 
-    assert event_loop.run(scenario()) == 1
+    assert run(scenario()) == 1
 
 
-def test_a_reused_connection_closed_as_the_request_left_is_retried_once_on_a_new_one():
+def test_a_reused_connection_closed_as_the_request_left_is_retried_once_on_a_new_one(run):
     async def conversation(upstream, reader, writer, number) -> None:
         await upstream.request(reader)
         writer.write(answer(f'{{"connection": {number}}}'.encode()))
@@ -363,10 +379,10 @@ def test_a_reused_connection_closed_as_the_request_left_is_retried_once_on_a_new
             await client.close()
             return first, second, len(upstream.requests)
 
-    assert event_loop.run(scenario()) == (b'{"connection": 0}', b'{"connection": 1}', 3)
+    assert run(scenario()) == (b'{"connection": 0}', b'{"connection": 1}', 3)
 
 
-def test_a_reused_connection_that_had_begun_to_answer_is_not_retried():
+def test_a_reused_connection_that_had_begun_to_answer_is_not_retried(run):
     async def conversation(upstream, reader, writer, number) -> None:
         await upstream.request(reader)
         writer.write(answer(b"{}"))
@@ -384,13 +400,13 @@ def test_a_reused_connection_that_had_begun_to_answer_is_not_retried():
             await client.close()
             return len(upstream.requests)
 
-    assert event_loop.run(scenario()) == 2
+    assert run(scenario()) == 2
 
 
 # --- the pool ----------------------------------------------------------------------------------
 
 
-def test_an_answer_with_connection_close_does_not_leave_its_connection_in_the_pool():
+def test_an_answer_with_connection_close_does_not_leave_its_connection_in_the_pool(run):
     async def conversation(upstream, reader, writer, number) -> None:
         await upstream.request(reader)
         writer.write(answer(b"{}", "connection: close"))
@@ -404,10 +420,10 @@ def test_an_answer_with_connection_close_does_not_leave_its_connection_in_the_po
             await client.close()
             return upstream.connections
 
-    assert event_loop.run(scenario()) == 2
+    assert run(scenario()) == 2
 
 
-def test_a_connection_the_server_closed_while_idle_is_not_used_again():
+def test_a_connection_the_server_closed_while_idle_is_not_used_again(run):
     async def conversation(upstream, reader, writer, number) -> None:
         await upstream.request(reader)
         writer.write(answer(b"{}"))
@@ -424,10 +440,10 @@ def test_a_connection_the_server_closed_while_idle_is_not_used_again():
             await client.close()
             return left_open, upstream.connections, len(upstream.requests)
 
-    assert event_loop.run(scenario()) == (0, 2, 2)
+    assert run(scenario()) == (0, 2, 2)
 
 
-def test_an_answer_left_unread_closes_its_connection_instead_of_returning_it():
+def test_an_answer_left_unread_closes_its_connection_instead_of_returning_it(run):
     async def conversation(upstream, reader, writer, number) -> None:
         while True:
             await upstream.request(reader)
@@ -445,10 +461,10 @@ def test_an_answer_left_unread_closes_its_connection_instead_of_returning_it():
             await client.close()
             return left_open, upstream.connections
 
-    assert event_loop.run(scenario()) == (0, 2)
+    assert run(scenario()) == (0, 2)
 
 
-def test_a_connection_idle_past_its_time_is_closed_and_not_used_again():
+def test_a_connection_idle_past_its_time_is_closed_and_not_used_again(run):
     async def scenario() -> tuple[int, int]:
         async with Upstream(answering(answer(b"{}"))) as upstream:
             client = UpstreamClient(limit=4, idle_seconds=0.2)
@@ -459,10 +475,10 @@ def test_a_connection_idle_past_its_time_is_closed_and_not_used_again():
             await client.close()
             return left_open, upstream.connections
 
-    assert event_loop.run(scenario()) == (0, 2)
+    assert run(scenario()) == (0, 2)
 
 
-def test_a_server_keep_alive_timeout_shortens_how_long_its_connection_is_kept():
+def test_a_server_keep_alive_timeout_shortens_how_long_its_connection_is_kept(run):
     async def scenario() -> int:
         async with Upstream(answering(answer(b"{}", "keep-alive: timeout=1, max=100"))) as upstream:
             client = UpstreamClient(limit=4)
@@ -472,10 +488,10 @@ def test_a_server_keep_alive_timeout_shortens_how_long_its_connection_is_kept():
             return upstream.connections
 
     # Kept for a second less than the server's timeout: not at all.
-    assert event_loop.run(scenario()) == 2
+    assert run(scenario()) == 2
 
 
-def test_at_the_cap_a_caller_waits_for_a_connection_to_come_free():
+def test_at_the_cap_a_caller_waits_for_a_connection_to_come_free(run):
     async def scenario() -> tuple[list, int, float]:
         async with Upstream(answering(answer(b"{}"), delay=0.1)) as upstream:
             client = UpstreamClient(limit=1)
@@ -493,13 +509,13 @@ def test_at_the_cap_a_caller_waits_for_a_connection_to_come_free():
             await client.close()
             return bodies, upstream.connections, elapsed
 
-    bodies, connections, elapsed = event_loop.run(scenario())
+    bodies, connections, elapsed = run(scenario())
     assert bodies == [b"{}"] * 3
     assert connections == 1  # each waited for the one connection and used it in turn
     assert elapsed >= 0.3
 
 
-def test_at_the_cap_a_caller_gives_up_after_its_connect_timeout():
+def test_at_the_cap_a_caller_gives_up_after_its_connect_timeout(run):
     async def scenario() -> int:
         async with Upstream(silent()) as upstream:
             client = UpstreamClient(limit=1)
@@ -514,10 +530,10 @@ def test_at_the_cap_a_caller_gives_up_after_its_connect_timeout():
             await client.close()
             return open_connections
 
-    assert event_loop.run(scenario()) == 0
+    assert run(scenario()) == 0
 
 
-def test_at_the_cap_an_idle_connection_to_another_host_makes_way():
+def test_at_the_cap_an_idle_connection_to_another_host_makes_way(run):
     async def scenario() -> tuple[bytes, int]:
         async with Upstream(answering(answer(b"a"))) as first, Upstream(answering(answer(b"b"))) as second:
             client = UpstreamClient(limit=1)
@@ -527,10 +543,10 @@ def test_at_the_cap_an_idle_connection_to_another_host_makes_way():
             await client.close()
             return body, open_connections
 
-    assert event_loop.run(scenario()) == (b"b", 1)
+    assert run(scenario()) == (b"b", 1)
 
 
-def test_a_head_slower_than_the_callers_deadline_ends_the_call_and_frees_its_place():
+def test_a_head_slower_than_the_callers_deadline_ends_the_call_and_frees_its_place(run):
     async def scenario() -> tuple[int, bytes]:
         async with Upstream(silent()) as slow, Upstream(answering(answer(b"{}"))) as quick:
             client = UpstreamClient(limit=1)
@@ -542,10 +558,10 @@ def test_a_head_slower_than_the_callers_deadline_ends_the_call_and_frees_its_pla
             await client.close()
             return open_connections, body
 
-    assert event_loop.run(scenario()) == (0, b"{}")
+    assert run(scenario()) == (0, b"{}")
 
 
-def test_closing_an_answer_wakes_its_reader_with_an_error():
+def test_closing_an_answer_wakes_its_reader_with_an_error(run):
     async def conversation(upstream, reader, writer, number) -> None:
         await upstream.request(reader)
         writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n")
@@ -565,10 +581,10 @@ def test_closing_an_answer_wakes_its_reader_with_an_error():
             await client.close()
             return first, open_connections
 
-    assert event_loop.run(scenario()) == (b"hello", 0)
+    assert run(scenario()) == (b"hello", 0)
 
 
-def test_a_stream_read_slower_than_it_arrives_stops_the_connection_reading():
+def test_a_stream_read_slower_than_it_arrives_stops_the_connection_reading(run):
     size = 32 * 1024 * 1024
 
     async def conversation(upstream, reader, writer, number) -> None:
@@ -592,13 +608,13 @@ def test_a_stream_read_slower_than_it_arrives_stops_the_connection_reading():
             await client.close()
             return buffered, finished_early, received, upstream.finished
 
-    buffered, finished_early, received, finished = event_loop.run(scenario())
+    buffered, finished_early, received, finished = run(scenario())
     assert buffered <= BUFFER_LIMIT + 256 * 1024  # one socket read past the limit at most
     assert not finished_early
     assert (received, finished) == (size, True)
 
 
-def test_closing_the_client_closes_its_connections_idle_and_in_use():
+def test_closing_the_client_closes_its_connections_idle_and_in_use(run):
     async def scenario() -> tuple[int, str]:
         async with Upstream(answering(answer(b"{}"))) as idle, Upstream(silent()) as busy:
             client = UpstreamClient(limit=4)
@@ -610,7 +626,7 @@ def test_closing_the_client_closes_its_connections_idle_and_in_use():
                 await waiting
             return client.open_connections, str(broken.value)
 
-    open_connections, error = event_loop.run(scenario())
+    open_connections, error = run(scenario())
     assert open_connections == 0
     assert "shutting down" in error
 
@@ -618,7 +634,7 @@ def test_closing_the_client_closes_its_connections_idle_and_in_use():
 # --- addresses and TLS -------------------------------------------------------------------------
 
 
-def test_an_address_nobody_listens_on_is_a_connect_error_carrying_the_os_error():
+def test_an_address_nobody_listens_on_is_a_connect_error_carrying_the_os_error(run):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]  # closed again before the call: nothing listens there
@@ -631,10 +647,28 @@ def test_an_address_nobody_listens_on_is_a_connect_error_carrying_the_os_error()
         assert client.open_connections == 0
         await client.close()
 
-    event_loop.run(scenario())
+    run(scenario())
 
 
-def test_a_name_resolving_only_to_refused_addresses_is_never_connected_to(settings):
+def test_a_server_that_closes_each_connection_as_it_opens_leaves_no_place_taken(run):
+    async def conversation(upstream, reader, writer, number) -> None:
+        pass  # closed at once
+
+    async def scenario() -> int:
+        async with Upstream(conversation) as upstream:
+            client = UpstreamClient(limit=1)
+            for _ in range(3):
+                # Refused as it opened, or closed before answering: either way, not reached.
+                with pytest.raises((UpstreamConnectError, UpstreamBroken)):
+                    await post(client, upstream.url, connect_timeout=1)
+            open_connections = client.open_connections
+            await client.close()
+            return open_connections
+
+    assert run(scenario()) == 0
+
+
+def test_a_name_resolving_only_to_refused_addresses_is_never_connected_to(settings, run):
     settings.UPSTREAM_ALLOW_PRIVATE_NETWORKS = False
 
     async def scenario() -> int:
@@ -645,10 +679,10 @@ def test_a_name_resolving_only_to_refused_addresses_is_never_connected_to(settin
             await client.close()
             return upstream.connections
 
-    assert event_loop.run(scenario()) == 0
+    assert run(scenario()) == 0
 
 
-def test_the_next_address_is_tried_when_the_first_refuses_the_connection():
+def test_the_next_address_is_tried_when_the_first_refuses_the_connection(run):
     async def scenario() -> tuple[bytes, bytes]:
         async with Upstream(answering(answer(b"{}"))) as upstream:
             # Nothing listens on 127.0.0.2 (the server is bound to 127.0.0.1 only).
@@ -658,12 +692,12 @@ def test_the_next_address_is_tried_when_the_first_refuses_the_connection():
             await client.close()
             return body, upstream.requests[0]
 
-    body, request = event_loop.run(scenario())
+    body, request = run(scenario())
     assert body == b"{}"
     assert b"\r\nhost: relay.test:" in request
 
 
-def test_an_ipv6_upstream_is_reached_by_its_address():
+def test_an_ipv6_upstream_is_reached_by_its_address(run):
     try:
         socket.create_server(("::1", 0), family=socket.AF_INET6).close()
     except OSError:
@@ -676,7 +710,7 @@ def test_an_ipv6_upstream_is_reached_by_its_address():
             await client.close()
             return body, upstream.requests[0], upstream.port
 
-    body, request, port = event_loop.run(scenario())
+    body, request, port = run(scenario())
     assert body == b"{}"
     assert f"\r\nhost: [::1]:{port}\r\n".encode() in request
 
@@ -711,7 +745,7 @@ def certificate(directory: Path, name: str) -> tuple[ssl.SSLContext, str]:
     return server, pem
 
 
-def test_https_reaches_a_server_whose_certificate_names_the_host(tmp_path):
+def test_https_reaches_a_server_whose_certificate_names_the_host(tmp_path, run):
     server_tls, pem = certificate(tmp_path, "relay.test")
 
     async def scenario() -> tuple[bytes, int]:
@@ -726,10 +760,10 @@ def test_https_reaches_a_server_whose_certificate_names_the_host(tmp_path):
             await client.close()
             return b"".join(bodies), upstream.connections
 
-    assert event_loop.run(scenario()) == (b"{}{}", 1)
+    assert run(scenario()) == (b"{}{}", 1)
 
 
-def test_https_refuses_a_certificate_for_another_name(tmp_path):
+def test_https_refuses_a_certificate_for_another_name(tmp_path, run):
     server_tls, pem = certificate(tmp_path, "someone-else.test")
 
     async def scenario() -> None:
@@ -745,4 +779,4 @@ def test_https_refuses_a_certificate_for_another_name(tmp_path):
             assert client.open_connections == 0
             await client.close()
 
-    event_loop.run(scenario())
+    run(scenario())
