@@ -296,6 +296,17 @@ def test_a_header_value_with_a_line_break_is_never_sent(run):
     run(scenario())
 
 
+@pytest.mark.parametrize("url", ["ftp://relay.test/v1", "http://relay.test:99999/v1", "http:///v1"])
+def test_a_url_the_client_cannot_call_is_a_connect_error(url, run):
+    async def scenario() -> None:
+        client = UpstreamClient(limit=4)
+        with pytest.raises(UpstreamConnectError):
+            await client.post(url, BODY, HEADERS, connect_timeout=5)
+        await client.close()
+
+    run(scenario())
+
+
 # --- broken connections ------------------------------------------------------------------------
 
 
