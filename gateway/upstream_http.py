@@ -302,7 +302,10 @@ class _Connection(asyncio.Protocol):
                 await response._wait()
         except BaseException:
             # Cancelled (the caller's deadline, its client gone) or failed: the exchange is over.
-            self.abort(UpstreamBroken("The request was abandoned before the answer."))
+            # Unless the answer had already come whole: its connection may be back in the pool by
+            # now, carrying another call's exchange, which must not be cut.
+            if self.response is response:
+                self.abort(UpstreamBroken("The request was abandoned before the answer."))
             raise
         return response
 

@@ -572,6 +572,46 @@ def test_a_head_slower_than_the_callers_deadline_ends_the_call_and_frees_its_pla
     assert run(scenario()) == (0, b"{}")
 
 
+def test_cancelling_a_call_whose_answer_has_come_whole_leaves_its_connection_to_the_next_call(run):
+    async def conversation(upstream, reader, writer, number) -> None:
+        if number > 0:
+            await answering(answer(b'"on a new connection"'))(upstream, reader, writer, number)
+            return
+        await upstream.request(reader)  # the first call's: the test hands its answer over itself
+        await upstream.request(reader)
+        writer.write(answer(b'"second"'))
+        await asyncio.sleep(60)
+
+    async def scenario() -> tuple[bytes, int, int]:
+        async with Upstream(conversation) as upstream:
+            client = UpstreamClient(limit=4)
+            first = asyncio.ensure_future(post(client, upstream.url))
+            while not upstream.requests:
+                await asyncio.sleep(0.005)
+            (connection,) = client._connections
+            go = asyncio.get_running_loop().create_future()
+
+            async def second_call() -> bytes:
+                await go
+                return await (await post(client, upstream.url)).read()
+
+            second = asyncio.ensure_future(second_call())
+            await asyncio.sleep(0)
+            # One turn of the loop: the second call is due to run; the first call's whole answer
+            # arrives (its connection goes back to the pool), and its deadline cancels it before
+            # it resumes. The second call takes the connection and sends on it first.
+            go.set_result(None)
+            connection.data_received(answer(b'"first"'))
+            first.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await first
+            body = await second
+            await client.close()
+            return body, len(upstream.requests), upstream.connections
+
+    assert run(scenario()) == (b'"second"', 2, 1)
+
+
 def test_closing_an_answer_wakes_its_reader_with_an_error(run):
     async def conversation(upstream, reader, writer, number) -> None:
         await upstream.request(reader)
