@@ -570,8 +570,9 @@ class UpstreamClient:
         except BaseException:
             if waiter.done() and not waiter.cancelled():
                 self._wake_a_waiter()  # woken, but leaving: the place goes to the next in line
-            else:
+            elif waiter in self._waiters:
                 self._waiters.remove(waiter)
+            # (Otherwise a wake came after the cancel: `_wake_a_waiter` passed over this one.)
             raise
 
     def _wake_a_waiter(self) -> None:

@@ -612,6 +612,40 @@ def test_cancelling_a_call_whose_answer_has_come_whole_leaves_its_connection_to_
     assert run(scenario()) == (b'"second"', 2, 1)
 
 
+@pytest.mark.parametrize("order", ["cancelled, then woken", "woken, then cancelled"])
+def test_a_waiter_cancelled_as_a_place_comes_free_leaves_the_place_to_the_next_in_line(order, run):
+    async def conversation(upstream, reader, writer, number) -> None:
+        if number > 0:
+            await answering(answer(b"{}"))(upstream, reader, writer, number)
+            return
+        await upstream.request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")  # and no end
+        await asyncio.sleep(60)
+
+    async def scenario() -> tuple[bytes, int]:
+        async with Upstream(conversation) as upstream:
+            client = UpstreamClient(limit=1)
+            holder = await post(client, upstream.url)  # the one place
+            first = asyncio.ensure_future(post(client, upstream.url))
+            second = asyncio.ensure_future(post(client, upstream.url))
+            await asyncio.sleep(0.02)  # both wait for a place, first in line first
+            # In one turn of the loop (a deadline and a place coming free together):
+            if order == "cancelled, then woken":
+                first.cancel()
+                holder.close()
+            else:
+                holder.close()
+                first.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await first
+            body = await (await asyncio.wait_for(second, 2)).read()
+            open_connections = client.open_connections
+            await client.close()
+            return body, open_connections
+
+    assert run(scenario()) == (b"{}", 1)
+
+
 def test_closing_an_answer_wakes_its_reader_with_an_error(run):
     async def conversation(upstream, reader, writer, number) -> None:
         await upstream.request(reader)
