@@ -20,8 +20,9 @@ and hand back the status, the headers and the body as it arrives.
   a connection that fails once the request is sent (a reset, a close before the answer or in the
   middle of its body, a malformed answer) raises `UpstreamBroken`, after every byte that arrived
   before it was handed over.
-- One retry, on a new connection, when a connection taken from the pool ended before a single
-  byte of the answer (see `UpstreamClient.post`). Nothing else is retried.
+- One retry, on a new connection, when a connection taken from the pool was closed before a
+  single byte of the answer and within `IDLE_CLOSE_RACE_SECONDS` of the request being written
+  (see `UpstreamClient.post`). Nothing else is retried.
 - No proxies, no HTTP/2, no redirects, no cookies, no decompression: the request asks for
   `accept-encoding: identity` and the body is passed through as bytes.
 
@@ -51,6 +52,12 @@ BUFFER_LIMIT = 256 * 1024
 # A body up to this size leaves in the same write as its head; a larger one is not copied.
 JOINED_WRITE = 64 * 1024
 _NOT_BEFORE_END = 1 << 62  # what `read` waits for: the whole body
+# A reused connection closed this soon after the request was written, before a byte of the
+# answer, is retried once (UpstreamClient.post): a server closing an idle keep-alive connection
+# just as our request leaves shows up within a round trip. A close later than that may come from
+# a server that took the request and died (a crash, a balancer dropping a long call), and a POST
+# must not be sent twice: the provider would run and bill it twice.
+IDLE_CLOSE_RACE_SECONDS = 0.1
 
 
 class UpstreamConnectError(Exception):
@@ -251,6 +258,8 @@ class _Connection(asyncio.Protocol):
         "idle",
         "reused",
         "received",
+        "sent_at",
+        "lost_in_idle_race",
         "paused",
         "expires",
         "keep_for",
@@ -274,6 +283,8 @@ class _Connection(asyncio.Protocol):
         self.idle = False  # in the pool's idle list
         self.reused = False  # taken from the pool for the exchange in progress
         self.received = False  # a byte of the current exchange's answer arrived
+        self.sent_at = 0.0  # loop time the current exchange's request was written
+        self.lost_in_idle_race = False  # see IDLE_CLOSE_RACE_SECONDS
         self.paused = False
         self.expires = 0.0
         self.keep_for = pool.idle_seconds
@@ -295,6 +306,7 @@ class _Connection(asyncio.Protocol):
             self.transport.write(head + body)
         else:
             self.transport.writelines((head, body))
+        self.sent_at = self.loop.time()
         try:
             while not response.status:
                 if response._error is not None:
@@ -347,6 +359,11 @@ class _Connection(asyncio.Protocol):
                 response._done = True
                 response._wake()
             elif not response.status:
+                self.lost_in_idle_race = (
+                    self.reused
+                    and not self.received
+                    and self.loop.time() - self.sent_at <= IDLE_CLOSE_RACE_SECONDS
+                )
                 reason = f": {exc}" if exc else ""
                 response._fail(
                     UpstreamBroken(f"The upstream closed the connection before answering{reason}.")
@@ -498,13 +515,14 @@ class UpstreamClient:
         try:
             return await connection.exchange(head, body)
         except UpstreamBroken:
-            if not connection.reused or connection.received:
+            if not connection.lost_in_idle_race:
                 raise
-        # A connection from the pool ended before a byte of the answer: the server closed it as
-        # idle just as the request left (its keep-alive time is its own). A server closes only a
-        # connection with no request in progress, so the request was not taken up: it goes once
-        # more, on a new connection. Failover would send it to the next account all the same,
-        # and a lone account would fail the request for a race it did not lose.
+        # The server closed a connection from the pool before a byte of the answer, within a
+        # round trip of the request being written: it closed it as idle just as the request left
+        # (its keep-alive time is its own), before taking the request up. The request goes once
+        # more, on a new connection: failover would send it to the next account all the same,
+        # and a lone account would fail the request for a race it did not lose. A later close,
+        # or one we made, is not retried (IDLE_CLOSE_RACE_SECONDS).
         connection = await self._connection(target, connect_timeout, fresh=True)
         return await connection.exchange(head, body)
 

@@ -24,7 +24,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from gateway.addresses import CheckedResolver
-from gateway.upstream_http import BUFFER_LIMIT, UpstreamBroken, UpstreamClient, UpstreamConnectError
+from gateway.upstream_http import (
+    BUFFER_LIMIT,
+    IDLE_CLOSE_RACE_SECONDS,
+    UpstreamBroken,
+    UpstreamClient,
+    UpstreamConnectError,
+)
 from tests.gateway.test_upstream_addresses import fixed_answers
 
 HEADERS = (("content-type", "application/json"), ("authorization", "Bearer sk-test"))
@@ -371,26 +377,48 @@ def test_a_connection_closed_before_the_answer_is_broken_and_not_retried_when_it
     assert run(scenario()) == 1
 
 
-def test_a_reused_connection_closed_as_the_request_left_is_retried_once_on_a_new_one(run):
+def test_a_reused_connection_closed_as_the_request_arrives_is_retried_once_on_a_new_one(run):
     async def conversation(upstream, reader, writer, number) -> None:
         await upstream.request(reader)
         writer.write(answer(f'{{"connection": {number}}}'.encode()))
         if number == 0:
             # Its keep-alive time is up just as the second request arrives: closed unanswered.
-            await upstream.request(reader)
+            await reader.read(1)
             reset(writer)
             return
         await asyncio.sleep(60)
 
-    async def scenario() -> tuple[bytes, bytes, int]:
+    async def scenario() -> tuple[bytes, bytes, int, int]:
         async with Upstream(conversation) as upstream:
             client = UpstreamClient(limit=4)
             first = await (await post(client, upstream.url)).read()
             second = await (await post(client, upstream.url)).read()
             await client.close()
-            return first, second, len(upstream.requests)
+            return first, second, len(upstream.requests), upstream.connections
 
-    assert run(scenario()) == (b'{"connection": 0}', b'{"connection": 1}', 3)
+    assert run(scenario()) == (b'{"connection": 0}', b'{"connection": 1}', 2, 2)
+
+
+def test_a_reused_connection_closed_later_than_a_round_trip_after_the_request_is_not_retried(run):
+    async def conversation(upstream, reader, writer, number) -> None:
+        await upstream.request(reader)
+        writer.write(answer(b"{}"))
+        # The second request is taken up, and the server dies before a byte of the answer (a long
+        # completion, a crash): sent again, it would run and be billed twice.
+        await upstream.request(reader)
+        await asyncio.sleep(IDLE_CLOSE_RACE_SECONDS + 0.2)
+        reset(writer)
+
+    async def scenario() -> tuple[int, int]:
+        async with Upstream(conversation) as upstream:
+            client = UpstreamClient(limit=4)
+            await (await post(client, upstream.url)).read()
+            with pytest.raises(UpstreamBroken, match="before answering"):
+                await post(client, upstream.url)
+            await client.close()
+            return len(upstream.requests), upstream.connections
+
+    assert run(scenario()) == (2, 1)
 
 
 def test_a_reused_connection_that_had_begun_to_answer_is_not_retried(run):
