@@ -378,6 +378,9 @@ class _Connection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         if self._finished:
             raise UpstreamBroken("a second answer to one request")  # bytes that were not asked for
+        # A chunked answer's trailer fields come through on_header after its head: they are not
+        # this answer's headers (connections are shared by every account calling the host).
+        self._raw_headers = []
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._raw_headers.append((name, value))

@@ -209,6 +209,34 @@ def test_a_chunked_answer_is_read_whole_and_its_connection_kept(run):
     assert run(scenario()) == ([b"hello world", b"hello world"], 1)
 
 
+def test_a_chunked_answers_trailers_are_not_headers_of_the_next_answer_on_its_connection(run):
+    async def conversation(upstream, reader, writer, number) -> None:
+        await upstream.request(reader)
+        writer.write(
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: x-usage\r\n\r\n"
+            b"2\r\n{}\r\n0\r\nx-usage: tenant-a\r\n\r\n"
+        )
+        await upstream.request(reader)
+        writer.write(answer(b"{}"))
+        await asyncio.sleep(60)
+
+    async def scenario() -> tuple[list, int]:
+        async with Upstream(conversation) as upstream:
+            client = UpstreamClient(limit=4)
+            answers = []
+            for _ in range(2):
+                response = await post(client, upstream.url)
+                answers.append((await response.read(), response.headers))
+            await client.close()
+            return answers, upstream.connections
+
+    (first, second), connections = run(scenario())
+    assert first[0] == second[0] == b"{}"
+    assert connections == 1
+    assert "x-usage" not in first[1]
+    assert "x-usage" not in second[1]
+
+
 def test_an_answer_without_a_length_is_read_until_the_server_closes_and_its_connection_is_gone(run):
     async def conversation(upstream, reader, writer, number) -> None:
         await upstream.request(reader)
