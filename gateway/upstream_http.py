@@ -609,10 +609,19 @@ class UpstreamClient:
             addresses = await self._resolver.resolve(target.host, target.port)
         except OSError as error:
             raise UpstreamConnectError(error) from error
+        except ValueError as error:  # the resolver's IDNA codec: an empty label, one over 63 bytes
+            raise UpstreamConnectError(
+                OSError(f"{target.host} is not a host name that can be resolved ({error})")
+            ) from error
         context = self._context() if target.tls else None
         failure: OSError | None = None
         for family, _type, proto, _name, address in addresses:
-            sock = socket.socket(family, socket.SOCK_STREAM, proto)
+            try:
+                # (No socket for this one, EMFILE or EAFNOSUPPORT: the next address may do.)
+                sock = socket.socket(family, socket.SOCK_STREAM, proto)
+            except OSError as error:
+                failure = error
+                continue
             try:
                 sock.setblocking(False)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -838,6 +838,39 @@ def test_the_next_address_is_tried_when_the_first_refuses_the_connection(run):
     assert b"\r\nhost: relay.test:" in request
 
 
+def test_the_next_address_is_tried_when_no_socket_can_be_made_for_the_first(run):
+    async def resolve(host: str, port: int) -> list:
+        # A socket the system cannot make (as with EMFILE, or EAFNOSUPPORT on a host without IPv6).
+        return [
+            (socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_UDP, "", ("127.0.0.2", port)),
+            (socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", ("127.0.0.1", port)),
+        ]
+
+    async def scenario() -> tuple[bytes, int]:
+        async with Upstream(answering(answer(b"{}"))) as upstream:
+            client = UpstreamClient(limit=4, resolver=CheckedResolver(resolve))
+            body = await (await post(client, f"http://relay.test:{upstream.port}")).read()
+            open_connections = client.open_connections
+            await client.close()
+            return body, open_connections
+
+    assert run(scenario()) == (b"{}", 1)
+
+
+@pytest.mark.parametrize("host", ["api..openai.com", "a" * 64 + ".openai.com"])
+def test_a_host_name_the_resolver_cannot_encode_is_a_connect_error(host, run):
+    async def scenario() -> str:
+        client = UpstreamClient(limit=4)
+        with pytest.raises(UpstreamConnectError) as refused:
+            await post(client, f"https://{host}")
+        open_connections = client.open_connections
+        await client.close()
+        assert open_connections == 0
+        return str(refused.value)
+
+    assert "is not a host name that can be resolved" in run(scenario())
+
+
 def test_an_ipv6_upstream_is_reached_by_its_address(run):
     try:
         socket.create_server(("::1", 0), family=socket.AF_INET6).close()
