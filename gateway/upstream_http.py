@@ -76,7 +76,8 @@ class UpstreamBroken(Exception):
 @dataclass(frozen=True, slots=True)
 class _Target:
     key: tuple[str, str, int]
-    host: str  # as resolved and verified (IDNA for a non-ASCII name)
+    host: str  # as resolved (IDNA for a non-ASCII name)
+    name: str  # as verified against the certificate and sent in `host:`: no trailing dot
     port: int
     tls: bool
     head: bytes  # request line, host and accept-encoding
@@ -90,7 +91,7 @@ def _target(url: str) -> _Target:
         port = parts.port or (443 if scheme == "https" else 80)
     except ValueError as error:
         raise UpstreamConnectError(OSError(f"{url} has an invalid port")) from error
-    if scheme not in ("http", "https") or not parts.hostname:
+    if scheme not in ("http", "https") or not (parts.hostname or "").rstrip("."):
         raise UpstreamConnectError(OSError(f"{url} is not an http:// or https:// URL"))
     host = parts.hostname
     if not host.isascii():
@@ -98,14 +99,19 @@ def _target(url: str) -> _Target:
             host = host.encode("idna").decode("ascii")
         except UnicodeError as error:
             raise UpstreamConnectError(OSError(f"{url} has an invalid host name")) from error
-    authority = f"[{host}]" if ":" in host else host
+    # "relay.test." is the same host, absolute: resolved as written, but certificates and
+    # servers know it without the dot.
+    name = host.rstrip(".")
+    authority = f"[{name}]" if ":" in name else name
     if port != (443 if scheme == "https" else 80):
         authority = f"{authority}:{port}"
     path = quote(parts.path or "/", safe="/%:@!$&'()*+,;=-._~")
     if parts.query:
         path = f"{path}?{quote(parts.query, safe='/%:@!$&()*+,;=?-._~')}"
     head = f"POST {path} HTTP/1.1\r\nhost: {authority}\r\naccept-encoding: identity\r\n".encode("ascii")
-    return _Target(key=(scheme, host, port), host=host, port=port, tls=scheme == "https", head=head)
+    return _Target(
+        key=(scheme, host, port), host=host, name=name, port=port, tls=scheme == "https", head=head
+    )
 
 
 def _request_head(target: _Target, headers: Sequence[tuple[str, str]], length: int) -> bytes:
@@ -630,7 +636,7 @@ class UpstreamClient:
                     partial(_Connection, self, target.key, loop),
                     sock=sock,
                     ssl=context,
-                    server_hostname=target.host if context is not None else None,
+                    server_hostname=target.name if context is not None else None,
                 )
             except ssl.SSLError as error:
                 sock.close()

@@ -330,7 +330,9 @@ def test_a_header_value_with_a_line_break_is_never_sent(run):
     run(scenario())
 
 
-@pytest.mark.parametrize("url", ["ftp://relay.test/v1", "http://relay.test:99999/v1", "http:///v1"])
+@pytest.mark.parametrize(
+    "url", ["ftp://relay.test/v1", "http://relay.test:99999/v1", "http:///v1", "http://./v1"]
+)
 def test_a_url_the_client_cannot_call_is_a_connect_error(url, run):
     async def scenario() -> None:
         client = UpstreamClient(limit=4)
@@ -935,6 +937,25 @@ def test_https_reaches_a_server_whose_certificate_names_the_host(tmp_path, run):
             return b"".join(bodies), upstream.connections
 
     assert run(scenario()) == (b"{}{}", 1)
+
+
+def test_https_to_a_host_name_with_a_trailing_dot_verifies_and_names_it_without_the_dot(tmp_path, run):
+    server_tls, pem = certificate(tmp_path, "relay.test")
+
+    async def scenario() -> tuple[bytes, bytes, int]:
+        async with Upstream(answering(answer(b"{}")), tls=server_tls) as upstream:
+            client = UpstreamClient(
+                limit=4,
+                resolver=CheckedResolver(fixed_answers("127.0.0.1")),
+                ssl_context=ssl.create_default_context(cadata=pem),
+            )
+            body = await (await post(client, f"https://relay.test.:{upstream.port}")).read()
+            await client.close()
+            return body, upstream.requests[0], upstream.port
+
+    body, request, port = run(scenario())
+    assert body == b"{}"
+    assert f"\r\nhost: relay.test:{port}\r\n".encode() in request
 
 
 def test_https_refuses_a_certificate_for_another_name(tmp_path, run):
