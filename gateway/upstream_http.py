@@ -11,9 +11,10 @@ and hand back the status, the headers and the body as it arrives.
   or waits for one to come free, within its connect timeout. An idle connection is closed after
   `idle_seconds` (or a second before the server's own `Keep-Alive: timeout`): checked when it is
   picked, and by a sweep every half of that while any is idle (no timer per request).
-- A connection goes back to the pool only when its answer has fully arrived and both sides meant
-  to keep it (`Connection: close`, an answer delimited by the close, a server that closed it,
-  an answer the caller left unread: each is closed instead).
+- A connection goes back to the pool only when its answer has fully arrived, its request has
+  been written whole, and both sides meant to keep it (`Connection: close`, an answer delimited
+  by the close, a server that closed it, an answer the caller left unread, an answer that came
+  while the request was still being written: each is closed instead).
 - Names are resolved through `gateway.addresses.CheckedResolver` (refused addresses dropped) and
   the addresses left are tried in order; https verifies the certificate against the host name.
 - Failing to connect (resolving, connecting, the TLS handshake) raises `UpstreamConnectError`;
@@ -444,7 +445,9 @@ class _Connection(asyncio.Protocol):
         if self.paused:
             self.paused = False
             self.transport.resume_reading()
-        if keep and not self.closed:
+        # An answer that came while the request was still being written (an early 413): the rest
+        # of that body would go out ahead of the next request.
+        if keep and not self.closed and not self.transport.get_write_buffer_size():
             self.pool._put_back(self)
         else:
             self.abort(None)

@@ -533,6 +533,32 @@ def test_an_answer_left_unread_closes_its_connection_instead_of_returning_it(run
     assert run(scenario()) == (0, 2)
 
 
+def test_an_answer_that_comes_while_the_request_is_still_being_written_closes_its_connection(run):
+    size = 32 * 1024 * 1024  # more than the two sockets' buffers hold
+
+    async def conversation(upstream, reader, writer, number) -> None:
+        if number > 0:
+            await answering(answer(b"{}"))(upstream, reader, writer, number)
+            return
+        await reader.readuntil(b"\r\n\r\n")  # the head only: the body is refused unread
+        writer.write(answer(b'{"error": "too large"}', status="413 Payload Too Large"))
+        await asyncio.sleep(60)
+
+    async def scenario() -> tuple[int, int, int, bytes, int]:
+        async with Upstream(conversation) as upstream:
+            client = UpstreamClient(limit=4)
+            url = upstream.url + "/v1/chat/completions"
+            refused = await client.post(url, b"x" * size, HEADERS, connect_timeout=5)
+            await refused.read()
+            idle, open_connections = client.idle_connections, client.open_connections
+            async with asyncio.timeout(5):
+                body = await (await post(client, upstream.url)).read()
+            await client.close()
+            return refused.status, idle, open_connections, body, upstream.connections
+
+    assert run(scenario()) == (413, 0, 0, b"{}", 2)
+
+
 def test_a_connection_idle_past_its_time_is_closed_and_not_used_again(run):
     async def scenario() -> tuple[int, int]:
         async with Upstream(answering(answer(b"{}"))) as upstream:
