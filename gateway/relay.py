@@ -170,7 +170,9 @@ async def call_upstream(
             async with asyncio.timeout_at(deadline):
                 body = await response.read_up_to(MAX_ERROR_BODY)
         except (TimeoutError, UpstreamBroken):
-            body = b""
+            # What did arrive may still say why (as aiohttp's read(n), which returned the first
+            # chunk, did).
+            body = response.read_nowait(MAX_ERROR_BODY)
         finally:
             response.release()
         failure = UpstreamFailure(

@@ -125,7 +125,8 @@ def _request_head(target: _Target, headers: Sequence[tuple[str, str]], length: i
 
 class UpstreamResponse:
     """One answer: `status` and `headers` (lower-case names, repeats joined with ", ") are there
-    when `UpstreamClient.post` returns; the body is read with `read`, `read_up_to` or `readany`.
+    when `UpstreamClient.post` returns; the body is read with `read`, `read_up_to`, `readany` or
+    `read_nowait`.
     `close` (or `release`) when done with it: a connection whose answer had not fully arrived is
     closed, never reused."""
 
@@ -178,13 +179,18 @@ class UpstreamResponse:
         return self._take()
 
     async def read_up_to(self, size: int) -> bytes:
-        """The first `size` bytes of the body, or all of it if shorter."""
+        """The first `size` bytes of the body, or all of it if shorter. A timeout or UpstreamBroken
+        leaves what did arrive to `read_nowait`."""
         self._want = size
         self._limit = max(BUFFER_LIMIT, size)
         while self._size < size and not self._done:
             if self._error is not None:
                 raise self._error
             await self._wait()
+        return self.read_nowait(size)
+
+    def read_nowait(self, size: int) -> bytes:
+        """Up to `size` bytes of what has arrived and not been read, without waiting."""
         data = self._take()
         if len(data) > size:
             self._chunks.append(data[size:])

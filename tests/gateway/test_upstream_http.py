@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from gateway.addresses import CheckedResolver
+from gateway.relay import ClientChannel, Timeouts, UpstreamFailure, call_upstream
 from gateway.upstream_http import (
     BUFFER_LIMIT,
     IDLE_CLOSE_RACE_SECONDS,
@@ -31,6 +32,7 @@ from gateway.upstream_http import (
     UpstreamClient,
     UpstreamConnectError,
 )
+from gateway.upstreams import UpstreamTarget
 from tests.gateway.test_upstream_addresses import fixed_answers
 
 HEADERS = (("content-type", "application/json"), ("authorization", "Bearer sk-test"))
@@ -1001,3 +1003,40 @@ def test_https_refuses_a_certificate_for_another_name(tmp_path, run):
             await client.close()
 
     run(scenario())
+
+
+# --- the relay's use ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ending", ["stalls", "resets"])
+def test_an_error_body_cut_short_by_the_deadline_or_a_drop_is_passed_on_as_far_as_it_came(ending, run):
+    partial = b'{"error": {"message": "The server is overloaded.", "type": "overl'
+
+    async def conversation(upstream, reader, writer, number) -> None:
+        await upstream.request(reader)
+        writer.write(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 1000\r\n\r\n" + partial)
+        await writer.drain()
+        await asyncio.sleep(0.05 if ending == "resets" else 60)
+        reset(writer)
+
+    async def never_disconnects() -> dict:
+        await asyncio.Event().wait()
+        return {}
+
+    async def scenario() -> UpstreamFailure:
+        async with Upstream(conversation) as upstream:
+            upstream_client = UpstreamClient(limit=4)
+            with pytest.raises(UpstreamFailure) as failed:
+                await call_upstream(
+                    upstream_client=upstream_client,
+                    target=UpstreamTarget(url=upstream.url + "/v1/chat/completions", headers=HEADERS),
+                    payload=BODY,
+                    timeouts=Timeouts(connect=5, first_byte=0.3, idle=5, total=10),
+                    client=ClientChannel(send=None, receive=never_disconnects),
+                    started=time.monotonic(),
+                )
+            await upstream_client.close()
+            return failed.value
+
+    failure = run(scenario())
+    assert (failure.kind, failure.status, failure.body) == ("status", 503, partial)
