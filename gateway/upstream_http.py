@@ -10,7 +10,7 @@ and hand back the status, the headers and the body as it arrives.
   open at once (idle ones included); a caller at the cap closes another host's idle connection,
   or waits for one to come free, within its connect timeout. An idle connection is closed after
   `idle_seconds` (or a second before the server's own `Keep-Alive: timeout`): checked when it is
-  picked, and by a sweep every half of that while any is idle (no timer per request).
+  picked, and by a sweep at most `SWEEP_SLACK` after its time (one timer, not one per request).
 - A connection goes back to the pool only when its answer has fully arrived, its request has
   been written whole, and both sides meant to keep it (`Connection: close`, an answer delimited
   by the close, a server that closed it, an answer the caller left unread, an answer that came
@@ -47,6 +47,9 @@ import httptools
 from gateway.addresses import CheckedResolver
 
 IDLE_SECONDS = 30.0
+# An idle connection past its time is closed at most this late (a tenth of `idle_seconds` if
+# that is less): one sweep closes every connection whose time came up in the meantime.
+SWEEP_SLACK = 1.0
 # Unread body bytes of one answer before the connection stops reading (a stream's client that
 # reads slower than the upstream writes): the upstream then waits, instead of this process.
 BUFFER_LIMIT = 256 * 1024
@@ -507,6 +510,7 @@ class UpstreamClient:
         self._open = 0  # connections open or being opened: what `limit` caps
         self._waiters: deque[asyncio.Future] = deque()
         self._sweep_timer: asyncio.TimerHandle | None = None
+        self._sweep_slack = min(SWEEP_SLACK, idle_seconds / 10)
         self._closed = False
 
     @property
@@ -553,9 +557,12 @@ class UpstreamClient:
             connection = idle.pop()
             connection.idle = False
             if connection.expires > now and not connection.transport.is_closing():
+                if not idle:
+                    del self._idle[key]
                 connection.reused = True
                 return connection
             connection.abort(None)  # past its idle time (the older ones behind it too)
+        del self._idle[key]
         return None
 
     async def _connection(self, target: _Target, connect_timeout: float, *, fresh: bool) -> _Connection:
@@ -679,8 +686,7 @@ class UpstreamClient:
         if idle is None:
             idle = self._idle[connection.key] = []
         idle.append(connection)
-        if self._sweep_timer is None:
-            self._sweep_timer = connection.loop.call_later(self.idle_seconds / 2, self._sweep)
+        self._sweep_by(connection.expires + self._sweep_slack, connection.loop)
         if self._waiters:
             self._wake_a_waiter()
 
@@ -699,16 +705,29 @@ class UpstreamClient:
             if self._waiters:
                 self._wake_a_waiter()
 
+    def _sweep_by(self, when: float, loop: asyncio.AbstractEventLoop) -> None:
+        timer = self._sweep_timer
+        if timer is not None:
+            if timer.when() <= when:
+                return
+            timer.cancel()  # (a shorter Keep-Alive: timeout than the connections before it)
+        self._sweep_timer = loop.call_at(when, self._sweep)
+
     def _sweep(self) -> None:
-        """Close the connections idle past their time (every `idle_seconds / 2` while any is idle)."""
+        """Close the connections idle past their time; the next sweep comes just after the next
+        one's time, none while no connection is idle."""
         self._sweep_timer = None
         loop = asyncio.get_running_loop()
         now = loop.time()
+        next_time: float | None = None
         for connections in list(self._idle.values()):
-            for connection in [c for c in connections if c.expires <= now]:
-                connection.abort(None)
-        if self._idle and not self._closed:
-            self._sweep_timer = loop.call_later(self.idle_seconds / 2, self._sweep)
+            for connection in list(connections):
+                if connection.expires <= now:
+                    connection.abort(None)
+                elif next_time is None or connection.expires < next_time:
+                    next_time = connection.expires
+        if next_time is not None and not self._closed:
+            self._sweep_by(next_time + self._sweep_slack, loop)
 
     async def close(self) -> None:
         """Close every connection, idle or in use (shutdown, after the drain)."""

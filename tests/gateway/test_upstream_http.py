@@ -575,6 +575,38 @@ def test_a_connection_idle_past_its_time_is_closed_and_not_used_again(run):
     assert run(scenario()) == (0, 2)
 
 
+def test_an_idle_connection_is_closed_soon_after_its_time_whenever_it_went_back_to_the_pool(run):
+    async def scenario() -> tuple[int, int]:
+        async with Upstream(answering(answer(b"{}"))) as upstream:
+            client = UpstreamClient(limit=4, idle_seconds=1.0)  # closed at most 0.1 s late
+            started = asyncio.get_running_loop().time()
+            await (await post(client, upstream.url)).read()
+            await asyncio.sleep(0.55)
+            await (await post(client, upstream.url)).read()  # idle again, until 1.55 s
+            await asyncio.sleep(started + 1.45 - asyncio.get_running_loop().time())
+            before = client.open_connections
+            await asyncio.sleep(started + 1.8 - asyncio.get_running_loop().time())
+            after = client.open_connections
+            await client.close()
+            return before, after
+
+    assert run(scenario()) == (1, 0)
+
+
+def test_no_sweep_is_left_running_once_no_connection_is_idle(run):
+    async def scenario() -> tuple[dict, object]:
+        async with Upstream(answering(answer(b"{}"), answer(b"{}", "connection: close"))) as upstream:
+            client = UpstreamClient(limit=4, idle_seconds=0.2)
+            await (await post(client, upstream.url)).read()
+            await (await post(client, upstream.url)).read()  # taken from the pool, then closed
+            await asyncio.sleep(0.5)
+            idle, timer = dict(client._idle), client._sweep_timer
+            await client.close()
+            return idle, timer
+
+    assert run(scenario()) == ({}, None)
+
+
 def test_a_server_keep_alive_timeout_shortens_how_long_its_connection_is_kept(run):
     async def scenario() -> int:
         async with Upstream(answering(answer(b"{}", "keep-alive: timeout=1, max=100"))) as upstream:
