@@ -509,6 +509,7 @@ class UpstreamClient:
         self._connections: set[_Connection] = set()
         self._open = 0  # connections open or being opened: what `limit` caps
         self._waiters: deque[asyncio.Future] = deque()
+        self._opening: set[asyncio.Task] = set()  # connections being opened
         self._sweep_timer: asyncio.TimerHandle | None = None
         self._sweep_slack = min(SWEEP_SLACK, idle_seconds / 10)
         self._closed = False
@@ -579,16 +580,29 @@ class UpstreamClient:
                 await self._wait_for_a_place(first=woken)
                 woken = True
             self._open += 1
+            # A task of its own, which `close` can cancel: shutdown does not wait for a handshake.
+            opening = asyncio.get_running_loop().create_task(self._open_connection(target))
+            self._opening.add(opening)
             try:
-                connection = await self._open_connection(target)
-            except BaseException:
+                connection = await opening
+                if self._closed:
+                    connection.abort(None)
+                    raise UpstreamConnectError(OSError("the upstream client is closed"))
+            except BaseException as error:
                 self._open -= 1
                 self._wake_a_waiter()
+                if opening.done() and not opening.cancelled() and opening.exception() is None:
+                    opening.result().abort(None)  # opened as this call was cancelled
+                closing = opening.cancelled() and not asyncio.current_task().cancelling()
+                if isinstance(error, asyncio.CancelledError) and closing:
+                    raise UpstreamConnectError(OSError("the upstream client is closed")) from None
                 raise
-        connection.counted = True
-        connection.reused = False
-        self._connections.add(connection)
-        return connection
+            finally:
+                self._opening.discard(opening)
+            connection.counted = True
+            connection.reused = False
+            self._connections.add(connection)
+            return connection
 
     def _close_an_idle_connection(self) -> bool:
         """At the cap: close the idle connection idle longest (another host's, or a retry's own),
@@ -730,13 +744,15 @@ class UpstreamClient:
             self._sweep_by(next_time + self._sweep_slack, loop)
 
     async def close(self) -> None:
-        """Close every connection, idle or in use (shutdown, after the drain)."""
+        """Close every connection, idle, in use or being opened (shutdown, after the drain)."""
         self._closed = True
         if self._sweep_timer is not None:
             self._sweep_timer.cancel()
             self._sweep_timer = None
         for connection in list(self._connections):
             connection.abort(UpstreamBroken("The gateway is shutting down."))
+        for opening in list(self._opening):
+            opening.cancel()
         while self._waiters:
             self._wake_a_waiter()
         await asyncio.sleep(0)  # the transports' own closing

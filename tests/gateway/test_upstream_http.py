@@ -834,6 +834,27 @@ def test_closing_the_client_closes_its_connections_idle_and_in_use(run):
     assert "shutting down" in error
 
 
+def test_closing_the_client_closes_a_connection_still_being_opened(run):
+    async def conversation(upstream, reader, writer, number) -> None:
+        while await reader.read(65536):  # a TLS handshake that is never answered
+            pass
+        upstream.closed_by_client = True
+
+    async def scenario() -> tuple[str, bool, int]:
+        async with Upstream(conversation) as upstream:
+            upstream.closed_by_client = False
+            client = UpstreamClient(limit=4, resolver=CheckedResolver(fixed_answers("127.0.0.1")))
+            opening = asyncio.ensure_future(post(client, f"https://relay.test:{upstream.port}"))
+            await asyncio.sleep(0.05)
+            await client.close()
+            with pytest.raises(UpstreamConnectError) as closed:
+                await asyncio.wait_for(opening, 1)
+            await asyncio.sleep(0.05)
+            return str(closed.value), upstream.closed_by_client, client.open_connections
+
+    assert run(scenario()) == ("the upstream client is closed", True, 0)
+
+
 # --- addresses and TLS -------------------------------------------------------------------------
 
 
