@@ -16,7 +16,9 @@ and hand back the status, the headers and the body as it arrives.
   by the close, a server that closed it, an answer the caller left unread, an answer that came
   while the request was still being written: each is closed instead).
 - Names are resolved through `gateway.addresses.CheckedResolver` (refused addresses dropped) and
-  the addresses left are tried in order; https verifies the certificate against the host name.
+  the addresses left are tried in order (one refused, reset or whose TLS handshake broke off
+  leads to the next); https verifies the certificate against the host name (a certificate
+  refused at one address is not tried at the next).
 - Failing to connect (resolving, connecting, the TLS handshake) raises `UpstreamConnectError`;
   a connection that fails once the request is sent (a reset, a close before the answer or in the
   middle of its body, a malformed answer) raises `UpstreamBroken`, after every byte that arrived
@@ -668,10 +670,10 @@ class UpstreamClient:
                     ssl=context,
                     server_hostname=target.name if context is not None else None,
                 )
-            except ssl.SSLError as error:
+            except ssl.SSLCertVerificationError as error:
                 sock.close()
                 raise UpstreamConnectError(error) from error  # the same certificate at every address
-            except OSError as error:
+            except OSError as error:  # ssl.SSLError too: one backend's broken handshake
                 sock.close()
                 failure = error  # the next address, if any
                 continue

@@ -69,16 +69,19 @@ Conversation = Callable[["Upstream", asyncio.StreamReader, asyncio.StreamWriter,
 class Upstream:
     """A server on loopback: each connection it accepts (numbered from 0) runs `conversation`."""
 
-    def __init__(self, conversation: Conversation, *, host: str = "127.0.0.1", tls=None) -> None:
+    def __init__(
+        self, conversation: Conversation, *, host: str = "127.0.0.1", port: int = 0, tls=None
+    ) -> None:
         self.conversation = conversation
         self.host = host
+        self.port = port
         self.tls = tls
         self.requests: list[bytes] = []
         self.connections = 0
         self._writers: list[asyncio.StreamWriter] = []
 
     async def __aenter__(self) -> Upstream:
-        self.server = await asyncio.start_server(self._accepted, self.host, 0, ssl=self.tls)
+        self.server = await asyncio.start_server(self._accepted, self.host, self.port, ssl=self.tls)
         self.port = self.server.sockets[0].getsockname()[1]
         authority = f"[{self.host}]" if ":" in self.host else self.host
         self.url = f"{'https' if self.tls else 'http'}://{authority}:{self.port}"
@@ -1056,6 +1059,55 @@ def test_https_refuses_a_certificate_for_another_name(tmp_path, run):
             await client.close()
 
     run(scenario())
+
+
+def test_a_broken_tls_handshake_at_one_address_moves_on_to_the_next(tmp_path, run):
+    server_tls, pem = certificate(tmp_path, "relay.test")
+
+    async def not_tls(upstream, reader, writer, number) -> None:
+        await reader.read(65536)  # the client's hello
+        writer.write(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+        await writer.drain()
+
+    async def scenario() -> tuple[bytes, int]:
+        async with (
+            Upstream(answering(answer(b"{}")), tls=server_tls) as good,
+            Upstream(not_tls, host="127.0.0.2", port=good.port) as broken,
+        ):
+            client = UpstreamClient(
+                limit=4,
+                resolver=CheckedResolver(fixed_answers("127.0.0.2", "127.0.0.1")),
+                ssl_context=ssl.create_default_context(cadata=pem),
+            )
+            body = await (await post(client, f"https://relay.test:{good.port}")).read()
+            await client.close()
+            return body, broken.connections
+
+    assert run(scenario()) == (b"{}", 1)
+
+
+def test_a_certificate_refused_at_one_address_is_not_tried_at_the_next(tmp_path, run):
+    (tmp_path / "wrong").mkdir()
+    (tmp_path / "right").mkdir()
+    wrong_tls, wrong_pem = certificate(tmp_path / "wrong", "someone-else.test")
+    right_tls, right_pem = certificate(tmp_path / "right", "relay.test")
+
+    async def scenario() -> tuple[type, int]:
+        async with (
+            Upstream(answering(answer(b"{}")), tls=right_tls) as right,
+            Upstream(answering(answer(b"{}")), host="127.0.0.2", port=right.port, tls=wrong_tls),
+        ):
+            client = UpstreamClient(
+                limit=4,
+                resolver=CheckedResolver(fixed_answers("127.0.0.2", "127.0.0.1")),
+                ssl_context=ssl.create_default_context(cadata=wrong_pem + right_pem),
+            )
+            with pytest.raises(UpstreamConnectError) as refused:
+                await post(client, f"https://relay.test:{right.port}")
+            await client.close()
+            return type(refused.value.os_error), right.connections
+
+    assert run(scenario()) == (ssl.SSLCertVerificationError, 0)
 
 
 # --- the relay's use ---------------------------------------------------------------------------
