@@ -93,13 +93,23 @@ class _Target:
 def _target(url: str) -> _Target:
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
+    if "@" in parts.netloc:  # (the URL is not repeated: it carries a secret)
+        raise UpstreamConnectError(
+            OSError("the base URL carries a user name or password (user@host), which is never sent")
+        )
     try:
-        port = parts.port or (443 if scheme == "https" else 80)
+        port = parts.port
     except ValueError as error:
         raise UpstreamConnectError(OSError(f"{url} has an invalid port")) from error
+    if port == 0:
+        raise UpstreamConnectError(OSError(f"{url} has an invalid port"))
+    if port is None:
+        port = 443 if scheme == "https" else 80
     if scheme not in ("http", "https") or not (parts.hostname or "").rstrip("."):
         raise UpstreamConnectError(OSError(f"{url} is not an http:// or https:// URL"))
     host = parts.hostname
+    if "%" in host:  # [fe80::1%25eth0]: zones go with link-local addresses, which are refused
+        raise UpstreamConnectError(OSError(f"{url} names an IPv6 zone, which is not supported"))
     if not host.isascii():
         try:
             host = host.encode("idna").decode("ascii")

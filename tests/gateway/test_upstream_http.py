@@ -336,16 +336,30 @@ def test_a_header_value_with_a_line_break_is_never_sent(run):
 
 
 @pytest.mark.parametrize(
-    "url", ["ftp://relay.test/v1", "http://relay.test:99999/v1", "http:///v1", "http://./v1"]
+    ("url", "problem"),
+    [
+        ("ftp://relay.test/v1", "is not an http:// or https:// URL"),
+        ("http:///v1", "is not an http:// or https:// URL"),
+        ("http://./v1", "is not an http:// or https:// URL"),
+        ("http://relay.test:99999/v1", "has an invalid port"),
+        ("http://relay.test:0/v1", "has an invalid port"),
+        ("https://sk-secret@relay.test/v1", "carries a user name or password (user@host), which is never"),
+        ("https://user:hunter2@relay.test/v1", "carries a user name or password"),
+        ("http://[fe80::1%25eth0]:8080/v1", "names an IPv6 zone, which is not supported"),
+    ],
 )
-def test_a_url_the_client_cannot_call_is_a_connect_error(url, run):
-    async def scenario() -> None:
+def test_a_url_the_client_cannot_call_is_a_connect_error_saying_why(url, problem, run):
+    async def scenario() -> str:
         client = UpstreamClient(limit=4)
-        with pytest.raises(UpstreamConnectError):
+        with pytest.raises(UpstreamConnectError) as refused:
             await client.post(url, BODY, HEADERS, connect_timeout=5)
         await client.close()
+        return str(refused.value)
 
-    run(scenario())
+    message = run(scenario())
+    assert problem in message
+    assert "secret" not in message
+    assert "hunter2" not in message
 
 
 # --- broken connections ------------------------------------------------------------------------
