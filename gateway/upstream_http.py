@@ -8,7 +8,8 @@ and hand back the status, the headers and the body as it arrives.
 
 - Connections are pooled per (scheme, host, port) and reused newest first. At most `limit` are
   open at once (idle ones included); a caller at the cap closes another host's idle connection,
-  or waits for one to come free, within its connect timeout. An idle connection is closed after
+  or waits for one to come free, within its connect timeout (waiters in order; a call arriving
+  as a place comes free may take it first). An idle connection is closed after
   `idle_seconds` (or a second before the server's own `Keep-Alive: timeout`): checked when it is
   picked, and by a sweep at most `SWEEP_SLACK` after its time (one timer, not one per request).
 - A connection goes back to the pool only when its answer has fully arrived, its request has
@@ -588,7 +589,8 @@ class UpstreamClient:
                     return connection
                 if self.limit <= 0 or self._open < self.limit or self._close_an_idle_connection():
                     break
-                # Woken, but another call took the place first: this one stays first in line.
+                # Woken, but a call that had not waited took the place first: this one stays
+                # first in line among the waiters.
                 await self._wait_for_a_place(first=woken)
                 woken = True
             self._open += 1
