@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import ipaddress
 import itertools
 import re
 import socket
@@ -278,20 +279,100 @@ def test_header_names_are_lower_case_and_repeated_headers_joined(run):
     assert headers["openai-processing-ms"] == "12"
 
 
-def test_an_interim_answer_is_skipped_for_the_answer_that_follows(run):
-    early_hints = b"HTTP/1.1 103 Early Hints\r\nlink: </style.css>\r\n\r\n"
-
-    async def scenario() -> tuple[int, dict, bytes]:
-        async with Upstream(answering(early_hints + answer(b"{}"))) as upstream:
+@pytest.mark.parametrize(
+    "interim",
+    [
+        b"HTTP/1.1 100 Continue\r\nlink: </x>\r\n\r\n",
+        b"HTTP/1.1 103 Early Hints\r\nlink: </style.css>\r\n\r\n",
+    ],
+)
+def test_an_interim_answer_is_skipped_for_the_answer_that_follows(interim, run):
+    async def scenario() -> tuple[int, dict, bytes, int]:
+        async with Upstream(answering(interim + answer(b"{}"))) as upstream:
             client = UpstreamClient(limit=4)
             response = await post(client, upstream.url)
             body = await response.read()
+            idle = client.idle_connections
             await client.close()
-            return response.status, response.headers, body
+            return response.status, response.headers, body, idle
 
-    status, headers, body = run(scenario())
-    assert (status, body) == (200, b"{}")
+    status, headers, body, idle = run(scenario())
+    assert (status, body, idle) == (200, b"{}", 1)
     assert "link" not in headers
+
+
+@pytest.mark.parametrize(
+    "head",
+    [b"HTTP/1.1 204 No Content\r\n\r\n", b"HTTP/1.1 304 Not Modified\r\ncontent-length: 10\r\n\r\n"],
+)
+def test_an_answer_without_a_body_by_its_status_is_read_empty_and_its_connection_kept(head, run):
+    async def scenario() -> tuple[bytes, bytes, int]:
+        async with Upstream(answering(head, answer(b"{}"))) as upstream:
+            client = UpstreamClient(limit=4)
+            empty = await (await post(client, upstream.url)).read()
+            body = await (await post(client, upstream.url)).read()
+            await client.close()
+            return empty, body, upstream.connections
+
+    assert run(scenario()) == (b"", b"{}", 1)
+
+
+def test_an_answer_switching_protocols_is_a_broken_connection(run):
+    switching = b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n"
+
+    async def scenario() -> int:
+        async with Upstream(answering(switching)) as upstream:
+            client = UpstreamClient(limit=4)
+            with pytest.raises(UpstreamBroken, match="switched protocols"):
+                await post(client, upstream.url)
+            open_connections = client.open_connections
+            await client.close()
+            return open_connections
+
+    assert run(scenario()) == 0
+
+
+def test_bytes_after_the_answer_in_the_same_read_close_its_connection(run):
+    async def conversation(upstream, reader, writer, number) -> None:
+        if number > 0:
+            await answering(answer(b'{"n": 3}'))(upstream, reader, writer, number)
+            return
+        await upstream.request(reader)
+        writer.write(answer(b'{"n": 1}') + answer(b'{"n": 2}'))  # one answer too many
+        await asyncio.sleep(60)
+
+    async def scenario() -> tuple[list, int]:
+        async with Upstream(conversation) as upstream:
+            client = UpstreamClient(limit=4)
+            bodies = [await (await post(client, upstream.url)).read() for _ in range(2)]
+            await client.close()
+            return bodies, upstream.connections
+
+    assert run(scenario()) == ([b'{"n": 1}', b'{"n": 3}'], 2)
+
+
+def test_bytes_arriving_on_an_idle_connection_close_it(run):
+    async def conversation(upstream, reader, writer, number) -> None:
+        if number > 0:
+            await answering(answer(b'{"fresh": true}'))(upstream, reader, writer, number)
+            return
+        await upstream.request(reader)
+        writer.write(answer(b"{}"))
+        await asyncio.sleep(0.02)
+        writer.write(answer(b'{"stale": true}'))  # asked for by nobody: the next call's answer?
+        await asyncio.sleep(60)
+
+    async def scenario() -> tuple[int, bytes, int]:
+        async with Upstream(conversation) as upstream:
+            client = UpstreamClient(limit=4)
+            await (await post(client, upstream.url)).read()
+            await asyncio.sleep(0.1)
+            left_open = client.open_connections
+            body = await (await post(client, upstream.url)).read()
+            await client.close()
+            return left_open, body, upstream.connections
+
+    assert run(scenario()) == (0, b'{"fresh": true}', 2)
 
 
 def test_read_up_to_stops_at_its_size_and_leaves_the_rest_to_read(run):
@@ -895,18 +976,22 @@ def test_a_server_that_closes_each_connection_as_it_opens_leaves_no_place_taken(
     async def conversation(upstream, reader, writer, number) -> None:
         pass  # closed at once
 
-    async def scenario() -> int:
-        async with Upstream(conversation) as upstream:
+    async def scenario() -> tuple[list, int, bytes]:
+        async with Upstream(conversation) as closing, Upstream(answering(answer(b"{}"))) as healthy:
             client = UpstreamClient(limit=1)
+            outcomes = []
             for _ in range(3):
-                # Refused as it opened, or closed before answering: either way, not reached.
-                with pytest.raises((UpstreamConnectError, UpstreamBroken)):
-                    await post(client, upstream.url, connect_timeout=1)
-            open_connections = client.open_connections
+                # The request is written before the loop reads the close (a transport starts
+                # reading in the turn that hands it over): a new connection broken, not retried.
+                with pytest.raises(UpstreamBroken, match="closed the connection before answering"):
+                    await post(client, closing.url, connect_timeout=1)
+                outcomes.append(client.open_connections)
+            # The one place is free: another host is served at once.
+            body = await (await post(client, healthy.url, connect_timeout=0.5)).read()
             await client.close()
-            return open_connections
+            return outcomes, closing.connections, body
 
-    assert run(scenario()) == 0
+    assert run(scenario()) == ([0, 0, 0], 3, b"{}")
 
 
 def test_a_name_resolving_only_to_refused_addresses_is_never_connected_to(settings, run):
@@ -921,6 +1006,31 @@ def test_a_name_resolving_only_to_refused_addresses_is_never_connected_to(settin
             return upstream.connections
 
     assert run(scenario()) == 0
+
+
+@pytest.mark.parametrize(
+    ("allow_private", "address", "problem"),
+    [
+        (False, "127.0.0.1", "127.0.0.1 is a loopback address"),
+        (True, "169.254.169.254", "169.254.169.254 is a link-local or cloud metadata address"),
+    ],
+)
+def test_a_url_spelling_a_refused_address_is_never_connected_to(
+    allow_private, address, problem, settings, run
+):
+    settings.UPSTREAM_ALLOW_PRIVATE_NETWORKS = allow_private
+
+    async def scenario() -> tuple[str, int]:
+        async with Upstream(answering(answer(b"{}"))) as upstream:
+            client = UpstreamClient(limit=4)  # the system's resolver, as in the gateway
+            with pytest.raises(UpstreamConnectError) as refused:
+                await post(client, f"http://{address}:{upstream.port}", connect_timeout=1)
+            await client.close()
+            return str(refused.value), upstream.connections
+
+    message, connections = run(scenario())
+    assert problem in message
+    assert connections == 0
 
 
 def test_the_next_address_is_tried_when_the_first_refuses_the_connection(run):
@@ -990,7 +1100,12 @@ def test_an_ipv6_upstream_is_reached_by_its_address(run):
 
 
 def certificate(directory: Path, name: str) -> tuple[ssl.SSLContext, str]:
-    """A self-signed certificate for `name`: the server's TLS context, and the PEM to trust it."""
+    """A self-signed certificate for `name` (a host name or an IP address): the server's TLS
+    context, and the PEM to trust it."""
+    try:
+        alt_name = x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        alt_name = x509.DNSName(name)
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     now = datetime.datetime.now(datetime.UTC)
@@ -1002,7 +1117,7 @@ def certificate(directory: Path, name: str) -> tuple[ssl.SSLContext, str]:
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(hours=1))
         .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .add_extension(x509.SubjectAlternativeName([alt_name]), critical=False)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
@@ -1054,6 +1169,24 @@ def test_https_to_a_host_name_with_a_trailing_dot_verifies_and_names_it_without_
     body, request, port = run(scenario())
     assert body == b"{}"
     assert f"\r\nhost: relay.test:{port}\r\n".encode() in request
+
+
+@pytest.mark.parametrize(("named", "reached"), [("127.0.0.1", True), ("relay.test", False)])
+def test_https_to_an_ip_address_verifies_the_certificate_against_that_address(named, reached, tmp_path, run):
+    server_tls, pem = certificate(tmp_path, named)
+
+    async def scenario() -> bool:
+        async with Upstream(answering(answer(b"{}")), tls=server_tls) as upstream:
+            client = UpstreamClient(limit=4, ssl_context=ssl.create_default_context(cadata=pem))
+            try:
+                return await (await post(client, f"https://127.0.0.1:{upstream.port}")).read() == b"{}"
+            except UpstreamConnectError as refused:
+                assert isinstance(refused.os_error, ssl.SSLCertVerificationError)
+                return False
+            finally:
+                await client.close()
+
+    assert run(scenario()) is reached
 
 
 def test_https_refuses_a_certificate_for_another_name(tmp_path, run):
