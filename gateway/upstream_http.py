@@ -600,13 +600,13 @@ class UpstreamClient:
             try:
                 connection = await opening
                 if self._closed:
-                    connection.abort(None)
                     raise UpstreamConnectError(OSError("the upstream client is closed"))
             except BaseException as error:
                 self._open -= 1
                 self._wake_a_waiter()
                 if opening.done() and not opening.cancelled() and opening.exception() is None:
-                    opening.result().abort(None)  # opened as this call was cancelled
+                    # Opened, but this call is leaving (cancelled as it opened, or closed since).
+                    opening.result().abort(None)
                 closing = opening.cancelled() and not asyncio.current_task().cancelling()
                 if isinstance(error, asyncio.CancelledError) and closing:
                     raise UpstreamConnectError(OSError("the upstream client is closed")) from None
