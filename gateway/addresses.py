@@ -4,56 +4,72 @@ The console refuses a base URL by the host as typed (accounts.upstream_urls). A 
 still resolve to a metadata, link-local or private address, and a setting can change after the URL
 was saved, so the gateway checks again at connect time:
 
-- `CheckedResolver` filters every address a name resolves to through the same rule
-  (`address_problem`) and fails the connection when none is left, so a name pointing at
-  169.254.169.254 is never connected to;
-- `literal_host_problem` covers what a resolver never sees: aiohttp connects to an IP literal
-  without resolving it, so a base URL spelling an address is checked before the call.
+- `CheckedResolver` resolves a host for the upstream client (gateway.upstream_http) and drops
+  every address the same rule (`address_problem`) refuses, failing the connection when none is
+  left, so a name pointing at 169.254.169.254 is never connected to;
+- `literal_host_problem` refuses a base URL that spells a refused address before the call, in the
+  console's own words (the resolver would refuse it too, only later and more tersely).
 """
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import socket
+from collections.abc import Awaitable, Callable
 from functools import lru_cache
 
-from aiohttp.abc import AbstractResolver, ResolveResult
-from aiohttp.resolver import DefaultResolver
 from django.conf import settings
 
 from accounts.upstream_urls import address_problem, upstream_url_problem
+
+# What getaddrinfo answers: (family, type, proto, canonical name, socket address).
+AddressInfo = tuple[int, int, int, str, tuple]
+Resolve = Callable[[str, int], Awaitable[list[AddressInfo]]]
 
 
 class RefusedAddress(Exception):
     """The upstream's address is one Tollgate never sends requests to."""
 
 
-class CheckedResolver(AbstractResolver):
-    """A resolver that drops refused addresses; `inner` does the resolving."""
+async def system_resolve(host: str, port: int) -> list[AddressInfo]:
+    """The system resolver's addresses for `host`; an IP literal without a trip to its thread."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    if address.version == 6:
+        return [(socket.AF_INET6, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (host, port, 0, 0))]
+    return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (host, port))]
 
-    def __init__(self, inner: AbstractResolver | None = None) -> None:
-        self._inner = inner or DefaultResolver()
 
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
+class CheckedResolver:
+    """Resolves with `inner` (the system's resolver unless given) and drops refused addresses."""
+
+    def __init__(self, inner: Resolve | None = None) -> None:
+        self._inner = inner or system_resolve
+
+    async def resolve(self, host: str, port: int) -> list[AddressInfo]:
         allow_private = settings.UPSTREAM_ALLOW_PRIVATE_NETWORKS
-        allowed, problems = [], []
-        for result in await self._inner.resolve(host, port, family):
-            problem = address_problem(ipaddress.ip_address(result["host"]), allow_private=allow_private)
+        allowed: list[AddressInfo] = []
+        problems: list[str] = []
+        seen: set[tuple] = set()
+        for info in await self._inner(host, port):
+            sockaddr = info[4]
+            if sockaddr in seen:
+                continue  # getaddrinfo repeats an address once per protocol it knows
+            seen.add(sockaddr)
+            problem = address_problem(ipaddress.ip_address(sockaddr[0]), allow_private=allow_private)
             if problem:
                 problems.append(problem)
             else:
-                allowed.append(result)
+                allowed.append(info)
         if not allowed:
-            # aiohttp turns an OSError from the resolver into a connection error for this account.
+            # The upstream client fails the connection with this (UpstreamConnectError).
             raise OSError(
                 f"{host} resolves only to refused addresses ({problems[0] if problems else 'none'})"
             )
         return allowed
-
-    async def close(self) -> None:
-        await self._inner.close()
 
 
 def literal_host_problem(url: str) -> str:

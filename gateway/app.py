@@ -4,7 +4,9 @@ A raw ASGI app, not a Django view: a gateway request pays for none of the consol
 handling or middleware (sessions, CSRF, messages, auth, staff-only, CSP). config/asgi.py sends it
 every /v1/ path and the ASGI `lifespan`, which starts and stops what one process shares:
 
-- the upstream HTTP client (aiohttp, pooled connections, the four timeouts of settings);
+- the upstream HTTP client (gateway.upstream_http: HTTP/1.1 on keep-alive connections, at most
+  `GATEWAY_UPSTREAM_POOL_SIZE` open, every address checked as it connects; the four timeouts of
+  settings apply to each call);
 - the database threads (`GATEWAY_DB_THREADS`): the ORM never runs on the event loop;
 - the snapshot cache and, with `REDIS_URL`, its pub/sub listener (gateway.auth);
 - the shared limits' store (gateway.limits: Redis, the database, or this process);
@@ -34,7 +36,6 @@ import sys
 import threading
 import time
 
-import aiohttp
 from django.conf import settings
 
 from accounts.client_address import client_ip_from
@@ -43,6 +44,7 @@ from gateway import metrics
 from gateway.errors import GatewayError, error_body
 from gateway.incoming import ROUTES, header_map, presented_key, protocol_for, refuse_key_in_query
 from gateway.logs import install_access_log_redaction
+from gateway.upstream_http import UpstreamClient
 
 logger = logging.getLogger("gateway")
 shutdown_logger = logging.getLogger("gateway.shutdown")  # about the process, not one request
@@ -71,7 +73,7 @@ class Gateway:
     """One per process. `__call__` is the ASGI entry point for /v1/ paths and lifespan."""
 
     def __init__(self) -> None:
-        self.session: aiohttp.ClientSession | None = None
+        self.upstream_client: UpstreamClient | None = None
         self.db = None
         self.auth = None
         self.proxy = None
@@ -95,7 +97,6 @@ class Gateway:
                 return
             from channels.catalog import catalog_warm
             from gateway import gauges
-            from gateway.addresses import CheckedResolver
             from gateway.auth import SnapshotCache
             from gateway.db import DatabaseThreads
             from gateway.proxy import Proxy
@@ -106,17 +107,7 @@ class Gateway:
                 # from the event loop within this, not Python's 5 ms (docs/gateway.md#serving).
                 sys.setswitchinterval(settings.GATEWAY_SWITCH_INTERVAL_MS / 1000)
             self.db = DatabaseThreads(settings.GATEWAY_DB_THREADS)
-            self.session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(
-                    limit=settings.GATEWAY_UPSTREAM_POOL_SIZE,
-                    limit_per_host=0,
-                    keepalive_timeout=30,
-                    enable_cleanup_closed=True,
-                    resolver=CheckedResolver(),
-                ),
-                auto_decompress=False,
-                skip_auto_headers=("User-Agent",),
-            )
+            self.upstream_client = UpstreamClient(limit=settings.GATEWAY_UPSTREAM_POOL_SIZE)
             # The price catalog is a large module: imported by the first recording, it would cost
             # that request's recording (and every request queued behind it) about a second. Loaded
             # in the background, so that start-up does not wait for it.
@@ -128,7 +119,9 @@ class Gateway:
             recorder = BatchRecorder(
                 size=settings.GATEWAY_RECORD_BATCH_SIZE, wait=settings.GATEWAY_RECORD_BATCH_WAIT_MS / 1000
             )
-            self.proxy = Proxy(session=self.session, db=self.db, auth=self.auth, recorder=recorder)
+            self.proxy = Proxy(
+                upstream_client=self.upstream_client, db=self.db, auth=self.auth, recorder=recorder
+            )
             self.draining = False
             self._hear_sigterm()
             metrics.start()
@@ -192,7 +185,7 @@ class Gateway:
             await self.proxy.loop_holds.close()
         await self.proxy.limiter.close()
         await self.auth.stop()
-        await self.session.close()
+        await self.upstream_client.close()
         await asyncio.get_running_loop().run_in_executor(None, self.proxy.recorder.stop)
         await asyncio.get_running_loop().run_in_executor(None, self.db.shutdown)
 

@@ -22,7 +22,6 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
-import aiohttp
 from django.conf import settings
 
 from billing.holds import holds_supported, pending_observe, pending_release
@@ -55,6 +54,7 @@ from gateway.scheduling import (
     candidates,
     session_key,
 )
+from gateway.upstream_http import UpstreamClient, UpstreamResponse
 from gateway.upstreams import RefusedAddress, UnsupportedAccount, upstream_payload, upstream_target
 from gateway.usage import COUNT_TOKENS, EMBEDDINGS, UsageMeter
 
@@ -83,9 +83,14 @@ class EarlyHold:
 
 class Proxy:
     def __init__(
-        self, *, session: aiohttp.ClientSession, db: Any, auth: Any, recorder: recorder.BatchRecorder
+        self,
+        *,
+        upstream_client: UpstreamClient,
+        db: Any,
+        auth: Any,
+        recorder: recorder.BatchRecorder,
     ) -> None:
-        self.session = session
+        self.upstream_client = upstream_client
         self.db = db
         self.recorder = recorder
         self.auth = auth
@@ -108,7 +113,7 @@ class Proxy:
         )
         self.beside_admission = holds.BesideAdmission(enabled=settings.GATEWAY_HOLD_BESIDE_ADMISSION)
         # Upstream answers being relayed: closed when a drain's time is up (docs/gateway.md#shutdown).
-        self.upstreams: set[aiohttp.ClientResponse] = set()
+        self.upstreams: set[UpstreamResponse] = set()
         self.cut_by_shutdown = False
         self.draining = False  # SIGTERM: a request whose body arrives now is not started
         auth.on_accounts_reloaded = self.board.forget
@@ -643,7 +648,7 @@ class Proxy:
         except RefusedAddress as error:
             raise UpstreamFailure("connect", 502, f"The upstream could not be reached: {error}") from error
         response = await call_upstream(
-            session=self.session,
+            upstream_client=self.upstream_client,
             target=target,
             payload=payload,
             timeouts=timeouts,
@@ -671,11 +676,14 @@ class Proxy:
             )
         finally:
             self.upstreams.discard(response)
+            # Whatever ended the relay (a cancellation too), a connection whose answer had not
+            # fully arrived is closed, never left holding a place in the pool.
+            response.close()
 
     async def _relay_answer(
         self,
         *,
-        response: aiohttp.ClientResponse,
+        response: UpstreamResponse,
         meter: UsageMeter,
         client: ClientChannel,
         stream: bool,

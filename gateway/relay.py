@@ -25,11 +25,11 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-import aiohttp
 import orjson
 
 from gateway.errors import ANTHROPIC
 from gateway.failover import error_message
+from gateway.upstream_http import UpstreamBroken, UpstreamClient, UpstreamConnectError, UpstreamResponse
 from gateway.upstreams import UpstreamTarget
 from gateway.usage import SSEFramer, UsageMeter, sse_fields
 
@@ -141,53 +141,49 @@ async def _unless_gone[T](client: ClientChannel, work: Awaitable[T], deadline: f
 
 async def call_upstream(
     *,
-    session: aiohttp.ClientSession,
+    upstream_client: UpstreamClient,
     target: UpstreamTarget,
     payload: bytes,
     timeouts: Timeouts,
     client: ClientChannel,
     started: float,
-) -> aiohttp.ClientResponse:
+) -> UpstreamResponse:
     """POST to the upstream and wait for its response head (200), within the first-byte timeout."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + min(timeouts.first_byte, timeouts.total - (time.monotonic() - started))
     try:
         response = await _unless_gone(
             client,
-            session.post(
-                target.url,
-                data=payload,
-                headers=target.headers,
-                timeout=aiohttp.ClientTimeout(
-                    total=None, connect=timeouts.connect, sock_connect=timeouts.connect
-                ),
-            ),
+            upstream_client.post(target.url, payload, target.headers, connect_timeout=timeouts.connect),
             deadline,
         )
     except TimeoutError as error:
         raise UpstreamFailure("timeout", 504, "The upstream did not answer in time.") from error
-    except aiohttp.ClientConnectorError as error:
+    except UpstreamConnectError as error:
         raise UpstreamFailure(
             "connect", 502, f"The upstream could not be reached: {error.os_error}"
         ) from error
-    except aiohttp.ClientError as error:
+    except UpstreamBroken as error:
         raise UpstreamFailure("connect", 502, f"The upstream connection failed: {error}") from error
     if response.status >= 400:
-        headers = {name.lower(): value for name, value in response.headers.items()}
         try:
             async with asyncio.timeout_at(deadline):
-                body = await response.content.read(MAX_ERROR_BODY)
-        except (TimeoutError, aiohttp.ClientError):
-            body = b""
+                body = await response.read_up_to(MAX_ERROR_BODY)
+        except (TimeoutError, UpstreamBroken):
+            # What did arrive may still say why (as aiohttp's read(n), which returned the first
+            # chunk, did).
+            body = response.read_nowait(MAX_ERROR_BODY)
         finally:
             response.release()
-        failure = UpstreamFailure("status", response.status, error_message(body, response.status), headers)
+        failure = UpstreamFailure(
+            "status", response.status, error_message(body, response.status), response.headers
+        )
         failure.body = body
         raise failure
     return response
 
 
-def response_headers(request_id: str, content_type: bytes, upstream: aiohttp.ClientResponse) -> list:
+def response_headers(request_id: str, content_type: bytes, upstream: UpstreamResponse) -> list:
     headers = [(b"content-type", content_type), (b"x-request-id", request_id.encode())]
     for name in PASSED_HEADERS:
         value = upstream.headers.get(name)
@@ -204,7 +200,7 @@ class Relayed:
 
 async def relay_json(
     *,
-    response: aiohttp.ClientResponse,
+    response: UpstreamResponse,
     client: ClientChannel,
     meter: UsageMeter,
     request_id: str,
@@ -215,14 +211,17 @@ async def relay_json(
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeouts.total - (time.monotonic() - started)
     try:
-        body = await _unless_gone(client, response.read(), deadline)
+        if response.complete:  # a small answer usually arrives whole with its head: no wait, no timer
+            body = await response.read()
+        else:
+            body = await _unless_gone(client, response.read(), deadline)
     except ClientGone:
         response.close()
         raise
     except TimeoutError as error:
         response.close()
         raise UpstreamFailure("timeout", 504, "The upstream's answer did not complete in time.") from error
-    except aiohttp.ClientError as error:
+    except UpstreamBroken as error:
         response.close()
         raise UpstreamFailure("broken", 502, f"The upstream's answer broke off: {error}") from error
     try:
@@ -238,20 +237,20 @@ async def relay_json(
 
 
 async def read_first_chunk(
-    *, response: aiohttp.ClientResponse, client: ClientChannel, timeouts: Timeouts, started: float
+    *, response: UpstreamResponse, client: ClientChannel, timeouts: Timeouts, started: float
 ) -> bytes:
     """A stream's first chunk, before anything is sent to the client (so failover is still possible)."""
     loop = asyncio.get_running_loop()
     remaining = min(timeouts.first_byte, timeouts.total) - (time.monotonic() - started)
     try:
-        chunk = await _unless_gone(client, response.content.readany(), loop.time() + max(remaining, 0.001))
+        chunk = await _unless_gone(client, response.readany(), loop.time() + max(remaining, 0.001))
     except ClientGone:
         response.close()
         raise
     except TimeoutError as error:
         response.close()
         raise UpstreamFailure("timeout", 504, "The upstream's stream did not start in time.") from error
-    except aiohttp.ClientError as error:
+    except UpstreamBroken as error:
         response.close()
         raise UpstreamFailure("broken", 502, f"The upstream's stream broke off: {error}") from error
     if not chunk:
@@ -262,7 +261,7 @@ async def read_first_chunk(
 
 async def relay_stream(
     *,
-    response: aiohttp.ClientResponse,
+    response: UpstreamResponse,
     first_chunk: bytes,
     client: ClientChannel,
     meter: UsageMeter,
@@ -320,7 +319,7 @@ async def relay_stream(
             deadline = min(loop.time() + timeouts.idle, total_deadline)
             try:
                 async with asyncio.timeout_at(deadline):
-                    chunk = await response.content.readany()
+                    chunk = await response.readany()
             except TimeoutError:
                 # uvloop's timers may fire up to a millisecond early: allow for it.
                 broken = (
@@ -329,13 +328,10 @@ async def relay_stream(
                     else "The upstream's stream stalled."
                 )
                 break
-            except aiohttp.ClientError as error:
+            except UpstreamBroken as error:
+                # (readany handed over what arrived before the connection failed: it is relayed.)
                 broken = f"The upstream's stream broke off: {error}"
-                # What arrived before the connection dropped is still the client's (and may carry
-                # usage): aiohttp's readany raises before handing it over.
-                chunk = _buffered(response)
-                if not chunk:
-                    break
+                break
     finally:
         response.close()
     rest = framer.rest()
@@ -349,16 +345,6 @@ async def relay_stream(
         await client.body(stream_error_event(protocol, message), more=False)
         return Relayed(UPSTREAM_CUT, first_byte_ms)
     return Relayed(CLIENT_DISCONNECTED, first_byte_ms)
-
-
-def _buffered(response: aiohttp.ClientResponse) -> bytes:
-    """Bytes aiohttp had received but not handed over when the payload failed (pinned aiohttp
-    3.14: StreamReader._read_nowait ignores the stored exception)."""
-    read = getattr(response.content, "_read_nowait", None)
-    try:
-        return read(-1) if read is not None else b""
-    except Exception:  # noqa: BLE001 - nothing more can be salvaged
-        return b""
 
 
 def _without_usage(data: bytes) -> bytes | None:

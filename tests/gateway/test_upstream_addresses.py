@@ -6,52 +6,55 @@ import socket
 
 import openai
 import pytest
-from aiohttp.abc import AbstractResolver
 
 from accounts.crypto import encrypt_credentials
 from accounts.models import UpstreamAccount
 from accounts.snapshots import snapshots_changed
-from gateway.addresses import CheckedResolver
+from gateway.addresses import AddressInfo, CheckedResolver, Resolve
 from tests import event_loop
 from tests.gateway.conftest import make_tenant, openai_sdk
 
 QUESTION = [{"role": "user", "content": "Where are you?"}]
 
 
-class FixedAnswers(AbstractResolver):
+def fixed_answers(*addresses: str) -> Resolve:
     """A stand-in for DNS (the machines have none to spare): every name resolves to `addresses`."""
 
-    def __init__(self, *addresses: str) -> None:
-        self.addresses = addresses
-
-    async def resolve(self, host, port=0, family=socket.AF_INET):
+    async def resolve(host: str, port: int) -> list[AddressInfo]:
         return [
-            {"hostname": host, "host": address, "port": port, "family": family, "proto": 0, "flags": 0}
-            for address in self.addresses
+            (socket.AF_INET6, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (address, port, 0, 0))
+            if ":" in address
+            else (socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (address, port))
+            for address in addresses
         ]
 
-    async def close(self) -> None:
-        pass
+    return resolve
 
 
 def resolved(resolver: CheckedResolver, host: str) -> list[str]:
-    return [result["host"] for result in event_loop.run(resolver.resolve(host, 443))]
+    return [info[4][0] for info in event_loop.run(resolver.resolve(host, 443))]
 
 
 def test_a_name_that_resolves_to_the_metadata_service_is_never_connected_to(settings):
     settings.UPSTREAM_ALLOW_PRIVATE_NETWORKS = True
     with pytest.raises(OSError, match="169.254.169.254 is a link-local or cloud metadata address"):
-        resolved(CheckedResolver(FixedAnswers("169.254.169.254")), "innocent.example.com")
+        resolved(CheckedResolver(fixed_answers("169.254.169.254")), "innocent.example.com")
 
 
 def test_refused_addresses_are_dropped_and_the_allowed_ones_kept(settings):
     settings.UPSTREAM_ALLOW_PRIVATE_NETWORKS = False
-    resolver = CheckedResolver(FixedAnswers("10.0.0.7", "169.254.10.1", "93.184.216.34", "::ffff:127.0.0.1"))
+    resolver = CheckedResolver(fixed_answers("10.0.0.7", "169.254.10.1", "93.184.216.34", "::ffff:127.0.0.1"))
     assert resolved(resolver, "relay.example.com") == ["93.184.216.34"]
 
 
+def test_an_address_the_resolver_repeats_is_tried_once(settings):
+    settings.UPSTREAM_ALLOW_PRIVATE_NETWORKS = False
+    resolver = CheckedResolver(fixed_answers("93.184.216.34", "2606:2800:220:1::", "93.184.216.34"))
+    assert resolved(resolver, "relay.example.com") == ["93.184.216.34", "2606:2800:220:1::"]
+
+
 def test_private_addresses_pass_only_while_the_setting_allows_them(settings):
-    resolver = CheckedResolver(FixedAnswers("192.168.1.20"))
+    resolver = CheckedResolver(fixed_answers("192.168.1.20"))
     settings.UPSTREAM_ALLOW_PRIVATE_NETWORKS = True
     assert resolved(resolver, "relay.lan") == ["192.168.1.20"]
     settings.UPSTREAM_ALLOW_PRIVATE_NETWORKS = False
