@@ -246,11 +246,11 @@ def _priced_row(
 
 def breakdown_extra(breakdown: CostBreakdown) -> dict:
     """The breakdown fields a UsageLog does not keep as columns (see UsageLog.cost_breakdown)."""
-    data = breakdown.as_dict()
-    data.pop("cache_ttl_overridden", None)  # derived, and a column of its own
-    for name in BREAKDOWN_COLUMNS:
-        data.pop(name)
-    return data
+    return breakdown.as_dict(leave_out=_KEPT_AS_COLUMNS)
+
+
+# cache_ttl_overridden is derived, and a column of its own.
+_KEPT_AS_COLUMNS = frozenset({*BREAKDOWN_COLUMNS, "cache_ttl_overridden"})
 
 
 # -- SQL ----------------------------------------------------------------------------------------
