@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from decimal import Decimal, localcontext
+from functools import cache
 from typing import Any, Literal
 
 from channels.patterns import select_interval, select_tier_interval
@@ -179,18 +180,20 @@ class CostBreakdown:
             "unit_cost": self.unit_cost,
         }
 
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-safe: Decimals as strings, so nothing passes through a float on the way to storage."""
+    def as_dict(self, *, leave_out: frozenset[str] = frozenset()) -> dict[str, Any]:
+        """JSON-safe: Decimals as strings, so nothing passes through a float on the way to storage.
+        `leave_out` names the entries not to write (a usage row keeps those as columns)."""
         data: dict[str, Any] = {"version": _DICT_VERSION}
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
+        for name in _names_but(leave_out):
+            value = getattr(self, name)
             if isinstance(value, Decimal):
                 value = str(value)
             elif isinstance(value, AppliedInterval):
                 value = dataclasses.asdict(value)
-            data[f.name] = value
-        # Readable in the stored JSON; derived, so from_dict ignores it.
-        data["cache_ttl_overridden"] = self.cache_ttl_overridden
+            data[name] = value
+        if "cache_ttl_overridden" not in leave_out:
+            # Readable in the stored JSON; derived, so from_dict ignores it.
+            data["cache_ttl_overridden"] = self.cache_ttl_overridden
         return data
 
     @classmethod
@@ -296,6 +299,16 @@ _DECIMAL_FIELDS: frozenset[str] = frozenset(
 )
 
 
+@cache  # the field names once per set left out, not dataclasses.fields() per breakdown
+def _names_but(leave_out: frozenset[str]) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(CostBreakdown) if f.name not in leave_out)
+
+
+# Made once rather than per request: both are immutable.
+_NO_INTERVAL = PriceInterval()  # leaves every flat price as is
+_ZERO_USD = quantize_usd(ZERO)
+
+
 def compute_cost(
     *,
     price: Price | None,
@@ -359,8 +372,7 @@ def compute_cost(
             "cache_read_cost",
             "unit_cost",
         ),
-        # Quantised zero, so every money field of a breakdown has exactly 8 places.
-        quantize_usd(ZERO),
+        _ZERO_USD,  # quantised, so every money field of a breakdown has exactly 8 places
     )
     chosen: PriceInterval | None = None
     unit_count = 0
@@ -370,7 +382,7 @@ def compute_cost(
         ctx.prec = PRECISION
         if price is not None and mode == BillingMode.TOKEN:
             chosen = select_interval(price.intervals, usage.context_tokens)
-            iv = chosen or PriceInterval()  # an empty interval leaves every flat price as is
+            iv = chosen or _NO_INTERVAL
             prices["input_price"] = _interval_price(iv.input_price, iv.input_multiplier, price.input_price)
             prices["output_price"] = _interval_price(
                 iv.output_price, iv.output_multiplier, price.output_price

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -32,6 +33,9 @@ from common.prepared import prepared_cursor
 from common.statements import BuiltStatement, run_at_once
 
 ZERO = Decimal(0)
+
+# A ledger row's values by UsageLog attname, as _priced_row builds them, before any preparation.
+LedgerRow = dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -134,7 +138,7 @@ def usage_record(
             key_result = api_key_usage_charge(
                 key_id=api_key_id, amount_usd=amount, now=now, timezone=context.key_timezone
             )
-        usage_rollup_add(log=row)
+        _rollup_add(row)
         if now < timezone.now() - BACKFILL_AFTER:  # into a closed hour: cached sums are stale
             transaction.on_commit(rollup_epoch_bump)
         if amount > 0:
@@ -193,8 +197,8 @@ def _priced_row(
     created_at: datetime,
     outcome: str,
     usage_source: str,
-) -> tuple[BillingContext, CostBreakdown, UsageLog]:
-    """Price one request (docs/pricing.md) and build its ledger row, unsaved. No query when
+) -> tuple[BillingContext, CostBreakdown, LedgerRow]:
+    """Price one request (docs/pricing.md) and build its ledger row's values. No query when
     `context` is given."""
     now = created_at
     if context is None:
@@ -208,40 +212,45 @@ def _priced_row(
         mapped_model=mapped_model,
         upstream_model=upstream_model,
     )
-    row = UsageLog(
-        request_id=request_id,
-        user_id=context.user_id,
-        api_key_id=api_key_id,
-        account_id=account_id,
-        group_id=context.group_id,
-        channel_id=resolution.channel_id,
-        subscription_id=context.subscription_id if context.charges_subscription else None,
-        requested_model=requested_model,
-        upstream_model=upstream_model or mapped_model or requested_model,
-        billing_model_source=context.billing_model_source,
-        breakdown={**breakdown_extra(breakdown), "usage_source": str(usage_source)},
-        outcome=outcome,
-        usage_source=usage_source,
-        stream=stream,
-        duration_ms=duration_ms,
-        first_token_ms=first_token_ms,
-        status_code=status_code,
-        client_ip=client_ip or None,
-        user_agent=user_agent[:512],
-        cache_ttl_overridden=breakdown.cache_ttl_overridden,
-        created_at=now,
-        **{name: getattr(breakdown, name) for name in BREAKDOWN_COLUMNS},
-    )
+    extra = breakdown_extra(breakdown)
+    extra["usage_source"] = str(usage_source)
+    # A dict, not a UsageLog: the row is only ever read back field by field, and building a model
+    # instance (Model.__init__) was a tenth of the recorder thread's time per row.
+    row = {
+        "request_id": request_id,
+        "user_id": context.user_id,
+        "api_key_id": api_key_id,
+        "account_id": account_id,
+        "group_id": context.group_id,
+        "channel_id": resolution.channel_id,
+        "subscription_id": context.subscription_id if context.charges_subscription else None,
+        "requested_model": requested_model,
+        "upstream_model": upstream_model or mapped_model or requested_model,
+        "billing_model_source": context.billing_model_source,
+        "breakdown": extra,
+        "outcome": outcome,
+        "usage_source": usage_source,
+        "stream": stream,
+        "duration_ms": duration_ms,
+        "first_token_ms": first_token_ms,
+        "status_code": status_code,
+        "client_ip": client_ip or None,
+        "user_agent": user_agent[:512],
+        "cache_ttl_overridden": breakdown.cache_ttl_overridden,
+        "created_at": now,
+    }
+    for name in BREAKDOWN_COLUMNS:
+        row[name] = getattr(breakdown, name)
     return context, breakdown, row
 
 
 def breakdown_extra(breakdown: CostBreakdown) -> dict:
     """The breakdown fields a UsageLog does not keep as columns (see UsageLog.cost_breakdown)."""
-    data = breakdown.as_dict()
-    data.pop("cache_ttl_overridden", None)  # derived, and a column of its own
-    for name in BREAKDOWN_COLUMNS:
-        data.pop(name)
-    return data
+    return breakdown.as_dict(leave_out=_KEPT_AS_COLUMNS)
+
+
+# cache_ttl_overridden is derived, and a column of its own.
+_KEPT_AS_COLUMNS = frozenset({*BREAKDOWN_COLUMNS, "cache_ttl_overridden"})
 
 
 # -- SQL ----------------------------------------------------------------------------------------
@@ -254,7 +263,7 @@ _LOG_FIELDS = [field for field in UsageLog._meta.concrete_fields if not field.pr
 # Why values skip get_db_prep_save: its calls, 42 values a row, were most of the recorder's time
 # building a batch, and on PostgreSQL (Django 6.1) a str, bool, auto id, finite Decimal or aware
 # datetime comes back unchanged. Anything else is prepared: JSON (Jsonb), IPs (Inet), integer
-# fields (psycopg's Int2/Int4), every value on SQLite.
+# fields (psycopg's Int2/Int4), every value on SQLite; except in a batch's JSON rows (json_as_is).
 
 
 def _str_or_none(value: Any) -> bool:
@@ -300,17 +309,66 @@ def _prepared(field: Field, value: Any, as_is: Callable[[Any], bool] | None) -> 
     return value if as_is is not None and as_is(value) else field.get_db_prep_save(value, connection)
 
 
+# In a batch row on PostgreSQL (_rows_params) a prepared value counts only through the JSON text
+# _json_value gives it: an integer field's Int4(7) is written 7 like the int, a JSON column's Jsonb
+# its document, an address's IPv4Address its string. So these values go as they are, with the
+# same text, and skip the preparation: ten calls of get_db_prep_save a row, each looking up the
+# connection, were the largest part of building a batch's JSON rows.
+_CANONICAL_IPV4 = re.compile(
+    r"(?:(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+)
+
+
+def _dict_or_none(value: Any) -> bool:
+    return value is None or type(value) is dict  # Jsonb(value).obj is value itself
+
+
+def _canonical_ipv4_or_none(value: Any) -> bool:
+    # Exactly the text ip_address accepts and str() writes back (ASCII digits, no leading zero,
+    # no space); anything else, an invalid address among it, is prepared and refused as before.
+    return value is None or (type(value) is str and _CANONICAL_IPV4.fullmatch(value) is not None)
+
+
+_JSON_AS_IS_ON_POSTGRESQL: dict[type[Field], Callable[[Any], bool]] = {
+    models.IntegerField: _int_or_none,
+    models.SmallIntegerField: _int_or_none,
+    models.BigIntegerField: _int_or_none,
+    models.PositiveIntegerField: _int_or_none,
+    models.PositiveSmallIntegerField: _int_or_none,
+    models.PositiveBigIntegerField: _int_or_none,
+    models.JSONField: _dict_or_none,
+    models.GenericIPAddressField: _canonical_ipv4_or_none,
+}
+
+
 @cache
-def _log_fields(vendor: str) -> list[tuple[Field, Callable[[Any], bool] | None]]:
-    return [(field, prepared_as_is(field, vendor)) for field in _LOG_FIELDS]
+def json_as_is(field: Field, vendor: str) -> Callable[[Any], bool] | None:
+    """Which values of `field` a batch row's JSON text writes as their prepared value would be
+    written; None: assume none."""
+    if vendor != "postgresql":
+        return None
+    return prepared_as_is(field, vendor) or _JSON_AS_IS_ON_POSTGRESQL.get(type(field))
 
 
-def _log_values(row: UsageLog) -> list:
-    """The ledger INSERT's parameters for one row, in _LOG_FIELDS order."""
-    return [
-        _prepared(field, getattr(row, field.attname), as_is)
-        for field, as_is in _log_fields(connection.vendor)
-    ]
+def _never(value: Any) -> bool:
+    return False
+
+
+@cache
+def _log_fields(vendor: str, *, json: bool) -> tuple[tuple[str, Field, Callable[[Any], bool]], ...]:
+    """The ledger's fields with the test of which values skip preparation: for the one-row INSERT's
+    parameters, or (`json`) for a batch's JSON rows."""
+    as_is = json_as_is if json else prepared_as_is
+    return tuple((field.attname, field, as_is(field, vendor) or _never) for field in _LOG_FIELDS)
+
+
+def _log_values(row: LedgerRow, fields: tuple[tuple[str, Field, Callable[[Any], bool]], ...]) -> list:
+    """The ledger INSERT's values for one row, in _LOG_FIELDS order; `fields` from _log_fields."""
+    values = []
+    for name, field, as_is in fields:
+        value = row[name]
+        values.append(value if as_is(value) else field.get_db_prep_save(value, connection))
+    return values
 
 
 @cache
@@ -325,14 +383,15 @@ def _insert_sql(vendor: str) -> str:
     )
 
 
-def _insert_once(row: UsageLog) -> int | None:
+def _insert_once(row: LedgerRow) -> int | None:
     """Insert the ledger row unless (request_id, api_key) exists; its id, or None for a replay.
 
     ON CONFLICT DO NOTHING instead of catching IntegrityError: no savepoint round trips, and a
     replay racing the original waits for it to commit, then sees the conflict.
     """
     with connection.cursor() as cursor:
-        cursor.execute(_insert_sql(connection.vendor), _log_values(row))
+        vendor = connection.vendor
+        cursor.execute(_insert_sql(vendor), _log_values(row, _log_fields(vendor, json=False)))
         found = cursor.fetchone()
     return found[0] if found else None
 
@@ -376,27 +435,29 @@ _HOUR = UsageRollup._meta.get_field("hour")
 _MONEY = UsageRollup._meta.get_field("total_cost")  # the rollup's money fields are alike
 
 
-def _rollup_values(log: UsageLog) -> list:
+def _rollup_values(row: LedgerRow, vendor: str) -> list:
     """The rollup upsert's parameters for one ledger row: dimensions, then sums (money last, as Decimals)."""
     return [
-        _prepared(_HOUR, rollup_hour(log.created_at), prepared_as_is(_HOUR, connection.vendor)),
-        log.user_id,
-        log.api_key_id,
-        log.account_id or 0,
-        log.group_id or 0,
-        log.requested_model,
-        log.upstream_model,
-        log.billing_model,
-        log.pricing_source,
-        log.status_code,
+        _prepared(_HOUR, rollup_hour(row["created_at"]), prepared_as_is(_HOUR, vendor)),
+        row["user_id"],
+        row["api_key_id"],
+        row["account_id"] or 0,
+        row["group_id"] or 0,
+        row["requested_model"],
+        row["upstream_model"],
+        row["billing_model"],
+        row["pricing_source"],
+        row["status_code"],
         1,
-        log.input_tokens,
-        log.output_tokens,
-        log.cache_creation_5m_tokens,
-        log.cache_creation_1h_tokens,
-        log.cache_read_tokens,
-        log.image_output_tokens,
-        *(getattr(log, name) for name in _ROLLUP_SUMS[-3:]),
+        row["input_tokens"],
+        row["output_tokens"],
+        row["cache_creation_5m_tokens"],
+        row["cache_creation_1h_tokens"],
+        row["cache_read_tokens"],
+        row["image_output_tokens"],
+        row["total_cost"],
+        row["actual_cost"],
+        row["account_cost"],
     ]
 
 
@@ -406,11 +467,16 @@ def usage_rollup_add(*, log: UsageLog) -> None:
     usage_record calls it in the ledger row's transaction; anything else that writes ledger
     rows (reconcile corrections, test factories) must call it in theirs.
     """
-    values = _rollup_values(log)
-    as_is = prepared_as_is(_MONEY, connection.vendor)
+    _rollup_add({field.attname: getattr(log, field.attname) for field in _LOG_FIELDS})
+
+
+def _rollup_add(row: LedgerRow) -> None:
+    vendor = connection.vendor
+    values = _rollup_values(row, vendor)
+    as_is = prepared_as_is(_MONEY, vendor)
     values[-3:] = [_prepared(_MONEY, value, as_is) for value in values[-3:]]
     with connection.cursor() as cursor:
-        cursor.execute(_rollup_sql(connection.vendor), values)
+        cursor.execute(_rollup_sql(vendor), values)
 
 
 # -- batches --------------------------------------------------------------------------------------
@@ -449,7 +515,7 @@ class _Priced:
     record: BatchRecord
     context: BillingContext
     breakdown: CostBreakdown
-    row: UsageLog
+    row: LedgerRow
     row_id: int | None = None  # set when this call inserted the row
     duplicate_of: int | None = None  # index of an earlier record of the batch with the same ids
 
@@ -567,7 +633,7 @@ def _charge_counters(charged: list[_Priced], taken: TakenHolds) -> _Counters:
                 account_sums.get(account_id, (ZERO, item))[0] + quantize_usd(item.breakdown.account_cost),
                 item,
             )
-    now = max(item.row.created_at for item in charged) if charged else timezone.now()
+    now = max(item.row["created_at"] for item in charged) if charged else timezone.now()
     counters = _Counters(keys={}, balances={}, subscriptions={}, accounts={}, last_of_key={})
     steps: list[_Step] = []
     for key_id in sorted(key_sums.keys() | taken.keys.keys()):
@@ -827,26 +893,28 @@ def _insert_many_sql(vendor: str, count: int | None) -> str:
     )
 
 
-def _insert_many(rows: list[UsageLog]) -> dict[tuple[str, int], int]:
+def _insert_many(rows: list[LedgerRow]) -> dict[tuple[str, int], int]:
     """Insert the ledger rows whose (request_id, key) is new; their ids by (request_id, key).
 
     The rows must have distinct (request_id, key) pairs (usage_record_batch drops the repeats).
     """
     if not rows:
         return {}
-    sql = _insert_many_sql(connection.vendor, _statement_rows(len(rows)))
+    vendor = connection.vendor
+    sql = _insert_many_sql(vendor, _statement_rows(len(rows)))
+    fields = _log_fields(vendor, json=vendor == "postgresql")
     # On PostgreSQL one statement whatever the batch's size (arrays): prepared and bound by the
     # server, so the ~45 columns' values are not quoted into its text in Python
     # (docs/recording.md#batches).
-    with prepared_cursor() if connection.vendor == "postgresql" else connection.cursor() as cursor:
-        cursor.execute(sql, _rows_params([_log_values(row) for row in rows]))
+    with prepared_cursor() if vendor == "postgresql" else connection.cursor() as cursor:
+        cursor.execute(sql, _rows_params([_log_values(row, fields) for row in rows]))
         return {(request_id, key_id): pk for request_id, key_id, pk in cursor.fetchall()}
 
 
 _ROLLUP_FIELDS = [UsageRollup._meta.get_field(name) for name in (*_ROLLUP_KEYS, *_ROLLUP_SUMS)]
 
 
-def _rollup_add_many(logs: list[UsageLog]) -> None:
+def _rollup_add_many(logs: list[LedgerRow]) -> None:
     """usage_rollup_add for several rows: summed per rollup row, one upsert, rows in a fixed order."""
     if not logs:
         return
@@ -855,21 +923,22 @@ def _rollup_add_many(logs: list[UsageLog]) -> None:
         cursor.execute(_rollup_many_sql(connection.vendor, _statement_rows(len(rows))), _rows_params(rows))
 
 
-def _rollup_many_statement(logs: list[UsageLog]) -> BuiltStatement:
+def _rollup_many_statement(logs: list[LedgerRow]) -> BuiltStatement:
     """_rollup_add_many's upsert on PostgreSQL, built but not run (common.statements)."""
     rows = _rollup_rows(logs)
     return BuiltStatement(_rollup_many_sql(connection.vendor, _statement_rows(len(rows))), _rows_params(rows))
 
 
-def _rollup_rows(logs: list[UsageLog]) -> list[list]:
+def _rollup_rows(logs: list[LedgerRow]) -> list[list]:
     """The upsert's rows: `logs` summed per rollup row, in a fixed order."""
+    vendor = connection.vendor
     sums: dict[tuple, list] = {}
     for log in logs:
-        values = _rollup_values(log)
+        values = _rollup_values(log, vendor)
         dimensions, amounts = tuple(values[: len(_ROLLUP_KEYS)]), values[len(_ROLLUP_KEYS) :]
         total = sums.get(dimensions)
         sums[dimensions] = amounts if total is None else [a + b for a, b in zip(total, amounts, strict=True)]
-    as_is = prepared_as_is(_MONEY, connection.vendor)
+    as_is = prepared_as_is(_MONEY, vendor)
     rows = []
     for dimensions in sorted(sums, key=repr):
         amounts = sums[dimensions]

@@ -27,7 +27,7 @@ from django.utils import timezone
 from accounts.services.upstream import upstream_account_mark_error, upstream_account_mark_rate_limited
 from accounts.snapshots import KeySnapshot, snapshots_changed
 from billing.cost import Usage
-from billing.pricing import billing_context_from
+from billing.pricing import BillingContext, billing_context_from
 from billing.services import BatchRecord, UsageRecordResult, usage_record, usage_record_batch
 from gateway.checks import key_window_refusal, subscription_window_refusal
 
@@ -87,34 +87,63 @@ def record(entry: Entry) -> tuple[UsageRecordResult, KeySnapshot]:
 
 
 def record_batch(entries: list[Entry]) -> list[tuple[UsageRecordResult, KeySnapshot]]:
-    """Record several requests in one transaction; for each, what `record` answers."""
-    records = [
-        BatchRecord(
-            request_id=entry.request_id,
-            api_key_id=entry.key.id,
-            account_id=entry.account.id,
-            requested_model=entry.requested_model,
-            mapped_model=entry.mapped_model if entry.mapped_model != entry.requested_model else "",
-            upstream_model=entry.upstream_model,
-            usage=entry.usage,
-            context=billing_context_from(key=entry.key, channel=entry.channel, account=entry.account),
-            stream=entry.stream,
-            duration_ms=entry.duration_ms,
-            first_token_ms=entry.first_token_ms,
-            status_code=entry.status_code,
-            client_ip=entry.client_ip or None,
-            user_agent=entry.user_agent,
-            outcome=entry.outcome,
-            usage_source=entry.usage_source,
-            pending_id=entry.pending_id,
-            created_at=entry.finished_at,
+    """Record several requests in one transaction; for each, what `record` answers.
+
+    The entries of a batch mostly share their snapshots (a busy key's requests), and their results
+    share the counters the batch left: each context, refreshed snapshot and announcement is made
+    once per distinct set of them (by identity), not once per request.
+    """
+    contexts: dict[tuple[int, int, int], BillingContext] = {}
+    records = []
+    for entry in entries:
+        shared = (id(entry.key), id(entry.channel), id(entry.account))
+        context = contexts.get(shared)
+        if context is None:
+            context = billing_context_from(key=entry.key, channel=entry.channel, account=entry.account)
+            contexts[shared] = context
+        records.append(
+            BatchRecord(
+                request_id=entry.request_id,
+                api_key_id=entry.key.id,
+                account_id=entry.account.id,
+                requested_model=entry.requested_model,
+                mapped_model=entry.mapped_model if entry.mapped_model != entry.requested_model else "",
+                upstream_model=entry.upstream_model,
+                usage=entry.usage,
+                context=context,
+                stream=entry.stream,
+                duration_ms=entry.duration_ms,
+                first_token_ms=entry.first_token_ms,
+                status_code=entry.status_code,
+                client_ip=entry.client_ip or None,
+                user_agent=entry.user_agent,
+                outcome=entry.outcome,
+                usage_source=entry.usage_source,
+                pending_id=entry.pending_id,
+                created_at=entry.finished_at,
+            )
         )
-        for entry in entries
-    ]
+    results = usage_record_batch(records)
+    fresh_of: dict[tuple, KeySnapshot] = {}
+    announced: set[tuple[int, int, int]] = set()
     answers = []
-    for entry, result in zip(entries, usage_record_batch(records), strict=True):
-        fresh = refreshed(entry.key, result)
-        announce_spent(entry, fresh, result)
+    for entry, result in zip(entries, results, strict=True):
+        # Every object in these keys is held by `entries` or `results` until the loop ends, so
+        # no id is reused within it.
+        counters = (
+            id(entry.key),
+            result.duplicate,
+            id(result.key_charge),
+            id(result.balance_usd),
+            id(result.subscription_windows),
+        )
+        fresh = fresh_of.get(counters)
+        if fresh is None:
+            fresh = fresh_of[counters] = refreshed(entry.key, result)
+        spent = (id(fresh), id(entry.account), id(result.account_quota))
+        if spent not in announced:
+            announced.add(spent)
+            announce_spent(entry, fresh, result)
         answers.append((result, fresh))
     return answers
 

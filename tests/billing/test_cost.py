@@ -757,6 +757,20 @@ def test_as_dict_round_trips(breakdown):
     assert CostBreakdown.from_dict(json.loads(json.dumps(breakdown.as_dict()))) == breakdown
 
 
+@settings(deadline=None)
+@given(
+    priced_requests(),
+    st.sets(st.sampled_from(["version", "cache_ttl_overridden", *MONEY_FIELDS, "interval"])),
+)
+def test_as_dict_leaves_out_exactly_what_it_is_told_and_keeps_the_order(breakdown, leave_out):
+    whole = breakdown.as_dict()
+    part = breakdown.as_dict(leave_out=frozenset(leave_out))
+    # "version" is not a field: it is always written.
+    kept = [name for name in whole if name == "version" or name not in leave_out]
+    assert list(part) == kept
+    assert part == {name: whole[name] for name in kept}
+
+
 def doubled(usage: Usage) -> Usage:
     return Usage(
         input_tokens=2 * usage.input_tokens,

@@ -313,7 +313,7 @@ def awkward(w: dict) -> list[BatchRecord]:
             record,
             account_id=None,
             first_token_ms=None if index % 3 else 40 + index,
-            client_ip=(None, "203.0.113.9", "2001:db8::1")[index % 3],
+            client_ip=(None, "203.0.113.9", "2001:db8::1", "2001:0DB8:0:0::1")[index % 4],
             user_agent=('say "hi", {x} \\ NULL é', "NULL \\u0041\t\u2028 null", "")[index % 3],
         )
         for index, record in enumerate(records(w))
@@ -343,6 +343,18 @@ def test_a_batch_stores_nulls_json_and_quoted_text_as_recording_row_by_row_does(
     assert [result.duplicate for result in again] == [True] * len(results) + [False]
     assert [result.usage_log_id for result in again[:-1]] == [result.usage_log_id for result in results]
     assert again[-1].usage_log_id == UsageLog.objects.get(request_id="r-new").pk
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="only PostgreSQL's adapter checks an address")
+def test_a_batch_with_an_address_that_is_not_one_is_refused_whole():
+    w = world("a")
+    for bad in ("010.0.0.1", "10.0.0.256", " 10.0.0.1", "١.0.0.1", "2001:db8::g"):
+        batch = [records(w)[0], dataclasses.replace(records(w)[1], client_ip=bad)]
+        with pytest.raises(ValueError, match="does not appear to be an IPv4 or IPv6 address"):
+            usage_record_batch(batch)
+        assert not UsageLog.objects.exists()
+        with pytest.raises(ValueError, match="does not appear to be an IPv4 or IPv6 address"):
+            record_one_by_one(batch[1:])  # as recording it alone refuses it
 
 
 postgresql_only = pytest.mark.skipif(

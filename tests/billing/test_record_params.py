@@ -14,7 +14,7 @@ from django.db import connection
 from django.utils.translation import gettext_lazy
 
 from billing.models import RequestOutcome, UsageLog, UsageRollup, UsageSource
-from billing.services import prepared_as_is
+from billing.services import _rows_params, json_as_is, prepared_as_is
 
 FIELDS = [
     field
@@ -74,6 +74,74 @@ def test_every_value_that_skips_preparation_on_postgresql_is_what_preparing_it_g
                 )
                 skipped += 1
     assert skipped > 100  # the check is not vacuous: most of a row's values skip
+
+
+# Addresses, valid or not, that a client or a proxy header may bring.
+ADDRESSES = [
+    "127.0.0.1",
+    "0.0.0.0",
+    "255.255.255.255",
+    "010.0.0.1",  # leading zero: ip_address refuses it
+    "10.0.0.256",
+    "10.0.0",
+    " 10.0.0.1",
+    "10.0.0.1\n",
+    "١.0.0.1",  # Arabic-Indic digits
+    "::1",
+    "2001:0DB8:0:0::1",
+    "::ffff:10.0.0.1",
+    "not an address",
+]
+
+
+def _json_text(value: object) -> str:
+    """A value as one batch row writes it, or the error writing it raises."""
+    try:
+        return _rows_params([[value]])[0]
+    except (TypeError, ValueError) as error:
+        return f"refused: {type(error.__cause__ or error).__name__}"
+
+
+def _prepared_json_text(field: object, value: object) -> str:
+    try:
+        prepared = field.get_db_prep_save(value, connection)
+    except (TypeError, ValueError) as error:
+        return f"refused: {type(error).__name__}"
+    return _json_text(prepared)
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="batches send JSON rows on PostgreSQL only")
+def test_every_value_a_batch_row_writes_unprepared_has_the_json_text_of_its_prepared_value():
+    written = 0
+    for field in FIELDS:
+        as_is = json_as_is(field, "postgresql")
+        for value in [*VALUES, *ADDRESSES, 2**70]:
+            if as_is is not None and as_is(value):
+                assert _json_text(value) == _prepared_json_text(field, value), (field, value)
+                written += 1
+    assert written > 200  # integers, JSON and addresses among them, not just what prepared_as_is skips
+    for name in ("input_tokens", "status_code", "breakdown", "client_ip"):
+        assert json_as_is(UsageLog._meta.get_field(name), "postgresql") is not None, name
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="batches send JSON rows on PostgreSQL only")
+def test_an_address_other_than_a_plain_ipv4_one_is_prepared_and_a_bad_one_still_refused():
+    client_ip = UsageLog._meta.get_field("client_ip")
+    as_is = json_as_is(client_ip, "postgresql")
+    assert [value for value in ADDRESSES if as_is(value)] == ["127.0.0.1", "0.0.0.0", "255.255.255.255"]
+    assert not as_is("")  # prepared: an empty address is NULL
+    assert not as_is(True) and not as_is(7)
+    refused = [value for value in ADDRESSES if _prepared_json_text(client_ip, value).startswith("refused")]
+    assert refused == [
+        "010.0.0.1",
+        "10.0.0.256",
+        "10.0.0",
+        " 10.0.0.1",
+        "10.0.0.1\n",
+        "١.0.0.1",
+        "not an address",
+    ]
+    assert _prepared_json_text(client_ip, "2001:0DB8:0:0::1") == '[["2001:db8::1"]]'
 
 
 def test_json_ips_integers_and_every_field_off_postgresql_are_always_prepared():

@@ -13,11 +13,11 @@ import pytest
 from django.db.models import Sum
 
 from accounts.models import APIKey, UpstreamAccount, User
-from accounts.snapshots import key_snapshot_load_by_id, upstream_account_snapshots_load
+from accounts.snapshots import key_snapshot_load_by_id, snapshot_listeners, upstream_account_snapshots_load
 from billing.cost import Usage
 from billing.models import UsageLog
 from channels.snapshots import channel_snapshot_for_group
-from gateway.recorder import BatchRecorder, Entry
+from gateway.recorder import BatchRecorder, Entry, record_batch, refreshed
 from tests import event_loop
 from tests.factories import (
     APIKeyFactory,
@@ -140,3 +140,27 @@ def test_a_batched_row_keeps_the_time_its_request_finished():
     assert recorder.batches == 1
     rows = dict(UsageLog.objects.values_list("request_id", "created_at"))
     assert rows == {f"req-{n}": at for n, at in enumerate(finished)}
+
+
+def test_requests_sharing_a_snapshot_get_one_refreshed_snapshot_and_a_spent_key_is_announced_once():
+    keys, account, _user = tenant()
+    APIKey.objects.filter(pk=keys[0].pk).update(quota_usd=Decimal("0.000001"))  # spent at once
+    spender = entry_for(keys[0].pk, account.pk, "req-0", 1_000)
+    other = entry_for(keys[1].pk, account.pk, "req-other", 1_000)
+    # The gateway's entries of one key carry the one snapshot it caches.
+    entries = [dataclasses.replace(spender, request_id=f"req-{n}") for n in range(4)]
+    entries += [other, dataclasses.replace(other, request_id="req-other-2")]
+    changes = []
+    snapshot_listeners.add(changes.append)
+    try:
+        answers = record_batch([*entries, entries[0]])  # the last one a replay
+    finally:
+        snapshot_listeners.discard(changes.append)
+
+    for entry, (result, fresh) in zip([*entries, entries[0]], answers, strict=True):
+        assert fresh == refreshed(entry.key, result)
+    assert len({id(fresh) for _result, fresh in answers[:4]}) == 1
+    assert answers[0][1].status == "quota_exhausted"
+    assert answers[4][1] is answers[5][1] and answers[4][1].id == keys[1].pk
+    assert answers[-1][0].duplicate and answers[-1][1] is spender.key
+    assert [change.key_ids for change in changes] == [frozenset({keys[0].pk})]
