@@ -182,7 +182,8 @@ class CostBreakdown:
 
     def as_dict(self, *, leave_out: frozenset[str] = frozenset()) -> dict[str, Any]:
         """JSON-safe: Decimals as strings, so nothing passes through a float on the way to storage.
-        `leave_out` names the entries not to write (a usage row keeps those as columns)."""
+        `leave_out` names the entries not to write (a usage row keeps those as columns); a name
+        that is not one raises ValueError."""
         data: dict[str, Any] = {"version": _DICT_VERSION}
         for name in _names_but(leave_out):
             value = getattr(self, name)
@@ -299,8 +300,18 @@ _DECIMAL_FIELDS: frozenset[str] = frozenset(
 )
 
 
-@cache  # the field names once per set left out, not dataclasses.fields() per breakdown
+# What as_dict may leave out: its fields and the derived cache_ttl_overridden ("version" is always
+# written).
+_LEAVABLE: frozenset[str] = frozenset(
+    {*(f.name for f in dataclasses.fields(CostBreakdown)), "cache_ttl_overridden"}
+)
+
+
+@cache  # once per set left out, not dataclasses.fields() and the check per breakdown
 def _names_but(leave_out: frozenset[str]) -> tuple[str, ...]:
+    unknown = leave_out - _LEAVABLE
+    if unknown:  # a misspelt name would otherwise leave its entry in silently
+        raise ValueError(f"as_dict cannot leave out {sorted(unknown)}: not an entry it writes")
     return tuple(f.name for f in dataclasses.fields(CostBreakdown) if f.name not in leave_out)
 
 

@@ -309,11 +309,12 @@ def _prepared(field: Field, value: Any, as_is: Callable[[Any], bool] | None) -> 
     return value if as_is is not None and as_is(value) else field.get_db_prep_save(value, connection)
 
 
-# In a batch row on PostgreSQL (_rows_params) a prepared value counts only through the JSON text
-# _json_value gives it: an integer field's Int4(7) is written 7 like the int, a JSON column's Jsonb
-# its document, an address's IPv4Address its string. So these values go as they are, with the
-# same text, and skip the preparation: ten calls of get_db_prep_save a row, each looking up the
-# connection, were the largest part of building a batch's JSON rows.
+# In a batch row on PostgreSQL (_rows_params) a prepared value counts only through its JSON text:
+# an integer field's Int4(7) is written 7 like the int (orjson writes int subclasses itself), a
+# JSON column's Jsonb its document and an address's IPv4Address its string (both by _json_value).
+# So these values go as they are, with the same text, and skip the preparation: ten calls of
+# get_db_prep_save a row, each looking up the connection, were the largest part of building a
+# batch's JSON rows.
 _CANONICAL_IPV4 = re.compile(
     r"(?:(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 )

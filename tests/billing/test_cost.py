@@ -760,15 +760,23 @@ def test_as_dict_round_trips(breakdown):
 @settings(deadline=None)
 @given(
     priced_requests(),
-    st.sets(st.sampled_from(["version", "cache_ttl_overridden", *MONEY_FIELDS, "interval"])),
+    st.sets(st.sampled_from(["cache_ttl_overridden", *MONEY_FIELDS, "interval"])),
 )
 def test_as_dict_leaves_out_exactly_what_it_is_told_and_keeps_the_order(breakdown, leave_out):
     whole = breakdown.as_dict()
     part = breakdown.as_dict(leave_out=frozenset(leave_out))
-    # "version" is not a field: it is always written.
-    kept = [name for name in whole if name == "version" or name not in leave_out]
+    kept = [name for name in whole if name not in leave_out]
     assert list(part) == kept
     assert part == {name: whole[name] for name in kept}
+
+
+@pytest.mark.parametrize("name", ["input_costs", "cache_ttl_overriden", "usage_source", "version"])
+def test_as_dict_refuses_to_leave_out_an_entry_it_does_not_write(name):
+    breakdown = compute_cost(price=SONNET, usage=Usage(input_tokens=10), pricing_source="channel")
+    # Neither a misspelt field nor "version" (always written) is dropped silently.
+    with pytest.raises(ValueError, match=name):
+        breakdown.as_dict(leave_out=frozenset({"input_cost", name}))
+    assert "input_cost" not in breakdown.as_dict(leave_out=frozenset({"input_cost"}))
 
 
 def doubled(usage: Usage) -> Usage:

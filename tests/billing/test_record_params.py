@@ -1,6 +1,7 @@
 """The ledger's and rollup's statement parameters (billing.services): a value that skips
-get_db_prep_save is one that preparing would hand back unchanged, so every stored value is the
-same as with full preparation."""
+get_db_prep_save is one that preparing would hand back unchanged or, in a batch's JSON rows, one
+whose JSON text is its prepared value's, so every stored value is the same as with full
+preparation."""
 
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ import pytest
 from django.db import connection
 from django.utils.translation import gettext_lazy
 
+from billing.cost import Usage
 from billing.models import RequestOutcome, UsageLog, UsageRollup, UsageSource
-from billing.services import _rows_params, json_as_is, prepared_as_is
+from billing.services import _LOG_FIELDS, _priced_row, _rows_params, json_as_is, prepared_as_is
+from tests.factories import APIKeyFactory, UpstreamAccountFactory
 
 FIELDS = [
     field
@@ -74,6 +77,34 @@ def test_every_value_that_skips_preparation_on_postgresql_is_what_preparing_it_g
                 )
                 skipped += 1
     assert skipped > 100  # the check is not vacuous: most of a row's values skip
+
+
+@pytest.mark.django_db
+def test_a_ledger_row_has_a_value_for_every_column_and_nothing_else():
+    # Each INSERT reads every column from the row by name, with no default: a UsageLog field added
+    # without its value in _priced_row would fail every recording, so it fails here first.
+    _context, _breakdown, row = _priced_row(
+        request_id="req-1",
+        api_key_id=APIKeyFactory().pk,
+        account_id=UpstreamAccountFactory().pk,
+        requested_model="claude-sonnet-4-5",
+        usage=Usage(input_tokens=10, output_tokens=5),
+        mapped_model="",
+        upstream_model="",
+        context=None,
+        stream=False,
+        duration_ms=0,
+        first_token_ms=None,
+        status_code=200,
+        client_ip=None,
+        user_agent="",
+        created_at=datetime(2026, 11, 25, 12, 30, tzinfo=UTC),
+        outcome=RequestOutcome.COMPLETED,
+        usage_source=UsageSource.REPORTED,
+    )
+    columns = [field.attname for field in UsageLog._meta.concrete_fields if not field.primary_key]
+    assert [field.attname for field in _LOG_FIELDS] == columns
+    assert sorted(row) == sorted(columns)
 
 
 # Addresses, valid or not, that a client or a proxy header may bring.

@@ -16,13 +16,16 @@ from accounts.models import APIKey, UpstreamAccount, User
 from accounts.snapshots import key_snapshot_load_by_id, snapshot_listeners, upstream_account_snapshots_load
 from billing.cost import Usage
 from billing.models import UsageLog
+from billing.pricing import billing_context_from, price_request
 from channels.snapshots import channel_snapshot_for_group
 from gateway.recorder import BatchRecorder, Entry, record_batch, refreshed
 from tests import event_loop
 from tests.factories import (
     APIKeyFactory,
+    ChannelGroupFactory,
     GroupAccountFactory,
     GroupFactory,
+    ModelPricingFactory,
     UpstreamAccountFactory,
     UserFactory,
 )
@@ -164,3 +167,75 @@ def test_requests_sharing_a_snapshot_get_one_refreshed_snapshot_and_a_spent_key_
     assert answers[4][1] is answers[5][1] and answers[4][1].id == keys[1].pk
     assert answers[-1][0].duplicate and answers[-1][1] is spender.key
     assert [change.key_ids for change in changes] == [frozenset({keys[0].pk})]
+
+
+def test_a_shared_key_snapshot_is_billed_by_each_requests_own_account_and_channel_and_charge():
+    keys, account, _user = tenant()
+    group = APIKey.objects.get(pk=keys[0].pk).group
+    other_account = UpstreamAccountFactory(rate_multiplier=Decimal("1.5"))
+    GroupAccountFactory(group=group, account=other_account)
+    # The group's channel prices the model at twice the catalog's price.
+    channel = ChannelGroupFactory(group=group).channel
+    ModelPricingFactory(channel=channel, input_price=Decimal("0.000006"), output_price=Decimal("0.00003"))
+    base = entry_for(keys[0].pk, account.pk, "req-channel", 1_000)
+    assert base.channel is not None and base.channel.id == channel.pk
+    unpriced = "tollgate-unpriced-model"
+    # Every entry carries the one key snapshot the gateway caches.
+    entries = [
+        base,
+        dataclasses.replace(
+            base,
+            request_id="req-other-account",
+            account=upstream_account_snapshots_load([other_account.pk])[other_account.pk],
+        ),
+        dataclasses.replace(base, request_id="req-no-channel", channel=None),
+        dataclasses.replace(
+            base,
+            request_id="req-unpriced",
+            requested_model=unpriced,
+            mapped_model=unpriced,
+            upstream_model=unpriced,
+        ),
+        dataclasses.replace(base, request_id="req-channel-2"),
+    ]
+    answers = record_batch(entries)
+
+    rows = {
+        row["request_id"]: row
+        for row in UsageLog.objects.values(
+            "request_id", "account_id", "channel_id", "pricing_source", "actual_cost", "account_cost"
+        )
+    }
+    assert [
+        (
+            rows[entry.request_id]["account_id"],
+            rows[entry.request_id]["channel_id"],
+            rows[entry.request_id]["pricing_source"],
+        )
+        for entry in entries
+    ] == [
+        (account.pk, channel.pk, "channel"),
+        (other_account.pk, channel.pk, "channel"),
+        (account.pk, None, "catalog"),
+        (account.pk, channel.pk, "missing"),
+        (account.pk, channel.pk, "channel"),
+    ]
+    for entry, (result, fresh) in zip(entries, answers, strict=True):
+        context = billing_context_from(key=entry.key, channel=entry.channel, account=entry.account)
+        _resolution, breakdown = price_request(
+            context=context,
+            usage=entry.usage,
+            requested_model=entry.requested_model,
+            mapped_model="",
+            upstream_model=entry.upstream_model,
+        )
+        row = rows[entry.request_id]
+        assert (row["actual_cost"], row["account_cost"]) == (breakdown.actual_cost, breakdown.account_cost)
+        assert result.breakdown == breakdown
+        assert fresh == refreshed(entry.key, result)
+    assert rows["req-unpriced"]["actual_cost"] == 0 and rows["req-channel"]["actual_cost"] > 0
+    charged = APIKey.objects.get(pk=keys[0].pk).quota_used_usd
+    # The unpriced request charged nothing: its snapshot is the one it came with, the others' the
+    # key as the batch left it.
+    assert answers[3][1] is base.key and base.key.quota_used_usd == 0
+    assert {fresh.quota_used_usd for i, (_result, fresh) in enumerate(answers) if i != 3} == {charged}
