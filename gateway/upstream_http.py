@@ -12,21 +12,26 @@ and hand back the status, the headers and the body as it arrives.
   as a place comes free may take it first). An idle connection is closed after
   `idle_seconds` (or a second before the server's own `Keep-Alive: timeout`): checked when it is
   picked, and by a sweep at most `SWEEP_SLACK` after its time (one timer, not one per request).
-- A connection goes back to the pool only when its answer has fully arrived, its request has
-  been written whole, and both sides meant to keep it (`Connection: close`, an answer delimited
-  by the close, a server that closed it, an answer the caller left unread, an answer that came
-  while the request was still being written: each is closed instead).
+- A connection goes back to the pool only when its answer has fully arrived and both sides meant
+  to keep it (`Connection: close`, an answer delimited by the close, a server that closed it, an
+  answer the caller left unread: each is closed instead), and never after an error answer
+  (status 400 and up) to a body larger than `JOINED_WRITE`: such an answer may have come before
+  the whole body left, which this side cannot tell (see `_Connection._end`).
 - Names are resolved through `gateway.addresses.CheckedResolver` (refused addresses dropped) and
-  the addresses left are tried in order (one refused, reset or whose TLS handshake broke off
-  leads to the next); https verifies the certificate against the host name (a certificate
-  refused at one address is not tried at the next).
+  the addresses left are tried in order: one that refuses the connection, or (https) whose TLS
+  handshake fails or is cut off, leads to the next. A connection the server closes, or speaks on,
+  as soon as it opens is not: over plain TCP that shows only once the connection is handed over,
+  and the call fails (a connect error, or a broken connection if the request had gone out).
+  https verifies the certificate against the host name (a certificate refused at one address is
+  not tried at the next).
 - Failing to connect (resolving, connecting, the TLS handshake) raises `UpstreamConnectError`;
   a connection that fails once the request is sent (a reset, a close before the answer or in the
   middle of its body, a malformed answer) raises `UpstreamBroken`, after every byte that arrived
   before it was handed over.
 - One retry, on a new connection, when a connection taken from the pool was closed before a
-  single byte of the answer and within `IDLE_CLOSE_RACE_SECONDS` of the request being written
-  (see `UpstreamClient.post`). Nothing else is retried.
+  single byte of the answer and soon after the request was written: within twice its connect
+  time, between `IDLE_CLOSE_RACE_SECONDS` and `IDLE_CLOSE_RACE_MAX_SECONDS` (see
+  `UpstreamClient.post`). Nothing else is retried.
 - No proxies, no HTTP/2, no redirects, no cookies, no decompression: the request asks for
   `accept-encoding: identity` and the body is passed through as bytes.
 
@@ -59,12 +64,16 @@ BUFFER_LIMIT = 256 * 1024
 # A body up to this size leaves in the same write as its head; a larger one is not copied.
 JOINED_WRITE = 64 * 1024
 _NOT_BEFORE_END = 1 << 62  # what `read` waits for: the whole body
-# A reused connection closed this soon after the request was written, before a byte of the
-# answer, is retried once (UpstreamClient.post): a server closing an idle keep-alive connection
-# just as our request leaves shows up within a round trip. A close later than that may come from
-# a server that took the request and died (a crash, a balancer dropping a long call), and a POST
-# must not be sent twice: the provider would run and bill it twice.
+# A reused connection closed soon after the request was written, before a byte of the answer, is
+# retried once (UpstreamClient.post): a server closing an idle keep-alive connection just as our
+# request leaves shows up within a round trip. A close later than that may come from a server that
+# took the request and died (a crash, a balancer dropping a long call), and a POST must not be
+# sent twice: the provider would run and bill it twice. "Soon" is twice the connection's own TCP
+# connect time (one round trip to that host, plus whatever the loop lagged then), at least the
+# floor (a nearby host, where the loop's own turns are the delay) and at most the cap (past a
+# second the close is likelier a server that took the request than an idle race).
 IDLE_CLOSE_RACE_SECONDS = 0.1
+IDLE_CLOSE_RACE_MAX_SECONDS = 1.0
 
 
 class UpstreamConnectError(Exception):
@@ -109,7 +118,7 @@ def _target(url: str) -> _Target:
     if scheme not in ("http", "https") or not (parts.hostname or "").rstrip("."):
         raise UpstreamConnectError(OSError(f"{url} is not an http:// or https:// URL"))
     host = parts.hostname
-    if "%" in host:  # [fe80::1%25eth0]: zones go with link-local addresses, which are refused
+    if ":" in host and "%" in host:  # [fe80::1%25eth0]: zones go with link-local addresses, which are refused
         raise UpstreamConnectError(OSError(f"{url} names an IPv6 zone, which is not supported"))
     if not host.isascii():
         try:
@@ -289,6 +298,8 @@ class _Connection(asyncio.Protocol):
         "received",
         "sent_at",
         "lost_in_idle_race",
+        "race_window",
+        "long_body",
         "paused",
         "expires",
         "keep_for",
@@ -314,6 +325,8 @@ class _Connection(asyncio.Protocol):
         self.received = False  # a byte of the current exchange's answer arrived
         self.sent_at = 0.0  # loop time the current exchange's request was written
         self.lost_in_idle_race = False  # see IDLE_CLOSE_RACE_SECONDS
+        self.race_window = IDLE_CLOSE_RACE_SECONDS  # set from the connect time once opened
+        self.long_body = False  # the current exchange's body is larger than JOINED_WRITE
         self.paused = False
         self.expires = 0.0
         self.keep_for = pool.idle_seconds
@@ -331,10 +344,11 @@ class _Connection(asyncio.Protocol):
         response = UpstreamResponse(self)
         self.response = response
         self.received = False
-        if len(body) <= JOINED_WRITE:
-            self.transport.write(head + body)
-        else:
+        self.long_body = len(body) > JOINED_WRITE
+        if self.long_body:
             self.transport.writelines((head, body))
+        else:
+            self.transport.write(head + body)
         self.sent_at = self.loop.time()
         try:
             while not response.status:
@@ -389,9 +403,7 @@ class _Connection(asyncio.Protocol):
                 response._wake()
             elif not response.status:
                 self.lost_in_idle_race = (
-                    self.reused
-                    and not self.received
-                    and self.loop.time() - self.sent_at <= IDLE_CLOSE_RACE_SECONDS
+                    self.reused and not self.received and self.loop.time() - self.sent_at <= self.race_window
                 )
                 reason = f": {exc}" if exc else ""
                 response._fail(
@@ -467,9 +479,15 @@ class _Connection(asyncio.Protocol):
         if self.paused:
             self.paused = False
             self.transport.resume_reading()
-        # An answer that came while the request was still being written (an early 413): the rest
-        # of that body would go out ahead of the next request.
-        if keep and not self.closed and not self.transport.get_write_buffer_size():
+        # An answer may come before the whole request has left (an early 413 or 401 to a large
+        # body), and the rest of that body would then go out ahead of the next request. How much
+        # has left cannot be told here: over TLS the transport's buffer counts only what is not
+        # yet encrypted, and over TCP bytes in the kernel's buffers count as written. So, judged
+        # conservatively: a server answers with success only once it has read the request, but
+        # an error may come first, and an error to a body larger than one joined write is never
+        # pooled (a new connection costs a handshake; a pooled one out of step, a wrong answer).
+        early = self.long_body and response.status >= 400
+        if keep and not early and not self.closed and not self.transport.get_write_buffer_size():
             self.pool._put_back(self)
         else:
             self.abort(None)
@@ -558,7 +576,7 @@ class UpstreamClient:
         # (its keep-alive time is its own), before taking the request up. The request goes once
         # more, on a new connection: failover would send it to the next account all the same,
         # and a lone account would fail the request for a race it did not lose. A later close,
-        # or one we made, is not retried (IDLE_CLOSE_RACE_SECONDS).
+        # or one we made, is not retried (IDLE_CLOSE_RACE_SECONDS, `race_window`).
         connection = await self._connection(target, connect_timeout, fresh=True)
         return await connection.exchange(head, body)
 
@@ -601,6 +619,16 @@ class UpstreamClient:
                 connection = await opening
                 if self._closed:
                     raise UpstreamConnectError(OSError("the upstream client is closed"))
+                # The transport started reading in the turn between the task's end and this one:
+                # a server that spoke first (an SSH or SMTP banner, a broken relay) or closed at
+                # once has had the connection closed already, before it held a place of its own
+                # (`counted`), so only this path can give the place back.
+                if connection.closed:
+                    raise UpstreamConnectError(
+                        ConnectionResetError(
+                            f"{target.host} closed the connection, or spoke before the request, as it opened"
+                        )
+                    )
             except BaseException as error:
                 self._open -= 1
                 self._wake_a_waiter()
@@ -675,7 +703,9 @@ class UpstreamClient:
             try:
                 sock.setblocking(False)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                started = loop.time()
                 await loop.sock_connect(sock, address)
+                connect_seconds = loop.time() - started
                 _transport, connection = await loop.create_connection(
                     partial(_Connection, self, target.key, loop),
                     sock=sock,
@@ -692,9 +722,12 @@ class UpstreamClient:
             except BaseException:
                 sock.close()
                 raise
-            if connection.closed:  # the server closed it at once: no better than a refusal
+            if connection.closed:  # (https) closed, or spoke, once the handshake was done: as a refusal
                 failure = ConnectionResetError(f"{address[0]} closed the connection as it opened")
                 continue
+            connection.race_window = min(
+                IDLE_CLOSE_RACE_MAX_SECONDS, max(IDLE_CLOSE_RACE_SECONDS, 2 * connect_seconds)
+            )
             return connection
         raise UpstreamConnectError(failure or OSError(f"{target.host} has no address"))
 
