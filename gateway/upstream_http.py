@@ -71,7 +71,9 @@ _NOT_BEFORE_END = 1 << 62  # what `read` waits for: the whole body
 # sent twice: the provider would run and bill it twice. "Soon" is twice the connection's own TCP
 # connect time (one round trip to that host, plus whatever the loop lagged then), at least the
 # floor (a nearby host, where the loop's own turns are the delay) and at most the cap (past a
-# second the close is likelier a server that took the request than an idle race).
+# second the close is likelier a server that took the request than an idle race). On uvloop the
+# measured connect also waits for a lookup in libuv's thread pool, so a slow resolver can widen a
+# connection's window, never past the cap.
 IDLE_CLOSE_RACE_SECONDS = 0.1
 IDLE_CLOSE_RACE_MAX_SECONDS = 1.0
 
@@ -484,9 +486,11 @@ class _Connection(asyncio.Protocol):
         # has left cannot be told here: over TLS the transport's buffer counts only what is not
         # yet encrypted, and over TCP bytes in the kernel's buffers count as written. So, judged
         # conservatively: a server answers with success only once it has read the request, but
-        # an error may come first, and an error to a body larger than one joined write is never
-        # pooled (a new connection costs a handshake; a pooled one out of step, a wrong answer).
-        early = self.long_body and response.status >= 400
+        # an error may come first, and an error to a body larger than one joined write, or to any
+        # body over TLS (a fresh TLS connection's kernel buffer can hold less than one joined
+        # write), is never pooled (a new connection costs a handshake; a pooled one out of step,
+        # a wrong answer).
+        early = response.status >= 400 and (self.long_body or self.key[0] == "https")
         if keep and not early and not self.closed and not self.transport.get_write_buffer_size():
             self.pool._put_back(self)
         else:

@@ -559,7 +559,13 @@ def test_a_reused_connection_closed_as_the_request_arrives_is_retried_once_on_a_
     assert run(scenario()) == (b'{"connection": 0}', b'{"connection": 1}', 2, 2)
 
 
-def test_a_reused_connection_closed_later_than_a_round_trip_after_the_request_is_not_retried(run):
+def test_a_reused_connection_closed_later_than_a_round_trip_after_the_request_is_not_retried(
+    run, monkeypatch
+):
+    # The window pinned to its floor: measured from a loopback connect, a loop stalled by a busy
+    # machine could otherwise stretch it past the server's delay below.
+    monkeypatch.setattr(gateway.upstream_http, "IDLE_CLOSE_RACE_MAX_SECONDS", IDLE_CLOSE_RACE_SECONDS)
+
     async def conversation(upstream, reader, writer, number) -> None:
         await upstream.request(reader)
         writer.write(answer(b"{}"))
@@ -603,7 +609,7 @@ def test_the_retry_window_is_twice_the_connect_time_within_its_floor_and_cap(mon
     near = window()
     monkeypatch.setattr(asyncio.selector_events.BaseSelectorEventLoop, "sock_connect", distant_connect)
     far = window()
-    assert near == IDLE_CLOSE_RACE_SECONDS  # loopback: the floor
+    assert IDLE_CLOSE_RACE_SECONDS <= near < 0.6  # loopback: the floor (a stalled loop may add a little)
     assert 0.6 <= far <= IDLE_CLOSE_RACE_MAX_SECONDS
 
 
@@ -695,6 +701,7 @@ def test_an_answer_left_unread_closes_its_connection_instead_of_returning_it(run
         ("http", 1024 * 1024),  # all of it in the kernel's buffers: "written", and never read
         ("http", 32 * 1024 * 1024),  # more than the two sockets' buffers hold
         ("https", 16 * 1024 * 1024),  # encrypted, so out of the TLS layer's buffer, not sent
+        ("https", 48 * 1024),  # one joined write: may outgrow a fresh TLS connection's kernel buffer
     ],
 )
 def test_an_answer_that_comes_while_the_request_is_still_being_written_closes_its_connection(
@@ -776,7 +783,7 @@ def test_an_idle_connection_is_closed_soon_after_its_time_whenever_it_went_back_
 
     before, late, closed = run(scenario())
     assert before == 1
-    assert 0 < late <= 0.1 + 1e-6
+    assert 0 < late <= 0.1 + 0.002  # uvloop's timers keep whole milliseconds
     assert closed
 
 
@@ -1075,7 +1082,9 @@ def test_a_server_that_closes_each_connection_as_it_opens_leaves_no_place_taken(
             for _ in range(3):
                 # The request is written before the loop reads the close (a transport starts
                 # reading in the turn that hands it over): a new connection broken, not retried.
-                with pytest.raises(UpstreamBroken, match="closed the connection before answering"):
+                # Read before the connection is handed over (the loop's order of events decides),
+                # the close is a connect error instead: either way no place stays taken.
+                with pytest.raises((UpstreamBroken, UpstreamConnectError), match="closed the connection"):
                     await post(client, closing.url, connect_timeout=1)
                 outcomes.append(client.open_connections)
             # The one place is free: another host is served at once.
