@@ -59,28 +59,33 @@ class Entry:
     finished_at: datetime | None = None
 
 
+def _recorded_fields(entry: Entry, context: BillingContext) -> dict[str, Any]:
+    """What the ledger is told about a finished request, alone (usage_record) or in a batch."""
+    return {
+        "request_id": entry.request_id,
+        "api_key_id": entry.key.id,
+        "account_id": entry.account.id,
+        "requested_model": entry.requested_model,
+        "mapped_model": entry.mapped_model if entry.mapped_model != entry.requested_model else "",
+        "upstream_model": entry.upstream_model,
+        "usage": entry.usage,
+        "context": context,
+        "stream": entry.stream,
+        "duration_ms": entry.duration_ms,
+        "first_token_ms": entry.first_token_ms,
+        "status_code": entry.status_code,
+        "client_ip": entry.client_ip or None,
+        "user_agent": entry.user_agent,
+        "outcome": entry.outcome,
+        "usage_source": entry.usage_source,
+        "created_at": entry.finished_at,
+    }
+
+
 def record(entry: Entry) -> tuple[UsageRecordResult, KeySnapshot]:
     """Record the request; the key snapshot with the counters the charge left (docs/gateway.md#auth-snapshot)."""
     context = billing_context_from(key=entry.key, channel=entry.channel, account=entry.account)
-    result = usage_record(
-        request_id=entry.request_id,
-        api_key_id=entry.key.id,
-        account_id=entry.account.id,
-        requested_model=entry.requested_model,
-        mapped_model=entry.mapped_model if entry.mapped_model != entry.requested_model else "",
-        upstream_model=entry.upstream_model,
-        usage=entry.usage,
-        context=context,
-        stream=entry.stream,
-        duration_ms=entry.duration_ms,
-        first_token_ms=entry.first_token_ms,
-        status_code=entry.status_code,
-        client_ip=entry.client_ip or None,
-        user_agent=entry.user_agent,
-        outcome=entry.outcome,
-        usage_source=entry.usage_source,
-        created_at=entry.finished_at,
-    )
+    result = usage_record(**_recorded_fields(entry, context))
     fresh = refreshed(entry.key, result)
     announce_spent(entry, fresh, result)
     return result, fresh
@@ -101,28 +106,7 @@ def record_batch(entries: list[Entry]) -> list[tuple[UsageRecordResult, KeySnaps
         if context is None:
             context = billing_context_from(key=entry.key, channel=entry.channel, account=entry.account)
             contexts[shared] = context
-        records.append(
-            BatchRecord(
-                request_id=entry.request_id,
-                api_key_id=entry.key.id,
-                account_id=entry.account.id,
-                requested_model=entry.requested_model,
-                mapped_model=entry.mapped_model if entry.mapped_model != entry.requested_model else "",
-                upstream_model=entry.upstream_model,
-                usage=entry.usage,
-                context=context,
-                stream=entry.stream,
-                duration_ms=entry.duration_ms,
-                first_token_ms=entry.first_token_ms,
-                status_code=entry.status_code,
-                client_ip=entry.client_ip or None,
-                user_agent=entry.user_agent,
-                outcome=entry.outcome,
-                usage_source=entry.usage_source,
-                pending_id=entry.pending_id,
-                created_at=entry.finished_at,
-            )
-        )
+        records.append(BatchRecord(**_recorded_fields(entry, context), pending_id=entry.pending_id))
     results = usage_record_batch(records)
     fresh_of: dict[tuple, KeySnapshot] = {}
     announced: set[tuple[int, int, int]] = set()
