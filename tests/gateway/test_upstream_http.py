@@ -210,6 +210,16 @@ def test_a_sized_answer_is_read_whole_and_its_connection_serves_the_next_request
     assert idle == 1
 
 
+async def two_answers(conversation) -> tuple[list[bytes], int]:
+    """Two requests in turn to an upstream speaking `conversation`: their bodies, and how many
+    connections the upstream saw."""
+    async with Upstream(conversation) as upstream:
+        client = UpstreamClient(limit=4)
+        bodies = [await (await post(client, upstream.url)).read() for _ in range(2)]
+        await client.close()
+        return bodies, upstream.connections
+
+
 def test_a_chunked_answer_is_read_whole_and_its_connection_kept(run):
     async def conversation(upstream, reader, writer, number) -> None:
         while True:
@@ -218,14 +228,7 @@ def test_a_chunked_answer_is_read_whole_and_its_connection_kept(run):
             await asyncio.sleep(0.02)
             writer.write(b"6\r\n world\r\n0\r\n\r\n")
 
-    async def scenario() -> tuple[list, int]:
-        async with Upstream(conversation) as upstream:
-            client = UpstreamClient(limit=4)
-            bodies = [await (await post(client, upstream.url)).read() for _ in range(2)]
-            await client.close()
-            return bodies, upstream.connections
-
-    assert run(scenario()) == ([b"hello world", b"hello world"], 1)
+    assert run(two_answers(conversation)) == ([b"hello world", b"hello world"], 1)
 
 
 def test_a_chunked_answers_trailers_are_not_headers_of_the_next_answer_on_its_connection(run):
@@ -354,14 +357,7 @@ def test_bytes_after_the_answer_in_the_same_read_close_its_connection(run):
         writer.write(answer(b'{"n": 1}') + answer(b'{"n": 2}'))  # one answer too many
         await asyncio.sleep(60)
 
-    async def scenario() -> tuple[list, int]:
-        async with Upstream(conversation) as upstream:
-            client = UpstreamClient(limit=4)
-            bodies = [await (await post(client, upstream.url)).read() for _ in range(2)]
-            await client.close()
-            return bodies, upstream.connections
-
-    assert run(scenario()) == ([b'{"n": 1}', b'{"n": 3}'], 2)
+    assert run(two_answers(conversation)) == ([b'{"n": 1}', b'{"n": 3}'], 2)
 
 
 def test_bytes_arriving_on_an_idle_connection_close_it(run):
