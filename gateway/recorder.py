@@ -159,7 +159,7 @@ class BatchRecorder:
     each entry: a wake is a handover of the GIL that the event loop pays for
     (docs/recording.md#batches). The answers of a batch go back to each event loop in one call.
     A batch that fails is retried one record at a time, so one bad record (a key deleted in the
-    meantime) costs only its own row. `stop` records everything queued, then ends the thread.
+    meantime) costs only its own row. `stop` records everything queued before it, then ends the thread.
     """
 
     def __init__(self, *, size: int, wait: float) -> None:
@@ -170,7 +170,9 @@ class BatchRecorder:
         # (what would fill the batch), and by `stop`. No lock: a stale `_wanted` only makes the
         # thread wake early or at its deadline, and the thread looks at the queue after clearing.
         self._more = threading.Event()
-        self._wanted = self.size
+        self._wanted = self.size + 1  # nothing to wake for until a batch waits
+        self._stopping = False
+        self.waits = 0  # times a batch slept waiting for more, for tests
         self.batches = 0  # transactions committed or tried, for tests and the benchmark
         self._thread = threading.Thread(target=self._run, name="gateway-recorder", daemon=True)
         self._thread.start()
@@ -185,6 +187,9 @@ class BatchRecorder:
 
     def stop(self) -> None:
         self._queue.put(_STOP)
+        # After the put: a thread that sees the flag finds _STOP queued. The flag, not the event
+        # alone, because the thread may clear the event between this set and its next look.
+        self._stopping = True
         self._more.set()
         self._thread.join()
 
@@ -232,11 +237,13 @@ class BatchRecorder:
                     batch.append(more)
             remaining = deadline - time.monotonic()
             if len(batch) >= self.size or remaining <= 0:
+                self._wanted = self.size + 1
                 return False
             self._wanted = self.size - len(batch)
             self._more.clear()
             # Cleared before looking: an entry queued after the look sets it again.
-            if self._queue.qsize() < self._wanted:
+            if not self._stopping and self._queue.qsize() < self._wanted:
+                self.waits += 1
                 self._more.wait(remaining)
 
     def _flush(self, batch: list) -> None:
@@ -272,13 +279,17 @@ class BatchRecorder:
 
 
 def _resolve_all(answered: list) -> None:
-    for _entry, future, answer in answered:
+    for entry, future, answer in answered:
         if future.done():
             continue
-        if isinstance(answer, BaseException):
-            future.set_exception(answer)
-        else:
-            future.set_result(answer)
+        try:
+            if isinstance(answer, BaseException):
+                future.set_exception(answer)
+            else:
+                future.set_result(answer)
+        except Exception:  # one answer that cannot be set must not leave the others waiting
+            logger.exception("handing request %s its recording failed", entry.request_id)
+            future.cancel()
 
 
 def refreshed(key: KeySnapshot, result: UsageRecordResult) -> KeySnapshot:
