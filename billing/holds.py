@@ -382,7 +382,9 @@ def _hold_at_once(hold: _AtOnce) -> bool:
     transaction of its own: outside one it commits by itself, and no row stays locked while this
     thread waits for a round trip or for Python's GIL (a BEGIN … COMMIT around it kept the hot key
     row locked for as long as the thread took to send the COMMIT). Prepared (common.prepared):
-    every id goes as a bigint, every other value has psycopg's type for it or a cast in the SQL."""
+    every id goes as a bigint, every other value has psycopg's type for it or a cast in the SQL;
+    the text, over 5 kB for a subscription with an account quota, goes in PostgreSQL's own form,
+    rewritten once per process (docs/gateway.md#placeholders-rewritten-once)."""
     statement = _at_once_statement(hold)
     with prepared_cursor() as cursor:
         cursor.execute(statement.sql, statement.params)

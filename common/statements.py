@@ -296,11 +296,28 @@ def _declared_type(value: Any) -> str:
     return "unknown"
 
 
+def numbered_placeholders(sql: str) -> tuple[str, tuple[str | int, ...]] | None:
+    """`sql` with PostgreSQL's $1, $2… for its placeholders, as psycopg numbers them for the
+    server (one number per distinct name, in order of first appearance; %% as %), and the
+    parameter each number takes; None when it has a placeholder other than %s, %(name)s and %%."""
+    template = _template(sql)
+    if template is None:
+        return None
+    texts, keys = template
+    order = tuple(dict.fromkeys(keys))
+    numbers = {key: f"${number}" for number, key in enumerate(order, start=1)}
+    numbered = [texts[0]]
+    for key, text in zip(keys, texts[1:], strict=True):
+        numbered.append(numbers[key])
+        numbered.append(text)
+    return "".join(numbered), order
+
+
 @lru_cache(maxsize=512)
 def _numbered(sql: str) -> tuple[str, tuple[str | int, ...]] | None:
-    """`sql` with $1, $2… for its placeholders (one per distinct name), and the parameter each
-    number takes; None when it goes bound instead: no parameter, a placeholder bind would not take
-    apart either, or one that, numbered, would run into the text beside it."""
+    """`sql` numbered (numbered_placeholders) for an EXECUTE of the string; None when it goes
+    bound instead: no parameter, a placeholder bind would not take apart either, or one that,
+    numbered, would run into the text beside it."""
     template = _template(sql)
     if template is None or _DOLLAR_QUOTE in sql:
         return None
@@ -310,12 +327,7 @@ def _numbered(sql: str) -> tuple[str, tuple[str | int, ...]] | None:
     for before, after in zip(texts, texts[1:], strict=False):
         if (before and (before[-1].isalnum() or before[-1] in "_$")) or (after and after[0].isdigit()):
             return None
-    order = tuple(dict.fromkeys(keys))
-    numbered = [texts[0]]
-    for key, text in zip(keys, texts[1:], strict=True):
-        numbered.append(f"${order.index(key) + 1}")
-        numbered.append(text)
-    return "".join(numbered), order
+    return numbered_placeholders(sql)
 
 
 @lru_cache(maxsize=512)

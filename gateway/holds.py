@@ -41,6 +41,7 @@ from billing.holds import (
 from billing.pricing import billing_context_from, price_request
 from channels.catalog import catalog_loaded
 from common.money import quantize_usd
+from common.prepared import PreparingAsyncCursor
 from gateway.checks import QUOTA_RETRY_SECONDS
 from gateway.errors import GatewayError
 from gateway.usage import EMBEDDINGS, estimate_input_tokens
@@ -210,9 +211,11 @@ class LoopHolds:
     request does not wait for a database thread to take the job, nor for the event loop to take
     the answer back. At most `size` connections; when all are busy, or the request's estimate was
     not priced early, or a connection cannot be opened, `fallback` (`reserve_many`, on a database
-    thread) holds it as before. The rest of a hold (refused: the step-by-step transaction that
-    names the limit) runs on a database thread. A connection that breaks under a statement is
-    closed, and the pending record tells whether the hold committed before the answer was lost.
+    thread) holds it as before. The statement is prepared once per connection, its text rewritten
+    for the server once per process (common.prepared.PreparingAsyncCursor). The rest of a hold
+    (refused: the step-by-step transaction that names the limit) runs on a database thread. A
+    connection that breaks under a statement is closed, and the pending record tells whether the
+    hold committed before the answer was lost.
     """
 
     def __init__(
@@ -258,7 +261,7 @@ class LoopHolds:
             return await self.db.run(self.fallback, [request])
         backend = (link.info.backend_pid, LOOP_HOLDS_APPLICATION)
         try:
-            cursor = await link.execute(statement.sql, statement.params, prepare=True)
+            cursor = await PreparingAsyncCursor(link).execute(statement.sql, statement.params)
             held = statement.read(await cursor.fetchone())
         except psycopg.Error:
             if not link.broken and not link.closed:

@@ -52,3 +52,24 @@ def staff_password() -> str:
 def _fast_password_hashing(settings):
     # PBKDF2 at full strength costs ~0.3 s per user on this machine; tests make hundreds.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture
+def psycopg_rewrites(monkeypatch) -> list[bytes]:
+    """Each statement text psycopg turns from `%(name)s` into PostgreSQL's `$1…` in Python for
+    server-side binding (its cached rewrite and the uncached one it uses for a text over 4096
+    characters), as it is sent: a statement sent in PostgreSQL's own form is not in the list."""
+    from psycopg import _queries
+
+    rewritten: list[bytes] = []
+
+    def counted(rewrite):
+        def rewrite_counted(query: bytes, *args):
+            rewritten.append(query)
+            return rewrite(query, *args)
+
+        return rewrite_counted
+
+    monkeypatch.setattr(_queries, "_query2pg", counted(_queries._query2pg))
+    monkeypatch.setattr(_queries, "_query2pg_nocache", counted(_queries._query2pg_nocache))
+    return rewritten

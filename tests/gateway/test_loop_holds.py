@@ -13,7 +13,7 @@ import psycopg
 import pytest
 from django.db import connection
 
-from accounts.models import APIKey, UpstreamAccount, User
+from accounts.models import APIKey, Subscription, UpstreamAccount, User
 from accounts.snapshots import key_snapshot_load_by_id, upstream_account_snapshots_load
 from billing.holds import HoldResult, pending_exists, pending_hold_statement
 from billing.models import PendingRequest
@@ -29,7 +29,12 @@ from gateway.holds import (
     reserve_many,
 )
 from tests import event_loop
-from tests.factories import UpstreamAccountFactory
+from tests.factories import (
+    APIKeyFactory,
+    SubscriptionFactory,
+    SubscriptionGroupFactory,
+    UpstreamAccountFactory,
+)
 from tests.gateway.conftest import (
     background_finished,
     gateway_app,
@@ -116,6 +121,28 @@ def test_a_lone_hold_is_sent_from_the_event_loop_and_holds_every_counted_row(key
     assert held(UpstreamAccount, account.pk, "quota_held_usd") == 2 * cost(key)
     assert sorted(PendingRequest.objects.values_list("request_id", flat=True)) == ["r1", "r2"]
     assert backends() == before, "closed with the gateway"
+
+
+def test_a_hold_from_the_event_loop_goes_in_postgresqls_own_form_however_long_its_text(psycopg_rewrites):
+    # A subscription key's hold with an account quota: 5,070 characters, over the 4096 psycopg
+    # caches its own rewrite for (docs/gateway.md#placeholders-rewritten-once). The spy sees
+    # psycopg's cached rewrite too, so the test does not depend on the length.
+    subscription = SubscriptionFactory(group=SubscriptionGroupFactory(daily_limit_usd=D("5")))
+    key = APIKeyFactory(user=subscription.user, group=subscription.group)
+    account = UpstreamAccountFactory(platform="openai", quota_limit_usd=D("5"))
+    requests = [gateway_request(key, f"r{n}", [account]) for n in range(2)]
+
+    async def work(loop_holds):
+        return [await loop_holds.hold(request) for request in requests], loop_holds.held
+
+    results, sent = on_loop(work)
+    assert results == [[HoldResult(account_id=account.pk)]] * 2 and sent == 2
+    assert psycopg_rewrites == []
+    assert (
+        held(Subscription, subscription.pk)
+        == held(UpstreamAccount, account.pk, "quota_held_usd")
+        == 2 * cost(key)
+    )
 
 
 def test_a_hold_that_does_not_fit_is_refused_by_its_limit_on_a_database_thread(key):
