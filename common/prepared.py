@@ -26,7 +26,7 @@ send the text as given, and `server_form` rewrites each text once, whatever its 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any, Self
@@ -35,35 +35,83 @@ import psycopg
 from django.db import connection
 from django.db.backends.utils import CursorDebugWrapper, CursorWrapper
 from psycopg.abc import Params, Query
+from psycopg.sql import Composable
 
 from common.statements import numbered_placeholders
 
 
 @lru_cache(maxsize=256)
-def server_form(sql: str, encoding: str = "utf-8") -> tuple[bytes, tuple[str | int, ...]]:
-    """`sql` as psycopg sends it to the server ($1, $2… for its placeholders, encoded), and the
-    parameter each number takes (a name, or a position for `%s`). Rewritten once per text, then
-    the same bytes every time: psycopg's prepared statements are keyed on them."""
+def server_form(sql: str, encoding: str) -> tuple[bytes, tuple[str | int, ...]]:
+    """`sql` as psycopg sends it to the server ($1, $2… for its placeholders, encoded in the
+    connection's `encoding`), and the parameter each number takes (a name, or a position for
+    `%s`). Rewritten once per text, then the same bytes every time: psycopg's prepared statements
+    are keyed on them."""
     numbered = numbered_placeholders(sql)
     if numbered is None:
         raise psycopg.ProgrammingError(
-            f"a prepared statement takes %s and %(name)s placeholders only: {sql[:80]!r}"
+            "a prepared statement takes %s or %(name)s placeholders (not both) and %%, "
+            f"not %b or %t: {sql[:80]!r}"
         )
     text, order = numbered
     return text.encode(encoding), order
 
 
-def _in_server_form(query: Query, params: Params | None, encoding: str) -> tuple[Query, Params | None]:
+def _as_text(query: Query, raw: psycopg.Connection | psycopg.AsyncConnection) -> str:
+    """`query` as the text `server_form` takes. A Composable is written out as psycopg would
+    (its identifiers and literals quoted for this connection). bytes are decoded with the
+    connection's encoding, which `server_form` encodes them back with: psycopg takes bytes
+    queries, and the bytes sent are the ones given."""
+    if isinstance(query, str):
+        return query
+    if isinstance(query, Composable):
+        return query.as_string(raw)
+    if isinstance(query, bytes | bytearray | memoryview):
+        try:
+            return bytes(query).decode(raw.info.encoding)
+        except UnicodeDecodeError as error:
+            raise psycopg.ProgrammingError(
+                f"a query's bytes are not in the connection's encoding ({raw.info.encoding}): {error}"
+            ) from None
+    raise psycopg.ProgrammingError(f"a query is str, bytes or sql.Composable, not {type(query).__qualname__}")
+
+
+def _in_order(order: tuple[str | int, ...], params: Params) -> Sequence[Any]:
+    """`params` in their numbers' `order`, after the checks psycopg makes before sending anything:
+    `%(name)s` takes a mapping with every name, `%s` a sequence of exactly one value each. A
+    mistake raised here leaves the transaction as it was; sent, it would abort it."""
+    named = bool(order) and isinstance(order[0], str)
+    if isinstance(params, Sequence) and not isinstance(params, str | bytes | bytearray):
+        if named:
+            raise psycopg.ProgrammingError(
+                f"named placeholders (%(name)s) require a mapping of parameters, got {type(params).__qualname__}"
+            )
+        if len(params) != len(order):
+            raise psycopg.ProgrammingError(
+                f"the query has {len(order)} placeholders but {len(params)} parameters were passed"
+            )
+        return params
+    if isinstance(params, Mapping):
+        if order and not named:
+            raise psycopg.ProgrammingError(
+                f"positional placeholders (%s) require a sequence of parameters, got {type(params).__qualname__}"
+            )
+        missing = sorted(str(name) for name in order if name not in params)
+        if missing:
+            raise psycopg.ProgrammingError(f"query parameter missing: {', '.join(missing)}")
+        return [params[name] for name in order]
+    raise psycopg.ProgrammingError(
+        f"query parameters should be a sequence or a mapping, got {type(params).__qualname__}"
+    )
+
+
+def _in_server_form(
+    query: Query, params: Params | None, raw: psycopg.Connection | psycopg.AsyncConnection
+) -> tuple[Query, Params | None]:
     """`query` and `params` for a raw cursor: the text numbered, the values in their numbers' order."""
-    if params is None or not isinstance(query, str):
-        return query, params  # nothing to bind (psycopg leaves the text as written), or not text
-    text, order = server_form(query, encoding)
-    if not isinstance(params, Mapping):
-        return text, params
-    try:
-        return text, [params[name] for name in order]
-    except KeyError as missing:
-        raise psycopg.ProgrammingError(f"query parameter missing: {missing}") from None
+    if params is None:
+        return query, params  # nothing to bind: psycopg sends the text as written, %% and all
+    text, order = server_form(_as_text(query, raw), raw.info.encoding)
+    return text, _in_order(order, params)
 
 
 class _PreparingCursor(psycopg.RawCursor):
@@ -78,7 +126,7 @@ class _PreparingCursor(psycopg.RawCursor):
         prepare: bool | None = None,
         binary: bool | None = None,
     ) -> Self:
-        query, params = _in_server_form(query, params, self.connection.info.encoding)
+        query, params = _in_server_form(query, params, self.connection)
         raw = self.connection
         threshold = raw.prepare_threshold
         # Django leaves psycopg's prepared statements off (a threshold of None, for poolers that
@@ -92,8 +140,10 @@ class _PreparingCursor(psycopg.RawCursor):
             raw.prepare_threshold = threshold
 
     def executemany(self, query: Query, params_seq: Iterable[Params], *, returning: bool = False) -> None:
-        encoding = self.connection.info.encoding
-        sent = [_in_server_form(query, params, encoding) for params in params_seq]
+        raw = self.connection
+        if params_seq := list(params_seq):
+            query = _as_text(query, raw)
+        sent = [_in_server_form(query, params, raw) for params in params_seq]
         super().executemany(
             sent[0][0] if sent else query, [params for _, params in sent], returning=returning
         )
@@ -111,7 +161,7 @@ class PreparingAsyncCursor(psycopg.AsyncRawCursor):
         prepare: bool | None = None,
         binary: bool | None = None,
     ) -> Self:
-        query, params = _in_server_form(query, params, self.connection.info.encoding)
+        query, params = _in_server_form(query, params, self.connection)
         return await super().execute(query, params, prepare=True, binary=binary)
 
 
@@ -127,7 +177,16 @@ class _PreparedDebugCursor(CursorDebugWrapper):
 @contextmanager
 def prepared_cursor() -> Iterator[CursorWrapper]:
     """A cursor whose statements are server-bound and prepared once per connection (PostgreSQL
-    only), wrapped as `connection.cursor()` wraps Django's own."""
+    only), wrapped as `connection.cursor()` wraps Django's own.
+
+    A statement takes `%s` or `%(name)s` placeholders, not both, and `%%` for a percent sign.
+    psycopg's `%b` and `%t` (this value in binary, or in text) are refused with a
+    ProgrammingError: the text goes to a raw cursor in PostgreSQL's own form (`server_form`),
+    which has no format per placeholder, so every value goes in psycopg's automatic format.
+    `%(name)s` takes a mapping with every name, `%s` a sequence of exactly one value each;
+    anything else is a ProgrammingError raised before the statement is sent, so the transaction
+    is not aborted. The query is a str, bytes in the connection's encoding, or a
+    `psycopg.sql.Composable`."""
     connection.ensure_connection()
     with connection.wrap_database_errors:
         raw = _PreparingCursor(connection.connection)

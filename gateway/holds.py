@@ -263,10 +263,13 @@ class LoopHolds:
         try:
             cursor = await PreparingAsyncCursor(link).execute(statement.sql, statement.params)
             held = statement.read(await cursor.fetchone())
-        except psycopg.Error:
+        except psycopg.Error as error:
             if not link.broken and not link.closed:
                 self._give(link)
                 held = False  # the statement failed alone (autocommit): it held nothing
+                # Usually a request id held twice; a statement the loop cannot send at all (its
+                # text or values, common.prepared) would otherwise go to the threads unseen.
+                logger.debug("a hold on the event loop failed (%s); a database thread takes it", error)
             else:
                 await self._discard(link)
                 held = await self.db.run(

@@ -121,3 +121,32 @@ def test_the_checker_resolves_relative_imports_and_allows_the_order():
     allowed = "from accounts.models import User\nfrom common.money import format_usd\nimport django\n"
     assert violations_in(allowed, ROOT / "channels/models.py") == []
     assert violations_in("from billing.cost import Usage\n", ROOT / "console/dashboard.py") == []
+
+
+def conftests_of_other_folders(source: str, path: Path) -> list[str]:
+    """The conftest modules a test module at `path` imports from folders other than its own and
+    those above it: a folder's conftest is its own; a helper two folders share goes in a module
+    of tests/ (tests/holds.py)."""
+    module = module_name(path)
+    package = module.rsplit(".", 1)[0]
+    tree = ast.parse(source, filename=str(path))
+    return [
+        name
+        for _, name in imported_modules(tree, module, is_package=False)
+        if name.endswith(".conftest") and not (package + ".").startswith(name.removesuffix("conftest"))
+    ]
+
+
+def test_no_test_imports_the_conftest_of_another_folder():
+    found = {
+        str(path.relative_to(ROOT)): imported
+        for path in sorted((ROOT / "tests").rglob("*.py"))
+        if (imported := conftests_of_other_folders(path.read_text(), path))
+    }
+    assert found == {}
+
+
+def test_the_conftest_checker_allows_its_own_folder_and_those_above():
+    source = "from tests.gateway.conftest import held\nfrom tests.conftest import x\n"
+    assert conftests_of_other_folders(source, ROOT / "tests/billing/test_x.py") == ["tests.gateway.conftest"]
+    assert conftests_of_other_folders(source, ROOT / "tests/gateway/test_x.py") == []

@@ -29,7 +29,7 @@ from tests.factories import (
     UpstreamAccountFactory,
     UserFactory,
 )
-from tests.gateway.conftest import held
+from tests.holds import held
 
 pytestmark = [
     pytest.mark.django_db,
@@ -37,11 +37,13 @@ pytestmark = [
 ]
 
 D = Decimal
+ROLLING, FIXED = UpstreamAccount.ResetMode.ROLLING, UpstreamAccount.ResetMode.FIXED
 
 
 def every_shape(request_id: str) -> list[HoldRequest]:
-    """One hold of each shape: the balance or a subscription, with no account quota, a quota reset
-    on a rolling window, or on a fixed hour."""
+    """One hold of each shape: the balance or a subscription, with no account quota or one whose
+    daily and weekly windows reset rolling/rolling, fixed/fixed, fixed/rolling or rolling/fixed
+    (each pair a text of its own)."""
     balance_key = APIKeyFactory(user=UserFactory(balance=D("10")), group=GroupFactory(platform="openai"))
     group = SubscriptionGroupFactory(daily_limit_usd=D("5"))
     subscription = SubscriptionFactory(group=group)
@@ -49,11 +51,14 @@ def every_shape(request_id: str) -> list[HoldRequest]:
     accounts = [
         UpstreamAccountFactory(platform="openai"),
         UpstreamAccountFactory(platform="openai", quota_limit_usd=D("5")),
-        UpstreamAccountFactory(
-            platform="openai",
-            quota_daily_limit_usd=D("5"),
-            quota_daily_reset_mode=UpstreamAccount.ResetMode.FIXED,
-            quota_weekly_reset_mode=UpstreamAccount.ResetMode.FIXED,
+        *(
+            UpstreamAccountFactory(
+                platform="openai",
+                quota_daily_limit_usd=D("5"),
+                quota_daily_reset_mode=daily,
+                quota_weekly_reset_mode=weekly,
+            )
+            for daily, weekly in ((FIXED, FIXED), (FIXED, ROLLING), (ROLLING, FIXED))
         ),
     ]
     return [
@@ -84,10 +89,10 @@ def every_shape(request_id: str) -> list[HoldRequest]:
 
 def test_every_hold_shape_is_sent_as_psycopg_would_send_it_with_the_same_parameter_types():
     statements = [pending_hold_statement(hold) for hold in every_shape("r")]
-    assert len({statement.sql for statement in statements}) == 6
+    assert len({statement.sql for statement in statements}) == 10
     connection.ensure_connection()
     for statement in statements:
-        text, order = server_form(statement.sql)
+        text, order = server_form(statement.sql, connection.connection.info.encoding)
         ours = PostgresRawQuery(Transformer(connection.connection))
         ours.convert(text, [statement.params[name] for name in order])
         theirs = PostgresQuery(Transformer(connection.connection))
@@ -108,15 +113,15 @@ def test_no_hold_shape_is_rewritten_by_psycopg_and_each_is_rewritten_here_once(p
 
     assert psycopg_rewrites == []
     assert server_form.cache_info().misses == rewritten, "the second hold of each shape rewrote nothing"
-    assert PendingRequest.objects.count() == 12
-    # Each key and its money row held three shapes twice; each account four holds when limited.
+    assert PendingRequest.objects.count() == 20
+    # Each key and its money row held five shapes twice; each account four holds when limited.
     balance, subscribed = first[0], first[-1]
-    assert held(APIKey, balance.api_key_id) == held(APIKey, subscribed.api_key_id) == D("0.6")
-    assert held(User, balance.user_id, "balance_held") == D("0.6")
-    assert held(Subscription, subscribed.subscription_id) == D("0.6")
-    accounts = [hold.accounts[0].account_id for hold in first[:3]]  # none, rolling, fixed
+    assert held(APIKey, balance.api_key_id) == held(APIKey, subscribed.api_key_id) == D("1.0")
+    assert held(User, balance.user_id, "balance_held") == D("1.0")
+    assert held(Subscription, subscribed.subscription_id) == D("1.0")
+    accounts = [hold.accounts[0].account_id for hold in first[:5]]  # none, then the four pairs
     held_on_accounts = [held(UpstreamAccount, account, "quota_held_usd") for account in accounts]
-    assert held_on_accounts == [0, D("0.4"), D("0.4")]
+    assert held_on_accounts == [0, *[D("0.4")] * 4]
 
     # The control: the same statement on psycopg's own cursor is rewritten there.
     statement = pending_hold_statement(dataclasses.replace(first[-1], request_id="control"))

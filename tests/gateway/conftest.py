@@ -123,11 +123,6 @@ def anthropic_sdk(gateway_url: str, secret: str, *, strict: bool = True) -> anth
     )
 
 
-def held(model, pk, field="held_usd"):
-    """What a counted row holds now (docs/gateway.md#holds-and-settle)."""
-    return model.objects.values_list(field, flat=True).get(pk=pk)
-
-
 @pytest.fixture
 def key():
     """A key with a $1 quota on an OpenAI group, its user's balance $10: for the hold tests."""

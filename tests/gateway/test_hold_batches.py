@@ -28,7 +28,8 @@ from tests.factories import (
     UpstreamAccountFactory,
     UserFactory,
 )
-from tests.gateway.conftest import gateway_app, held
+from tests.gateway.conftest import gateway_app
+from tests.holds import held
 from tests.sent import expanded
 
 pytestmark = pytest.mark.django_db(transaction=True)

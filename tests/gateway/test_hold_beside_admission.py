@@ -19,11 +19,11 @@ from gateway.holds import BesideAdmission, loop_connection_params
 from tests.gateway.conftest import (
     background_finished,
     gateway_app,
-    held,
     ledger_rows,
     make_tenant,
     openai_sdk,
 )
+from tests.holds import held
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

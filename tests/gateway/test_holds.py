@@ -26,7 +26,7 @@ from tests.factories import (
     UpstreamAccountFactory,
     UserFactory,
 )
-from tests.gateway.conftest import held
+from tests.holds import held
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -3,6 +3,7 @@ the same rows held as on a database thread, refusals named, broken connections s
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import socket
 import threading
@@ -13,6 +14,7 @@ import psycopg
 import pytest
 from django.db import connection
 
+import gateway.holds
 from accounts.models import APIKey, Subscription, UpstreamAccount, User
 from accounts.snapshots import key_snapshot_load_by_id, upstream_account_snapshots_load
 from billing.holds import HoldResult, pending_exists, pending_hold_statement
@@ -38,11 +40,11 @@ from tests.factories import (
 from tests.gateway.conftest import (
     background_finished,
     gateway_app,
-    held,
     ledger_rows,
     make_tenant,
     openai_sdk,
 )
+from tests.holds import held
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -191,6 +193,26 @@ def test_a_request_id_held_twice_is_its_own_error_and_the_connection_stays_usabl
     assert isinstance(twice, Exception) and "pending" in str(twice).lower()
     assert next_one.held and (sent, opened) == (2, 1)
     assert held(APIKey, key.pk) == 2 * cost(key)
+
+
+def test_a_statement_the_loop_cannot_send_goes_to_a_database_thread_and_says_why(key, monkeypatch, caplog):
+    # A mistake in how the loop's statement is built (here its values as a list, which its
+    # %(name)s text refuses) must not hide behind the threads' fallback.
+    def built_wrong(hold):
+        statement = pending_hold_statement(hold)
+        return dataclasses.replace(statement, params=list(statement.params.values()))
+
+    monkeypatch.setattr(gateway.holds, "pending_hold_statement", built_wrong)
+
+    async def work(loop_holds):
+        (result,) = await loop_holds.hold(gateway_request(key, "r1"))
+        return result, loop_holds.held
+
+    with caplog.at_level(logging.DEBUG, logger="gateway"):
+        result, sent = on_loop(work)
+    assert result.held and sent == 0, "held on a database thread"
+    assert "a hold on the event loop failed (named placeholders (%(name)s) require a mapping" in caplog.text
+    assert held(APIKey, key.pk) == cost(key)
 
 
 def test_a_hold_not_priced_early_or_beyond_the_connections_goes_to_a_database_thread(key):
