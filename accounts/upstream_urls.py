@@ -72,10 +72,25 @@ def address_problem(address: IPAddress, *, allow_private: bool) -> str:
 
 
 def upstream_url_problem(url: str, *, allow_private: bool) -> str:
-    """Why a base URL must not be used, or "" when it may (by its host as written)."""
-    host = (urlsplit(url).hostname or "").rstrip(".").lower()
+    """Why a base URL must not be used, or "" when it may (by its host as written). What the
+    gateway's client would refuse at call time (gateway.upstream_http) is refused here first."""
+    parts = urlsplit(url)
+    if "@" in parts.netloc:
+        return (
+            "A base URL must not carry a user name or password (user@host): the gateway never "
+            "sends them. Put the credential in the API key field."
+        )
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
+    if port == 0:
+        return "The URL's port must be a number from 1 to 65535."
+    host = (parts.hostname or "").rstrip(".").lower()
     if not host:
         return "The URL names no host."
+    if ":" in host and "%" in host:
+        return "IPv6 zone ids (…%eth0) are not supported: zones go with link-local addresses."
     if host in METADATA_NAMES:
         return f"{host} is a cloud metadata service; Tollgate never sends requests there."
     address = _literal_address(host)

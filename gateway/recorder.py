@@ -155,14 +155,24 @@ class BatchRecorder:
     `record` queues an entry and waits for its answer. The thread takes whatever is queued (up to
     `size`), waits up to `wait` seconds for more while the batch is not full, and records them in
     one transaction: when requests finish faster than one transaction commits, they share one.
+    While it waits it sleeps until the deadline or until the batch could be full, not waking for
+    each entry: a wake is a handover of the GIL that the event loop pays for
+    (docs/recording.md#batches). The answers of a batch go back to each event loop in one call.
     A batch that fails is retried one record at a time, so one bad record (a key deleted in the
-    meantime) costs only its own row. `stop` records everything queued, then ends the thread.
+    meantime) costs only its own row. `stop` records everything queued before it, then ends the thread.
     """
 
     def __init__(self, *, size: int, wait: float) -> None:
         self.size = max(1, min(size, 100))
         self.wait = max(0.0, wait)
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        # While a batch waits for more: set by `record` once the queue holds `_wanted` entries
+        # (what would fill the batch), and by `stop`. No lock: a stale `_wanted` only makes the
+        # thread wake early or at its deadline, and the thread looks at the queue after clearing.
+        self._more = threading.Event()
+        self._wanted = self.size + 1  # nothing to wake for until a batch waits
+        self._stopping = False
+        self.waits = 0  # times a batch slept waiting for more, for tests
         self.batches = 0  # transactions committed or tried, for tests and the benchmark
         self._thread = threading.Thread(target=self._run, name="gateway-recorder", daemon=True)
         self._thread.start()
@@ -171,10 +181,16 @@ class BatchRecorder:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self._queue.put((entry, loop, future))
+        if self._queue.qsize() >= self._wanted:
+            self._more.set()
         return await future
 
     def stop(self) -> None:
         self._queue.put(_STOP)
+        # After the put: a thread that sees the flag finds _STOP queued. The flag, not the event
+        # alone, because the thread may clear the event between this set and its next look.
+        self._stopping = True
+        self._more.set()
         self._thread.join()
 
     def on_thread(self, function: Any) -> None:
@@ -194,23 +210,7 @@ class BatchRecorder:
                     item.run()
                     continue
                 batch, calls = [item], []
-                deadline = time.monotonic() + self.wait
-                stopping = False
-                while len(batch) < self.size:
-                    try:
-                        remaining = deadline - time.monotonic()
-                        more = (
-                            self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
-                        )
-                    except queue.Empty:
-                        break
-                    if more is _STOP:
-                        stopping = True
-                        break
-                    if isinstance(more, _Call):
-                        calls.append(more)
-                    else:
-                        batch.append(more)
+                stopping = self._gather(batch, calls)
                 self._flush(batch)
                 for call in calls:
                     call.run()
@@ -218,6 +218,33 @@ class BatchRecorder:
                     return
         finally:
             connections.close_all()
+
+    def _gather(self, batch: list, calls: list) -> bool:
+        """Add what is queued to `batch` (calls to `calls`) until it is full or `wait` has passed
+        since its first entry; True when `stop` was called meanwhile."""
+        deadline = time.monotonic() + self.wait
+        while True:
+            while len(batch) < self.size:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is _STOP:
+                    return True
+                if isinstance(more, _Call):
+                    calls.append(more)
+                else:
+                    batch.append(more)
+            remaining = deadline - time.monotonic()
+            if len(batch) >= self.size or remaining <= 0:
+                self._wanted = self.size + 1
+                return False
+            self._wanted = self.size - len(batch)
+            self._more.clear()
+            # Cleared before looking: an entry queued after the look sets it again.
+            if not self._stopping and self._queue.qsize() < self._wanted:
+                self.waits += 1
+                self._more.wait(remaining)
 
     def _flush(self, batch: list) -> None:
         entries = [entry for entry, _loop, _future in batch]
@@ -234,11 +261,15 @@ class BatchRecorder:
                 except Exception as error:  # noqa: BLE001 - handed to the request that waits for it
                     self._forget_broken_connection()
                     answers.append(error)
+        by_loop: dict[asyncio.AbstractEventLoop, list] = {}
         for (entry, loop, future), answer in zip(batch, answers, strict=True):
+            by_loop.setdefault(loop, []).append((entry, future, answer))
+        for loop, answered in by_loop.items():
             try:
-                loop.call_soon_threadsafe(_resolve, future, answer)
-            except RuntimeError:  # the event loop has closed: nobody waits for this answer
-                logger.info("request %s recorded after its event loop closed", entry.request_id)
+                loop.call_soon_threadsafe(_resolve_all, answered)
+            except RuntimeError:  # the event loop has closed: nobody waits for these answers
+                for entry, _future, _answer in answered:
+                    logger.info("request %s recorded after its event loop closed", entry.request_id)
 
     @staticmethod
     def _forget_broken_connection() -> None:
@@ -247,13 +278,18 @@ class BatchRecorder:
                 connection.close_if_unusable_or_obsolete()
 
 
-def _resolve(future: asyncio.Future, answer: Any) -> None:
-    if future.done():
-        return
-    if isinstance(answer, BaseException):
-        future.set_exception(answer)
-    else:
-        future.set_result(answer)
+def _resolve_all(answered: list) -> None:
+    for entry, future, answer in answered:
+        if future.done():
+            continue
+        try:
+            if isinstance(answer, BaseException):
+                future.set_exception(answer)
+            else:
+                future.set_result(answer)
+        except Exception:  # one answer that cannot be set must not leave the others waiting
+            logger.exception("handing request %s its recording failed", entry.request_id)
+            future.cancel()
 
 
 def refreshed(key: KeySnapshot, result: UsageRecordResult) -> KeySnapshot:

@@ -65,6 +65,19 @@ def test_public_endpoints_are_fine(url, allow_private):
     assert upstream_url_problem(url, allow_private=allow_private) == ""
 
 
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("https://user:secret@relay.example.eu/v1", "must not carry a user name or password"),
+        ("https://relay.example.eu:0/", "port must be a number from 1 to 65535"),
+        ("https://relay.example.eu:70000/", "port must be a number from 1 to 65535"),
+        ("http://[fe80::1%25eth0]/", "IPv6 zone ids"),
+    ],
+)
+def test_what_the_gateway_would_refuse_to_connect_to_is_refused_when_typed(url, message):
+    assert message in upstream_url_problem(url, allow_private=True)
+
+
 def test_the_gateway_can_check_the_address_a_name_resolved_to():
     assert address_problem(ipaddress.ip_address("169.254.169.254"), allow_private=True)
     assert address_problem(ipaddress.ip_address("10.1.2.3"), allow_private=False)
@@ -82,6 +95,7 @@ def test_the_gateway_can_check_the_address_a_name_resolved_to():
             "127.0.0.1 is a loopback address; set UPSTREAM_ALLOW_PRIVATE_NETWORKS=true",
         ),
         (False, "http://10.0.0.5/", "10.0.0.5 is a private network address"),
+        (True, "https://me:pw@relay.example.eu/", "must not carry a user name or password"),
     ],
 )
 def test_the_account_form_refuses_such_a_base_url(staff_client, settings, allow_private, url, message):

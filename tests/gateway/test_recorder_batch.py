@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -125,6 +126,47 @@ def test_stopping_records_everything_still_queued():
 
     answers = event_loop.run(submit_then_stop())
     assert len(answers) == 10 and UsageLog.objects.count() == 10
+
+
+def test_a_batch_that_fills_up_is_recorded_at_once_and_its_thread_does_not_wake_for_each_entry():
+    keys, account, _user = tenant()
+    entries = [entry_for(keys[0].pk, account.pk, f"req-{n}", 900) for n in range(4)]
+    recorder = BatchRecorder(size=4, wait=30.0)
+    try:
+
+        async def one_by_one() -> list:
+            pending = []
+            for entry in entries:  # each its own event-loop turn: the thread waits between them
+                pending.append(asyncio.ensure_future(recorder.record(entry)))
+                await asyncio.sleep(0.02)
+            return await asyncio.wait_for(asyncio.gather(*pending), timeout=10)
+
+        started = time.monotonic()
+        answers = event_loop.run(one_by_one())
+        took = time.monotonic() - started
+    finally:
+        recorder.stop()
+
+    assert len(answers) == 4 and UsageLog.objects.count() == 4
+    assert recorder.batches == 1
+    assert took < 10  # not the 30-second window
+    assert recorder.waits <= 1  # slept once for the three that trickled in, not once per entry
+
+
+def test_stopping_does_not_wait_out_a_batch_window():
+    keys, account, _user = tenant()
+    recorder = BatchRecorder(size=16, wait=30.0)
+
+    async def submit_then_stop():
+        pending = asyncio.ensure_future(recorder.record(entry_for(keys[0].pk, account.pk, "req-0", 900)))
+        await asyncio.sleep(0.05)  # the thread has it and waits for more
+        await asyncio.get_running_loop().run_in_executor(None, recorder.stop)
+        return await pending
+
+    started = time.monotonic()
+    event_loop.run(submit_then_stop())
+    assert time.monotonic() - started < 10
+    assert UsageLog.objects.count() == 1
 
 
 def test_a_batched_row_keeps_the_time_its_request_finished():
