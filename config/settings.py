@@ -293,6 +293,13 @@ GATEWAY_HOLD_BESIDE_ADMISSION = envbool("GATEWAY_HOLD_BESIDE_ADMISSION", "true")
 # How long Python lets one thread keep the GIL when another wants it (5 ms by default): a database
 # thread whose answer has come waits for the event loop at most this long (docs/gateway.md#serving).
 GATEWAY_SWITCH_INTERVAL_MS = envfloat("GATEWAY_SWITCH_INTERVAL_MS", "1")
+# A tick on the event loop this often measures how late the loop runs (0 turns the watch off); a
+# loop blocked this much longer than the tick's interval is logged with its stack (0: no log;
+# docs/gateway.md#event-loop-lag-and-stalls).
+GATEWAY_LOOP_WATCH_INTERVAL_MS = envfloat("GATEWAY_LOOP_WATCH_INTERVAL_MS", "100")
+GATEWAY_LOOP_STALL_LOG_MS = envfloat("GATEWAY_LOOP_STALL_LOG_MS", "200")
+# At most one stall warning (with its stack) per worker this often; the stalls in between are counted.
+GATEWAY_LOOP_STALL_LOG_EVERY_S = envfloat("GATEWAY_LOOP_STALL_LOG_EVERY_S", "60")
 # Once started, what a gateway process has loaded is frozen out of the garbage collector's full
 # collections (gc.freeze: docs/gateway.md#serving).
 GATEWAY_GC_FREEZE = envbool("GATEWAY_GC_FREEZE", "true")

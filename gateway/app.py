@@ -13,7 +13,10 @@ every /v1/ path and the ASGI `lifespan`, which starts and stops what one process
 - the recorder thread (`GATEWAY_RECORD_BATCH_SIZE`, `GATEWAY_RECORD_BATCH_WAIT_MS`), which records
   finished requests in batches on its own connection;
 - the recordings still running, which shutdown waits for;
-- at start-up, recovery of the pending records a dead process left (gateway.recovery).
+- at start-up, recovery of the pending records a dead process left (gateway.recovery);
+- the loop watch (gateway.loop_watch): how late the event loop runs, in a metric, and a warning
+  with the loop thread's stack when it is blocked (`GATEWAY_LOOP_WATCH_INTERVAL_MS`,
+  `GATEWAY_LOOP_STALL_LOG_MS`, `GATEWAY_LOOP_STALL_LOG_EVERY_S`), from the end of warm-up.
 
 On SIGTERM the process drains (docs/gateway.md#shutdown): new gateway requests get 503
 `SHUTTING_DOWN`, requests in flight run on for up to `GATEWAY_DRAIN_SECONDS` (then their upstream
@@ -44,6 +47,7 @@ from gateway import metrics
 from gateway.errors import GatewayError, error_body
 from gateway.incoming import ROUTES, header_map, presented_key, protocol_for, refuse_key_in_query
 from gateway.logs import install_access_log_redaction
+from gateway.loop_watch import LoopWatch, loop_watch_start
 from gateway.upstream_http import UpstreamClient
 
 logger = logging.getLogger("gateway")
@@ -81,6 +85,7 @@ class Gateway:
         self.draining = False
         self._starting: asyncio.Lock | None = None
         self._warming: asyncio.Future | None = None
+        self.loop_watch: LoopWatch | None = None
         install_access_log_redaction()
         # The server set up its loggers before loading this app: JSON logs take them over now.
         logs.adopt_server_loggers(settings.LOG_FORMAT)
@@ -126,11 +131,31 @@ class Gateway:
             self._hear_sigterm()
             metrics.start()
             gauges.register()  # pending requests, holds, slot leases
+            # How late the event loop runs (docs/gateway.md#event-loop-lag-and-stalls): the ticks
+            # from here, as requests may come; the watchdog once warm-up is over (`_warmed`).
+            self.loop_watch = loop_watch_start(
+                interval=settings.GATEWAY_LOOP_WATCH_INTERVAL_MS / 1000,
+                stall_after=settings.GATEWAY_LOOP_STALL_LOG_MS / 1000,
+                log_every=settings.GATEWAY_LOOP_STALL_LOG_EVERY_S,
+                watchdog=False,
+            )
             self.started = True
+            # Callbacks run in the order they were added (and one added to a future already done
+            # runs soon): the watchdog starts once the catalog is loaded and frozen, so that neither
+            # is reported as a stall.
+            self._warming.add_done_callback(self._warmed)
             if self.proxy.holds:
                 # What a dead process left (docs/gateway.md#pending-records); in the background,
                 # so serving starts at once, and waited for at shutdown like a recording.
                 self.proxy._background(self._recover())
+
+    def _warmed(self, warmed: asyncio.Future) -> None:
+        """The catalog is loaded (and frozen), or failed to load: start watching for stalls, unless
+        the gateway was shut down (or started again, with a warm-up of its own) meanwhile."""
+        if not warmed.cancelled() and (error := warmed.exception()) is not None:
+            logger.warning("loading the price catalog at start-up failed (recording loads it): %r", error)
+        if self.started and warmed is self._warming and self.loop_watch is not None:
+            self.loop_watch.start_watchdog()
 
     async def _recover(self) -> None:
         from gateway.recovery import pending_recover
@@ -180,14 +205,20 @@ class Gateway:
             return
         self.draining = True
         self.started = False
-        await self.proxy.drain(timeout=settings.GATEWAY_SHUTDOWN_SECONDS)
-        if self.proxy.loop_holds is not None:
-            await self.proxy.loop_holds.close()
-        await self.proxy.limiter.close()
-        await self.auth.stop()
-        await self.upstream_client.close()
-        await asyncio.get_running_loop().run_in_executor(None, self.proxy.recorder.stop)
-        await asyncio.get_running_loop().run_in_executor(None, self.db.shutdown)
+        try:
+            await self.proxy.drain(timeout=settings.GATEWAY_SHUTDOWN_SECONDS)
+            if self.proxy.loop_holds is not None:
+                await self.proxy.loop_holds.close()
+            await self.proxy.limiter.close()
+            await self.auth.stop()
+            await self.upstream_client.close()
+            await asyncio.get_running_loop().run_in_executor(None, self.proxy.recorder.stop)
+            await asyncio.get_running_loop().run_in_executor(None, self.db.shutdown)
+        finally:
+            # Whatever failed above: no watchdog thread outlives the gateway it watches.
+            if self.loop_watch is not None:
+                self.loop_watch.stop()
+                self.loop_watch = None
 
     async def lifespan(self, receive, send) -> None:
         while True:

@@ -112,6 +112,14 @@ IN_FLIGHT = Gauge(
     multiprocess_mode="livesum",
 )
 
+LOOP_LAG = Histogram(
+    "tollgate_event_loop_lag_seconds",
+    "How late the event loop ran a tick due every GATEWAY_LOOP_WATCH_INTERVAL_MS "
+    "(docs/gateway.md#event-loop-lag-and-stalls): the time it was busy elsewhere.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+    registry=REGISTRY,
+)
+
 OTHER_ENDPOINT = "other"
 OTHER_MODEL = "other"
 

@@ -8,13 +8,14 @@ gets a fresh loop on a thread of its own.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 T = TypeVar("T")
 
 
-def run(coroutine: Coroutine[Any, Any, T]) -> T:
+def run(coroutine: Coroutine[Any, Any, T], *, runner: Callable[..., Any] = asyncio.run) -> T:
+    """`runner` is `asyncio.run` or another loop's (`uvloop.run`)."""
     with ThreadPoolExecutor(1, thread_name_prefix="test-loop") as pool:
-        return pool.submit(asyncio.run, coroutine).result()
+        return pool.submit(runner, coroutine).result()

@@ -1,0 +1,417 @@
+"""How late a gateway process's event loop runs, and what blocked it (docs/gateway.md#event-loop-lag-and-stalls).
+
+Every request of a process waits while its event loop is busy with something else, so a loop
+blocked for 450 ms is 450 ms added to every request in flight. Two parts watch for it:
+
+- **The tick**, a callback on the loop due every `GATEWAY_LOOP_WATCH_INTERVAL_MS`: it observes how
+  late it ran in `tollgate_event_loop_lag_seconds` and stamps a heartbeat. A histogram
+  observation and the next `call_at`: 3.5 µs in one process, up to about 8 µs with
+  `PROMETHEUS_MULTIPROC_DIR` (measured in the docs).
+- **The watchdog**, a daemon thread: when the heartbeat is older than the interval plus
+  `GATEWAY_LOOP_STALL_LOG_MS`, it logs a warning on `gateway.loop` with the event loop thread's
+  stack and what the thread was doing, told by the CPU time it used meanwhile: computing, waiting
+  in a call, or not running at all (the watchdog's own late wake and its waits for the GIL tell
+  which). At most one such warning every `GATEWAY_LOOP_STALL_LOG_EVERY_S`; the stalls in between
+  are counted and summed up in one line when the time is up.
+
+A stack is code locations only (file, line, function), never a variable's value: nothing a
+request carries can reach the log through it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import resource
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+from prometheus_client import Histogram
+
+from common import logs
+from gateway import metrics
+
+logger = logging.getLogger("gateway.loop")
+
+STACK_DEPTH = 16  # the innermost frames: the blocking call and the few that led to it
+_WAKE_FLOOR = 0.001  # the watchdog never sleeps less than this
+_PROBE = 0.05  # at most this long, inside a stall, to measure what the loop thread does
+_COMPUTING = 0.5  # CPU share of the loop thread above which it was computing
+_WAITING = 0.15  # and below which it was not
+# The event loop's own functions: with one of them innermost, no callback is running.
+_LOOP_OWN = {"select", "_run_once", "run_forever", "run_until_complete", "run"}
+
+
+class Sample(NamedTuple):
+    """What the watchdog reads at each wake (seconds, except `gil_waits`)."""
+
+    wall: float  # time.monotonic()
+    loop_cpu: float  # CPU time of the event loop thread; nan where it cannot be read
+    process_cpu: float  # of every thread of the process
+    gil_waits: int  # the watchdog thread's voluntary context switches: one per switch interval
+    # spent waiting for a GIL that another thread keeps (CPython's take_gil)
+
+
+class LoopWatch:
+    """The tick on one event loop and, with `stall_after` above 0, its watchdog thread.
+
+    `interval`, `stall_after` and `log_every` are in seconds. Start and stop it on the loop's own
+    thread.
+    """
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        interval: float,
+        stall_after: float,
+        log_every: float = 60.0,
+        lag: Histogram = metrics.LOOP_LAG,
+    ) -> None:
+        self.loop = loop
+        self.interval = interval
+        self.stall_after = stall_after
+        self.log_every = log_every
+        self.beat = 0.0  # time.monotonic() of the last tick, read by the watchdog
+        # (lag, beat) of the last tick that ran late enough to end a stall; written rarely.
+        self.late_tick: tuple[float, float] = (0.0, 0.0)
+        self.thread: threading.Thread | None = None
+        self._observe = lag.observe
+        self._late = stall_after / 2 if stall_after > 0 else float("inf")
+        self._due = 0.0
+        self._handle: asyncio.TimerHandle | None = None
+        self._loop_thread = 0
+        self._loop_clock: int | None = None
+        self._stopped = threading.Event()
+        # The watchdog thread's own: when the next warning may be logged, and the stalls not logged.
+        self._quiet_until = 0.0
+        self._unlogged = 0
+        self._unlogged_longest = 0.0
+
+    def start(self) -> None:
+        """The tick only; `start_watchdog` adds the thread."""
+        self._loop_thread = threading.get_ident()
+        self._loop_clock = _thread_clock(self._loop_thread)
+        self.beat = time.monotonic()
+        self._due = self.loop.time() + self.interval
+        self._handle = self.loop.call_at(self._due, self._tick)
+
+    def start_watchdog(self) -> None:
+        if self.stall_after <= 0 or self.thread is not None or self._stopped.is_set():
+            return
+        # From now on: whatever kept the tick from running before (start-up) is not a stall.
+        self.beat = time.monotonic()
+        self.thread = threading.Thread(target=self._watch, name="gateway-loop-watch", daemon=True)
+        self.thread.start()
+
+    def stop(self, *, timeout: float = 2.0) -> None:
+        self._stopped.set()
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        if self.thread is not None and self.thread is not threading.current_thread():
+            self.thread.join(timeout)  # it wakes at once, unless it is writing a log line
+
+    # --- On the event loop: as little as possible --------------------------------------------
+
+    def _tick(self) -> None:
+        loop = self.loop
+        now = loop.time()
+        lag = now - self._due
+        self._observe(lag if lag > 0.0 else 0.0)  # a millisecond timer (uvloop) may fire early
+        beat = time.monotonic()
+        if lag > self._late:
+            self.late_tick = (lag, beat)  # before the beat: a watchdog that sees the beat sees it
+        self.beat = beat
+        # Due one interval from now, not from when it was due: a stall is observed once, not
+        # again by every tick it pushed into the past.
+        self._due = now + self.interval
+        self._handle = loop.call_at(self._due, self._tick)
+
+    # --- On the watchdog thread ---------------------------------------------------------------
+
+    def _watch(self) -> None:
+        limit = self.interval + self.stall_after
+        stalled_at: float | None = None  # the heartbeat before the stall under way
+        logged = False  # whether the stall under way was logged
+        timeout = self.interval
+        while True:
+            before = self._sample()
+            if self._stopped.wait(timeout):
+                return
+            after = self._sample()
+            late = after.wall - before.wall - timeout  # the watchdog's own overshoot
+            timeout = self.interval
+            if self.loop.is_closed():
+                return
+            if not self.loop.is_running():
+                stalled_at = None  # a loop stopped between two runs is paused, not blocked
+                continue
+            beat = self.beat
+            if stalled_at is not None:
+                if beat != stalled_at:
+                    self._stall_ended(stalled_at, logged)
+                    stalled_at = None
+                continue
+            overdue = after.wall - beat - self.interval
+            if overdue > self.stall_after:
+                stalled_at = beat
+                logged = self._stall_began(overdue, late, before, after)
+            elif late > self.stall_after:
+                # The loop has run again already, but nothing ran the watchdog for that long.
+                if self._may_log(after.wall, late):
+                    self._log_pause(late, before, after)
+            else:
+                if self._unlogged and after.wall >= self._quiet_until:
+                    self._log_unlogged()
+                # Wake just as the tick would pass the limit: a stall is seen as soon as it counts.
+                timeout = max(beat + limit - time.monotonic(), _WAKE_FLOOR)
+
+    def _sample(self) -> Sample:
+        try:
+            loop_cpu = time.clock_gettime(self._loop_clock) if self._loop_clock is not None else math.nan
+        except OSError:  # the loop thread has ended
+            loop_cpu = math.nan
+        return Sample(time.monotonic(), loop_cpu, time.process_time(), _voluntary_switches())
+
+    def _may_log(self, now: float, length: float) -> bool:
+        """One warning per `log_every`: the others are counted, with the longest."""
+        if now < self._quiet_until:
+            self._unlogged += 1
+            self._unlogged_longest = max(self._unlogged_longest, length)
+            return False
+        self._quiet_until = now + self.log_every
+        return True
+
+    def _stall_began(self, overdue: float, late: float, before: Sample, after: Sample) -> bool:
+        if after.wall < self._quiet_until:
+            return False  # counted when it ends, with its length
+        self._quiet_until = after.wall + self.log_every
+        frames = _frames(self._loop_thread)
+        request = self._running_request()
+        idle = not frames or _is_loop_own(frames[-1])
+        if late > self.stall_after / 2:
+            # The watchdog could not run either: what kept it out kept the loop out.
+            why = _why_late(late, before, after, idle=idle)
+        else:
+            # Measured inside the stall, a moment more, so that what came before does not count.
+            beat = self.beat
+            if self._stopped.wait(min(_PROBE, self.stall_after / 2)):
+                return True
+            probe = self._sample()
+            start, end = (after, probe) if self.beat == beat else (before, after)
+            why = _why_on_time(start, end, idle)
+        logger.warning(
+            "event loop blocked for %.0f ms by the time the watchdog looked, in gateway process %d "
+            "(its tick, due every %.0f ms, was that overdue; logged past %.0f ms, at most once "
+            "every %.0f s).%s %s\n"
+            "Event loop thread, innermost call last:\n%s",
+            overdue * 1000,
+            os.getpid(),
+            self.interval * 1000,
+            self.stall_after * 1000,
+            self.log_every,
+            f" Request {request} was running." if request else "",
+            why,
+            "\n".join(f"  {line}" for line in _lines(frames)),
+            extra={"request_id": request},
+        )
+        return True
+
+    def _stall_ended(self, stalled_at: float, logged: bool) -> None:
+        # The first tick after the stall ran at least (overdue - 1 ms of uvloop's clock) late, more
+        # than `_late`, and wrote `late_tick` before its beat: this is that tick's or a later one's.
+        lag, _ = self.late_tick
+        if not logged:
+            self._unlogged += 1
+            self._unlogged_longest = max(self._unlogged_longest, lag)
+            return
+        logger.info(
+            "event loop running again after %.0f ms blocked in all (how late its tick ran)", lag * 1000
+        )
+
+    def _log_pause(self, late: float, before: Sample, after: Sample) -> None:
+        logger.warning(
+            "gateway process %d: the watchdog thread woke %.0f ms late, so for that long no "
+            "Python code ran in the process, on the event loop or anywhere else (the loop has "
+            "run again since). %s",
+            os.getpid(),
+            late * 1000,
+            _why_late(late, before, after, idle=None),
+        )
+
+    def _log_unlogged(self) -> None:
+        logger.warning(
+            "gateway process %d: %d more event loop stalls or pauses since the last warning were "
+            "not logged (at most one warning every %.0f s), the longest %.0f ms; "
+            "tollgate_event_loop_lag_seconds counts every one.",
+            os.getpid(),
+            self._unlogged,
+            self.log_every,
+            self._unlogged_longest * 1000,
+        )
+        self._unlogged = 0
+        self._unlogged_longest = 0.0
+
+    def _running_request(self) -> str:
+        """The request id of the task running on the loop, if one is. Both reads are a dict lookup
+        (asyncio's running tasks by loop; the task's context, immutable underneath), safe from
+        another thread."""
+        task = asyncio.current_task(self.loop)
+        if task is None:
+            return ""
+        return task.get_context().get(logs.request_id, "")
+
+
+def loop_watch_start(
+    *,
+    interval: float,
+    stall_after: float,
+    log_every: float = 60.0,
+    watchdog: bool = True,
+    lag: Histogram = metrics.LOOP_LAG,
+) -> LoopWatch | None:
+    """Watch the running event loop (seconds; `stall_after` 0: no watchdog, no log), or nothing
+    with `interval` 0. `watchdog=False` starts the tick alone: `start_watchdog` adds the thread."""
+    if interval <= 0:
+        return None
+    watch = LoopWatch(
+        asyncio.get_running_loop(), interval=interval, stall_after=stall_after, log_every=log_every, lag=lag
+    )
+    watch.start()
+    if watchdog:
+        watch.start_watchdog()
+    return watch
+
+
+# --- What a stall was ----------------------------------------------------------------------------
+
+
+def _why_on_time(start: Sample, end: Sample, idle: bool) -> str:
+    """The watchdog ran on time, so no thread kept the GIL for long: the loop thread's CPU share
+    says whether it computed or waited."""
+    wall = end.wall - start.wall
+    cpu = end.loop_cpu - start.loop_cpu
+    if not wall > 0 or math.isnan(cpu):
+        return "The stack below is where the event loop thread is."
+    share = cpu / wall
+    used = f"it used {share:.0%} of a CPU meanwhile"
+    if share >= _COMPUTING:
+        if idle:
+            return (
+                f"The event loop thread was computing in the loop's own code ({used}): a great "
+                "many callbacks or events at once."
+            )
+        return (
+            f"The event loop thread was computing ({used}): running Python code, or C code called "
+            "from it, at the innermost lines below, the likely culprit."
+        )
+    if share >= _WAITING:
+        return (
+            f"The event loop thread was computing part of the time ({used}): computing at the lines "
+            "below on a machine short of CPU, or computing and waiting in turn."
+        )
+    if idle:
+        return (
+            f"The event loop thread was not running at all ({used}) though no callback is on its "
+            "stack: the machine gave it no CPU, or it was waiting for the GIL."
+        )
+    return (
+        f"The event loop thread was waiting, not computing ({used}), in a call that let go of the "
+        "GIL (I/O, a sleep, a lock, a database query made from the loop) at the innermost lines "
+        "below, the likely culprit."
+    )
+
+
+def _why_late(late: float, before: Sample, after: Sample, *, idle: bool | None) -> str:
+    """The watchdog woke `late` seconds late: no Python ran in the process for that long. Its own
+    waits for the GIL and the threads' CPU time say why; the loop thread's stack, if it is still
+    stalled (`idle` is None once the loop has run again: its stack says nothing then)."""
+    gil_wait = (after.gil_waits - before.gil_waits) * sys.getswitchinterval()
+    if gil_wait < late / 2:
+        return (
+            "The watchdog was not waiting for the GIL, so the process itself was not running: "
+            "stopped (SIGSTOP, a debugger, a frozen container) or given no CPU by the machine. The "
+            "stack below is only where the event loop thread was."
+        )
+    loop_cpu = after.loop_cpu - before.loop_cpu
+    others = after.process_cpu - before.process_cpu - (0.0 if math.isnan(loop_cpu) else loop_cpu)
+    if loop_cpu >= late / 2:
+        return (
+            f"The event loop thread kept the GIL while computing in C code ({loop_cpu * 1000:.0f} ms "
+            "of CPU: a garbage collection, a large regular expression, JSON or compression call); "
+            "the lines below are where it let go."
+        )
+    if others >= late / 2:
+        return (
+            f"Another thread of the process kept the GIL while computing in C code "
+            f"({others * 1000:.0f} ms of CPU: an import, a garbage collection, a large C call); "
+            "the event loop thread was waiting for the GIL, and its stack below is only where."
+        )
+    if idle is None:
+        who = "which one cannot be told, as the event loop has run again since"
+    elif idle:
+        who = "by the look of its stack, another thread, as the event loop thread is in the loop's own code"
+    else:
+        who = "most likely the event loop thread, in the innermost lines below"
+    return (
+        "A thread kept the GIL without using the CPU: it was blocked in a C call (a sleep, I/O, a "
+        f"lock) that does not let go of the GIL; {who}."
+    )
+
+
+# --- Stacks --------------------------------------------------------------------------------------
+
+
+class Frame(NamedTuple):
+    filename: str
+    lineno: int
+    function: str
+
+
+def _frames(thread_id: int, *, depth: int = STACK_DEPTH + 1) -> list[Frame]:
+    """Up to `depth` frames of a thread, outermost first ([] if it has ended)."""
+    frame = sys._current_frames().get(thread_id)
+    frames = []
+    while frame is not None and len(frames) < depth:
+        code = frame.f_code
+        frames.append(Frame(code.co_filename, frame.f_lineno, code.co_qualname))
+        frame = frame.f_back
+    del frame  # a frame refers to its locals: hold none of them longer than this
+    frames.reverse()
+    return frames
+
+
+def _lines(frames: list[Frame], *, depth: int = STACK_DEPTH) -> list[str]:
+    if not frames:
+        return ["(the thread has ended)"]
+    lines = [f"{frame.filename}:{frame.lineno} in {frame.function}" for frame in frames[-depth:]]
+    if len(frames) > depth:
+        lines.insert(0, "… (outer calls left out)")
+    return lines
+
+
+def _is_loop_own(frame: Frame) -> bool:
+    """The event loop waiting for events or between callbacks (asyncio's or uvloop's), not
+    running one."""
+    path = Path(frame.filename)
+    in_loop = path.name == "selectors.py" or path.parent.name in ("asyncio", "uvloop")
+    return in_loop and frame.function.rsplit(".", 1)[-1] in _LOOP_OWN
+
+
+def _thread_clock(thread_id: int) -> int | None:
+    """The CPU-time clock of a thread of this process. Linux names the thread in it by its id, so
+    reading it once the thread has ended raises OSError rather than touching freed memory."""
+    try:
+        return time.pthread_getcpuclockid(thread_id)
+    except (AttributeError, OSError):
+        return None
+
+
+def _voluntary_switches() -> int:
+    return resource.getrusage(resource.RUSAGE_THREAD).ru_nvcsw if hasattr(resource, "RUSAGE_THREAD") else 0

@@ -1,0 +1,429 @@
+"""The loop watch (docs/gateway.md#event-loop-lag-and-stalls): a tick on real event loops, asyncio's
+and uvloop's (the gateway's under uvicorn), with its real watchdog thread; each test gets a
+histogram of its own, so the session's gateway, which watches its loop too, counts into another.
+A stall is made for real: Python code spinning, a sleep, a C call that keeps the GIL, a stopped
+process."""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import functools
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Coroutine
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import uvloop
+from prometheus_client import CollectorRegistry, Histogram
+
+from common import logs
+from gateway.loop_watch import LoopWatch, loop_watch_start
+from tests import event_loop
+from tests.fake_upstream import ROOT
+from tests.gateway.conftest import ThreadedServer, gateway_app
+from tests.gateway.test_metrics import TOKEN, scrape, value
+
+SECRET_IN_A_LOCAL = "sk-live-a-secret-held-by-the-blocking-frame"
+
+
+@pytest.fixture(params=["asyncio", "uvloop"])
+def run(request) -> Callable[[Coroutine[Any, Any, Any]], Any]:
+    return functools.partial(event_loop.run, runner=asyncio.run if request.param == "asyncio" else uvloop.run)
+
+
+class Lag:
+    """A real lag histogram in a registry of its own, with one bucket boundary: `at`."""
+
+    def __init__(self, at: float) -> None:
+        self.at = at
+        self.registry = CollectorRegistry()
+        self.histogram = Histogram("test_loop_lag_seconds", "lag", buckets=(at,), registry=self.registry)
+
+    def sample(self, suffix: str, **labels: str) -> float:
+        return self.registry.get_sample_value(f"test_loop_lag_seconds_{suffix}", labels) or 0.0
+
+    @property
+    def count(self) -> float:
+        return self.sample("count")
+
+    @property
+    def above(self) -> float:
+        """Observations above `at`."""
+        return self.count - self.sample("bucket", le=str(self.at))
+
+
+def sleep_on_the_loop() -> list[str]:
+    held = [SECRET_IN_A_LOCAL]
+    time.sleep(0.35)  # lets go of the GIL, uses no CPU
+    return held
+
+
+def spin_on_the_loop() -> None:
+    finish = time.monotonic() + 0.35
+    while time.monotonic() < finish:  # pure Python: the GIL changes hands every switch interval
+        pass
+
+
+def usleep_keeping_the_gil() -> None:
+    ctypes.PyDLL(None).usleep(400_000)  # a PyDLL call keeps the GIL: no thread runs Python meanwhile
+
+
+def stalls(
+    run, caplog, *blockers: Callable[[], Any], gap: float = 0.1, settle: float = 0.25, **options
+) -> tuple[LoopWatch, list]:
+    """Run each blocker on a watched loop (ticks every 20 ms, a stall logged past 100 ms), `gap`
+    apart, then let the loop run freely for `settle` (the watchdog sees a stall end at its first
+    look after the tick ran, within an interval): the watch, and its watchdog's records."""
+    options = {"interval": 0.02, "stall_after": 0.1, "lag": Lag(0.3).histogram, **options}
+
+    async def scenario() -> LoopWatch:
+        loop = asyncio.get_running_loop()
+        watch = loop_watch_start(**options)
+        for blocker in blockers:
+            await asyncio.sleep(gap)
+            ran = loop.create_future()
+            loop.call_soon(blocker)
+            loop.call_soon(ran.set_result, None)
+            await ran
+        await asyncio.sleep(settle)
+        watch.stop()
+        return watch
+
+    with caplog.at_level(logging.INFO, logger="gateway.loop"):
+        watch = run(scenario())
+    assert not watch.thread.is_alive(), "stop did not end the watchdog"
+    return watch, [record for record in caplog.records if record.thread == watch.thread.ident]
+
+
+def the_warning(records: list) -> str:
+    warnings = [record.getMessage() for record in records if record.levelno == logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert (
+        warnings[0].startswith("event loop blocked for ") and f"gateway process {os.getpid()} " in warnings[0]
+    )
+    return warnings[0]
+
+
+def blocked_in(function: Callable, warning: str) -> bool:
+    return bool(re.search(rf"{re.escape(__file__)}:\d+ in {function.__name__}$", warning, re.MULTILINE))
+
+
+def test_a_callback_that_blocks_the_loop_is_observed_once_and_logged_once_with_its_stack(run, caplog):
+    lag = Lag(0.3)
+    watch, records = stalls(run, caplog, sleep_on_the_loop, lag=lag.histogram)
+
+    assert lag.above == 1, "the stall is one observation of at least 0.3 s, not one per tick it delayed"
+    warning = the_warning(records)
+    assert blocked_in(sleep_on_the_loop, warning), warning
+    assert SECRET_IN_A_LOCAL not in warning
+    (ended,) = [record.getMessage() for record in records if record.levelno == logging.INFO]
+    assert int(re.search(r"after (\d+) ms blocked", ended)[1]) >= 300, ended
+
+
+def test_a_sleep_on_the_loop_is_told_as_waiting_in_a_call_that_let_go_of_the_gil(run, caplog):
+    _, records = stalls(run, caplog, sleep_on_the_loop)
+    warning = the_warning(records)
+    assert "The event loop thread was waiting, not computing" in warning, warning
+    assert "let go of the GIL" in warning
+
+
+def test_python_code_spinning_on_the_loop_is_told_as_computing(run, caplog):
+    _, records = stalls(run, caplog, spin_on_the_loop)
+    warning = the_warning(records)
+    # All of a CPU when the machine has one to spare, part of one when it is loaded.
+    assert re.search(r"The event loop thread was computing (\(|part of the time)", warning), warning
+    assert blocked_in(spin_on_the_loop, warning), warning
+
+
+def test_a_c_call_that_keeps_the_gil_is_told_as_such_not_as_a_stopped_process(run, caplog):
+    _, records = stalls(run, caplog, usleep_keeping_the_gil)
+    warnings = [record.getMessage() for record in records if record.levelno == logging.WARNING]
+    assert len(warnings) == 1, warnings
+    (warning,) = warnings
+    assert "A thread kept the GIL without using the CPU" in warning, warning
+    assert "not running" not in warning
+    if warning.startswith("event loop blocked for "):
+        # The watchdog got the GIL when the call returned, inside the callback that made it.
+        assert "most likely the event loop thread" in warning
+        assert blocked_in(usleep_keeping_the_gil, warning), warning
+    else:
+        # Another thread took the GIL first and the loop ran its tick before the watchdog looked:
+        # a pause it cannot pin on a thread.
+        assert "the watchdog thread woke" in warning and "which one cannot be told" in warning, warning
+
+
+STOPPED_PROCESS = """
+    import asyncio, logging, sys
+    from prometheus_client import CollectorRegistry, Histogram
+    from gateway.loop_watch import loop_watch_start
+
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(levelname)s %(message)s")
+
+    async def main():
+        lag = Histogram("lag_seconds", "lag", registry=CollectorRegistry())
+        loop_watch_start(interval=0.02, stall_after=0.1, lag=lag)
+        print("watching", flush=True)
+        await asyncio.sleep(10)
+
+    asyncio.run(main())
+"""
+
+
+def test_a_stopped_process_is_told_as_not_running():
+    process = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(STOPPED_PROCESS)],
+        cwd=ROOT,
+        env={**os.environ, "DJANGO_SETTINGS_MODULE": "config.settings"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout.readline() == "watching\n"
+        time.sleep(0.2)
+        process.send_signal(signal.SIGSTOP)  # every thread, the watchdog's too
+        time.sleep(0.6)
+        process.send_signal(signal.SIGCONT)
+        time.sleep(0.4)
+    finally:
+        process.kill()
+        _, errors = process.communicate(timeout=10)
+    warnings = [line for line in errors.splitlines() if line.startswith("WARNING")]
+    # After SIGCONT either the watchdog looks first (a stall under way) or the loop ticks first (a
+    # pause it has run since): both say the process was not running, not the loop alone.
+    assert len(warnings) == 1, errors
+    assert "so the process itself was not running: stopped (SIGSTOP" in warnings[0], errors
+
+
+def test_one_warning_at_most_per_interval_the_stalls_in_between_counted_with_the_longest(run, caplog):
+    def block(seconds: float) -> Callable[[], None]:
+        return lambda: time.sleep(seconds)
+
+    lag = Lag(0.3)
+    # The first stall is logged at about 0.2 s, the third ends at about 0.9 s, the window at 1.2 s.
+    _, records = stalls(
+        run,
+        caplog,
+        block(0.15),
+        block(0.35),
+        block(0.2),
+        gap=0.05,
+        settle=0.6,
+        log_every=1.0,
+        lag=lag.histogram,
+    )
+    assert lag.above == 1  # the histogram counts every stall (0.35 s above 0.3 s, the others under)
+    warnings = [record.getMessage() for record in records if record.levelno == logging.WARNING]
+    assert len(warnings) == 2, warnings
+    assert warnings[0].startswith("event loop blocked for "), warnings
+    # Once the window is over, while the loop runs freely: the two stalls not logged, in one line.
+    summary = re.search(r"(\d+) more event loop stalls or pauses .* the longest (\d+) ms", warnings[1])
+    assert summary and int(summary[1]) == 2 and 330 <= int(summary[2]) < 800, warnings
+    assert len([record for record in records if record.levelno == logging.INFO]) == 1, (
+        "one end, the logged stall's"
+    )
+
+
+def test_the_warning_names_the_request_whose_task_blocks_the_loop(run, caplog):
+    async def request() -> None:
+        logs.request_id.set("req_blocking")
+        sleep_on_the_loop()
+
+    def start_request() -> None:
+        asyncio.get_running_loop().create_task(request())
+
+    _, records = stalls(run, caplog, start_request)
+    warning = the_warning(records)
+    assert "Request req_blocking was running." in warning, warning
+    assert [record.request_id for record in records if record.levelno == logging.WARNING] == ["req_blocking"]
+
+
+def test_a_loop_that_is_not_blocked_logs_nothing_and_lags_well_under_the_threshold(run, caplog):
+    lag = Lag(0.25)
+
+    async def scenario():
+        watch = loop_watch_start(interval=0.02, stall_after=0.5, lag=lag.histogram)
+        finish = time.monotonic() + 0.5
+        while time.monotonic() < finish:
+            await asyncio.sleep(0.005)  # a loop with work, none of it long
+        watch.stop()
+        return watch
+
+    with caplog.at_level(logging.INFO, logger="gateway.loop"):
+        watch = run(scenario())
+    assert lag.count >= 5
+    assert lag.above == 0, "a tick ran more than half the stall threshold late"
+    assert [record.getMessage() for record in caplog.records if record.thread == watch.thread.ident] == []
+
+
+@pytest.fixture
+def watchdogs_started(monkeypatch) -> list[asyncio.AbstractEventLoop]:
+    """The loops whose watchdog started meanwhile (any gateway's in this process counts here too)."""
+    loops = []
+    start = LoopWatch.start_watchdog
+
+    def recorded(watch: LoopWatch) -> None:
+        start(watch)
+        if watch.thread is not None:
+            loops.append(watch.loop)
+
+    monkeypatch.setattr(LoopWatch, "start_watchdog", recorded)
+    return loops
+
+
+def test_an_interval_of_0_starts_no_tick_and_no_thread(run, watchdogs_started):
+    lag = Lag(0.25)
+
+    async def scenario():
+        watch = loop_watch_start(interval=0, stall_after=0.2, lag=lag.histogram)
+        await asyncio.sleep(0.05)
+        return watch, asyncio.get_running_loop()
+
+    watch, loop = run(scenario())
+    assert watch is None
+    assert lag.count == 0
+    assert loop not in watchdogs_started
+
+
+def test_a_stall_log_of_0_keeps_the_ticks_and_starts_no_watchdog(run, watchdogs_started):
+    lag = Lag(0.25)
+
+    async def scenario():
+        watch = loop_watch_start(interval=0.01, stall_after=0, lag=lag.histogram)
+        await asyncio.sleep(0.1)
+        watch.stop()
+        return watch
+
+    watch = run(scenario())
+    assert watch.thread is None and watch.loop not in watchdogs_started
+    assert lag.count >= 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_running_gateway_reports_its_event_loop_lag_in_a_metrics_scrape(gateway_url, settings):
+    settings.METRICS_TOKEN = TOKEN
+    settings.METRICS_ALLOWED_IPS = []
+    assert gateway_app().loop_watch is not None
+    deadline = time.monotonic() + 5
+    while value(samples := scrape(gateway_url), "tollgate_event_loop_lag_seconds_count") < 1:
+        assert time.monotonic() < deadline, "no tick of the gateway's loop was counted"
+        time.sleep(0.05)
+    buckets = {
+        labels["le"] for name, labels, _ in samples if name == "tollgate_event_loop_lag_seconds_bucket"
+    }
+    assert {"0.001", "2.5", "+Inf"} <= buckets
+    count = value(samples, "tollgate_event_loop_lag_seconds_count")
+    assert value(samples, "tollgate_event_loop_lag_seconds_bucket", le="+Inf") == count
+
+
+# --- In a gateway: from the end of warm-up to shutdown ---------------------------------------------
+
+
+def slow_freeze(freeze: Callable) -> Callable:
+    def freeze_slowly(warmed) -> None:
+        freeze(warmed)
+        time.sleep(0.4)  # a process with more to collect than this test's
+
+    return freeze_slowly
+
+
+def failing_warm_up() -> None:
+    raise RuntimeError("the catalog could not be loaded")
+
+
+@pytest.mark.parametrize("warm_up", ["slow freeze", "no freeze", "failing"])
+def test_a_gateway_watches_from_the_end_of_warm_up_and_its_watchdog_ends_with_it(
+    warm_up, transactional_db, settings, monkeypatch, caplog
+):
+    from gateway import app
+
+    settings.GATEWAY_LOOP_WATCH_INTERVAL_MS = 20
+    settings.GATEWAY_LOOP_STALL_LOG_MS = 100
+    settings.GATEWAY_GC_FREEZE = warm_up != "no freeze"
+    monkeypatch.setattr(app, "_freeze_startup_objects", slow_freeze(app._freeze_startup_objects))
+    if warm_up == "failing":
+        monkeypatch.setattr("channels.catalog.catalog_warm", failing_warm_up)
+    gateway = app.Gateway()
+    server = ThreadedServer(gateway)
+    with caplog.at_level(logging.INFO, logger="gateway"):
+        server.start()
+        try:
+            deadline = time.monotonic() + 10
+            while not (gateway._warming.done() and gateway.loop_watch.thread is not None):
+                assert time.monotonic() < deadline, "the watchdog did not start after warm-up"
+                time.sleep(0.01)
+            watchdog = gateway.loop_watch.thread
+            time.sleep(0.3)  # past the stall threshold: a freeze it watched would be logged by now
+        finally:
+            server.stop()
+    # From this gateway's watchdog (the session's gateway has one too): it came after the freeze.
+    assert [record.getMessage() for record in caplog.records if record.thread == watchdog.ident] == []
+    assert not watchdog.is_alive(), "the gateway stopped, its watchdog did not"
+    assert gateway.loop_watch is None
+    failed = [record.getMessage() for record in caplog.records if "price catalog" in record.getMessage()]
+    assert len(failed) == (warm_up == "failing"), failed
+
+
+async def fails() -> None:
+    raise RuntimeError("broken")
+
+
+async def succeeds() -> None:
+    return None
+
+
+@pytest.mark.parametrize("failing", ["drain", "auth.stop"])
+def test_a_shutdown_that_fails_midway_still_stops_the_watchdog(failing):
+    from gateway.app import Gateway
+
+    gateway = Gateway()
+    gateway.started = True
+    gateway.proxy = SimpleNamespace(
+        drain=lambda timeout: fails() if failing == "drain" else succeeds(),
+        loop_holds=None,
+        limiter=SimpleNamespace(close=succeeds),
+    )
+    gateway.auth = SimpleNamespace(stop=fails)
+
+    async def scenario() -> LoopWatch:
+        gateway.loop_watch = watch = loop_watch_start(interval=0.02, stall_after=0.1, lag=Lag(0.3).histogram)
+        with pytest.raises(RuntimeError, match="broken"):
+            await gateway.shutdown()
+        return watch, watch.thread.is_alive()
+
+    watch, alive = event_loop.run(scenario())
+    assert not alive, "shutdown did not wait for the watchdog to end"
+    assert gateway.loop_watch is None
+
+
+def test_a_warm_up_that_ends_after_shutdown_or_a_restart_starts_no_watchdog():
+    from gateway.app import Gateway
+
+    gateway = Gateway()
+    gateway.loop_watch = watch = SimpleNamespace(starts=0)
+    watch.start_watchdog = lambda: setattr(watch, "starts", watch.starts + 1)
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        old, new = loop.create_future(), loop.create_future()
+        old.set_result(None)
+        new.set_result(None)
+        gateway._warming = old
+        gateway._warmed(old)  # shut down while warming
+        assert watch.starts == 0
+        gateway.started, gateway._warming = True, new
+        gateway._warmed(old)  # started again: the first warm-up is not this start's
+        assert watch.starts == 0
+        gateway._warmed(new)
+        assert watch.starts == 1
+
+    event_loop.run(scenario())
