@@ -298,7 +298,8 @@ GATEWAY_SWITCH_INTERVAL_MS = envfloat("GATEWAY_SWITCH_INTERVAL_MS", "1")
 # docs/gateway.md#event-loop-lag-and-stalls).
 GATEWAY_LOOP_WATCH_INTERVAL_MS = envfloat("GATEWAY_LOOP_WATCH_INTERVAL_MS", "100")
 GATEWAY_LOOP_STALL_LOG_MS = envfloat("GATEWAY_LOOP_STALL_LOG_MS", "200")
-# At most one stall warning (with its stack) per worker this often; the stalls in between are counted.
+# At most one stall warning (with its stack) per worker this often; the stalls in between are counted
+# (0: every stall is logged).
 GATEWAY_LOOP_STALL_LOG_EVERY_S = envfloat("GATEWAY_LOOP_STALL_LOG_EVERY_S", "60")
 # Once started, what a gateway process has loaded is frozen out of the garbage collector's full
 # collections (gc.freeze: docs/gateway.md#serving).

@@ -21,10 +21,10 @@ request carries can reach the log through it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import os
-import resource
 import sys
 import threading
 import time
@@ -35,6 +35,11 @@ from prometheus_client import Histogram
 
 from common import logs
 from gateway import metrics
+
+try:
+    import resource
+except ImportError:  # not on Windows: no GIL waits counted, so no cause told for a late wake
+    resource = None
 
 logger = logging.getLogger("gateway.loop")
 
@@ -92,6 +97,8 @@ class LoopWatch:
         self._quiet_until = 0.0
         self._unlogged = 0
         self._unlogged_longest = 0.0
+        self._stalled_at: float | None = None  # the heartbeat before the stall under way
+        self._logged = False  # whether the stall under way was logged
 
     def start(self) -> None:
         """The tick only; `start_watchdog` adds the thread."""
@@ -116,6 +123,8 @@ class LoopWatch:
             self._handle = None
         if self.thread is not None and self.thread is not threading.current_thread():
             self.thread.join(timeout)  # it wakes at once, unless it is writing a log line
+            if not self.thread.is_alive() and self._unlogged:
+                self._log_unlogged()  # the stalls counted since the last warning, not lost
 
     # --- On the event loop: as little as possible --------------------------------------------
 
@@ -136,41 +145,57 @@ class LoopWatch:
     # --- On the watchdog thread ---------------------------------------------------------------
 
     def _watch(self) -> None:
-        limit = self.interval + self.stall_after
-        stalled_at: float | None = None  # the heartbeat before the stall under way
-        logged = False  # whether the stall under way was logged
         timeout = self.interval
         while True:
             before = self._sample()
             if self._stopped.wait(timeout):
                 return
-            after = self._sample()
-            late = after.wall - before.wall - timeout  # the watchdog's own overshoot
-            timeout = self.interval
-            if self.loop.is_closed():
+            try:
+                timeout = self._look(before, timeout)
+            except Exception:
+                # One failed look (a log handler or filter that raised, say) must not end the
+                # watchdog: without a word, the loop would go unwatched until the process ends.
+                timeout = self.interval
+                with contextlib.suppress(Exception):
+                    logger.exception("the event loop watchdog failed at one look; it goes on watching")
+            if timeout is None:
                 return
-            if not self.loop.is_running():
-                stalled_at = None  # a loop stopped between two runs is paused, not blocked
-                continue
-            beat = self.beat
-            if stalled_at is not None:
-                if beat != stalled_at:
-                    self._stall_ended(stalled_at, logged)
-                    stalled_at = None
-                continue
-            overdue = after.wall - beat - self.interval
-            if overdue > self.stall_after:
-                stalled_at = beat
-                logged = self._stall_began(overdue, late, before, after)
-            elif late > self.stall_after:
-                # The loop has run again already, but nothing ran the watchdog for that long.
-                if self._may_log(after.wall, late):
-                    self._log_pause(late, before, after)
-            else:
-                if self._unlogged and after.wall >= self._quiet_until:
-                    self._log_unlogged()
-                # Wake just as the tick would pass the limit: a stall is seen as soon as it counts.
-                timeout = max(beat + limit - time.monotonic(), _WAKE_FLOOR)
+
+    def _look(self, before: Sample, timeout: float) -> float | None:
+        """One look after waiting `timeout`: the next wait, or None once the loop is closed."""
+        after = self._sample()
+        late = after.wall - before.wall - timeout  # the watchdog's own overshoot
+        if self.loop.is_closed():
+            return None
+        if not self.loop.is_running():
+            self._stalled_at = None  # a loop stopped between two runs is paused, not blocked
+            return self.interval
+        beat = self.beat
+        stalled_at = self._stalled_at
+        if stalled_at is not None:
+            if beat != stalled_at:
+                self._stalled_at = None
+                self._stall_ended(self._logged)
+            elif not self._logged and after.wall >= self._quiet_until:
+                # Begun inside the quiet time and still under way when it is over: a loop that
+                # hangs for good is logged with its stack, not only counted once it ends (never).
+                self._logged = self._stall_began(after.wall - stalled_at - self.interval, late, before, after)
+            return self.interval
+        overdue = after.wall - beat - self.interval
+        if overdue > self.stall_after:
+            self._stalled_at = beat
+            self._logged = False  # until the warning is written
+            self._logged = self._stall_began(overdue, late, before, after)
+        elif late > self.stall_after:
+            # The loop has run again already, but nothing ran the watchdog for that long.
+            if self._may_log(after.wall, late):
+                self._log_pause(late, before, after)
+        else:
+            if self._unlogged and after.wall >= self._quiet_until:
+                self._log_unlogged()
+            # Wake just as the tick would pass the limit: a stall is seen as soon as it counts.
+            return max(beat + self.interval + self.stall_after - time.monotonic(), _WAKE_FLOOR)
+        return self.interval
 
     def _sample(self) -> Sample:
         try:
@@ -208,14 +233,13 @@ class LoopWatch:
             why = _why_on_time(start, end, idle)
         logger.warning(
             "event loop blocked for %.0f ms by the time the watchdog looked, in gateway process %d "
-            "(its tick, due every %.0f ms, was that overdue; logged past %.0f ms, at most once "
-            "every %.0f s).%s %s\n"
+            "(its tick, due every %.0f ms, was that overdue; logged past %.0f ms%s).%s %s\n"
             "Event loop thread, innermost call last:\n%s",
             overdue * 1000,
             os.getpid(),
             self.interval * 1000,
             self.stall_after * 1000,
-            self.log_every,
+            f", at most once every {self.log_every:.0f} s" if self.log_every > 0 else "",
             f" Request {request} was running." if request else "",
             why,
             "\n".join(f"  {line}" for line in _lines(frames)),
@@ -223,7 +247,7 @@ class LoopWatch:
         )
         return True
 
-    def _stall_ended(self, stalled_at: float, logged: bool) -> None:
+    def _stall_ended(self, logged: bool) -> None:
         # The first tick after the stall ran at least (overdue - 1 ms of uvloop's clock) late, more
         # than `_late`, and wrote `late_tick` before its beat: this is that tick's or a later one's.
         lag, _ = self.late_tick
@@ -304,8 +328,9 @@ def _why_on_time(start: Sample, end: Sample, idle: bool) -> str:
     if share >= _COMPUTING:
         if idle:
             return (
-                f"The event loop thread was computing in the loop's own code ({used}): a great "
-                "many callbacks or events at once."
+                f"The event loop thread was computing with no callback on its stack ({used}): in "
+                "the loop's own code (a great many callbacks or events at once), or in a C function "
+                "the loop called directly (uvloop shows no frame for one)."
             )
         return (
             f"The event loop thread was computing ({used}): running Python code, or C code called "
@@ -318,8 +343,10 @@ def _why_on_time(start: Sample, end: Sample, idle: bool) -> str:
         )
     if idle:
         return (
-            f"The event loop thread was not running at all ({used}) though no callback is on its "
-            "stack: the machine gave it no CPU, or it was waiting for the GIL."
+            f"The event loop thread was hardly running ({used}) and no callback is on its stack: "
+            "it was waiting in a C function the loop called directly (uvloop shows no frame for "
+            "one: a time.sleep scheduled with call_soon, say), or the machine gave it no CPU, or it "
+            "was waiting for the GIL."
         )
     return (
         f"The event loop thread was waiting, not computing ({used}), in a call that let go of the "
@@ -331,7 +358,17 @@ def _why_on_time(start: Sample, end: Sample, idle: bool) -> str:
 def _why_late(late: float, before: Sample, after: Sample, *, idle: bool | None) -> str:
     """The watchdog woke `late` seconds late: no Python ran in the process for that long. Its own
     waits for the GIL and the threads' CPU time say why; the loop thread's stack, if it is still
-    stalled (`idle` is None once the loop has run again: its stack says nothing then)."""
+    stalled (`idle` is None once the loop has run again: its stack says nothing then).
+
+    The CPU times cover the whole wait, its normal part before the late one too, when the threads
+    may have computed as usual: a thread computed while the watchdog was kept out only if it used
+    more than that part could hold, and did not if it used less than half the late part in all.
+    """
+    if before.gil_waits < 0:
+        return (
+            "What kept it out cannot be told on this system (no count of the watchdog's waits for "
+            "the GIL). The stack below is only where the event loop thread was."
+        )
     gil_wait = (after.gil_waits - before.gil_waits) * sys.getswitchinterval()
     if gil_wait < late / 2:
         return (
@@ -339,24 +376,38 @@ def _why_late(late: float, before: Sample, after: Sample, *, idle: bool | None) 
             "stopped (SIGSTOP, a debugger, a frozen container) or given no CPU by the machine. The "
             "stack below is only where the event loop thread was."
         )
+    usual = after.wall - before.wall - late  # the normal part of the watchdog's wait
     loop_cpu = after.loop_cpu - before.loop_cpu
     others = after.process_cpu - before.process_cpu - (0.0 if math.isnan(loop_cpu) else loop_cpu)
-    if loop_cpu >= late / 2:
+    # Every other thread together may have used each CPU of the machine in the normal part.
+    others_usual = usual * (os.cpu_count() or 1)
+    if loop_cpu - usual >= late / 2:
         return (
             f"The event loop thread kept the GIL while computing in C code ({loop_cpu * 1000:.0f} ms "
             "of CPU: a garbage collection, a large regular expression, JSON or compression call); "
             "the lines below are where it let go."
         )
-    if others >= late / 2:
+    if others - others_usual >= late / 2:
         return (
             f"Another thread of the process kept the GIL while computing in C code "
             f"({others * 1000:.0f} ms of CPU: an import, a garbage collection, a large C call); "
             "the event loop thread was waiting for the GIL, and its stack below is only where."
         )
+    if not (loop_cpu < late / 2 or math.isnan(loop_cpu)) or not others < late / 2:
+        return (
+            "A thread kept the GIL; whether it was computing cannot be told: the event loop thread "
+            f"used {loop_cpu * 1000:.0f} ms of CPU and the others {others * 1000:.0f} ms over the "
+            f"watchdog's whole wait, {(usual + late) * 1000:.0f} ms, which may have been before "
+            "the GIL was kept. The stack below is where the event loop thread is."
+        )
     if idle is None:
         who = "which one cannot be told, as the event loop has run again since"
     elif idle:
-        who = "by the look of its stack, another thread, as the event loop thread is in the loop's own code"
+        who = (
+            "by the look of its stack another thread, as the event loop thread shows no callback: "
+            "or the event loop thread itself, in a C function the loop called directly (uvloop "
+            "shows no frame for one)"
+        )
     else:
         who = "most likely the event loop thread, in the innermost lines below"
     return (
@@ -414,4 +465,7 @@ def _thread_clock(thread_id: int) -> int | None:
 
 
 def _voluntary_switches() -> int:
-    return resource.getrusage(resource.RUSAGE_THREAD).ru_nvcsw if hasattr(resource, "RUSAGE_THREAD") else 0
+    """-1 where a thread's own count cannot be read (RUSAGE_THREAD is Linux's)."""
+    if resource is None or not hasattr(resource, "RUSAGE_THREAD"):
+        return -1
+    return resource.getrusage(resource.RUSAGE_THREAD).ru_nvcsw

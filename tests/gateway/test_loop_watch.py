@@ -77,6 +77,10 @@ def usleep_keeping_the_gil() -> None:
     ctypes.PyDLL(None).usleep(400_000)  # a PyDLL call keeps the GIL: no thread runs Python meanwhile
 
 
+def block_for(seconds: float) -> Callable[[], None]:
+    return lambda: time.sleep(seconds)
+
+
 def stalls(
     run, caplog, *blockers: Callable[[], Any], gap: float = 0.1, settle: float = 0.25, **options
 ) -> tuple[LoopWatch, list]:
@@ -205,15 +209,13 @@ def test_a_stopped_process_is_told_as_not_running():
 
 
 def test_one_warning_at_most_per_interval_the_stalls_in_between_counted_with_the_longest(run, caplog):
-    def block(seconds: float) -> Callable[[], None]:
-        return lambda: time.sleep(seconds)
-
+    block = block_for
     lag = Lag(0.3)
-    # The first stall is logged at about 0.2 s, the third ends at about 0.9 s, the window at 1.2 s.
+    # The first stall is logged at about 0.2 s, the third ends at about 1.0 s, the window at 1.2 s.
     _, records = stalls(
         run,
         caplog,
-        block(0.15),
+        block(0.25),
         block(0.35),
         block(0.2),
         gap=0.05,
@@ -231,6 +233,83 @@ def test_one_warning_at_most_per_interval_the_stalls_in_between_counted_with_the
     assert len([record for record in records if record.levelno == logging.INFO]) == 1, (
         "one end, the logged stall's"
     )
+
+
+def sleep_past_the_quiet_time() -> None:
+    time.sleep(1.3)
+
+
+def test_a_stall_begun_in_the_quiet_time_is_logged_with_its_stack_once_that_is_over(run, caplog):
+    # The first stall is logged at about 0.25 s, the quiet time is over at about 1.25 s, while the
+    # second (from about 0.45 s to 1.75 s) still lasts: a loop that hangs for good is reported.
+    _, records = stalls(run, caplog, block_for(0.2), sleep_past_the_quiet_time, gap=0.15, log_every=1.0)
+    warnings = [record.getMessage() for record in records if record.levelno == logging.WARNING]
+    assert len(warnings) == 2 and all(w.startswith("event loop blocked for ") for w in warnings), warnings
+    assert blocked_in(sleep_past_the_quiet_time, warnings[1]), warnings[1]
+    assert int(re.search(r"blocked for (\d+) ms", warnings[1])[1]) >= 600, warnings[1]
+    assert "more event loop stalls" not in "".join(warnings), "the logged stall was counted too"
+    ends = [record.getMessage() for record in records if record.levelno == logging.INFO]
+    assert len(ends) == 2, ends
+    assert int(re.search(r"after (\d+) ms blocked", ends[1])[1]) >= 1200, ends
+
+
+def spin_then_usleep_keeping_the_gil() -> None:
+    finish = time.monotonic() + 0.3
+    while time.monotonic() < finish:  # Python computing: the watchdog can still run meanwhile
+        pass
+    ctypes.PyDLL(None).usleep(500_000)
+
+
+def test_a_loop_that_computed_before_keeping_the_gil_without_cpu_is_not_told_as_computing_in_c(run, caplog):
+    # The first stall, logged, sets the watchdog's pace: it looks just after it ends, then sleeps
+    # for the tick's whole limit (0.42 s), from before the spin to within the C call.
+    _, records = stalls(
+        run,
+        caplog,
+        block_for(0.5),
+        spin_then_usleep_keeping_the_gil,
+        gap=0.1,
+        interval=0.02,
+        stall_after=0.4,
+        log_every=0,
+        settle=0.3,
+    )
+    warnings = [record.getMessage() for record in records if record.levelno == logging.WARNING]
+    assert len(warnings) == 2, warnings
+    # The spin's CPU came before the GIL was kept: it is no sign of computing in C meanwhile.
+    assert "computing in C" not in warnings[1], warnings[1]
+    assert "cannot be told" in warnings[1] or "without using the CPU" in warnings[1], warnings[1]
+
+
+class FailsOnce(logging.Filter):
+    """A filter on `gateway.loop` that raises at the first warning it sees: a real failure inside
+    the watchdog's look."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failed = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not self.failed and record.getMessage().startswith("event loop blocked for "):
+            self.failed = True
+            raise RuntimeError("a log filter that fails")
+        return True
+
+
+def test_a_look_that_fails_is_logged_and_the_watchdog_goes_on_reporting_stalls(run, caplog):
+    failing = FailsOnce()
+    logging.getLogger("gateway.loop").addFilter(failing)
+    try:
+        # Every stall may be logged: the first, if still under way at the next look, and the second.
+        _, records = stalls(run, caplog, sleep_on_the_loop, sleep_on_the_loop, gap=0.6, log_every=0)
+    finally:
+        logging.getLogger("gateway.loop").removeFilter(failing)
+    assert failing.failed
+    (failed,) = [index for index, record in enumerate(records) if record.levelno == logging.ERROR]
+    assert "a log filter that fails" in str(records[failed].exc_info[1])
+    later = [record.getMessage() for record in records[failed + 1 :] if record.levelno == logging.WARNING]
+    assert later and all(warning.startswith("event loop blocked for ") for warning in later), later
+    assert blocked_in(sleep_on_the_loop, later[-1]), later[-1]
 
 
 def test_the_warning_names_the_request_whose_task_blocks_the_loop(run, caplog):
