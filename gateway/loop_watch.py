@@ -379,8 +379,9 @@ def _why_late(late: float, before: Sample, after: Sample, *, idle: bool | None) 
     usual = after.wall - before.wall - late  # the normal part of the watchdog's wait
     loop_cpu = after.loop_cpu - before.loop_cpu
     others = after.process_cpu - before.process_cpu - (0.0 if math.isnan(loop_cpu) else loop_cpu)
-    # Every other thread together may have used each CPU of the machine in the normal part.
-    others_usual = usual * (os.cpu_count() or 1)
+    # Every other thread together may have used each CPU the process may run on in the normal
+    # part (threads in C code without the GIL run side by side).
+    others_usual = usual * _usable_cpus()
     if loop_cpu - usual >= late / 2:
         return (
             f"The event loop thread kept the GIL while computing in C code ({loop_cpu * 1000:.0f} ms "
@@ -469,3 +470,12 @@ def _voluntary_switches() -> int:
     if resource is None or not hasattr(resource, "RUSAGE_THREAD"):
         return -1
     return resource.getrusage(resource.RUSAGE_THREAD).ru_nvcsw
+
+
+def _usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity), not the machine's: a container pinned to
+    two of 64 CPUs can use two."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):  # not on Linux
+        return os.cpu_count() or 1
