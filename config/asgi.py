@@ -20,7 +20,14 @@ if settings.DEBUG:
 
     console = ASGIStaticFilesHandler(console)
 
+from django.urls import get_resolver  # noqa: E402
+
 from gateway.app import application as gateway  # noqa: E402
+
+# The console's URLconf imports every view module. Left to the first console request, that import
+# ran on the event loop and held up this worker's gateway requests for about 0.4 s (the loop
+# watchdog showed it: docs/gateway.md#event-loop-lag-and-stalls); at start-up it costs nothing.
+get_resolver().url_patterns  # noqa: B018 - the import is the point
 
 
 async def application(scope, receive, send):
