@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Callable, Coroutine
 from types import SimpleNamespace
@@ -86,11 +87,14 @@ def stalls(
 ) -> tuple[LoopWatch, list]:
     """Run each blocker on a watched loop (ticks every 20 ms, a stall logged past 100 ms), `gap`
     apart, then let the loop run freely for `settle` (the watchdog sees a stall end at its first
-    look after the tick ran, within an interval): the watch, and its watchdog's records."""
+    look after the tick ran, within an interval): the watch, and the records of its watchdog and
+    of its stop (on the loop's thread)."""
     options = {"interval": 0.02, "stall_after": 0.1, "lag": Lag(0.3).histogram, **options}
+    loop_thread = []
 
     async def scenario() -> LoopWatch:
         loop = asyncio.get_running_loop()
+        loop_thread.append(threading.get_ident())
         watch = loop_watch_start(**options)
         for blocker in blockers:
             await asyncio.sleep(gap)
@@ -105,7 +109,7 @@ def stalls(
     with caplog.at_level(logging.INFO, logger="gateway.loop"):
         watch = run(scenario())
     assert not watch.thread.is_alive(), "stop did not end the watchdog"
-    return watch, [record for record in caplog.records if record.thread == watch.thread.ident]
+    return watch, [record for record in caplog.records if record.thread in (watch.thread.ident, *loop_thread)]
 
 
 def the_warning(records: list) -> str:
@@ -233,6 +237,19 @@ def test_one_warning_at_most_per_interval_the_stalls_in_between_counted_with_the
     assert len([record for record in records if record.levelno == logging.INFO]) == 1, (
         "one end, the logged stall's"
     )
+
+
+def test_the_stalls_still_counted_when_the_watch_stops_are_summed_up_then(run, caplog):
+    # The first stall is logged and opens a minute's quiet time: the second is only counted.
+    _, records = stalls(run, caplog, block_for(0.25), block_for(0.35), log_every=60.0)
+    warnings = [record for record in records if record.levelno == logging.WARNING]
+    assert len(warnings) == 2, [warning.getMessage() for warning in warnings]
+    assert warnings[0].getMessage().startswith("event loop blocked for ")
+    summary = re.search(
+        r"(\d+) more event loop stalls or pauses .* the longest (\d+) ms", warnings[1].getMessage()
+    )
+    assert summary and int(summary[1]) == 1 and 330 <= int(summary[2]) < 800, warnings[1].getMessage()
+    assert warnings[1].thread != warnings[0].thread, "written by the stop, not by the watchdog"
 
 
 def sleep_past_the_quiet_time() -> None:
