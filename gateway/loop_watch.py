@@ -210,13 +210,20 @@ class LoopWatch:
             self._unlogged += 1
             self._unlogged_longest = max(self._unlogged_longest, length)
             return False
-        self._quiet_until = now + self.log_every
+        self._new_window(now)
         return True
+
+    def _new_window(self, now: float) -> None:
+        """A warning is about to be logged: the stalls counted since the last one are summed up
+        first, so that the lines come in time order and no count lands in the wrong window."""
+        if self._unlogged:
+            self._log_unlogged()
+        self._quiet_until = now + self.log_every
 
     def _stall_began(self, overdue: float, late: float, before: Sample, after: Sample) -> bool:
         if after.wall < self._quiet_until:
             return False  # counted when it ends, with its length
-        self._quiet_until = after.wall + self.log_every
+        self._new_window(after.wall)
         frames = _frames(self._loop_thread)
         request = self._running_request()
         idle = not frames or _is_loop_own(frames[-1])

@@ -18,7 +18,7 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from types import SimpleNamespace
 from typing import Any
 
@@ -27,7 +27,7 @@ import uvloop
 from prometheus_client import CollectorRegistry, Histogram
 
 from common import logs
-from gateway.loop_watch import LoopWatch, loop_watch_start
+from gateway.loop_watch import LoopWatch, Sample, loop_watch_start
 from tests import event_loop
 from tests.fake_upstream import ROOT
 from tests.gateway.conftest import ThreadedServer, gateway_app
@@ -123,6 +123,20 @@ def the_warning(records: list) -> str:
 
 def blocked_in(function: Callable, warning: str) -> bool:
     return bool(re.search(rf"{re.escape(__file__)}:\d+ in {function.__name__}$", warning, re.MULTILINE))
+
+
+@pytest.fixture
+def idle_loop() -> Iterator[asyncio.AbstractEventLoop]:
+    """A loop that never runs: the watchdog's methods are driven on it directly, with constructed
+    times and samples, so that what they log does not hang on how threads were scheduled."""
+    loop = asyncio.new_event_loop()
+    yield loop
+    loop.close()
+
+
+def logged_here(caplog) -> list[logging.LogRecord]:
+    """The records of this thread (a running gateway's watchdog may log meanwhile)."""
+    return [record for record in caplog.records if record.thread == threading.get_ident()]
 
 
 def test_a_callback_that_blocks_the_loop_is_observed_once_and_logged_once_with_its_stack(run, caplog):
@@ -250,6 +264,25 @@ def test_the_stalls_still_counted_when_the_watch_stops_are_summed_up_then(run, c
     )
     assert summary and int(summary[1]) == 1 and 330 <= int(summary[2]) < 800, warnings[1].getMessage()
     assert warnings[1].thread != warnings[0].thread, "written by the stop, not by the watchdog"
+
+
+def test_a_warning_that_opens_a_new_window_comes_after_the_summary_of_the_window_before(idle_loop, caplog):
+    watch = LoopWatch(idle_loop, interval=0.02, stall_after=0.1, log_every=1.0, lag=Lag(0.3).histogram)
+    with caplog.at_level(logging.INFO, logger="gateway.loop"):
+        assert watch._may_log(100.0, 0.2), "a pause logged: the window lasts until 101 s"
+        assert not watch._may_log(100.4, 0.3)
+        watch.late_tick = (0.5, 100.8)
+        watch._stall_ended(logged=False)
+        # A stall begun at 100.9 s, still under way at 101.3 s: logged then, opening a window.
+        before, after = Sample(100.9, 0.0, 0.0, 0), Sample(101.3, 0.0, 0.0, 0)
+        assert watch._stall_began(0.4, 0.2, before, after)
+        assert not watch._may_log(101.8, 0.25)
+        assert watch._may_log(102.4, 0.2), "a pause logged: the next window"
+    lines = [record.getMessage() for record in logged_here(caplog)]
+    assert len(lines) == 3, lines
+    assert re.search(r"2 more event loop stalls or pauses .* the longest 500 ms", lines[0]), lines
+    assert lines[1].startswith("event loop blocked for 400 ms"), lines
+    assert re.search(r"1 more event loop stalls or pauses .* the longest 250 ms", lines[2]), lines
 
 
 def sleep_past_the_quiet_time() -> None:
