@@ -48,6 +48,7 @@ _WAKE_FLOOR = 0.001  # the watchdog never sleeps less than this
 _PROBE = 0.05  # at most this long, inside a stall, to measure what the loop thread does
 _COMPUTING = 0.5  # CPU share of the loop thread above which it was computing
 _WAITING = 0.15  # and below which it was not
+_FAILURE_LOG_EVERY = 60.0  # at least this long between two errors of a look that failed
 # The event loop's own functions: with one of them innermost, no callback is running.
 _LOOP_OWN = {"select", "_run_once", "run_forever", "run_until_complete", "run"}
 
@@ -99,6 +100,8 @@ class LoopWatch:
         self._unlogged_longest = 0.0
         self._stalled_at: float | None = None  # the heartbeat before the stall under way
         self._logged = False  # whether the stall under way was logged
+        self._failed_quiet_until = 0.0  # when the next failed look may be logged
+        self._failures_unlogged = 0
 
     def start(self) -> None:
         """The tick only; `start_watchdog` adds the thread."""
@@ -157,7 +160,7 @@ class LoopWatch:
                 # watchdog: without a word, the loop would go unwatched until the process ends.
                 timeout = self.interval
                 with contextlib.suppress(Exception):
-                    logger.exception("the event loop watchdog failed at one look; it goes on watching")
+                    self._look_failed(time.monotonic())
             if timeout is None:
                 return
 
@@ -196,6 +199,24 @@ class LoopWatch:
             # Wake just as the tick would pass the limit: a stall is seen as soon as it counts.
             return max(beat + self.interval + self.stall_after - time.monotonic(), _WAKE_FLOOR)
         return self.interval
+
+    def _look_failed(self, now: float) -> None:
+        """Log the exception being handled, at most once every `log_every` or a minute, whichever
+        is longer (even with `log_every` 0): a look that fails once is likely to fail at every
+        look, several times a second."""
+        if now < self._failed_quiet_until:
+            self._failures_unlogged += 1
+            return
+        every = max(self.log_every, _FAILURE_LOG_EVERY)
+        self._failed_quiet_until = now + every
+        since = self._failures_unlogged
+        self._failures_unlogged = 0
+        logger.exception(
+            "the event loop watchdog failed at one look%s; it goes on watching (at most one such "
+            "error every %.0f s)",
+            f" ({since} more failed since the last such error)" if since else "",
+            every,
+        )
 
     def _sample(self) -> Sample:
         try:

@@ -362,6 +362,46 @@ def test_a_look_that_fails_is_logged_and_the_watchdog_goes_on_reporting_stalls(r
     assert blocked_in(sleep_on_the_loop, later[-1]), later[-1]
 
 
+class FailsAlways(logging.Filter):
+    """A filter on `gateway.loop` that raises at every stall warning: a look that keeps failing."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.getMessage().startswith("event loop blocked for "):
+            raise RuntimeError("a log filter that fails")
+        return True
+
+
+def test_a_look_that_keeps_failing_logs_one_error_even_when_every_stall_may_be_logged(run, caplog):
+    failing = FailsAlways()
+    logging.getLogger("gateway.loop").addFilter(failing)
+    try:
+        # Every look within the stall tries to log it again (log_every 0), and fails again.
+        _, records = stalls(run, caplog, block_for(0.7), log_every=0)
+    finally:
+        logging.getLogger("gateway.loop").removeFilter(failing)
+    errors = [record for record in records if record.levelno == logging.ERROR]
+    assert len(errors) == 1, [error.getMessage() for error in errors]
+    assert "at most one such error every 60 s" in errors[0].getMessage()
+
+
+def test_the_failed_looks_not_logged_are_counted_in_the_next_error(idle_loop, caplog):
+    watch = LoopWatch(idle_loop, interval=0.02, stall_after=0.1, log_every=0, lag=Lag(0.3).histogram)
+    with caplog.at_level(logging.INFO, logger="gateway.loop"):
+        for now in (100.0, 100.1, 130.0, 160.0):
+            try:
+                raise RuntimeError("a look that fails")
+            except RuntimeError:
+                watch._look_failed(now)
+    records = logged_here(caplog)
+    errors = [record.getMessage() for record in records if record.levelno == logging.ERROR]
+    assert errors == [
+        "the event loop watchdog failed at one look; it goes on watching (at most one such error every 60 s)",
+        "the event loop watchdog failed at one look (2 more failed since the last such error); it goes on "
+        "watching (at most one such error every 60 s)",
+    ]
+    assert all(record.exc_info for record in records)
+
+
 def test_the_warning_names_the_request_whose_task_blocks_the_loop(run, caplog):
     async def request() -> None:
         logs.request_id.set("req_blocking")
