@@ -386,23 +386,25 @@ def _why_on_time(start: Sample, end: Sample, idle: bool) -> str:
 def _why_late(late: float, before: Sample, after: Sample, *, idle: bool | None) -> str:
     """The watchdog woke `late` seconds late: no Python ran in the process for that long. Its own
     waits for the GIL and the threads' CPU time say why; the loop thread's stack, if it is still
-    stalled (`idle` is None once the loop has run again: its stack says nothing then).
+    stalled (`idle` is None once the loop has run again: its stack says nothing then, and the
+    text points to none).
 
     The CPU times cover the whole wait, its normal part before the late one too, when the threads
     may have computed as usual: a thread computed while the watchdog was kept out only if it used
     more than that part could hold, and did not if it used less than half the late part in all.
     """
+    stack = idle is not None
+    only_where = " The stack below is only where the event loop thread was." if stack else ""
     if before.gil_waits < 0:
         return (
             "What kept it out cannot be told on this system (no count of the watchdog's waits for "
-            "the GIL). The stack below is only where the event loop thread was."
+            f"the GIL).{only_where}"
         )
     gil_wait = (after.gil_waits - before.gil_waits) * sys.getswitchinterval()
     if gil_wait < late / 2:
         return (
             "The watchdog was not waiting for the GIL, so the process itself was not running: "
-            "stopped (SIGSTOP, a debugger, a frozen container) or given no CPU by the machine. The "
-            "stack below is only where the event loop thread was."
+            f"stopped (SIGSTOP, a debugger, a frozen container) or given no CPU by the machine.{only_where}"
         )
     usual = after.wall - before.wall - late  # the normal part of the watchdog's wait
     loop_cpu = after.loop_cpu - before.loop_cpu
@@ -413,21 +415,22 @@ def _why_late(late: float, before: Sample, after: Sample, *, idle: bool | None) 
     if loop_cpu - usual >= late / 2:
         return (
             f"The event loop thread kept the GIL while computing in C code ({loop_cpu * 1000:.0f} ms "
-            "of CPU: a garbage collection, a large regular expression, JSON or compression call); "
-            "the lines below are where it let go."
+            "of CPU: a garbage collection, a large regular expression, JSON or compression call)"
+            + ("; the lines below are where it let go." if stack else ".")
         )
     if others - others_usual >= late / 2:
         return (
             f"Another thread of the process kept the GIL while computing in C code "
             f"({others * 1000:.0f} ms of CPU: an import, a garbage collection, a large C call); "
-            "the event loop thread was waiting for the GIL, and its stack below is only where."
+            "the event loop thread was waiting for the GIL"
+            + (", and its stack below is only where." if stack else ".")
         )
     if not (loop_cpu < late / 2 or math.isnan(loop_cpu)) or not others < late / 2:
         return (
             "A thread kept the GIL; whether it was computing cannot be told: the event loop thread "
             f"used {loop_cpu * 1000:.0f} ms of CPU and the others {others * 1000:.0f} ms over the "
             f"watchdog's whole wait, {(usual + late) * 1000:.0f} ms, which may have been before "
-            "the GIL was kept. The stack below is where the event loop thread is."
+            "the GIL was kept." + (" The stack below is where the event loop thread is." if stack else "")
         )
     if idle is None:
         who = "which one cannot be told, as the event loop has run again since"

@@ -27,7 +27,7 @@ import uvloop
 from prometheus_client import CollectorRegistry, Histogram
 
 from common import logs
-from gateway.loop_watch import LoopWatch, Sample, loop_watch_start
+from gateway.loop_watch import LoopWatch, Sample, _why_late, loop_watch_start
 from tests import event_loop
 from tests.fake_upstream import ROOT
 from tests.gateway.conftest import ThreadedServer, gateway_app
@@ -139,6 +139,12 @@ def logged_here(caplog) -> list[logging.LogRecord]:
     return [record for record in caplog.records if record.thread == threading.get_ident()]
 
 
+def gil_waits(seconds: float) -> int:
+    """The watchdog's voluntary context switches while it waits `seconds` for the GIL (at the
+    switch interval of the moment: a gateway started in this process sets its own)."""
+    return round(seconds / sys.getswitchinterval())
+
+
 def test_a_callback_that_blocks_the_loop_is_observed_once_and_logged_once_with_its_stack(run, caplog):
     lag = Lag(0.3)
     watch, records = stalls(run, caplog, sleep_on_the_loop, lag=lag.histogram)
@@ -224,6 +230,41 @@ def test_a_stopped_process_is_told_as_not_running():
     # pause it has run since): both say the process was not running, not the loop alone.
     assert len(warnings) == 1, errors
     assert "so the process itself was not running: stopped (SIGSTOP" in warnings[0], errors
+
+
+# The watchdog woke 0.5 s late after its normal wait (1 ms; 0.3 s for "cannot be told"), for
+# each thing `_why_late` can say: the sample after it (wall time, the loop thread's CPU, the
+# process's, and how long the watchdog waited for the GIL, None where that is not counted).
+WOKE_LATE = {
+    "kept it out cannot be told": (0.501, 0.0, 0.0, None),
+    "the process itself was not running": (0.501, 0.0, 0.0, 0.0),
+    "kept the GIL while computing in C": (0.501, 0.5, 0.5, 0.5),
+    "Another thread of the process kept the GIL": (0.501, 0.0, 0.5, 0.5),
+    "whether it was computing cannot be told": (0.8, 0.4, 0.4, 0.5),
+    "kept the GIL without using the CPU": (0.501, 0.0, 0.0, 0.5),
+}
+
+
+def woke_late(
+    wall: float, loop_cpu: float, process_cpu: float, gil_wait: float | None
+) -> tuple[Sample, Sample]:
+    """The samples before and after the watchdog's wait, all from 0 before it."""
+    if gil_wait is None:
+        return Sample(0.0, 0.0, 0.0, -1), Sample(wall, loop_cpu, process_cpu, -1)
+    return Sample(0.0, 0.0, 0.0, 0), Sample(wall, loop_cpu, process_cpu, gil_waits(gil_wait))
+
+
+@pytest.mark.parametrize("said", WOKE_LATE)
+def test_a_pause_is_told_without_pointing_to_a_stack_as_none_follows_it(said, idle_loop, caplog):
+    before, after = woke_late(*WOKE_LATE[said])
+    watch = LoopWatch(idle_loop, interval=0.02, stall_after=0.1, lag=Lag(0.3).histogram)
+    with caplog.at_level(logging.INFO, logger="gateway.loop"):
+        watch._log_pause(0.5, before, after)
+    (line,) = [record.getMessage() for record in logged_here(caplog)]
+    assert line.startswith("gateway process ") and said in line, line
+    assert "below" not in line and "stack" not in line, line
+    # A stall's warning, with the stack after it, points to it.
+    assert "below" in _why_late(0.5, before, after, idle=False)
 
 
 def test_one_warning_at_most_per_interval_the_stalls_in_between_counted_with_the_longest(run, caplog):
