@@ -372,6 +372,20 @@ def test_a_loop_that_computed_before_keeping_the_gil_without_cpu_is_not_told_as_
     assert "cannot be told" in warnings[1] or "without using the CPU" in warnings[1], warnings[1]
 
 
+def test_cpu_the_loop_used_in_the_normal_part_of_the_watchdogs_wait_is_no_sign_of_computing_in_c():
+    # The test above, as its samples read when its timing falls right: the watchdog waited 0.42 s
+    # as usual, then 0.5 s more for the GIL; the loop spun 0.3 s, then slept keeping the GIL.
+    before = Sample(0.0, 0.0, 0.0, 0)
+    spun_then_slept = Sample(0.92, 0.3, 0.3, gil_waits(0.5))
+    why = _why_late(0.5, before, spun_then_slept, idle=False)
+    assert "computing in C" not in why and "cannot be told" in why, why
+    # More CPU than the normal part could hold: the loop thread did compute while late.
+    computed = Sample(0.92, 0.9, 0.9, gil_waits(0.5))
+    assert "The event loop thread kept the GIL while computing in C" in _why_late(
+        0.5, before, computed, idle=False
+    )
+
+
 class FailsOnce(logging.Filter):
     """A filter on `gateway.loop` that raises at the first warning it sees: a real failure inside
     the watchdog's look."""
