@@ -12,7 +12,8 @@ blocked for 450 ms is 450 ms added to every request in flight. Two parts watch f
   stack and what the thread was doing, told by the CPU time it used meanwhile: computing, waiting
   in a call, or not running at all (the watchdog's own late wake and its waits for the GIL tell
   which). At most one such warning every `GATEWAY_LOOP_STALL_LOG_EVERY_S`; the stalls in between
-  are counted and summed up in one line when the time is up.
+  are counted and summed up in one line: once the time is up, or just before the next warning (a
+  stall's or a pause's) if that comes first, or when the watch stops.
 
 A stack is code locations only (file, line, function), never a variable's value: nothing a
 request carries can reach the log through it.
@@ -126,8 +127,13 @@ class LoopWatch:
             self._handle = None
         if self.thread is not None and self.thread is not threading.current_thread():
             self.thread.join(timeout)  # it wakes at once, unless it is writing a log line
-            if not self.thread.is_alive() and self._unlogged:
-                self._log_unlogged()  # the stalls counted since the last warning, not lost
+            if self.thread.is_alive():
+                return  # its counts are still its own
+        # What was counted since the last warning or error, and not written yet: not lost.
+        if self._unlogged:
+            self._log_unlogged()
+        if self._failures_unlogged:
+            self._log_failures_unlogged()
 
     # --- On the event loop: as little as possible --------------------------------------------
 
@@ -194,8 +200,7 @@ class LoopWatch:
             if self._may_log(after.wall, late):
                 self._log_pause(late, before, after)
         else:
-            if self._unlogged and after.wall >= self._quiet_until:
-                self._log_unlogged()
+            self._sum_up_due(after.wall)
             # Wake just as the tick would pass the limit: a stall is seen as soon as it counts.
             return max(beat + self.interval + self.stall_after - time.monotonic(), _WAKE_FLOOR)
         return self.interval
@@ -218,6 +223,23 @@ class LoopWatch:
             every,
         )
 
+    def _log_failures_unlogged(self) -> None:
+        since, self._failures_unlogged = self._failures_unlogged, 0  # reset first: see _log_unlogged
+        logger.error(
+            "the event loop watchdog failed at %d more looks since its last such error, not logged "
+            "(at most one such error every %.0f s)",
+            since,
+            max(self.log_every, _FAILURE_LOG_EVERY),
+        )
+
+    def _sum_up_due(self, now: float) -> None:
+        """At a look that found the loop on time: what was counted and not written, once the time
+        of its warning or of its error is up (no further stall or failure may come to carry it)."""
+        if self._unlogged and now >= self._quiet_until:
+            self._log_unlogged()
+        if self._failures_unlogged and now >= self._failed_quiet_until:
+            self._log_failures_unlogged()
+
     def _sample(self) -> Sample:
         try:
             loop_cpu = time.clock_gettime(self._loop_clock) if self._loop_clock is not None else math.nan
@@ -235,16 +257,25 @@ class LoopWatch:
         return True
 
     def _new_window(self, now: float) -> None:
-        """A warning is about to be logged: the stalls counted since the last one are summed up
-        first, so that the lines come in time order and no count lands in the wrong window."""
-        if self._unlogged:
-            self._log_unlogged()
+        """A warning is about to be logged: its window opens, and the stalls counted since the last
+        one are summed up first, so that the lines come in time order and no count lands in the
+        wrong window. The window opens before anything is written: a log handler or filter that
+        raises cannot keep it shut (every later look would try again). Nor can it keep the warning
+        from being written: a summary that fails is logged as a failed look, and the warning
+        follows."""
         self._quiet_until = now + self.log_every
+        if self._unlogged:
+            try:
+                self._log_unlogged()
+            except Exception:
+                with contextlib.suppress(Exception):
+                    self._look_failed(now)
 
     def _stall_began(self, overdue: float, late: float, before: Sample, after: Sample) -> bool:
         if after.wall < self._quiet_until:
             return False  # counted when it ends, with its length
-        self._new_window(after.wall)
+        # What the loop thread is doing first, before any line is written: a slow log handler
+        # would let the stall end, and the stack be some later callback's.
         frames = _frames(self._loop_thread)
         request = self._running_request()
         idle = not frames or _is_loop_own(frames[-1])
@@ -259,6 +290,7 @@ class LoopWatch:
             probe = self._sample()
             start, end = (after, probe) if self.beat == beat else (before, after)
             why = _why_on_time(start, end, idle)
+        self._new_window(after.wall)
         logger.warning(
             "event loop blocked for %.0f ms by the time the watchdog looked, in gateway process %d "
             "(its tick, due every %.0f ms, was that overdue; logged past %.0f ms%s).%s %s\n"
@@ -298,17 +330,20 @@ class LoopWatch:
         )
 
     def _log_unlogged(self) -> None:
+        # Reset before writing: a logger that raises must not leave the count to be written again,
+        # and fail again, at every later look.
+        count, longest = self._unlogged, self._unlogged_longest
+        self._unlogged = 0
+        self._unlogged_longest = 0.0
         logger.warning(
             "gateway process %d: %d more event loop stalls or pauses since the last warning were "
             "not logged (at most one warning every %.0f s), the longest %.0f ms; "
             "tollgate_event_loop_lag_seconds counts every one.",
             os.getpid(),
-            self._unlogged,
+            count,
             self.log_every,
-            self._unlogged_longest * 1000,
+            longest * 1000,
         )
-        self._unlogged = 0
-        self._unlogged_longest = 0.0
 
     def _running_request(self) -> str:
         """The request id of the task running on the loop, if one is. Both reads are a dict lookup

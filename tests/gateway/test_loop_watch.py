@@ -524,6 +524,101 @@ def test_the_failed_looks_not_logged_are_counted_in_the_next_error(idle_loop, ca
     assert all(record.exc_info for record in records)
 
 
+class FailsOnSummaries(logging.Filter):
+    """A filter on `gateway.loop` that raises at every summary of the stalls not logged."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "more event loop stalls or pauses" in record.getMessage():
+            raise RuntimeError("a log filter that fails on summaries")
+        return True
+
+
+def test_a_summary_that_fails_neither_keeps_the_next_warning_out_nor_its_window_shut(idle_loop, caplog):
+    watch = LoopWatch(idle_loop, interval=0.02, stall_after=0.1, log_every=1.0, lag=Lag(0.3).histogram)
+    failing = FailsOnSummaries()
+    logging.getLogger("gateway.loop").addFilter(failing)
+    try:
+        with caplog.at_level(logging.INFO, logger="gateway.loop"):
+            assert watch._may_log(100.0, 0.2), "a pause logged: the window lasts until 101 s"
+            watch._log_pause(0.2, *woke_late(0.201, 0.0, 0.0, 0.2))
+            assert not watch._may_log(100.4, 0.3)
+            # A stall still under way at 101.3 s: its summary fails, its warning is written.
+            before, after = Sample(100.9, 0.0, 0.0, 0), Sample(101.3, 0.0, 0.0, 0)
+            assert watch._stall_began(0.4, 0.2, before, after)
+            assert watch._unlogged == 0, "the count that failed is not tried again at every look"
+            assert not watch._may_log(101.8, 0.25), "the window opened: this one is counted"
+            watch._sum_up_due(101.9)  # in the window still: nothing written
+            assert watch._may_log(102.4, 0.2), "the next window"
+            watch._log_pause(0.2, *woke_late(0.201, 0.0, 0.0, 0.2))
+    finally:
+        logging.getLogger("gateway.loop").removeFilter(failing)
+    records = logged_here(caplog)
+    lines = [(record.levelno, record.getMessage()) for record in records]
+    assert [level for level, _ in lines] == [
+        logging.WARNING,
+        logging.ERROR,
+        logging.WARNING,
+        logging.WARNING,
+    ], lines
+    assert "at one look" in lines[1][1] and "a log filter that fails on summaries" in str(
+        records[1].exc_info[1]
+    )
+    assert lines[2][1].startswith("event loop blocked for 400 ms"), lines
+    # The second summary fails too: within a minute of the first error, it is only counted.
+    assert lines[3][1].startswith(f"gateway process {os.getpid()}: the watchdog thread woke 200 ms"), lines
+    assert watch._failures_unlogged == 1
+
+
+def fail_at(watch: LoopWatch, *times: float) -> None:
+    for now in times:
+        try:
+            raise RuntimeError("a look that fails")
+        except RuntimeError:
+            watch._look_failed(now)
+
+
+def test_the_failed_looks_held_back_are_written_once_their_minute_is_up_if_no_other_fails(idle_loop, caplog):
+    watch = LoopWatch(idle_loop, interval=0.02, stall_after=0.1, log_every=0, lag=Lag(0.3).histogram)
+    with caplog.at_level(logging.INFO, logger="gateway.loop"):
+        fail_at(watch, 100.0, 100.1, 130.0)
+        watch._sum_up_due(159.9)  # a look on time, within the minute
+        watch._sum_up_due(160.0)  # the first on time after it
+        watch._sum_up_due(170.0)
+        watch.stop()
+    errors = [record.getMessage() for record in logged_here(caplog) if record.levelno == logging.ERROR]
+    assert errors[1:] == [
+        "the event loop watchdog failed at 2 more looks since its last such error, not logged (at most "
+        "one such error every 60 s)"
+    ], errors
+    fail_at(watch, 170.0)  # after the count, the next failure is written with its traceback
+    assert "failed at one look;" in logged_here(caplog)[-1].getMessage()
+
+
+def test_the_failed_looks_held_back_when_the_watch_stops_are_written_then(idle_loop, caplog):
+    watch = LoopWatch(idle_loop, interval=0.02, stall_after=0.1, log_every=0, lag=Lag(0.3).histogram)
+    with caplog.at_level(logging.INFO, logger="gateway.loop"):
+        fail_at(watch, 100.0, 100.1)
+        watch.stop()
+    errors = [record.getMessage() for record in logged_here(caplog) if record.levelno == logging.ERROR]
+    assert len(errors) == 2 and "failed at 1 more looks since its last such error" in errors[1], errors
+    assert watch._failures_unlogged == 0
+
+
+def test_a_log_every_longer_than_a_minute_spaces_the_failed_looks_errors_as_far(idle_loop, caplog):
+    watch = LoopWatch(idle_loop, interval=0.02, stall_after=0.1, log_every=120.0, lag=Lag(0.3).histogram)
+    with caplog.at_level(logging.INFO, logger="gateway.loop"):
+        fail_at(watch, 100.0)
+        fail_at(watch, 160.0)
+        assert len(logged_here(caplog)) == 1, "nothing more a minute later"
+        fail_at(watch, 220.0)
+    errors = [record.getMessage() for record in logged_here(caplog) if record.levelno == logging.ERROR]
+    assert errors == [
+        "the event loop watchdog failed at one look; it goes on watching (at most one such error every 120 s)",
+        "the event loop watchdog failed at one look (1 more failed since the last such error); it goes on "
+        "watching (at most one such error every 120 s)",
+    ]
+
+
 def test_the_warning_names_the_request_whose_task_blocks_the_loop(run, caplog):
     async def request() -> None:
         logs.request_id.set("req_blocking")
