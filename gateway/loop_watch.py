@@ -12,7 +12,8 @@ blocked for 450 ms is 450 ms added to every request in flight. Two parts watch f
   stack and what the thread was doing, told by the CPU time it used meanwhile: computing, waiting
   in a call, or not running at all (the watchdog's own late wake and its waits for the GIL tell
   which). At most one such warning every `GATEWAY_LOOP_STALL_LOG_EVERY_S`; the stalls in between
-  are counted and summed up in one line when the time is up.
+  are counted and summed up in one line: once the time is up, or just before the next warning (a
+  stall's or a pause's) if that comes first, or when the watch stops.
 
 A stack is code locations only (file, line, function), never a variable's value: nothing a
 request carries can reach the log through it.
@@ -48,6 +49,7 @@ _WAKE_FLOOR = 0.001  # the watchdog never sleeps less than this
 _PROBE = 0.05  # at most this long, inside a stall, to measure what the loop thread does
 _COMPUTING = 0.5  # CPU share of the loop thread above which it was computing
 _WAITING = 0.15  # and below which it was not
+_FAILURE_LOG_EVERY = 60.0  # at least this long between two errors of a look that failed
 # The event loop's own functions: with one of them innermost, no callback is running.
 _LOOP_OWN = {"select", "_run_once", "run_forever", "run_until_complete", "run"}
 
@@ -99,6 +101,8 @@ class LoopWatch:
         self._unlogged_longest = 0.0
         self._stalled_at: float | None = None  # the heartbeat before the stall under way
         self._logged = False  # whether the stall under way was logged
+        self._failed_quiet_until = 0.0  # when the next failed look may be logged
+        self._failures_unlogged = 0
 
     def start(self) -> None:
         """The tick only; `start_watchdog` adds the thread."""
@@ -123,8 +127,13 @@ class LoopWatch:
             self._handle = None
         if self.thread is not None and self.thread is not threading.current_thread():
             self.thread.join(timeout)  # it wakes at once, unless it is writing a log line
-            if not self.thread.is_alive() and self._unlogged:
-                self._log_unlogged()  # the stalls counted since the last warning, not lost
+            if self.thread.is_alive():
+                return  # its counts are still its own
+        # What was counted since the last warning or error, and not written yet: not lost.
+        if self._unlogged:
+            self._log_unlogged()
+        if self._failures_unlogged:
+            self._log_failures_unlogged()
 
     # --- On the event loop: as little as possible --------------------------------------------
 
@@ -157,7 +166,7 @@ class LoopWatch:
                 # watchdog: without a word, the loop would go unwatched until the process ends.
                 timeout = self.interval
                 with contextlib.suppress(Exception):
-                    logger.exception("the event loop watchdog failed at one look; it goes on watching")
+                    self._look_failed(time.monotonic())
             if timeout is None:
                 return
 
@@ -191,11 +200,45 @@ class LoopWatch:
             if self._may_log(after.wall, late):
                 self._log_pause(late, before, after)
         else:
-            if self._unlogged and after.wall >= self._quiet_until:
-                self._log_unlogged()
+            self._sum_up_due(after.wall)
             # Wake just as the tick would pass the limit: a stall is seen as soon as it counts.
             return max(beat + self.interval + self.stall_after - time.monotonic(), _WAKE_FLOOR)
         return self.interval
+
+    def _look_failed(self, now: float) -> None:
+        """Log the exception being handled, at most once every `log_every` or a minute, whichever
+        is longer (even with `log_every` 0): a look that fails once is likely to fail at every
+        look, several times a second."""
+        if now < self._failed_quiet_until:
+            self._failures_unlogged += 1
+            return
+        every = max(self.log_every, _FAILURE_LOG_EVERY)
+        self._failed_quiet_until = now + every
+        since = self._failures_unlogged
+        self._failures_unlogged = 0
+        logger.exception(
+            "the event loop watchdog failed at one look%s; it goes on watching (at most one such "
+            "error every %.0f s)",
+            f" ({since} more failed since the last such error)" if since else "",
+            every,
+        )
+
+    def _log_failures_unlogged(self) -> None:
+        since, self._failures_unlogged = self._failures_unlogged, 0  # reset first: see _log_unlogged
+        logger.error(
+            "the event loop watchdog failed at %d more looks since its last such error, not logged "
+            "(at most one such error every %.0f s)",
+            since,
+            max(self.log_every, _FAILURE_LOG_EVERY),
+        )
+
+    def _sum_up_due(self, now: float) -> None:
+        """At a look that found the loop on time: what was counted and not written, once the time
+        of its warning or of its error is up (no further stall or failure may come to carry it)."""
+        if self._unlogged and now >= self._quiet_until:
+            self._log_unlogged()
+        if self._failures_unlogged and now >= self._failed_quiet_until:
+            self._log_failures_unlogged()
 
     def _sample(self) -> Sample:
         try:
@@ -210,13 +253,29 @@ class LoopWatch:
             self._unlogged += 1
             self._unlogged_longest = max(self._unlogged_longest, length)
             return False
-        self._quiet_until = now + self.log_every
+        self._new_window(now)
         return True
+
+    def _new_window(self, now: float) -> None:
+        """A warning is about to be logged: its window opens, and the stalls counted since the last
+        one are summed up first, so that the lines come in time order and no count lands in the
+        wrong window. The window opens before anything is written: a log handler or filter that
+        raises cannot keep it shut (every later look would try again). Nor can it keep the warning
+        from being written: a summary that fails is logged as a failed look, and the warning
+        follows."""
+        self._quiet_until = now + self.log_every
+        if self._unlogged:
+            try:
+                self._log_unlogged()
+            except Exception:
+                with contextlib.suppress(Exception):
+                    self._look_failed(now)
 
     def _stall_began(self, overdue: float, late: float, before: Sample, after: Sample) -> bool:
         if after.wall < self._quiet_until:
             return False  # counted when it ends, with its length
-        self._quiet_until = after.wall + self.log_every
+        # What the loop thread is doing first, before any line is written: a slow log handler
+        # would let the stall end, and the stack be some later callback's.
         frames = _frames(self._loop_thread)
         request = self._running_request()
         idle = not frames or _is_loop_own(frames[-1])
@@ -231,6 +290,7 @@ class LoopWatch:
             probe = self._sample()
             start, end = (after, probe) if self.beat == beat else (before, after)
             why = _why_on_time(start, end, idle)
+        self._new_window(after.wall)
         logger.warning(
             "event loop blocked for %.0f ms by the time the watchdog looked, in gateway process %d "
             "(its tick, due every %.0f ms, was that overdue; logged past %.0f ms%s).%s %s\n"
@@ -270,17 +330,20 @@ class LoopWatch:
         )
 
     def _log_unlogged(self) -> None:
+        # Reset before writing: a logger that raises must not leave the count to be written again,
+        # and fail again, at every later look.
+        count, longest = self._unlogged, self._unlogged_longest
+        self._unlogged = 0
+        self._unlogged_longest = 0.0
         logger.warning(
             "gateway process %d: %d more event loop stalls or pauses since the last warning were "
             "not logged (at most one warning every %.0f s), the longest %.0f ms; "
             "tollgate_event_loop_lag_seconds counts every one.",
             os.getpid(),
-            self._unlogged,
+            count,
             self.log_every,
-            self._unlogged_longest * 1000,
+            longest * 1000,
         )
-        self._unlogged = 0
-        self._unlogged_longest = 0.0
 
     def _running_request(self) -> str:
         """The request id of the task running on the loop, if one is. Both reads are a dict lookup
@@ -358,23 +421,25 @@ def _why_on_time(start: Sample, end: Sample, idle: bool) -> str:
 def _why_late(late: float, before: Sample, after: Sample, *, idle: bool | None) -> str:
     """The watchdog woke `late` seconds late: no Python ran in the process for that long. Its own
     waits for the GIL and the threads' CPU time say why; the loop thread's stack, if it is still
-    stalled (`idle` is None once the loop has run again: its stack says nothing then).
+    stalled (`idle` is None once the loop has run again: its stack says nothing then, and the
+    text points to none).
 
     The CPU times cover the whole wait, its normal part before the late one too, when the threads
     may have computed as usual: a thread computed while the watchdog was kept out only if it used
     more than that part could hold, and did not if it used less than half the late part in all.
     """
+    stack = idle is not None
+    only_where = " The stack below is only where the event loop thread was." if stack else ""
     if before.gil_waits < 0:
         return (
             "What kept it out cannot be told on this system (no count of the watchdog's waits for "
-            "the GIL). The stack below is only where the event loop thread was."
+            f"the GIL).{only_where}"
         )
     gil_wait = (after.gil_waits - before.gil_waits) * sys.getswitchinterval()
     if gil_wait < late / 2:
         return (
             "The watchdog was not waiting for the GIL, so the process itself was not running: "
-            "stopped (SIGSTOP, a debugger, a frozen container) or given no CPU by the machine. The "
-            "stack below is only where the event loop thread was."
+            f"stopped (SIGSTOP, a debugger, a frozen container) or given no CPU by the machine.{only_where}"
         )
     usual = after.wall - before.wall - late  # the normal part of the watchdog's wait
     loop_cpu = after.loop_cpu - before.loop_cpu
@@ -385,21 +450,22 @@ def _why_late(late: float, before: Sample, after: Sample, *, idle: bool | None) 
     if loop_cpu - usual >= late / 2:
         return (
             f"The event loop thread kept the GIL while computing in C code ({loop_cpu * 1000:.0f} ms "
-            "of CPU: a garbage collection, a large regular expression, JSON or compression call); "
-            "the lines below are where it let go."
+            "of CPU: a garbage collection, a large regular expression, JSON or compression call)"
+            + ("; the lines below are where it let go." if stack else ".")
         )
     if others - others_usual >= late / 2:
         return (
             f"Another thread of the process kept the GIL while computing in C code "
             f"({others * 1000:.0f} ms of CPU: an import, a garbage collection, a large C call); "
-            "the event loop thread was waiting for the GIL, and its stack below is only where."
+            "the event loop thread was waiting for the GIL"
+            + (", and its stack below is only where." if stack else ".")
         )
     if not (loop_cpu < late / 2 or math.isnan(loop_cpu)) or not others < late / 2:
         return (
             "A thread kept the GIL; whether it was computing cannot be told: the event loop thread "
             f"used {loop_cpu * 1000:.0f} ms of CPU and the others {others * 1000:.0f} ms over the "
             f"watchdog's whole wait, {(usual + late) * 1000:.0f} ms, which may have been before "
-            "the GIL was kept. The stack below is where the event loop thread is."
+            "the GIL was kept." + (" The stack below is where the event loop thread is." if stack else "")
         )
     if idle is None:
         who = "which one cannot be told, as the event loop has run again since"
