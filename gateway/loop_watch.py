@@ -129,11 +129,15 @@ class LoopWatch:
             self.thread.join(timeout)  # it wakes at once, unless it is writing a log line
             if self.thread.is_alive():
                 return  # its counts are still its own
-        # What was counted since the last warning or error, and not written yet: not lost.
+        # What was counted since the last warning or error, and not written yet: not lost. Each
+        # write on its own: a log handler or filter that fails on one keeps neither the other out
+        # nor the caller (the gateway's shutdown) from going on.
         if self._unlogged:
-            self._log_unlogged()
+            with contextlib.suppress(Exception):
+                self._log_unlogged()
         if self._failures_unlogged:
-            self._log_failures_unlogged()
+            with contextlib.suppress(Exception):
+                self._log_failures_unlogged(time.monotonic())
 
     # --- On the event loop: as little as possible --------------------------------------------
 
@@ -223,13 +227,17 @@ class LoopWatch:
             every,
         )
 
-    def _log_failures_unlogged(self) -> None:
+    def _log_failures_unlogged(self, now: float) -> None:
+        """The failed looks counted since the last error, in an error of its own: its time starts
+        over, as an error's with a traceback does (at most one such line per that time)."""
+        every = max(self.log_every, _FAILURE_LOG_EVERY)
+        self._failed_quiet_until = now + every
         since, self._failures_unlogged = self._failures_unlogged, 0  # reset first: see _log_unlogged
         logger.error(
             "the event loop watchdog failed at %d more looks since its last such error, not logged "
             "(at most one such error every %.0f s)",
             since,
-            max(self.log_every, _FAILURE_LOG_EVERY),
+            every,
         )
 
     def _sum_up_due(self, now: float) -> None:
@@ -238,7 +246,7 @@ class LoopWatch:
         if self._unlogged and now >= self._quiet_until:
             self._log_unlogged()
         if self._failures_unlogged and now >= self._failed_quiet_until:
-            self._log_failures_unlogged()
+            self._log_failures_unlogged(now)
 
     def _sample(self) -> Sample:
         try:

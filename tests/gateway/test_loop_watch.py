@@ -90,7 +90,13 @@ def usleep_keeping_the_gil() -> None:
 
 
 def block_for(seconds: float) -> Callable[[], None]:
-    return lambda: time.sleep(seconds)
+    def block() -> None:
+        time.sleep(seconds)
+
+    return block
+
+
+A_BLOCK = block_for(0)  # every block_for's blocker runs the same code: its stack is this one's
 
 
 def stalls(
@@ -140,7 +146,8 @@ def told_ms(warning: str) -> int | None:
 
 
 def the_longest(records: list) -> logging.LogRecord:
-    """The warning of the longest stall or pause: the blocker's, whatever a loaded machine added."""
+    """The warning of the longest stall or pause: for a blocker whose stack may not be in it (a
+    pause has none), whatever a loaded machine added."""
     told = [
         record for record in records if record.levelno == logging.WARNING and told_ms(record.getMessage())
     ]
@@ -148,13 +155,26 @@ def the_longest(records: list) -> logging.LogRecord:
     return max(told, key=lambda record: told_ms(record.getMessage()))
 
 
-def the_warning(records: list) -> str:
-    """The blocker's stall warning (see `the_longest`)."""
-    warning = the_longest(records).getMessage()
+def the_blockers(records: list, blocker: Callable) -> logging.LogRecord:
+    """The one stall warning with `blocker` on its stack. Not the longest: it says how late the
+    tick was when the watchdog looked (100 to 120 ms), and a pause or stall of a loaded machine is
+    usually longer."""
+    warnings = [record.getMessage() for record in records if record.levelno == logging.WARNING]
+    blockers = [
+        record
+        for record in records
+        if record.levelno == logging.WARNING and blocked_in(blocker, record.getMessage())
+    ]
+    assert len(blockers) == 1, warnings
+    warning = blockers[0].getMessage()
     assert warning.startswith("event loop blocked for ") and f"gateway process {os.getpid()} " in warning, (
         warning
     )
-    return warning
+    return blockers[0]
+
+
+def is_pause(warning: str) -> bool:
+    return warning.startswith(f"gateway process {os.getpid()}: the watchdog thread woke ")
 
 
 def ended_ms(records: list) -> list[int]:
@@ -167,7 +187,9 @@ def ended_ms(records: list) -> list[int]:
 
 
 def blocked_in(function: Callable, warning: str) -> bool:
-    return bool(re.search(rf"{re.escape(__file__)}:\d+ in {function.__name__}$", warning, re.MULTILINE))
+    return bool(
+        re.search(rf"{re.escape(__file__)}:\d+ in {re.escape(function.__qualname__)}$", warning, re.MULTILINE)
+    )
 
 
 @pytest.fixture
@@ -195,27 +217,23 @@ def test_a_callback_that_blocks_the_loop_is_observed_once_and_logged_once_with_i
     watch, records = stalls(run, caplog, sleep_on_the_loop, lag=lag.histogram)
 
     assert lag.above == 1, "the stall is one observation of at least 0.3 s, not one per tick it delayed"
-    warning = the_warning(records)
-    assert blocked_in(sleep_on_the_loop, warning), warning
+    warning = the_blockers(records, sleep_on_the_loop).getMessage()  # one warning with its stack
     assert SECRET_IN_A_LOCAL not in warning
-    warnings = [record.getMessage() for record in records if record.levelno == logging.WARNING]
-    assert len([w for w in warnings if blocked_in(sleep_on_the_loop, w)]) == 1, warnings
     assert len([ms for ms in ended_ms(records) if ms >= 300]) == 1, ended_ms(records)
 
 
 def test_a_sleep_on_the_loop_is_told_as_waiting_in_a_call_that_let_go_of_the_gil(run, caplog):
     _, records = stalls(run, caplog, sleep_on_the_loop)
-    warning = the_warning(records)
+    warning = the_blockers(records, sleep_on_the_loop).getMessage()
     assert "The event loop thread was waiting, not computing" in warning, warning
     assert "let go of the GIL" in warning
 
 
 def test_python_code_spinning_on_the_loop_is_told_as_computing(run, caplog):
     _, records = stalls(run, caplog, spin_on_the_loop)
-    warning = the_warning(records)
+    warning = the_blockers(records, spin_on_the_loop).getMessage()
     # All of a CPU when the machine has one to spare, part of one when it is loaded.
     assert re.search(r"The event loop thread was computing (\(|part of the time)", warning), warning
-    assert blocked_in(spin_on_the_loop, warning), warning
 
 
 def told_as_kept_without_cpu(warning: str) -> bool:
@@ -329,25 +347,31 @@ def test_a_pause_is_told_without_pointing_to_a_stack_as_none_follows_it(said, id
 def test_one_warning_at_most_per_interval_the_stalls_in_between_counted_with_the_longest(run, caplog):
     block = block_for
     lag = Lag(0.3)
-    # The first stall is logged at about 0.2 s, the third ends at about 1.0 s, the window at 1.2 s
-    # (a pause of a loaded machine in it would be counted too).
+    # The first stall is logged at about 0.17 s, the third ends at about 0.9 s, the window at 1.2 s
+    # (a pause of a loaded machine in it would be counted too), the watch stops at about 1.5 s.
     _, records = stalls(
         run,
         caplog,
-        block(0.25),
+        block(0.2),
         block(0.35),
         block(0.2),
         gap=0.05,
         settle=0.6,
         log_every=1.0,
         lag=lag.histogram,
+        with_stop=True,
     )
     assert lag.above == 1  # the histogram counts every stall (0.35 s above 0.3 s, the others under)
     warnings = [record.getMessage() for record in records if record.levelno == logging.WARNING]
-    assert len(warnings) >= 2, warnings
-    assert warnings[0].startswith("event loop blocked for "), warnings
-    # Once the window is over, while the loop runs freely: the two stalls not logged, in one line.
-    summary = re.search(r"(\d+) more event loop stalls or pauses .* the longest (\d+) ms", warnings[1])
+    # The first stall's warning, with its stack; the other two, in the same window, have none.
+    the_blockers(records, A_BLOCK)
+    # The two stalls not logged, in one line: once the window is over, while the loop runs freely,
+    # or when the watch stops if a loaded machine held the watchdog back until then.
+    summaries = [
+        re.search(r"(\d+) more event loop stalls or pauses .* the longest (\d+) ms", warning)
+        for warning in warnings[1:]
+    ]
+    summary = next(filter(None, summaries), None)
     assert summary and int(summary[1]) >= 2 and 330 <= int(summary[2]) < 800, warnings
     assert len(ended_ms(records)) == 1, "one end, the logged stall's"
 
@@ -357,7 +381,7 @@ def test_the_stalls_still_counted_when_the_watch_stops_are_summed_up_then(run, c
     # any pause a loaded machine adds).
     _, records = stalls(run, caplog, block_for(0.25), block_for(0.35), log_every=60.0, with_stop=True)
     warnings = [record.getMessage() for record in records if record.levelno == logging.WARNING]
-    assert warnings[0].startswith("event loop blocked for "), warnings
+    the_blockers(records, A_BLOCK)  # the first's: the second's, in its quiet time, has none
     summary = re.search(r"(\d+) more event loop stalls or pauses .* the longest (\d+) ms", warnings[-1])
     assert summary and int(summary[1]) >= 1 and int(summary[2]) >= 330, warnings
 
@@ -388,9 +412,12 @@ def sleep_past_the_quiet_time() -> None:
 def test_a_stall_begun_in_the_quiet_time_is_logged_with_its_stack_once_that_is_over(run, caplog):
     # The first stall is logged at about 0.25 s, the quiet time is over at about 1.25 s, while the
     # second (from about 0.45 s to 1.75 s) still lasts: a loop that hangs for good is reported.
-    _, records = stalls(run, caplog, block_for(0.2), sleep_past_the_quiet_time, gap=0.15, log_every=1.0)
+    # The stop's records too: a summary it writes must not count the logged stall either.
+    _, records = stalls(
+        run, caplog, block_for(0.2), sleep_past_the_quiet_time, gap=0.15, log_every=1.0, with_stop=True
+    )
     warnings = [record.getMessage() for record in records if record.levelno == logging.WARNING]
-    assert warnings[0].startswith("event loop blocked for "), warnings
+    the_blockers(records, A_BLOCK)  # the first stall's
     # Its stack, and how long it had lasted then; a pause of a loaded machine may be logged too.
     (hung,) = [warning for warning in warnings if blocked_in(sleep_past_the_quiet_time, warning)]
     assert int(re.search(r"blocked for (\d+) ms", hung)[1]) >= 600, hung
@@ -480,8 +507,12 @@ def test_a_look_that_fails_is_logged_and_the_watchdog_goes_on_reporting_stalls(r
     (failed,) = [index for index, record in enumerate(records) if record.levelno == logging.ERROR]
     assert "a log filter that fails" in str(records[failed].exc_info[1])
     later = [record.getMessage() for record in records[failed + 1 :] if record.levelno == logging.WARNING]
-    assert later and all(warning.startswith("event loop blocked for ") for warning in later), later
-    assert blocked_in(sleep_on_the_loop, later[-1]), later[-1]
+    # A stall's warning with the blocker's stack after the error (a loaded machine may add its
+    # pauses and stalls, before it or after it).
+    assert any(blocked_in(sleep_on_the_loop, warning) for warning in later), later
+    assert all(warning.startswith("event loop blocked for ") for warning in later if not is_pause(warning)), (
+        later
+    )
 
 
 class FailsAlways(logging.Filter):
@@ -584,14 +615,18 @@ def test_the_failed_looks_held_back_are_written_once_their_minute_is_up_if_no_ot
         watch._sum_up_due(159.9)  # a look on time, within the minute
         watch._sum_up_due(160.0)  # the first on time after it
         watch._sum_up_due(170.0)
-        watch.stop()
+        # The count is an error too: its minute starts over, one line a minute at most.
+        fail_at(watch, 170.0, 219.9)
+        watch._sum_up_due(219.9)
+        assert len(logged_here(caplog)) == 2, "nothing more within a minute of the count"
+        fail_at(watch, 220.0)  # the next written, with its traceback and those counted since
     errors = [record.getMessage() for record in logged_here(caplog) if record.levelno == logging.ERROR]
     assert errors[1:] == [
         "the event loop watchdog failed at 2 more looks since its last such error, not logged (at most "
-        "one such error every 60 s)"
+        "one such error every 60 s)",
+        "the event loop watchdog failed at one look (2 more failed since the last such error); it goes on "
+        "watching (at most one such error every 60 s)",
     ], errors
-    fail_at(watch, 170.0)  # after the count, the next failure is written with its traceback
-    assert "failed at one look;" in logged_here(caplog)[-1].getMessage()
 
 
 def test_the_failed_looks_held_back_when_the_watch_stops_are_written_then(idle_loop, caplog):
@@ -602,6 +637,35 @@ def test_the_failed_looks_held_back_when_the_watch_stops_are_written_then(idle_l
     errors = [record.getMessage() for record in logged_here(caplog) if record.levelno == logging.ERROR]
     assert len(errors) == 2 and "failed at 1 more looks since its last such error" in errors[1], errors
     assert watch._failures_unlogged == 0
+
+
+class FailsAlwaysAll(logging.Filter):
+    """A filter on `gateway.loop` that raises at every line."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tried: list[str] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        self.tried.append(record.getMessage())
+        raise RuntimeError("a log filter that fails at every line")
+
+
+def test_a_stop_whose_lines_fail_raises_nothing_and_tries_each(idle_loop):
+    """`stop` runs in the gateway's shutdown (in its finally): a failing logger must not break it."""
+    watch = LoopWatch(idle_loop, interval=0.02, stall_after=0.1, log_every=1.0, lag=Lag(0.3).histogram)
+    watch._unlogged, watch._unlogged_longest = 2, 0.3
+    watch._failures_unlogged = 1
+    failing = FailsAlwaysAll()
+    logging.getLogger("gateway.loop").addFilter(failing)
+    try:
+        watch.stop()
+    finally:
+        logging.getLogger("gateway.loop").removeFilter(failing)
+    assert len(failing.tried) == 2, failing.tried
+    assert "2 more event loop stalls or pauses" in failing.tried[0]
+    assert "failed at 1 more looks" in failing.tried[1]
+    assert watch._unlogged == watch._failures_unlogged == 0
 
 
 def test_a_log_every_longer_than_a_minute_spaces_the_failed_looks_errors_as_far(idle_loop, caplog):
@@ -628,9 +692,9 @@ def test_the_warning_names_the_request_whose_task_blocks_the_loop(run, caplog):
         asyncio.get_running_loop().create_task(request())
 
     _, records = stalls(run, caplog, start_request)
-    warning = the_warning(records)
-    assert "Request req_blocking was running." in warning, warning
-    assert the_longest(records).request_id == "req_blocking"
+    record = the_blockers(records, sleep_on_the_loop)  # which request() calls
+    assert "Request req_blocking was running." in record.getMessage(), record.getMessage()
+    assert record.request_id == "req_blocking"
 
 
 def test_a_loop_that_is_not_blocked_logs_nothing_and_lags_well_under_the_threshold(run, caplog):
