@@ -904,10 +904,14 @@ def _refused_at_once(admission: asyncio.Task) -> bool:
 
 
 def _abandon(admission: asyncio.Task) -> None:
-    """The request stopped before it read its admission: stop it, or give back what it took."""
-    if not admission.done():
-        admission.cancel()
-    elif (decision := _admitted(admission)) is not None:
+    """The request stopped before it read its admission: give back what it took, once it has
+    answered. It is not cancelled: its take may already be on its way (the Redis script sent, the
+    database thread at work), and would then hold the slots until their lease ends."""
+    admission.add_done_callback(_release_admitted)
+
+
+def _release_admitted(admission: asyncio.Task) -> None:
+    if (decision := _admitted(admission)) is not None:
         decision.release()
 
 

@@ -9,9 +9,11 @@ database store, as no REDIS_URL is set), and the sorted sets of a gateway proces
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 import time
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import openai
@@ -20,10 +22,21 @@ import redis
 
 from accounts.models import APIKey, GroupAccount, UpstreamAccount
 from accounts.services.upstream import upstream_account_create
-from gateway.limits import REDIS_PREFIX, Limit, RedisLimiter
+from accounts.snapshots import key_snapshot_load_by_id
+from gateway.admission import admit
+from gateway.db import DatabaseThreads
+from gateway.limits import REDIS_PREFIX, DatabaseLimiter, Limit, RedisLimiter
 from gateway.models import SlotLease
+from gateway.proxy import _abandon
 from tests import event_loop
-from tests.factories import ChannelFactory, ChannelGroupFactory, ModelPricingFactory
+from tests.factories import (
+    APIKeyFactory,
+    ChannelFactory,
+    ChannelGroupFactory,
+    GroupFactory,
+    ModelPricingFactory,
+    UserFactory,
+)
 from tests.gateway.conftest import ledger_rows, make_tenant, openai_sdk
 from tests.gateway.processes import GatewayProcess
 
@@ -215,6 +228,45 @@ def test_a_stream_its_upstream_drops_gives_back_its_slots(fake_upstream, gateway
             pass
     assert slots_left(tenant) == []
     assert ledger_rows(1)[0].outcome == "upstream_cut"
+
+
+def test_a_request_that_stops_while_its_admission_is_on_its_way_gives_back_the_slots_taken_after_all():
+    # The admission's take is already on its way to the store (here a database thread; with Redis,
+    # the script already sent) when the request stops (an error beside it, or a cancellation):
+    # cancelling the admission cannot undo the take, so its slots are given back once it answers.
+    key = APIKeyFactory(concurrency=1, user=UserFactory(concurrency=1), group=GroupFactory(platform="openai"))
+    snapshot = key_snapshot_load_by_id(key.pk)
+    threads = DatabaseThreads(1)
+
+    async def scenario() -> list[str]:
+        limiter = DatabaseLimiter(threads)
+        admission = asyncio.Task(
+            admit(
+                key=snapshot,
+                channel=None,
+                now=datetime.now(UTC),
+                client_ip="127.0.0.1",
+                protocol="openai",
+                model="gpt-4o",
+                mapped_model="gpt-4o",
+                limiter=limiter,
+                request_id="req_stopped",
+            ),
+            loop=asyncio.get_running_loop(),
+            eager_start=True,
+        )
+        assert not admission.done()  # its take is on the database thread
+        _abandon(admission)
+        await threads.run(lambda: None)  # the take has run (one thread: in order)
+        for _ in range(5):
+            await asyncio.sleep(0.01)
+        await limiter.drain(timeout=5)
+        return await threads.run(lambda: sorted(SlotLease.objects.values_list("scope", flat=True)))
+
+    try:
+        assert event_loop.run(scenario()) == []
+    finally:
+        threads.shutdown()
 
 
 # --- On Redis -------------------------------------------------------------------------------------
