@@ -360,9 +360,14 @@ class Proxy:
                 if account_slot is None:
                     busy += 1
                     continue
-                if not await self._hold_moved_to(
-                    account, hold=hold, route=route, body=body, request_id=request_id
-                ):
+                try:
+                    moved = await self._hold_moved_to(
+                        account, hold=hold, route=route, body=body, request_id=request_id
+                    )
+                except BaseException:
+                    account_slot.release()
+                    raise
+                if not moved:
                     account_slot.release()
                     no_room += 1
                     continue

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -163,6 +164,22 @@ def test_an_account_without_room_for_the_moved_hold_gives_back_its_slot(fake_ups
     without_room(tenant.accounts[1])
     status, code = chat(gateway_url, tenant.secret)
     assert (status, code) == (503, "NO_ACCOUNT_AVAILABLE")
+    assert slots_left(tenant) == []
+
+
+def test_an_account_the_hold_fails_to_move_to_gives_back_its_slot(fake_upstream, gateway_url):
+    # The request holds on the first account's quota; while it waits there, the account's held
+    # amount is lowered under it (as a racing write could), so that moving the hold to the second
+    # account on failover fails in the database (the held amount may not go below 0).
+    tenant = one_at_a_time(fake_upstream, scenarios=("latency=1000,status=500", ""))
+    first = tenant.accounts[0]
+    UpstreamAccount.objects.filter(pk=first.pk).update(quota_limit_usd=Decimal("100"))
+    with ThreadPoolExecutor(1) as pool:
+        answer = pool.submit(chat, gateway_url, tenant.secret)
+        fake_upstream.wait_for(lambda rows: len(rows) == 1, timeout=20)
+        assert UpstreamAccount.objects.get(pk=first.pk).quota_held_usd > 0
+        UpstreamAccount.objects.filter(pk=first.pk).update(quota_held_usd=0)
+        assert answer.result(timeout=30)[0] == 500
     assert slots_left(tenant) == []
 
 
