@@ -191,7 +191,9 @@ class Proxy:
                     request_id=request_id,
                     protocol=protocol,
                 )
-            decision = await admission
+            # Shielded: cancelling this request must not cancel the admission (a take already on its
+            # way would still land), so that `_abandon` gives back what it takes.
+            decision = await asyncio.shield(admission)
         except BaseException:
             _abandon(admission)
             if early is not None:
@@ -825,7 +827,14 @@ class Proxy:
     def _background(self, work) -> None:
         task = asyncio.ensure_future(work)
         self.recordings.add(task)
-        task.add_done_callback(self.recordings.discard)
+        # Added here, so the callback runs in the request's context (its log lines name it).
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Task) -> None:
+        self.recordings.discard(task)
+        # Read here, or it is reported only when the task is collected, long after and unnamed.
+        if not task.cancelled() and (error := task.exception()) is not None:
+            logger.error("background work failed", exc_info=error)
 
     def cut_upstreams(self) -> int:
         """A drain's time is up: close every upstream answer still being relayed. Each request
