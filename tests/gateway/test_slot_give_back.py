@@ -4,31 +4,39 @@ failed over, answered with an upstream error, left by its client, cut by its ups
 
 Requests go through the gateway with the official SDKs against the fake upstream; what is left
 taken is read from the store itself: the in-process gateway's `gateway.SlotLease` rows (the
-database store, as no REDIS_URL is set), and the sorted sets of a gateway process on Redis (DB 9).
+database store, as no REDIS_URL is set), and the sorted sets of a gateway process on Redis (DB 13).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import socket
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from decimal import Decimal
 
 import openai
+import orjson
 import pytest
 import redis
+from django.db import connection
 
 from accounts.models import APIKey, GroupAccount, UpstreamAccount
 from accounts.services.upstream import upstream_account_create
 from accounts.snapshots import key_snapshot_load_by_id
 from gateway.admission import admit
+from gateway.auth import SnapshotCache
 from gateway.db import DatabaseThreads
+from gateway.incoming import ROUTES
 from gateway.limits import REDIS_PREFIX, DatabaseLimiter, Limit, RedisLimiter
 from gateway.models import SlotLease
-from gateway.proxy import _abandon
+from gateway.proxy import Proxy, _abandon
+from gateway.recorder import BatchRecorder
+from gateway.upstream_http import UpstreamClient
 from tests import event_loop
 from tests.factories import (
     APIKeyFactory,
@@ -43,7 +51,7 @@ from tests.gateway.processes import GatewayProcess
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-REDIS_URL = "redis://127.0.0.1:6379/9"
+REDIS_URL = "redis://127.0.0.1:6379/13"
 QUESTION = [{"role": "user", "content": "Say hello to the toll gate."}]
 
 
@@ -171,7 +179,7 @@ def test_an_account_the_hold_fails_to_move_to_gives_back_its_slot(fake_upstream,
     # The request holds on the first account's quota; while it waits there, the account's held
     # amount is lowered under it (as a racing write could), so that moving the hold to the second
     # account on failover fails in the database (the held amount may not go below 0).
-    tenant = one_at_a_time(fake_upstream, scenarios=("latency=1000,status=500", ""))
+    tenant = one_at_a_time(fake_upstream, scenarios=("latency=5000,status=500", ""))
     first = tenant.accounts[0]
     UpstreamAccount.objects.filter(pk=first.pk).update(quota_limit_usd=Decimal("100"))
     with ThreadPoolExecutor(1) as pool:
@@ -179,7 +187,8 @@ def test_an_account_the_hold_fails_to_move_to_gives_back_its_slot(fake_upstream,
         fake_upstream.wait_for(lambda rows: len(rows) == 1, timeout=20)
         assert UpstreamAccount.objects.get(pk=first.pk).quota_held_usd > 0
         UpstreamAccount.objects.filter(pk=first.pk).update(quota_held_usd=0)
-        assert answer.result(timeout=30)[0] == 500
+        # The database error, not the second account's refusal (NO_ACCOUNT_AVAILABLE, 503).
+        assert answer.result(timeout=30) == (500, "INTERNAL_ERROR")
     assert slots_left(tenant) == []
 
 
@@ -217,7 +226,8 @@ def test_a_client_that_leaves_before_the_first_byte_gives_back_its_slots(fake_up
         impatient.chat.completions.create(model="gpt-4o", messages=QUESTION, stream=True)
     # Given back as soon as the gateway notices, not when the upstream would have answered.
     assert slots_left(tenant, timeout=2) == []
-    assert fake_upstream.requests()[-1]["outcome"] == "client_disconnected"
+    log = fake_upstream.wait_for(lambda log: log and log[-1]["outcome"] != "in_progress")
+    assert log[-1]["outcome"] == "client_disconnected"
 
 
 def test_a_client_that_leaves_mid_stream_gives_back_its_slots_once_the_upstream_has_ended(
@@ -247,13 +257,53 @@ def test_a_stream_its_upstream_drops_gives_back_its_slots(fake_upstream, gateway
     assert ledger_rows(1)[0].outcome == "upstream_cut"
 
 
+class TakeOnItsWay:
+    """Stops the first statement on `gateway.SlotLease` (a take) on a database thread: `started`
+    is set once it has begun there, and it goes on once `proceed` is set."""
+
+    def __init__(self) -> None:
+        self.started = threading.Event()
+        self.proceed = threading.Event()
+
+    def __call__(self, execute, sql, params, many, context):
+        if "slotlease" in sql.lower() and not self.started.is_set():
+            self.started.set()
+            assert self.proceed.wait(timeout=20)
+        return execute(sql, params, many, context)
+
+    async def wait_started(self) -> None:
+        assert await asyncio.to_thread(self.started.wait, 20)
+
+
+def one_slot_key(secret: str = "sk-take-on-its-way") -> APIKey:
+    return APIKeyFactory(
+        concurrency=1,
+        user=UserFactory(concurrency=1),
+        group=GroupFactory(platform="openai"),
+        key_hash=hashlib.sha256(secret.encode()).hexdigest(),
+    )
+
+
+def key_slots(threads: DatabaseThreads, key: APIKey):
+    """The key's and its user's scopes still holding a slot, read on the database thread."""
+    return threads.run(
+        lambda: sorted(
+            SlotLease.objects.filter(scope__in=[f"key:{key.pk}", f"user:{key.user_id}"]).values_list(
+                "scope", flat=True
+            )
+        )
+    )
+
+
 def test_a_request_that_stops_while_its_admission_is_on_its_way_gives_back_the_slots_taken_after_all():
     # The admission's take is already on its way to the store (here a database thread; with Redis,
     # the script already sent) when the request stops (an error beside it, or a cancellation):
     # cancelling the admission cannot undo the take, so its slots are given back once it answers.
-    key = APIKeyFactory(concurrency=1, user=UserFactory(concurrency=1), group=GroupFactory(platform="openai"))
+    key = one_slot_key()
     snapshot = key_snapshot_load_by_id(key.pk)
     threads = DatabaseThreads(1)
+    take = TakeOnItsWay()
+    threads.on_every_thread(lambda: connection.execute_wrappers.append(take))
 
     async def scenario() -> list[str]:
         limiter = DatabaseLimiter(threads)
@@ -272,18 +322,100 @@ def test_a_request_that_stops_while_its_admission_is_on_its_way_gives_back_the_s
             loop=asyncio.get_running_loop(),
             eager_start=True,
         )
-        assert not admission.done()  # its take is on the database thread
+        await take.wait_started()
         _abandon(admission)
-        await threads.run(lambda: None)  # the take has run (one thread: in order)
-        for _ in range(5):
-            await asyncio.sleep(0.01)
+        take.proceed.set()
+        await asyncio.wait([admission])
+        await asyncio.sleep(0)  # the give-back starts from the admission's done-callback
         await limiter.drain(timeout=5)
-        return await threads.run(lambda: sorted(SlotLease.objects.values_list("scope", flat=True)))
+        return await key_slots(threads, key)
 
     try:
         assert event_loop.run(scenario()) == []
     finally:
+        take.proceed.set()
         threads.shutdown()
+
+
+def test_a_request_cancelled_while_it_awaits_its_admission_gives_back_the_slots_taken_after_all():
+    secret = "sk-cancelled-while-admitted"
+    key = one_slot_key(secret)
+    threads = DatabaseThreads(1)
+    take = TakeOnItsWay()
+    threads.on_every_thread(lambda: connection.execute_wrappers.append(take))
+    body = orjson.dumps({"model": "gpt-4o", "messages": QUESTION})
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: dict) -> None:
+        raise AssertionError(f"nothing is sent: {message}")
+
+    async def scenario() -> list[str]:
+        auth = SnapshotCache(db=threads)
+        await auth.start()
+        recorder = BatchRecorder(size=1, wait=0)
+        proxy = Proxy(upstream_client=UpstreamClient(limit=1), db=threads, auth=auth, recorder=recorder)
+        try:
+            request = asyncio.ensure_future(
+                proxy.handle(
+                    route=ROUTES["/v1/chat/completions"],
+                    protocol="openai",
+                    secret=secret,
+                    headers={},
+                    client_ip="127.0.0.1",
+                    request_id="req_cancelled",
+                    started=time.monotonic(),
+                    receive=receive,
+                    send=send,
+                )
+            )
+            await take.wait_started()
+            request.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await request
+            take.proceed.set()
+            await threads.run(lambda: None)  # the take has run (one thread: in order)
+            for _ in range(5):
+                await asyncio.sleep(0.01)
+            await proxy.limiter.drain(timeout=5)
+            return await key_slots(threads, key)
+        finally:
+            recorder.stop()
+            await auth.stop()
+
+    try:
+        assert event_loop.run(scenario()) == []
+    finally:
+        take.proceed.set()
+        threads.shutdown()
+
+
+def test_background_work_that_fails_is_logged_when_it_fails(caplog):
+    threads = DatabaseThreads(1)
+
+    async def failing() -> None:
+        raise RuntimeError("the give-back failed")
+
+    async def scenario() -> int:
+        auth = SnapshotCache(db=threads)
+        recorder = BatchRecorder(size=1, wait=0)
+        proxy = Proxy(upstream_client=UpstreamClient(limit=1), db=threads, auth=auth, recorder=recorder)
+        try:
+            proxy._background(failing())
+            for _ in range(3):
+                await asyncio.sleep(0)
+            return len(proxy.recordings)
+        finally:
+            recorder.stop()
+
+    try:
+        with caplog.at_level(logging.ERROR, logger="gateway"):
+            assert event_loop.run(scenario()) == 0
+    finally:
+        threads.shutdown()
+    [record] = [record for record in caplog.records if record.getMessage() == "background work failed"]
+    assert str(record.exc_info[1]) == "the give-back failed"
 
 
 # --- On Redis -------------------------------------------------------------------------------------
@@ -293,11 +425,14 @@ def test_a_request_that_stops_while_its_admission_is_on_its_way_gives_back_the_s
 def redis_gateway(django_db_setup):
     plain = redis.Redis.from_url(REDIS_URL)
     plain.flushdb()
-    process = GatewayProcess(redis_url=REDIS_URL).wait()
-    yield process, plain
-    process.stop()
-    plain.flushdb()
-    plain.close()
+    process = GatewayProcess(redis_url=REDIS_URL)
+    try:
+        process.wait()
+        yield process, plain
+    finally:
+        process.stop()
+        plain.flushdb()
+        plain.close()
 
 
 def redis_slots_left(plain: redis.Redis, tenant, timeout: float = 5.0) -> dict[str, int]:
