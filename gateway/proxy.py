@@ -191,7 +191,9 @@ class Proxy:
                     request_id=request_id,
                     protocol=protocol,
                 )
-            decision = await admission
+            # Shielded: cancelling this request must not cancel the admission (a take already on its
+            # way would still land), so that `_abandon` gives back what it takes.
+            decision = await asyncio.shield(admission)
         except BaseException:
             _abandon(admission)
             if early is not None:
@@ -360,9 +362,14 @@ class Proxy:
                 if account_slot is None:
                     busy += 1
                     continue
-                if not await self._hold_moved_to(
-                    account, hold=hold, route=route, body=body, request_id=request_id
-                ):
+                try:
+                    moved = await self._hold_moved_to(
+                        account, hold=hold, route=route, body=body, request_id=request_id
+                    )
+                except BaseException:
+                    account_slot.release()
+                    raise
+                if not moved:
                     account_slot.release()
                     no_room += 1
                     continue
@@ -820,7 +827,14 @@ class Proxy:
     def _background(self, work) -> None:
         task = asyncio.ensure_future(work)
         self.recordings.add(task)
-        task.add_done_callback(self.recordings.discard)
+        # Added here, so the callback runs in the request's context (its log lines name it).
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Task) -> None:
+        self.recordings.discard(task)
+        # Read here, or it is reported only when the task is collected, long after and unnamed.
+        if not task.cancelled() and (error := task.exception()) is not None:
+            logger.error("background work failed", exc_info=error)
 
     def cut_upstreams(self) -> int:
         """A drain's time is up: close every upstream answer still being relayed. Each request
@@ -904,10 +918,14 @@ def _refused_at_once(admission: asyncio.Task) -> bool:
 
 
 def _abandon(admission: asyncio.Task) -> None:
-    """The request stopped before it read its admission: stop it, or give back what it took."""
-    if not admission.done():
-        admission.cancel()
-    elif (decision := _admitted(admission)) is not None:
+    """The request stopped before it read its admission: give back what it took, once it has
+    answered. It is not cancelled: its take may already be on its way (the Redis script sent, the
+    database thread at work), and would then hold the slots until their lease ends."""
+    admission.add_done_callback(_release_admitted)
+
+
+def _release_admitted(admission: asyncio.Task) -> None:
+    if (decision := _admitted(admission)) is not None:
         decision.release()
 
 
