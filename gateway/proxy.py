@@ -196,6 +196,9 @@ class Proxy:
             decision = await asyncio.shield(admission)
         except BaseException:
             _abandon(admission)
+            # Tracked until it answers, so a drain waits for it and for its give-back.
+            self.recordings.add(admission)
+            admission.add_done_callback(self.recordings.discard)
             if early is not None:
                 self._give_back_early(early, request_id=request_id, api_key_id=key.id)
             raise
@@ -834,7 +837,8 @@ class Proxy:
         self.recordings.discard(task)
         # Read here, or it is reported only when the task is collected, long after and unnamed.
         if not task.cancelled() and (error := task.exception()) is not None:
-            logger.error("background work failed", exc_info=error)
+            work = getattr(task.get_coro(), "__name__", "?")
+            logger.error("background work failed (%s)", work, exc_info=error)
 
     def cut_upstreams(self) -> int:
         """A drain's time is up: close every upstream answer still being relayed. Each request
