@@ -209,6 +209,10 @@ class LoopWatch:
             return max(beat + self.interval + self.stall_after - time.monotonic(), _WAKE_FLOOR)
         return self.interval
 
+    @property
+    def _failure_log_every(self) -> float:
+        return max(self.log_every, _FAILURE_LOG_EVERY)
+
     def _look_failed(self, now: float) -> None:
         """Log the exception being handled, at most once every `log_every` or a minute, whichever
         is longer (even with `log_every` 0): a look that fails once is likely to fail at every
@@ -216,7 +220,7 @@ class LoopWatch:
         if now < self._failed_quiet_until:
             self._failures_unlogged += 1
             return
-        every = max(self.log_every, _FAILURE_LOG_EVERY)
+        every = self._failure_log_every
         self._failed_quiet_until = now + every
         since = self._failures_unlogged
         self._failures_unlogged = 0
@@ -230,7 +234,7 @@ class LoopWatch:
     def _log_failures_unlogged(self, now: float) -> None:
         """The failed looks counted since the last error, in an error of its own: its time starts
         over, as an error's with a traceback does (at most one such line per that time)."""
-        every = max(self.log_every, _FAILURE_LOG_EVERY)
+        every = self._failure_log_every
         self._failed_quiet_until = now + every
         since, self._failures_unlogged = self._failures_unlogged, 0  # reset first: see _log_unlogged
         logger.error(
