@@ -76,8 +76,10 @@ class Ledger:
             quota_timezone="Asia/Tokyo",
             quota_weekly_reset_mode="rolling",
         )
+        # The key's 1d and 7d windows start at its local midnight: the same zone, for the same
+        # reason (with Europe/Berlin it failed at 23:00–23:12 UTC, Berlin's midnight in winter).
         self.key = APIKeyFactory(
-            user=self.user, group=GroupFactory(rate_multiplier=D("1.5")), timezone="Europe/Berlin"
+            user=self.user, group=GroupFactory(rate_multiplier=D("1.5")), timezone=midnight_zone
         )
         sub_group = SubscriptionGroupFactory(timezone=midnight_zone)
         self.subscription = SubscriptionFactory(
